@@ -1,0 +1,5 @@
+"""``python -m layerswap`` runs the CLI."""
+
+from layerswap.cli import main
+
+main()
