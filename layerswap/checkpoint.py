@@ -176,20 +176,48 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     return infos, {str(k): str(v) for k, v in metadata.items()}
 
 
-def _read_bytes(info: TensorInfo) -> bytearray:
-    buf = bytearray(info.nbytes)
-    view = memoryview(buf)
+def _pread_into(info: TensorInfo, target: memoryview) -> None:
+    """Fill ``target`` (``info.nbytes`` long) with the tensor's bytes."""
     fd = os.open(info.file, os.O_RDONLY)
     try:
         done = 0
         while done < info.nbytes:
-            n = os.preadv(fd, [view[done:]], info.offset + done)
+            n = os.preadv(fd, [target[done:]], info.offset + done)
             if n <= 0:
                 raise CheckpointError(f"{info.file} ended while reading tensor {info.name!r}: the file is truncated")
             done += n
     finally:
         os.close(fd)
+
+
+def _read_bytes(info: TensorInfo) -> bytearray:
+    buf = bytearray(info.nbytes)
+    _pread_into(info, memoryview(buf))
     return buf
+
+
+def read_tensor_into(info: TensorInfo, out: torch.Tensor, scratch: bytearray | None = None) -> torch.Tensor:
+    """Read one tensor into the front of a preallocated flat buffer ``out`` (converting to its dtype).
+
+    Returns a view of ``out`` shaped like the tensor. Streaming passes reuse the same buffers for
+    every tensor, because page-faulting a fresh buffer of hundreds of MB costs more than the read
+    and the conversion. ``scratch`` (at least ``info.nbytes``) holds the raw bytes when the dtypes differ.
+    """
+    n = info.numel
+    if out.dim() != 1 or out.numel() < n or not out.is_contiguous():
+        raise ValueError(f"buffer of {out.numel()} elements cannot hold tensor {info.name!r} ({n})")
+    view = out[:n]
+    if n:
+        if info.torch_dtype == out.dtype:
+            target = memoryview(view.view(torch.uint8).numpy())
+        else:
+            if scratch is None or len(scratch) < info.nbytes:
+                scratch = bytearray(info.nbytes)
+            target = memoryview(scratch)[: info.nbytes]
+        _pread_into(info, target)
+        if info.torch_dtype != out.dtype:
+            view.copy_(torch.frombuffer(scratch, dtype=info.torch_dtype, count=n))
+    return view.view(info.shape)
 
 
 def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -583,7 +611,7 @@ def check_compatible(base: ModelFolder, expert: Checkpoint, *, label: str = "exp
         if a != b:
             raise IncompatibleModelsError(
                 f"tensor {name!r} has shape {list(b)} in {label} {expert.path} but {list(a)} in base {base.path}"
-                + (" (different vocabulary sizes)" if "embed" in name or "lm_head" in name else "")
+                + (" (different vocabulary sizes)" if ("embed" in name or "lm_head" in name) and a[1:] == b[1:] else "")
                 + ": they must come from the same base model"
             )
     extra = [n for n in expert.names() if n not in base]

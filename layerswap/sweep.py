@@ -343,6 +343,116 @@ def run_candidates(
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
+#: The headline metric of each evaluation task (what the sweep selects on and plots).
+PRIMARY_METRIC: dict[str, str] = {
+    "proxy": "gold_logprob",
+    "mgsm": "exact_match",
+    "gsm8k": "exact_match",
+    "flores": "bits_per_byte",
+    "sib200": "accuracy",
+}
+_EXTRA_METRICS: dict[str, tuple[str, ...]] = {"proxy": ("gold_logprob_per_token",)}
+
+
+def tidy_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The evaluation summary (one row per task and language) as ``task, language, metric, value``."""
+    rows = []
+    for rec in summary.to_dict("records"):
+        task = rec["task"]
+        for metric in (PRIMARY_METRIC.get(task, "exact_match"),) + _EXTRA_METRICS.get(task, ()):
+            if metric in rec and rec[metric] is not None:
+                rows.append({"task": task, "language": rec.get("lang", ""), "metric": metric, "value": float(rec[metric])})
+    return pd.DataFrame(rows, columns=["task", "language", "metric", "value"])
+
+
+def identity_merge(candidate: Candidate, num_layers: int) -> dict[str, Any]:
+    """A single model expressed as a revert: ``math``/``lang`` keep every layer, ``base`` none."""
+    source = candidate.params["source"]
+    if source == "base":
+        return {"method": "revert", "params": {"keep": {"math": []}}, "non_layer": "base"}
+    return {"method": "revert", "params": {"keep": {source: list(range(num_layers))}}, "non_layer": source}
+
+
+def run_sweep(config: SweepConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Merge every candidate in memory into one loaded model, evaluate it, store, plot and report.
+
+    Returns a dict with the results DataFrame, the :class:`~layerswap.report.Selection` and the
+    paths written. Rerunning with the same config and ``out`` resumes where it stopped.
+    """
+    import torch
+
+    from layerswap.evaluate import evaluate
+    from layerswap.evaluate.runner import load_model
+    from layerswap.merge.config import merge_config
+    from layerswap.merge.memory import TensorCache, apply_merge
+    from layerswap.models import resolve_model
+    from layerswap.report import report_markdown, select, write_figures
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(dump_config(config), encoding="utf-8")
+    base_path = str(resolve_model(config.base))
+    experts = {"math": str(resolve_model(config.math)), "lang": str(resolve_model(config.lang))}
+    config = config.model_copy(update={"base": base_path, "math": experts["math"], "lang": experts["lang"]})
+    log(f"loading {base_path} once for all candidates")
+    lm = load_model(base_path, device=config.device, dtype=config.dtype)
+    model_dtype = next(lm.model.parameters()).dtype
+    cache = TensorCache(experts, base_path, dtype=torch.float32, device=next(lm.model.parameters()).device)
+    cache.preload()
+    num_layers = cache.num_layers
+    candidates = build_candidates(config, num_layers)
+    log(f"{len(candidates)} candidates: {', '.join(c.name for c in candidates)}")
+
+    def to_merge(cand: Candidate):  # noqa: ANN202
+        data = identity_merge(cand, num_layers) if cand.method == "identity" else {
+            k: v for k, v in (merge_config_for(cand, config) or {}).items() if k not in ("experts", "base")
+        }
+        return merge_config({"experts": experts, "base": base_path, **data})
+
+    def merge_into_model(cand: Candidate) -> float:
+        return apply_merge(lm.model, cache, to_merge(cand)).seconds
+
+    def evaluate_model(cand: Candidate) -> pd.DataFrame:
+        result = evaluate(
+            lm,
+            config.tasks,
+            config.languages,
+            fmt=config.format,
+            shots=config.shots,
+            limit=config.limit,
+            batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens,
+            data_dir=config.data_dir,
+        )
+        return tidy_summary(result.summary)
+
+    store = ResultStore(out, settings_key(config))
+    results = run_candidates(candidates, store, merge_into_model, evaluate_model, log=log)
+    results.to_csv(out / "results.csv", index=False)
+    task = config.select or config.tasks[0]
+    selection = select(results, task, PRIMARY_METRIC.get(task, "exact_match"))
+    figures = write_figures(
+        results, out / "figures", [(t, PRIMARY_METRIC.get(t, "exact_match")) for t in config.tasks]
+    )
+    merge_share = results.groupby("candidate").agg(m=("merge_time", "first"), t=("time", "sum"))
+    overhead = float((merge_share["m"] / merge_share["t"].clip(lower=1e-9)).max()) if len(merge_share) else 0.0
+    notes = [
+        f"{len(candidates)} candidates merged in memory into one loaded model; the largest merge overhead was "
+        f"{overhead:.2%} of that candidate's evaluation time.",
+    ]
+    (out / "report.md").write_text(report_markdown(results, selection, figures, root=out, notes=notes), encoding="utf-8")
+    written: dict[str, Any] = {"results": results, "selection": selection, "figures": figures, "report": out / "report.md", "overhead": overhead}
+    if config.save_best:
+        from layerswap.merge import merge as merge_to_disk
+
+        winner = next(c for c in candidates if c.name == selection.winner)
+        best = out / "best-model"
+        merge_to_disk(to_merge(winner).model_copy(update={"dtype": str(model_dtype).removeprefix("torch.")}), best, overwrite=True)
+        written["best_model"] = best
+    log(f"winner {selection.winner} ({task} {selection.metric} = {selection.value:.4g}); report: {out / 'report.md'}")
+    return written
+
+
 def validate_sweep_dict(data: dict[str, Any]) -> SweepConfig:
     config = validate_config(SweepConfig, data, source="sweep config")
     _check_config(config)

@@ -123,3 +123,41 @@ def test_selection_and_figures(tmp_path):
     for key in ("heatmap", "bars", "scatter"):
         assert Path(info[key]).exists() and Path(info[key]).with_suffix(".svg").exists()
     assert info["rho"] is not None and info["rho"] > 0.8
+
+
+def test_run_sweep_end_to_end_on_tiny_models(tmp_path, tiny_experts, data_dir):
+    """Real merge (in memory) and real evaluation (proxy on MGSM-sw, FLORES-sw) on the tiny Llama."""
+    from layerswap.sweep import run_sweep
+
+    cfg = validate_sweep_dict(
+        {
+            "base": str(tiny_experts["base"]),
+            "math": str(tiny_experts["math"]),
+            "lang": str(tiny_experts["lang"]),
+            "languages": ["sw"],
+            "tasks": ["proxy", "flores"],
+            "limit": 2,
+            "shots": 1,
+            "data_dir": str(data_dir),
+            "candidates": {"grid": {"bottom": [1, 2], "top": [1], "transition": [0]}, "baselines": ["base", "math", "ties"]},
+            "save_best": True,
+        }
+    )
+    out = tmp_path / "sweep"
+    first = run_sweep(cfg, out, log=lambda s: None)
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["candidate"]) == {"swap-b1-u1", "swap-b2-u1", "base", "math", "ties-d0.2"}
+    assert set(results["metric"]) >= {"gold_logprob", "bits_per_byte"}
+    assert results["value"].notna().all()
+    assert (out / "report.md").read_text().count("![") >= 4
+    assert (out / "best-model" / "config.json").exists()
+    # The base candidate must equal the base model evaluated on its own (in-memory merge is exact).
+    from layerswap.evaluate import evaluate
+
+    alone = evaluate(str(tiny_experts["base"]), ["flores"], ["sw"], limit=2, data_dir=str(data_dir)).summary
+    base_bpb = results[(results.candidate == "base") & (results.metric == "bits_per_byte")]["value"].item()
+    assert abs(base_bpb - float(alone["bits_per_byte"].iloc[0])) < 1e-4
+    # A rerun resumes from the stored candidates and gives the same table.
+    again = run_sweep(cfg, out, log=lambda s: None)
+    cols = ["candidate", "task", "language", "metric", "value"]
+    pd.testing.assert_frame_equal(first["results"][cols], again["results"][cols])

@@ -1,0 +1,24 @@
+"""Where experts changed their base, how their changes overlap, and which layers to swap.
+
+``analyze(base, {"math": ..., "lang": ...})`` streams the experts' deltas (full models or LoRA
+adapters, never merged) and ``importance(base, {"math": "gsm8k", "lang": "ntrex:sw"})`` measures
+the diagonal Fisher of the base on each task's data; both return an :class:`Analysis` with the
+same tables, plots and swap-boundary recommendation. See ``docs/analysis.md``.
+"""
+
+from __future__ import annotations
+
+from layerswap.analysis.boundaries import BoundaryRule
+from layerswap.analysis.core import analyze, build_analysis, resolve_roles
+from layerswap.analysis.report import Analysis
+
+__all__ = ["Analysis", "BoundaryRule", "analyze", "build_analysis", "importance", "resolve_roles"]
+
+
+def __getattr__(name: str):
+    # importance pulls in transformers; import it only when asked for.
+    if name == "importance":
+        from layerswap.analysis.importance import importance
+
+        return importance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from layerswap.data import iter_tsv, resolve_data_dir
 from layerswap.errors import ConfigError, DataError, InputPathError
-from layerswap.evaluate.answers import flexible_extractor, normalise_number, strict_extractor, Extractor
+from layerswap.evaluate.answers import Extractor, flexible_extractor, normalise_number, strict_extractor
 from layerswap.evaluate.tasks import Example, GenerationTask
 
 MAX_SHOTS = 8

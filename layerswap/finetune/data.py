@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -47,7 +48,19 @@ _REFUSED = {
     "sib": "SIB-200 sentences are FLORES sentences (an evaluation set)",
     "mgsm": "MGSM is the evaluation set",
 }
-_OPTION_KEYS = {"format", "prompt", "completion", "text", "source", "target", "limit", "split", "config", "direction", "chat_template"}
+_OPTION_KEYS = {
+    "format",
+    "prompt",
+    "completion",
+    "text",
+    "source",
+    "target",
+    "limit",
+    "split",
+    "config",
+    "direction",
+    "chat_template",
+}
 
 
 @dataclass(frozen=True)
@@ -164,7 +177,7 @@ def _ntrex_documents(lines: list[str], data_dir: Path) -> list[str]:
         return [ln for ln in lines if ln.strip()]
     docs: list[list[str]] = []
     last = None
-    for doc_id, line in zip(ids, lines):
+    for doc_id, line in zip(ids, lines, strict=False):
         if doc_id != last:
             docs.append([])
             last = doc_id
@@ -181,7 +194,9 @@ def _load_shorthand(spec: DataSpec, data_dir: Path | None) -> Records:
     assert data_dir is not None
     if kind == "gsm8k":
         if arg and arg != "train":
-            raise DataError(f"data spec {spec.raw!r}: only GSM8K train may be used for training (GSM8K test holds the MGSM questions)")
+            raise DataError(
+                f"data spec {spec.raw!r}: only GSM8K train may be used for training (GSM8K test holds the MGSM questions)"
+            )
         fmt = spec.options.get("format", "math")
         path = data_dir / "gsm8k" / "train.jsonl"
         return _load_file(path, DataSpec(spec.raw, str(path), {**spec.options, "format": fmt}), data_dir)
@@ -206,7 +221,7 @@ def _load_shorthand(spec: DataSpec, data_dir: Path | None) -> Records:
         raise ConfigError(f"data spec {spec.raw!r}: direction must be en-xx or xx-en")
     english = language("en")
     pairs = []
-    for e, t in zip(eng_lines, tgt_lines):
+    for e, t in zip(eng_lines, tgt_lines, strict=False):
         if not e.strip() or not t.strip():
             continue
         src, dst, sname, tname = (e, t, english.name, lang.name) if direction == "en-xx" else (t, e, lang.name, english.name)
@@ -238,7 +253,10 @@ def _records_from_rows(rows: Iterable[tuple[int, dict[str, Any]]], spec: DataSpe
             if fmt == "math":
                 fields = [opts.get("prompt", "question"), opts.get("completion", "answer")]
             elif fmt in ("qa", "pairs"):
-                fields = [opts.get("prompt", opts.get("source", "prompt")), opts.get("completion", opts.get("target", "completion"))]
+                fields = [
+                    opts.get("prompt", opts.get("source", "prompt")),
+                    opts.get("completion", opts.get("target", "completion")),
+                ]
             else:
                 fields = [opts.get("text", "text")]
             out = Records(fmt, where)  # type: ignore[arg-type]
@@ -258,7 +276,9 @@ def _records_from_rows(rows: Iterable[tuple[int, dict[str, Any]]], spec: DataSpe
 
 def _load_file(path: Path, spec: DataSpec, data_dir: Path | None) -> Records:
     if not path.exists():
-        raise InputPathError(f"data file {path} does not exist: pass a JSONL/TSV/text file, or a shorthand like gsm8k or ntrex:sw")
+        raise InputPathError(
+            f"data file {path} does not exist: pass a JSONL/TSV/text file, or a shorthand like gsm8k or ntrex:sw"
+        )
     if path.is_dir():
         raise InputPathError(f"data path {path} is a folder: pass a JSONL, TSV or text file")
     _check_not_eval(path, data_dir, spec.raw)
@@ -290,7 +310,9 @@ def _load_hf(spec: DataSpec) -> Records:
     try:
         ds = datasets.load_dataset(name, spec.options.get("config") or None, split=split)
     except Exception as exc:  # noqa: BLE001 - the Hub raises many kinds; say which dataset failed
-        raise DataError(f"cannot load Hugging Face dataset {name!r} (split {split}): {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        raise DataError(
+            f"cannot load Hugging Face dataset {name!r} (split {split}): {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from None
     return _records_from_rows(((i + 1, dict(row)) for i, row in enumerate(ds)), spec, f"hf:{name}[{split}]")
 
 

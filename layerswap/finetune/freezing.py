@@ -8,11 +8,11 @@ partition chooses where adapters go (``layers_to_transform``).
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from layerswap.architecture import GLOBAL_MODULES, Architecture, architecture_from_config, parse_layer_spec
+from layerswap.architecture import GLOBAL_MODULES, Architecture, parse_layer_spec
 from layerswap.errors import ConfigError
 
 #: Shorthand groups for ``--train-modules`` / ``--lora-targets``.
@@ -22,7 +22,17 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     "norms": ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
 }
 #: Linear projections LoRA can wrap (the default LoRA targets are those present in the model).
-LINEAR_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj")
+LINEAR_MODULES: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "qkv_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "gate_up_proj",
+    "down_proj",
+)
 
 
 @dataclass(frozen=True)
@@ -39,14 +49,11 @@ class Partition:
         return layer in self.layers and (self.modules is None or module in self.modules)
 
     def to_json(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "modules": list(self.modules) if self.modules is not None else None, "global": list(self.global_modules)}
-
-
-def model_architecture(model: Any) -> Architecture:
-    """The naming rules of a loaded transformers model (its config as a dict)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return architecture_from_config(model.config.to_dict(), source="model config")
+        return {
+            "layers": list(self.layers),
+            "modules": list(self.modules) if self.modules is not None else None,
+            "global": list(self.global_modules),
+        }
 
 
 def expand_modules(names: Iterable[str], present: set[str], *, option: str) -> tuple[str, ...]:
@@ -106,20 +113,12 @@ def resolve_partition(
             raise ConfigError(f"--train-global {bad[0]!r} is not a global module: use {', '.join(GLOBAL_MODULES)}, all or none")
         glob = tuple(g for g in GLOBAL_MODULES if g in items)
     if arch.tied_embeddings and (("embed_tokens" in glob) != ("lm_head" in glob)):
-        raise ConfigError("this model ties embed_tokens and lm_head (one tensor): train both or neither (--train-global embed_tokens,lm_head)")
+        raise ConfigError(
+            "this model ties embed_tokens and lm_head (one tensor): train both or neither (--train-global embed_tokens,lm_head)"
+        )
     if not layers and not glob:
         raise ConfigError(f"the partition trains nothing: the model has layers 0..{n - 1}")
     return Partition(tuple(layers), modules, glob)
-
-
-def layer_modules(model: Any, arch: Architecture) -> set[str]:
-    """Module kinds present inside the transformer layers (from parameter names)."""
-    kinds = set()
-    for name, _ in model.named_parameters():
-        role = arch.classify(name)
-        if role.layer is not None:
-            kinds.add(role.module)
-    return kinds
 
 
 def partition_parameters(model: Any, arch: Architecture, partition: Partition) -> dict[str, Any]:

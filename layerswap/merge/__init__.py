@@ -1,0 +1,50 @@
+"""Merging experts: layer swap, revert, linear souping, task arithmetic, TIES and DARE.
+
+On disk: :func:`merge` (a :class:`MergeConfig` to a folder). In memory, for the sweep:
+:class:`TensorCache` + :func:`apply_merge` / :func:`merged_state_dict`.
+"""
+
+import sys
+import types
+
+from layerswap.merge.config import METHODS, MergeConfig, load_merge_config, merge_config, swap_config
+from layerswap.merge.memory import ApplyStats, TensorCache, apply_merge, merged_state_dict
+from layerswap.merge.plan import Blend, Combine, MergePlan, Select, build_plan
+from layerswap.merge.swap import revert, swap
+from layerswap.merge.write import MergeResult, merge, open_merge
+
+__all__ = [
+    "METHODS",
+    "ApplyStats",
+    "Blend",
+    "Combine",
+    "MergeConfig",
+    "MergePlan",
+    "MergeResult",
+    "Select",
+    "TensorCache",
+    "apply_merge",
+    "build_plan",
+    "load_merge_config",
+    "merge",
+    "merge_config",
+    "merged_state_dict",
+    "open_merge",
+    "revert",
+    "swap",
+    "swap_config",
+]
+
+
+class _CallableModule(types.ModuleType):
+    """``layerswap.merge`` is both this package and the function: ``layerswap.merge(config, out)`` works.
+
+    The import system sets the package attribute ``layerswap.merge`` to this module, so the module
+    forwards calls to :func:`merge`.
+    """
+
+    def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
+        return merge(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -9,7 +9,8 @@ reported with the list of valid ones. Labels are free, but ``layer_swap`` defaul
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -122,7 +123,12 @@ class MergeConfig(StrictModel):
     # -- resolved views ---------------------------------------------------------------------
     def method_params(self) -> Any:
         """The validated parameters of the method (a ConfigError lists the valid keys)."""
-        params = validate_config(PARAM_MODELS[self.method], self.params, source=f"params of method {self.method}")
+        model = PARAM_MODELS[self.method]
+        valid = [f.alias or name for name, f in model.model_fields.items()]
+        unknown = [k for k in self.params if k not in valid]
+        if unknown:
+            raise ConfigError(f"unknown parameter {unknown[0]!r} for method {self.method}; valid parameters: {', '.join(valid)}")
+        params = validate_config(model, self.params, source=f"params of method {self.method}")
         self._check(params)
         return params
 
@@ -200,7 +206,7 @@ class MergeConfig(StrictModel):
             return {k: float(p.density[k]) for k in self.experts}
         return {k: float(p.density) for k in self.experts}
 
-    def validate_all(self) -> "MergeConfig":
+    def validate_all(self) -> MergeConfig:
         self.method_params()
         return self
 

@@ -1,0 +1,157 @@
+"""Side by side: lm-evaluation-harness vs layerswap on MGSM, same model, data, languages, limit.
+
+lm-eval runs its own ``mgsm_<format>_<lang>`` task YAMLs, pointed at the same local MGSM files
+(``layerswap.evaluate.lm_eval_config``) with the ``first_n`` few-shot sampler; both tools get the
+same in-memory model. Checks: at batch size 1 the outputs, extracted answers and accuracies are
+identical; at each tool's best batch size, the wall-clock ratio (target >= 1.5x).
+
+    python benchmarks/bench_evaluate.py --langs sw,te --limit 8 --shots 2 --max-new-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("LAYERSWAP_QUIET", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_lm_eval(lm, task_dir: str, names: list[str], *, shots: int, limit: int, batch_size: int, max_new_tokens: int) -> tuple[float, dict]:
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    hflm = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size, device="cpu")
+    tm = TaskManager(include_path=task_dir)
+    t0 = time.perf_counter()
+    res = lm_eval.simple_evaluate(
+        model=hflm, tasks=names, num_fewshot=shots, limit=limit, gen_kwargs=f"max_gen_toks={max_new_tokens}", log_samples=True, task_manager=tm,
+        verbosity="ERROR",
+    )
+    seconds = time.perf_counter() - t0
+    out: dict = {}
+    for name in names:
+        lang = name.rsplit("_", 1)[-1]
+        for s in res["samples"][name]:
+            rec = out.setdefault((lang, s["doc_id"]), {"output": s["resps"][0][0], "gold": str(s["target"])})
+            rec[s["filter"]] = s["filtered_resps"][0]
+    acc = {name.rsplit("_", 1)[-1]: {k.split(",")[1]: v for k, v in res["results"][name].items() if k.startswith("exact_match,")} for name in names}
+    return seconds, {"records": out, "acc": acc}
+
+
+def run_ours(lm, langs: list[str], *, fmt: str, shots: int, limit: int, batch_size: int, max_new_tokens: int, data_dir: str) -> tuple[float, dict]:
+    from layerswap.evaluate import evaluate_mgsm
+
+    t0 = time.perf_counter()
+    res = evaluate_mgsm(lm, langs, fmt=fmt, shots=shots, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, data_dir=data_dir)
+    seconds = time.perf_counter() - t0
+    out = {}
+    for r in res.records:
+        out[(r["lang"], int(r["id"].rsplit("-", 1)[1]))] = {"output": r["output"], "gold": r["gold"], **r["extracted"]}
+    acc = {row["lang"]: {k[3:]: row[k] for k in row.index if k.startswith("em_")} for _, row in res.summary.iterrows()}
+    return seconds, {"records": out, "acc": acc}
+
+
+def compare(a: dict, b: dict, filters: list[str]) -> list[str]:
+    diffs = []
+    for key in sorted(a["records"]):
+        ra, rb = a["records"][key], b["records"].get(key)
+        if rb is None:
+            diffs.append(f"{key}: missing")
+            continue
+        for field in ["output", *filters]:
+            if ra.get(field) != rb.get(field):
+                diffs.append(f"{key[0]}#{key[1]} {field}: {ra.get(field)!r} vs {rb.get(field)!r}")
+    return diffs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gemma3-270m")
+    ap.add_argument("--langs", default="sw,te")
+    ap.add_argument("--format", default="native_cot", dest="fmt")
+    ap.add_argument("--shots", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--lm-eval-batch-sizes", default="1,8,16")
+    ap.add_argument("--our-batch-sizes", default="1,8,16")
+    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evaluate.md"))
+    args = ap.parse_args()
+    logging.disable(logging.WARNING)
+    import torch
+
+    from layerswap.evaluate.lm_eval_config import write_lm_eval_tasks
+    from layerswap.evaluate.runner import load_model
+
+    langs = args.langs.split(",")
+    lm = load_model(args.model, device="cpu")
+    filters = ["strict-match", "flexible-extract"] if args.fmt == "native_cot" else ["remove_whitespace", "flexible-extract"]
+    common = {"shots": args.shots, "limit": args.limit, "max_new_tokens": args.max_new_tokens}
+    rows, runs = [], {}
+    with tempfile.TemporaryDirectory() as task_dir:
+        names = write_lm_eval_tasks(task_dir, langs, args.fmt, data_dir=args.data_dir)
+        lm_bs = [int(x) for x in args.lm_eval_batch_sizes.split(",")]
+        our_bs = [int(x) for x in args.our_batch_sizes.split(",")]
+        for bs in sorted(set(lm_bs) | set(our_bs)):  # interleave the tools at each batch size
+            if bs in lm_bs:
+                sec, res = run_lm_eval(lm, task_dir, names, batch_size=bs, **common)
+                runs[("lm-eval", bs)] = (sec, res)
+                rows.append(("lm-eval", bs, sec))
+                print(f"lm-eval   bs={bs:<3} {sec:7.1f} s", flush=True)
+            if bs in our_bs:
+                sec, res = run_ours(lm, langs, fmt=args.fmt, batch_size=bs, data_dir=args.data_dir, **common)
+                runs[("layerswap", bs)] = (sec, res)
+                rows.append(("layerswap", bs, sec))
+                print(f"layerswap bs={bs:<3} {sec:7.1f} s", flush=True)
+    n = args.limit * len(langs)
+    best_lm = min((r for r in rows if r[0] == "lm-eval"), key=lambda r: r[2])
+    best_ours = min((r for r in rows if r[0] == "layerswap"), key=lambda r: r[2])
+    speedup = best_lm[2] / best_ours[2]
+    lines = [
+        "# Evaluation: layerswap vs lm-evaluation-harness (MGSM)",
+        "",
+        "Command:",
+        "",
+        "    python benchmarks/bench_evaluate.py " + " ".join(sys.argv[1:]),
+        "",
+        f"Model {args.model} (float32, CPU, {torch.get_num_threads()} threads; 2 cores shared with other jobs), "
+        f"`mgsm_{args.fmt}_<lang>` for {', '.join(langs)}, {args.shots}-shot (first_n), limit {args.limit} per language "
+        f"({n} questions), max new tokens {args.max_new_tokens}, greedy. Both tools get the same in-memory model; "
+        "lm-eval 0.4.13 runs its own task YAMLs pointed at the same local MGSM files.",
+        "",
+        "| tool | batch size | seconds | questions/s |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {tool} | {bs} | {sec:.1f} | {n / sec:.2f} |" for tool, bs, sec in rows]
+    lines += ["", f"**Best batch size: lm-eval {best_lm[1]} ({best_lm[2]:.1f} s), layerswap {best_ours[1]} ({best_ours[2]:.1f} s): {speedup:.2f}x faster.**", ""]
+    verdict = 0
+    if ("lm-eval", 1) in runs and ("layerswap", 1) in runs:
+        a, b = runs[("lm-eval", 1)][1], runs[("layerswap", 1)][1]
+        diffs = compare(a, b, filters)
+        lines += ["## Batch size 1: identical?", ""]
+        lines += [f"- {lang}: lm-eval {a['acc'][lang]} / layerswap {b['acc'][lang]}" for lang in langs]
+        same_acc = all(abs(a["acc"][lg][f] - b["acc"][lg][f]) < 1e-9 for lg in langs for f in filters)
+        lines += ["", f"Outputs and extracted answers differing: {len(diffs)} of {n}; accuracies identical: {same_acc}.", ""]
+        lines += [f"    {d}" for d in diffs[:20]]
+        verdict |= bool(diffs) or not same_acc
+    lines += ["## Batched outputs vs batch size 1", ""]
+    for tool, bs, _ in rows:
+        if bs != 1 and (tool, 1) in runs:
+            diffs = compare(runs[(tool, 1)][1], runs[(tool, bs)][1], filters)
+            lines.append(f"- {tool} batch {bs}: {len(diffs)} fields differ from its own batch-1 run")
+            lines += [f"    - {d}" for d in diffs[:6]]
+    lines.append("")
+    Path(args.out).write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    return int(verdict or speedup < 1.5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

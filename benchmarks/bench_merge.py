@@ -1,0 +1,139 @@
+"""Merge speed and memory: layerswap vs mergekit-yaml vs a plain copy, side by side in one run.
+
+Every contender runs in its own subprocess under ``/usr/bin/time -v`` (wall time and peak RSS).
+The layer swap is timed against ``mergekit-yaml`` on the equivalent passthrough config (emitted
+by ``--emit-mergekit``) over the same files, and against a plain copy of the same bytes.
+
+    python benchmarks/bench_merge.py --models /work/synth/1e9 --methods swap,ties,dare
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of a command run under /usr/bin/time -v."""
+    start = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return wall, (int(m.group(1)) / 1024 if m else float("nan"))
+
+
+def copy_cmd(src: Path, dst: Path) -> list[str]:
+    code = (
+        "import shutil,sys,pathlib;d=pathlib.Path(sys.argv[2]);d.mkdir(parents=True);"
+        "[shutil.copyfile(p,d/p.name) for p in sorted(pathlib.Path(sys.argv[1]).glob('*.safetensors'))]"
+    )
+    return [sys.executable, "-c", code, str(src), str(dst)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=Path, default=Path("/work/synth/1e9"), help="folder with base/, math/, lang/")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_merge"), help="scratch folder for outputs")
+    ap.add_argument("--methods", default="swap,ties,dare", help="comma list of swap, ties, dare")
+    ap.add_argument("--bottom", type=int, default=5)
+    ap.add_argument("--top", type=int, default=2)
+    ap.add_argument("--density", type=float, default=0.5)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "merge.md")
+    args = ap.parse_args()
+    base, math_, lang = (args.models / k for k in ("base", "math", "lang"))
+    work = args.work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = dict(os.environ, LAYERSWAP_QUIET="1")
+    layerswap = [str(Path(sys.executable).parent / "layerswap")]
+    mergekit = [str(Path(sys.executable).parent / "mergekit-yaml")]
+    nbytes = sum(p.stat().st_size for p in math_.glob("*.safetensors"))
+    # Warm the page cache equally for everyone (read each input once).
+    for folder in (base, math_, lang):
+        for p in folder.glob("*.safetensors"):
+            with open(p, "rb") as fh:
+                while fh.read(1 << 26):
+                    pass
+    rows: list[tuple[str, str, float, float]] = []
+    methods = args.methods.split(",")
+
+    def clean(*paths: Path) -> None:
+        for p in paths:
+            shutil.rmtree(p, ignore_errors=True)
+
+    if "swap" in methods:
+        mk_yaml = work / "swap.mergekit.yaml"
+        w, r = timed(copy_cmd(math_, work / "copy"), env)
+        rows.append(("layer swap", "plain copy of the same bytes (shutil.copyfile)", w, r))
+        clean(work / "copy")
+        w, r = timed([*layerswap, "swap", "--math", str(math_), "--lang", str(lang), "--bottom", str(args.bottom),
+                      "--top", str(args.top), "--out", str(work / "ours"), "--emit-mergekit", str(mk_yaml)], env)
+        rows.append(("layer swap", f"layerswap swap (b={args.bottom}, u={args.top})", w, r))
+        clean(work / "ours")
+        w, r = timed([*mergekit, str(mk_yaml), str(work / "theirs")], env)
+        rows.append(("layer swap", "mergekit-yaml passthrough (emitted YAML)", w, r))
+        clean(work / "theirs")
+    for method, key in (("ties", "ties"), ("dare_ties", "dare")):
+        if key not in methods:
+            continue
+        cfg = {"method": method, "base": str(base), "experts": {"math": str(math_), "lang": str(lang)},
+               "params": {"density": args.density, "weights": {"math": 0.5, "lang": 0.5}}}
+        if method == "dare_ties":
+            cfg["params"]["rescale"] = "l1"  # mergekit's rescale rule, for a like-for-like time
+        cfg_path = work / f"{method}.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        mk_yaml = work / f"{method}.mergekit.yaml"
+        w, r = timed([*layerswap, "merge", str(cfg_path), "--out", str(work / "ours"), "--emit-mergekit", str(mk_yaml)], env)
+        rows.append((method, f"layerswap merge ({method}, density {args.density})", w, r))
+        clean(work / "ours")
+        w, r = timed([*mergekit, str(mk_yaml), str(work / "theirs")], env)
+        rows.append((method, "mergekit-yaml (emitted YAML)", w, r))
+        clean(work / "theirs")
+
+    cmd = "python benchmarks/bench_merge.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# Merge benchmark",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"Inputs: `{args.models}` (base/math/lang, {nbytes / 1e9:.2f} GB per model, bf16, sharded); "
+        f"page cache warmed for all inputs; each contender in its own subprocess under `/usr/bin/time -v`; "
+        f"{os.cpu_count()} CPU cores (shared with other jobs). Outputs on the same disk.",
+        "",
+        "| merge | contender | wall s | peak RSS MiB | time ratio |",
+        "|---|---|---:|---:|---:|",
+    ]
+    ref: dict[str, float] = {}
+    for group, name, w, _ in rows:
+        if group == "layer swap" and name.startswith("layerswap"):
+            ref[group] = w
+    for group, name, w, r in rows:
+        ratio = ""
+        if group in ref and not name.startswith("layerswap"):
+            ratio = f"layerswap / this = {ref[group] / w:.2f}"
+        lines.append(f"| {group} | {name} | {w:.1f} | {r:.0f} | {ratio} |")
+    for method in ("ties", "dare_ties"):
+        ours = [w for g, n, w, _ in rows if g == method and n.startswith("layerswap")]
+        theirs = [w for g, n, w, _ in rows if g == method and n.startswith("mergekit")]
+        if ours and theirs:
+            lines.append(f"\n{method}: layerswap / mergekit wall time = {ours[0] / theirs[0]:.2f}")
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Importance before training: the diagonal Fisher of the base on each task's data.
+
+``F(p) = mean over N batches of (d loss / d p)^2``, the mean squared gradient of the language-
+modelling loss (a batch-level empirical Fisher). Nothing is trained. Each task's Fisher is
+written as a float32 safetensors folder and then read back through the same streaming analysis
+as the deltas (:class:`~layerswap.analysis.deltas.FisherSource`, values ``sqrt(F)``), so the
+tables, overlap, plots and boundary recommendation mean the same with "share of squared update"
+read as "share of Fisher mass".
+
+The data loader here is deliberately small (it should later be unified with the fine-tuning
+wing's ``layerswap.finetune.data``): ``gsm8k`` (GSM8K train as question + worked answer),
+``ntrex:sw``, ``tico:sw``, ``tatoeba:sw``, or a local ``.jsonl`` (field ``text``, or
+``question``/``answer``) or ``.txt`` (one example a line).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from layerswap.analysis.boundaries import BoundaryRule
+from layerswap.analysis.core import build_analysis
+from layerswap.analysis.deltas import FisherSource
+from layerswap.analysis.overlap import check_top_k
+from layerswap.analysis.report import Analysis
+from layerswap.checkpoint import AtomicDir, ModelFolder, open_model, prepare_output_dir, write_tensors
+from layerswap.data import iter_jsonl, language, read_lines, resolve_data_dir
+from layerswap.errors import ConfigError, DataError, InputPathError
+from layerswap.progress import bar
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+SPEC_FORMS = "gsm8k, ntrex:LANG, tico:LANG, tatoeba:LANG, or a .jsonl/.txt file"
+
+
+def _other_side(folder: str) -> str:
+    """``eng-swa`` -> ``swa``; ``ben-eng`` -> ``ben``."""
+    parts = folder.split("-")
+    return next((p for p in parts if p != "eng"), parts[-1])
+
+
+def load_texts(spec: str, *, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None) -> list[str]:
+    """Training text for one task from a short spec (see module docstring); the first ``limit`` examples."""
+    spec = spec.strip()
+    path = Path(spec).expanduser()
+    texts: list[str]
+    if path.suffix in (".jsonl", ".txt") and (path.exists() or "/" in spec or os.sep in spec):
+        texts = _file_texts(path)
+    else:
+        name, _, lang_code = spec.partition(":")
+        name = name.lower()
+        if name not in ("gsm8k", "ntrex", "tico", "tatoeba"):
+            raise DataError(f"unknown data spec {spec!r}: use {SPEC_FORMS}")
+        root = resolve_data_dir(data_dir, required=True)
+        if name == "gsm8k":
+            if lang_code and lang_code != "train":
+                raise DataError(f"data spec {spec!r}: only GSM8K train may be used (the test split is an evaluation set)")
+            texts = _file_texts(root / "gsm8k" / "train.jsonl")
+        else:
+            if not lang_code:
+                raise DataError(f"data spec {spec!r} needs a language, e.g. {name}:sw")
+            lang = language(lang_code)
+            texts = read_lines(_corpus_file(root, name, lang.code, spec))
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise DataError(f"data spec {spec!r} gave no text: pass a file or corpus with at least one example")
+    return texts[:limit] if limit else texts
+
+
+def _corpus_file(root: Path, name: str, code: str, spec: str) -> Path:
+    lang = language(code)
+    if name == "ntrex":
+        fname = "newstest2019-src.eng.txt" if lang.code == "en" else f"newstest2019-ref.{lang.ntrex}.txt"
+        return root / "ntrex128" / fname
+    folder = lang.tico if name == "tico" else lang.tatoeba
+    if folder is None:
+        raise DataError(f"data spec {spec!r}: {name} has no {lang.name} text here; try ntrex:{lang.code}")
+    stem = "tico19-test" if name == "tico" else "tatoeba-test-v2021-08-07"
+    return root / ("tico19" if name == "tico" else "tatoeba") / folder / f"{stem}.{_other_side(folder)}"
+
+
+def _file_texts(path: Path) -> list[str]:
+    if not path.exists():
+        raise InputPathError(f"data file {path} does not exist: pass {SPEC_FORMS}")
+    if path.suffix == ".txt":
+        return read_lines(path)
+    texts = []
+    for lineno, record in iter_jsonl(path):
+        if "text" in record and record["text"]:
+            texts.append(str(record["text"]))
+        elif record.get("question") and record.get("answer"):
+            answer = _CALCULATOR.sub("", str(record["answer"]))
+            texts.append(f"Question: {record['question']}\nStep-by-Step Answer: {answer}")
+        else:
+            raise DataError(f"{path} line {lineno} has neither a 'text' field nor 'question' and 'answer': fix the file or name another")
+    return texts
+
+
+def diagonal_fisher(
+    model: torch.nn.Module,
+    tokenizer,  # noqa: ANN001 - a transformers tokenizer
+    texts: Sequence[str],
+    *,
+    batch_size: int = 4,
+    seq_len: int = 128,
+    desc: str = "fisher",
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Mean squared gradient of the LM loss per parameter over the batches of ``texts``; returns (F, batches)."""
+    device = next(model.parameters()).device
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+    batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    model.eval()  # no dropout: the gradient of the model as it is
+    with bar(desc=desc, total=len(batches), unit="batch") as progress_bar:
+        for batch in batches:
+            enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=seq_len)
+            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+            model.zero_grad(set_to_none=True)
+            loss = model(**enc, labels=labels).loss
+            if not torch.isfinite(loss):
+                raise DataError(f"the loss is {float(loss.detach())} on a batch of {desc}: check the data and the model")
+            loss.backward()
+            with torch.no_grad():
+                for n, p in params.items():
+                    if p.grad is not None:
+                        fisher[n].addcmul_(p.grad, p.grad)
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    model.zero_grad(set_to_none=True)
+    for f in fisher.values():
+        f.div_(max(1, len(batches)))
+    return fisher, len(batches)
+
+
+def _load_model(base: ModelFolder, device: str):  # noqa: ANN202
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    return model.to(device), tokenizer
+
+
+def importance(
+    base: str | os.PathLike[str] | ModelFolder,
+    data: Mapping[str, str],
+    *,
+    examples: int = 32,
+    batch_size: int = 4,
+    seq_len: int = 128,
+    data_dir: str | os.PathLike[str] | None = None,
+    top_k: Sequence[float] = (1.0, 5.0),
+    out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    keep_fisher: bool = False,
+    device: str = "cpu",
+    lang_task: str | None = None,
+    math_task: str | None = None,
+    rule: BoundaryRule | None = None,
+    plots: bool = True,
+) -> Analysis:
+    """Diagonal Fisher of ``base`` on each named data spec, analysed like deltas (module docstring).
+
+    With ``out`` the tables, figures and summary go there; ``keep_fisher`` also keeps each task's
+    Fisher as ``out/fisher/<task>/`` (float32 safetensors, the size of the model).
+    """
+    if not data:
+        raise ConfigError("no data given: pass --data NAME=SPEC, e.g. --data math=gsm8k --data lang=ntrex:sw")
+    for option, value in (("examples", examples), ("batch-size", batch_size), ("seq-len", seq_len)):
+        if value < 1:
+            raise ConfigError(f"--{option} must be at least 1, got {value}")
+    check_top_k(top_k)
+    if out is not None:
+        prepare_output_dir(out, overwrite)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    base_folder = base if isinstance(base, ModelFolder) else open_model(base)
+    texts = {name: load_texts(spec, data_dir=data_dir, limit=examples) for name, spec in data.items()}
+    atomic = AtomicDir(out, overwrite=overwrite) if out is not None else None
+    work = atomic.__enter__() if atomic is not None else Path(tempfile.mkdtemp(prefix="layerswap-fisher-"))
+    try:
+        started = time.perf_counter()
+        model, tokenizer = _load_model(base_folder, device)
+        sources, batches, seconds_by_task = [], {}, {}
+        base_names = set(base_folder.names())
+        for name, task_texts in texts.items():
+            t0 = time.perf_counter()
+            fisher, batches[name] = diagonal_fisher(model, tokenizer, task_texts, batch_size=batch_size, seq_len=seq_len, desc=f"fisher {name}")
+            seconds_by_task[name] = round(time.perf_counter() - t0, 2)
+            kept = {n: f.cpu() for n, f in fisher.items() if n in base_names}
+            del fisher
+            folder = write_tensors(
+                work / "fisher" / name,
+                kept,
+                donor=base_folder.path,
+                provenance={"kind": "diagonal_fisher", "base": str(base_folder.path), "data": data[name], "examples": len(task_texts), "batches": batches[name], "batch_size": batch_size, "seq_len": seq_len},
+            )
+            del kept
+            sources.append(FisherSource(ModelFolder(folder), name))
+        del model
+        fisher_seconds = round(time.perf_counter() - started, 2)
+        result = build_analysis(
+            "importance",
+            base_folder,
+            sources,
+            inputs={name: spec for name, spec in data.items()},
+            top_k=top_k,
+            lang=lang_task,
+            math=math_task,
+            rule=rule,
+        )
+        result.info.update(
+            {
+                "examples": {n: len(t) for n, t in texts.items()},
+                "batches": batches,
+                "batch_size": batch_size,
+                "seq_len": seq_len,
+                "device": device,
+                "seconds_fisher": {"total": fisher_seconds, **seconds_by_task},
+            }
+        )
+        if atomic is not None:
+            if not keep_fisher:
+                shutil.rmtree(work / "fisher")
+            result.write_into(work, plots_too=plots, provenance={"data": dict(data)})
+    except BaseException as exc:
+        if atomic is not None:
+            atomic.__exit__(type(exc), exc, None)
+        raise
+    finally:
+        if atomic is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if atomic is not None:
+        atomic.__exit__(None, None, None)
+        result.out = atomic.out
+    return result

@@ -1,0 +1,353 @@
+"""Exact global top-k% sets of |value| and their overlap between experts, without holding all values.
+
+The top-k% set of an expert is every transformer-layer parameter whose |value| is at least ``t``,
+the K-th largest |value| over all P transformer-layer parameters, with ``K = ceil(k/100 * P)``
+(ties at ``t`` are all included; zeros never are, so an expert that changed fewer than K
+parameters has all of them as its set).
+
+Finding ``t`` exactly while streaming:
+
+1. Pass 1 (``deltas.py``) histograms the top 16 bits of every |value|. Those bits order
+   non-negative floats exactly, so the histogram names the bin B that holds the K-th largest
+   value and how many values lie above it; everything above B is surely in the set.
+2. Pass 2 reads the layer tensors again and counts, per tensor, the sure members of each expert
+   and of each pair (and their sign agreement). The few parameters whose |value| falls inside
+   some expert's bin B are kept (all experts' values at those positions). At the end ``t`` is the
+   exact rank-r value among the kept ones, and the kept positions are resolved against it.
+3. When the bins are too crowded to keep (an Adam fine-tune whose deltas are nearly all ±lr),
+   a refining pass histograms the low 16 bits inside B instead, which gives ``t`` bit-exactly,
+   and pass 2 then counts against ``t`` directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from layerswap.analysis.deltas import NBINS, Pass1, ValueSource, Workspace, clean_nonfinite, reading_order
+from layerswap.checkpoint import ModelFolder
+from layerswap.errors import ConfigError
+from layerswap.progress import progress
+
+#: Boundary values kept in memory before the refining pass is used instead (about 4 bytes each per expert).
+DEFAULT_BOUNDARY_CAP = 1 << 24
+_TINY = float(np.array([1], dtype=np.int32).view(np.float32)[0])  # smallest positive float32
+
+
+def bits_to_float(bits: int) -> float:
+    return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+
+
+def check_top_k(values: Sequence[float]) -> list[float]:
+    """Validate k percentages: each in (0, 100]; at least one; duplicates removed, order kept."""
+    out: list[float] = []
+    for value in values:
+        try:
+            k = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"top-k {value!r} is not a number: pass percentages like --top-k 1,5") from None
+        if not (0 < k <= 100) or math.isnan(k):
+            raise ConfigError(f"top-k {value!r} is outside (0, 100]: pass percentages like --top-k 1,5")
+        if k not in out:
+            out.append(k)
+    if not out:
+        raise ConfigError("no top-k percentage given: pass e.g. --top-k 1,5")
+    return out
+
+
+@dataclass
+class Cut:
+    """Where one expert's top-k% set begins, as known after pass 1 and then exactly."""
+
+    expert: str
+    k_percent: float
+    k_count: int
+    population: int
+    nonzero: int
+    mode: str  # "exact": a threshold; "all_nonzero": fewer than K changed parameters; "empty": none changed
+    sure_at: float = math.inf  # |v| >= sure_at is in the set
+    bnd_lo: float | None = None  # values in [bnd_lo, sure_at) need resolving
+    bin: int = 0
+    rank_in_bin: int = 0
+    threshold: float | None = None  # the exact K-th largest |value|
+
+    @property
+    def lower(self) -> float:
+        """Below this nothing can be in the set (used to skip tensors)."""
+        return self.bnd_lo if self.bnd_lo is not None else self.sure_at
+
+    def contains(self, a: torch.Tensor) -> torch.Tensor:
+        """Membership once the threshold is exact (a boundary cut compares against the resolved threshold)."""
+        return a >= (self.threshold if self.bnd_lo is not None else self.sure_at)
+
+
+def find_cut(expert: str, k: float, hist: np.ndarray, population: int, nonzero: int) -> Cut:
+    """Locate the bin of the K-th largest |value| from the pass-1 histogram."""
+    k_count = max(1, math.ceil(k / 100.0 * population - 1e-9))
+    cut = Cut(expert, k, k_count, population, nonzero, mode="exact")
+    if nonzero == 0:
+        cut.mode, cut.sure_at, cut.threshold = "empty", math.inf, math.inf
+        return cut
+    if nonzero < k_count:
+        cut.mode, cut.sure_at, cut.threshold = "all_nonzero", _TINY, 0.0
+        return cut
+    from_top = np.cumsum(hist[::-1])
+    i = int(np.searchsorted(from_top, k_count))  # first index with cumulative count >= K
+    b = NBINS - 1 - i
+    above = int(from_top[i] - hist[b])
+    cut.bin, cut.rank_in_bin = b, k_count - above
+    cut.bnd_lo, cut.sure_at = bits_to_float(b << 16), bits_to_float((b + 1) << 16)
+    return cut
+
+
+@dataclass
+class Pass2:
+    """Counts per (k, tensor) after resolution."""
+
+    cuts: dict[tuple[str, float], Cut]
+    n: dict[tuple[str, float, str], int] = field(default_factory=dict)  # (expert, k, tensor)
+    both: dict[tuple[str, str, float, str], int] = field(default_factory=dict)  # (a, b, k, tensor)
+    agree: dict[tuple[str, str, float, str], int] = field(default_factory=dict)
+    refined: bool = False
+    kept_boundary: int = 0
+
+
+def _refine(base: ModelFolder, sources: Sequence[ValueSource], p1: Pass1, cuts: list[Cut], tensors: list[str]) -> None:
+    """Histogram the low 16 bits inside each cut's bin: gives each threshold bit-exactly."""
+    lo_hist = {(c.expert, c.k_percent): np.zeros(NBINS, dtype=np.int64) for c in cuts}
+    by_expert = {s.name: s for s in sources}
+    ws = Workspace.for_tensors([base] + [f for s in sources for f in s.folders()], tensors)
+    for name in progress(tensors, desc="top-k refine", unit="tensor"):
+        wanted = [c for c in cuts if p1.stats[(c.expert, name)].max_abs >= c.lower]
+        if not wanted:
+            continue
+        values = _read_values(base, [by_expert[e] for e in {c.expert for c in wanted}], name, ws)
+        for c in wanted:
+            a = values[c.expert].abs()
+            inside = a[(a >= c.bnd_lo) & (a < c.sure_at)]
+            lo_hist[(c.expert, c.k_percent)] += torch.bincount(inside.view(torch.int32) & 0xFFFF, minlength=NBINS).numpy()
+    for c in cuts:
+        hist = lo_hist[(c.expert, c.k_percent)]
+        from_top = np.cumsum(hist[::-1])
+        i = int(np.searchsorted(from_top, c.rank_in_bin))
+        low = NBINS - 1 - i
+        c.threshold = bits_to_float((c.bin << 16) | low)
+        c.sure_at, c.bnd_lo = c.threshold, None
+
+
+def _read_values(base: ModelFolder, sources: Sequence[ValueSource], name: str, ws: Workspace) -> dict[str, torch.Tensor]:
+    """Flat float32 values of the given sources on one tensor (zeros where a source does not change it)."""
+    numel = base.info(name).numel
+    base_flat = ws.read(base.info(name), "base") if any(s.needs_base(name) and s.changes(name) for s in sources) else None
+    out: dict[str, torch.Tensor] = {}
+    for i, src in enumerate(sources):
+        v = src.values(name, base_flat if src.needs_base(name) else None, ws, f"value{i}") if src.changes(name) else None
+        out[src.name] = clean_nonfinite(v)[0] if v is not None else ws.buf(f"value{i}", numel).zero_()
+    return out
+
+
+def run_pass2(
+    base: ModelFolder,
+    sources: Sequence[ValueSource],
+    p1: Pass1,
+    top_k: Sequence[float],
+    *,
+    boundary_cap: int = DEFAULT_BOUNDARY_CAP,
+) -> Pass2:
+    """Exact thresholds and per-tensor top-k counts for every expert and pair (module docstring)."""
+    experts = [s.name for s in sources]
+    tensors = reading_order(base, p1.layer_tensors)
+    cuts: dict[tuple[str, float], Cut] = {}
+    for e in experts:
+        nonzero = sum(p1.stats[(e, t)].nnz for t in tensors)
+        for k in top_k:
+            cuts[(e, k)] = find_cut(e, k, p1.hist[e], p1.population, nonzero)
+    result = Pass2(cuts)
+    pending = [c for c in cuts.values() if c.bnd_lo is not None]
+    predicted = sum(int(p1.hist[c.expert][c.bin]) for c in pending)
+    if pending and (predicted > boundary_cap or any(c.bin == 0 for c in pending)):
+        _refine(base, sources, p1, pending, tensors)
+        result.refined = True
+        pending = []
+    pairs = [(a, b) for i, a in enumerate(experts) for b in experts[i + 1 :]]
+    kept: list[tuple[float, str, dict[str, torch.Tensor]]] = []  # (k, tensor, expert -> values at kept positions)
+    by_expert = {s.name: s for s in sources}
+    ws = Workspace.for_tensors([base] + [f for s in sources for f in s.folders()], tensors)
+    for name in progress(tensors, desc="top-k overlap", unit="tensor"):
+        for k in top_k:
+            for e in experts:
+                result.n[(e, k, name)] = 0
+            for a, b in pairs:
+                result.both[(a, b, k, name)] = result.agree[(a, b, k, name)] = 0
+        # An expert whose largest |value| here is below all its cuts has no member here: skip reading it.
+        active = [e for e in experts if any(p1.stats[(e, name)].max_abs >= cuts[(e, k)].lower for k in top_k)]
+        if not active:
+            continue
+        numel = base.info(name).numel
+        values = _read_values(base, [by_expert[e] for e in active], name, ws)
+        absval = {e: torch.abs(v, out=ws.buf(f"abs{i}", numel)) for i, (e, v) in enumerate(values.items())}
+        active_pairs = [(a, b) for a, b in pairs if a in values and b in values]
+        same_sign = {}
+        if p1.signed:
+            for j, (a, b) in enumerate(active_pairs):
+                sa = torch.signbit(values[a], out=ws.buf("sign_a", numel, torch.bool))
+                sb = torch.signbit(values[b], out=ws.buf("sign_b", numel, torch.bool))
+                same_sign[(a, b)] = torch.eq(sa, sb, out=ws.buf(f"same{j}", numel, torch.bool))
+        for k in top_k:
+            sure: dict[str, torch.Tensor] = {}
+            boundary = None
+            for i, e in enumerate(active):
+                cut = cuts[(e, k)]
+                sure[e] = torch.ge(absval[e], cut.sure_at, out=ws.buf(f"sure{i}", numel, torch.bool))
+                result.n[(e, k, name)] = int(torch.count_nonzero(sure[e]))
+                if cut.bnd_lo is not None:
+                    inside = torch.ge(absval[e], cut.bnd_lo, out=ws.buf("inside", numel, torch.bool))
+                    inside.logical_xor_(sure[e])
+                    if boundary is None:
+                        boundary = ws.buf("boundary", numel, torch.bool).copy_(inside)
+                    else:
+                        boundary.logical_or_(inside)
+            for a, b in active_pairs:
+                both = torch.logical_and(sure[a], sure[b], out=ws.buf("both", numel, torch.bool))
+                result.both[(a, b, k, name)] = int(torch.count_nonzero(both))
+                if p1.signed:
+                    result.agree[(a, b, k, name)] = int(torch.count_nonzero(both.logical_and_(same_sign[(a, b)])))
+            if boundary is not None and bool(boundary.any()):
+                idx = boundary.nonzero().squeeze(1)
+                kept.append((k, name, {e: values[e][idx] for e in active}))
+        del values, absval, same_sign
+    result.kept_boundary = sum(len(next(iter(chunk.values()))) for _, _, chunk in kept)
+    _resolve(result, pending, kept, pairs, p1.signed)
+    return result
+
+
+def _resolve(result: Pass2, pending: list[Cut], kept: list, pairs: list[tuple[str, str]], signed: bool) -> None:
+    """Exact thresholds from the kept boundary values, then the kept positions counted against them."""
+    for cut in pending:
+        inside = [
+            a[(a >= cut.bnd_lo) & (a < cut.sure_at)]
+            for k, _, chunk in kept
+            if k == cut.k_percent and cut.expert in chunk
+            for a in [chunk[cut.expert].abs()]
+        ]
+        values = torch.cat(inside) if inside else torch.empty(0)
+        if values.numel() < cut.rank_in_bin:  # cannot happen: the histogram counted them
+            raise RuntimeError(f"top-k bin of {cut.expert} holds {values.numel()} values, expected >= {cut.rank_in_bin}")
+        cut.threshold = float(torch.kthvalue(values, values.numel() - cut.rank_in_bin + 1).values)
+    for k, name, chunk in kept:
+        member = {}
+        was_sure = {}
+        for e, v in chunk.items():
+            cut = result.cuts[(e, k)]
+            a = v.abs()
+            member[e] = cut.contains(a)
+            was_sure[e] = a >= cut.sure_at
+            result.n[(e, k, name)] += int(torch.count_nonzero(member[e] & ~was_sure[e]))
+        for a, b in pairs:
+            if a in member and b in member:
+                extra = member[a] & member[b] & ~(was_sure[a] & was_sure[b])
+                result.both[(a, b, k, name)] += int(torch.count_nonzero(extra))
+                if signed:
+                    same = torch.signbit(chunk[a]) == torch.signbit(chunk[b])
+                    result.agree[(a, b, k, name)] += int(torch.count_nonzero(extra & same))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def expected_jaccard(n_a: np.ndarray | float, n_b: np.ndarray | float, total: np.ndarray | float) -> np.ndarray:
+    """Jaccard index expected of independent random sets of sizes n_a, n_b among ``total``."""
+    n_a, n_b, total = (np.asarray(x, dtype=float) for x in (n_a, n_b, total))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inter = np.where(total > 0, n_a * n_b / total, np.nan)
+        union = n_a + n_b - inter
+        return np.where(union > 0, inter / union, np.nan)
+
+
+def _cells(p1: Pass1) -> pd.DataFrame:
+    tensors = p1.layer_tensors
+    return pd.DataFrame({"tensor": tensors, "layer": [p1.layer[t] for t in tensors], "module": [p1.module[t] for t in tensors], "numel": [p1.numel[t] for t in tensors]})
+
+
+def _with_levels(df: pd.DataFrame, keys: list[str], sums: list[str]) -> pd.DataFrame:
+    """Rows per (layer, module), per layer (module 'all') and in total (layer empty, module 'all')."""
+    by_cell = df.groupby(keys + ["layer", "module"], sort=False)[sums].sum().reset_index()
+    by_layer = df.groupby(keys + ["layer"], sort=False)[sums].sum().reset_index().assign(module="all")
+    total = df.groupby(keys, sort=False)[sums].sum().reset_index().assign(layer=pd.NA, module="all")
+    out = pd.concat([by_cell, by_layer, total], ignore_index=True)
+    out["layer"] = out["layer"].astype("Int64")
+    return out
+
+
+def topk_table(p1: Pass1, p2: Pass2, top_k: Sequence[float]) -> pd.DataFrame:
+    """Where each expert's top-k% set lies: ``expert, k_percent, layer, module, n, numel, fraction``."""
+    cells = _cells(p1)
+    frames = []
+    for e in p1.experts:
+        for k in top_k:
+            f = cells.copy()
+            f["expert"], f["k_percent"] = e, k
+            f["n"] = [p2.n[(e, k, t)] for t in f["tensor"]]
+            frames.append(f)
+    if not frames:
+        return pd.DataFrame(columns=["expert", "k_percent", "layer", "module", "n", "numel", "fraction"])
+    out = _with_levels(pd.concat(frames, ignore_index=True), ["expert", "k_percent"], ["n", "numel"])
+    out["fraction"] = out["n"] / out["numel"]
+    return out[["expert", "k_percent", "layer", "module", "n", "numel", "fraction"]]
+
+
+OVERLAP_COLUMNS = [
+    "expert_a", "expert_b", "k_percent", "layer", "module", "numel", "n_a", "n_b", "n_both",
+    "jaccard", "expected_jaccard", "jaccard_ratio", "sign_agree",
+]  # fmt: skip
+
+
+def overlap_table(p1: Pass1, p2: Pass2, top_k: Sequence[float]) -> pd.DataFrame:
+    """Pairwise overlap of the top-k% sets per layer x module, per layer and in total."""
+    cells = _cells(p1)
+    frames = []
+    experts = p1.experts
+    for i, a in enumerate(experts):
+        for b in experts[i + 1 :]:
+            for k in top_k:
+                f = cells.copy()
+                f["expert_a"], f["expert_b"], f["k_percent"] = a, b, k
+                f["n_a"] = [p2.n[(a, k, t)] for t in f["tensor"]]
+                f["n_b"] = [p2.n[(b, k, t)] for t in f["tensor"]]
+                f["n_both"] = [p2.both[(a, b, k, t)] for t in f["tensor"]]
+                f["n_agree"] = [p2.agree[(a, b, k, t)] for t in f["tensor"]]
+                frames.append(f)
+    if not frames:
+        return pd.DataFrame(columns=OVERLAP_COLUMNS)
+    out = _with_levels(pd.concat(frames, ignore_index=True), ["expert_a", "expert_b", "k_percent"], ["numel", "n_a", "n_b", "n_both", "n_agree"])
+    union = out["n_a"] + out["n_b"] - out["n_both"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["jaccard"] = np.where(union > 0, out["n_both"] / union.where(union > 0, 1), np.nan)
+        out["expected_jaccard"] = expected_jaccard(out["n_a"], out["n_b"], out["numel"])
+        out["jaccard_ratio"] = out["jaccard"] / out["expected_jaccard"]
+        out["sign_agree"] = np.where(out["n_both"] > 0, out["n_agree"] / out["n_both"].where(out["n_both"] > 0, 1), np.nan) if p1.signed else np.nan
+    out["jaccard_ratio"] = out["jaccard_ratio"].replace([np.inf, -np.inf], np.nan)
+    return out[OVERLAP_COLUMNS]
+
+
+def thresholds_table(p2: Pass2) -> pd.DataFrame:
+    rows = [
+        {
+            "expert": c.expert,
+            "k_percent": c.k_percent,
+            "threshold": c.threshold,
+            "k_count": c.k_count,
+            "population": c.population,
+            "nonzero": c.nonzero,
+            "mode": c.mode,
+        }
+        for c in p2.cuts.values()
+    ]
+    return pd.DataFrame(rows, columns=["expert", "k_percent", "threshold", "k_count", "population", "nonzero", "mode"])

@@ -1,0 +1,49 @@
+"""``layerswap merge CONFIG.yaml --out DIR`` and the ``swap`` shortcut: thin over :mod:`layerswap.merge`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from layerswap.cli import app
+
+
+def _echo(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command("merge")
+def merge_cmd(
+    config: Path = typer.Argument(..., help="Merge config YAML (method, base, experts, params); see docs/merge.md."),
+    out: Path = typer.Option(..., "--out", help="Output folder (a model folder, or a PEFT adapter for LoRA swaps)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    emit_mergekit: Path | None = typer.Option(None, "--emit-mergekit", help="Also write the equivalent mergekit YAML here."),
+) -> None:
+    """Merge experts as the config says: layer_swap, revert, linear, task_arithmetic, ties, dare_linear, dare_ties."""
+    from layerswap.merge import load_merge_config, merge
+
+    cfg = load_merge_config(str(config))
+    result = merge(cfg, out, overwrite=overwrite, emit_mergekit=emit_mergekit, echo=_echo)
+    typer.echo(str(result.out))
+
+
+@app.command("swap")
+def swap_cmd(
+    math: str = typer.Option(..., "--math", help="Math expert (model folder or LoRA adapter): the middle layers."),
+    lang: str = typer.Option(..., "--lang", help="Language expert: the bottom and top layers."),
+    bottom: int = typer.Option(..., "--bottom", help="Number of bottom layers from the language expert."),
+    top: int = typer.Option(..., "--top", help="Number of top layers from the language expert."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    base: str | None = typer.Option(None, "--base", help="Base model (needed for LoRA experts and non_layer=base)."),
+    transition: int = typer.Option(0, "--transition", help="Blended layers on each inner boundary."),
+    non_layer: str | None = typer.Option(None, "--non-layer", help="Embeddings/norm/LM head from: math, lang, base or average."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    emit_mergekit: Path | None = typer.Option(None, "--emit-mergekit", help="Also write the equivalent mergekit YAML here."),
+) -> None:
+    """Layer swap: the math expert with its bottom/top layers taken from the language expert."""
+    from layerswap.merge import merge, swap_config
+
+    cfg = swap_config(math=math, lang=lang, bottom=bottom, top=top, transition=transition, base=base, non_layer=non_layer)
+    result = merge(cfg, out, overwrite=overwrite, emit_mergekit=emit_mergekit, echo=_echo)
+    typer.echo(str(result.out))

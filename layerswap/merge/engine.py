@@ -1,0 +1,89 @@
+"""Evaluate one plan operation for one tensor, from any source of float32 weights.
+
+The on-disk merge reads sources lazily from safetensors (:class:`DiskSources`); the in-memory
+merge reads them from a :class:`~layerswap.merge.memory.TensorCache`. Both give ``weight`` and
+``delta`` per (label, tensor), so the arithmetic lives here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import torch
+
+from layerswap.checkpoint import Checkpoint, DeltaView, LoraAdapter, ModelFolder
+from layerswap.errors import ConfigError
+from layerswap.merge.methods import blend, combine_deltas, stable_seed
+from layerswap.merge.plan import BASE, Blend, Combine, Op, Select
+
+
+class Sources(Protocol):
+    def weight(self, label: str, name: str) -> torch.Tensor: ...
+
+    def delta(self, label: str, name: str, base_weight: torch.Tensor | None = None) -> torch.Tensor | None: ...
+
+
+class DiskSources:
+    """Base and experts opened lazily; LoRA experts seen as base + ``B @ A * scaling``."""
+
+    def __init__(self, base: ModelFolder | None, experts: Mapping[str, Checkpoint]) -> None:
+        self.base = base
+        self.experts = dict(experts)
+        self.views: dict[str, DeltaView] = {}
+        for label, ckpt in self.experts.items():
+            if isinstance(ckpt, LoraAdapter) and base is None:
+                raise ConfigError(f"expert {label!r} is a LoRA adapter: add base: PATH (its base model) to the config")
+            if base is not None:
+                self.views[label] = DeltaView(ckpt, base, label=f"expert {label}")
+
+    def checkpoint(self, label: str) -> Checkpoint:
+        if label == BASE:
+            if self.base is None:
+                raise ConfigError("this merge reads the base model: add base: PATH to the config")
+            return self.base
+        return self.experts[label]
+
+    def weight(self, label: str, name: str) -> torch.Tensor:
+        if label == BASE:
+            return self.checkpoint(BASE).get(name, torch.float32)
+        if label in self.views:
+            return self.views[label].weight(name, torch.float32)
+        return self.experts[label].get(name, torch.float32)
+
+    def delta(self, label: str, name: str, base_weight: torch.Tensor | None = None) -> torch.Tensor | None:
+        return self.views[label].delta(name, base_weight)
+
+
+def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
+    """The merged float32 tensor ``name`` under ``op`` (a Select may return a cached tensor: do not mutate)."""
+    if isinstance(op, Select):
+        return src.weight(op.source, name)
+    if isinstance(op, Blend):
+        return blend([src.weight(label, name) for label, _ in op.weights], [w for _, w in op.weights])
+    if isinstance(op, Combine):
+        base = src.weight(BASE, name).to(torch.float32)
+        deltas = []
+        for label, _ in op.weights:
+            d = src.delta(label, name, base)
+            deltas.append(torch.zeros_like(base) if d is None else d)
+        generators = None
+        if op.sparsify == "random":
+            generators = []
+            for label, _ in op.weights:
+                gen = torch.Generator(device=base.device)
+                gen.manual_seed(stable_seed(op.seed, name, label))
+                generators.append(gen)
+        merged = combine_deltas(
+            deltas,
+            [w for _, w in op.weights],
+            sparsify=op.sparsify,
+            densities=op.densities or None,
+            consensus=op.consensus,
+            normalize=op.normalize,
+            lam=op.lam,
+            rescale=op.rescale,
+            generators=generators,
+        )
+        return merged.add_(base)
+    raise TypeError(f"unknown plan operation {op!r}")

@@ -1,0 +1,205 @@
+"""Merging in memory, for the merge-then-evaluate loop.
+
+A :class:`TensorCache` reads base and experts from disk once (float32 or the model dtype, on CPU
+or GPU). :func:`apply_merge` then writes a candidate's tensors into an already loaded
+``transformers`` model in place, and remembers which operation produced each parameter, so the
+next candidate only touches the tensors whose source changed: moving from ``bottom=4`` to
+``bottom=5`` copies one layer, not the model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from layerswap.architecture import Architecture
+from layerswap.checkpoint import Checkpoint, LoraAdapter, ModelFolder, check_compatible, open_checkpoint, open_model
+from layerswap.errors import ConfigError, IncompatibleModelsError
+from layerswap.merge.config import MergeConfig
+from layerswap.merge.engine import DiskSources, compute
+from layerswap.merge.plan import BASE, MergePlan, build_plan
+from layerswap.progress import progress
+
+
+class TensorCache:
+    """Base and expert tensors held in memory, read from disk once.
+
+    ``dtype=torch.float32`` (default) keeps exact float32 inputs for blends; the model's dtype
+    (e.g. bfloat16) halves the memory. LoRA experts are held as their float32 deltas.
+    """
+
+    def __init__(
+        self,
+        experts: Mapping[str, str | os.PathLike[str]],
+        base: str | os.PathLike[str] | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.base: ModelFolder | None = open_model(base) if base is not None else None
+        self.experts: dict[str, Checkpoint] = {label: open_checkpoint(p) for label, p in experts.items()}
+        full = [e for e in self.experts.values() if isinstance(e, ModelFolder)]
+        ref = self.base if self.base is not None else (full[0] if full else None)
+        if ref is None:
+            raise ConfigError("LoRA experts need their base model: pass base=PATH")
+        for label, ckpt in self.experts.items():
+            if ckpt is not ref:
+                check_compatible(ref, ckpt, label=f"expert {label}")
+        self.reference: ModelFolder = ref
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self._disk = DiskSources(self.base, self.experts)
+        self._tensors: dict[tuple[str, str], torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, config: MergeConfig, **kwargs) -> TensorCache:  # noqa: ANN003
+        return cls(config.experts, config.base, **kwargs)
+
+    @property
+    def architecture(self) -> Architecture:
+        return self.reference.architecture
+
+    @property
+    def num_layers(self) -> int:
+        return self.reference.num_layers
+
+    def names(self) -> list[str]:
+        return self.reference.names()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._tensors.values())
+
+    def paths(self) -> dict[str, str]:
+        out = {label: str(c.path.resolve()) for label, c in self.experts.items()}
+        if self.base is not None:
+            out[BASE] = str(self.base.path.resolve())
+        return out
+
+    def _load(self, label: str, name: str) -> torch.Tensor | None:
+        key = (label, name)
+        if key not in self._tensors:
+            ckpt = self.base if label == BASE else self.experts[label]
+            if isinstance(ckpt, LoraAdapter):
+                d = self._disk.delta(label, name)
+                if d is None:
+                    return None
+                self._tensors[key] = d.to(self.device, torch.float32)
+            else:
+                assert ckpt is not None
+                self._tensors[key] = ckpt.get(name, self.dtype).to(self.device)
+        return self._tensors[key]
+
+    def weight(self, label: str, name: str) -> torch.Tensor:
+        """The source's tensor (cached; do not mutate). LoRA experts: base + delta (a new tensor)."""
+        if label != BASE and isinstance(self.experts.get(label), LoraAdapter):
+            d = self._load(label, name)
+            base = self.weight(BASE, name)
+            return base if d is None else base.to(torch.float32) + d
+        t = self._load(label, name)
+        assert t is not None
+        return t
+
+    def delta(self, label: str, name: str, base_weight: torch.Tensor | None = None) -> torch.Tensor | None:
+        if isinstance(self.experts[label], LoraAdapter):
+            return self._load(label, name)
+        base = base_weight if base_weight is not None else self.weight(BASE, name)
+        return self.weight(label, name).to(torch.float32) - base.to(torch.float32)
+
+    def preload(self, labels: Iterable[str] | None = None) -> TensorCache:
+        """Read every tensor of the named sources (default: all) now, with a progress bar."""
+        chosen = list(labels) if labels is not None else ([BASE] if self.base else []) + list(self.experts)
+        jobs = [(label, name) for label in chosen for name in self.names()]
+        for label, name in progress(jobs, desc="load merge sources", total=len(jobs), unit="tensor"):
+            self._load(label, name)
+        return self
+
+    def check_config(self, config: MergeConfig) -> None:
+        """The config must name the same experts (same paths) as the cache holds."""
+        mine = self.paths()
+        for label, path in config.experts.items():
+            if label not in self.experts:
+                raise ConfigError(f"expert {label!r} of the config is not in the cache (it holds {', '.join(self.experts)})")
+            if Path(path).exists() and str(Path(path).resolve()) != mine[label]:
+                raise ConfigError(f"expert {label!r} is {path} in the config but {mine[label]} in the cache: build a new cache")
+        if config.base is not None and self.base is None:
+            raise ConfigError("the config names a base but the cache has none: build the cache with base=PATH")
+
+
+def plan_for(cache: TensorCache, config: MergeConfig) -> MergePlan:
+    config.validate_all()
+    cache.check_config(config)
+    return build_plan(config, cache.num_layers)
+
+
+def merged_state_dict(
+    cache: TensorCache, config: MergeConfig, *, dtype: torch.dtype | None = None, names: Iterable[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """The merged tensors as a new state dict (``dtype`` default: the reference checkpoint's dtype)."""
+    plan = plan_for(cache, config)
+    arch = cache.architecture
+    out: dict[str, torch.Tensor] = {}
+    for name in names if names is not None else cache.names():
+        t = compute(plan.op_for(name, arch), name, cache)
+        target = dtype or cache.reference.info(name).torch_dtype
+        out[name] = t.to(target, copy=True)
+    return out
+
+
+@dataclass
+class ApplyStats:
+    """What :func:`apply_merge` did for one candidate."""
+
+    copied: int
+    skipped: int
+    seconds: float
+    plan: MergePlan
+
+
+_applied: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, object]] = weakref.WeakKeyDictionary()
+
+
+def _parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    params: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
+    params.update(dict(model.named_buffers(remove_duplicate=False)))
+    return params
+
+
+@torch.no_grad()
+def apply_merge(model: torch.nn.Module, cache: TensorCache, config: MergeConfig, *, force: bool = False) -> ApplyStats:
+    """Write the merge of ``config`` into ``model``'s parameters in place.
+
+    Only tensors whose plan operation differs from the one last applied to this model are
+    touched (``force=True`` rewrites all, e.g. after the model was changed elsewhere).
+    """
+    start = time.perf_counter()
+    plan = plan_for(cache, config)
+    arch = cache.architecture
+    params = _parameters(model)
+    state = _applied.setdefault(model, {})
+    if force or state.get("__cache__") is not cache:
+        state.clear()
+        state["__cache__"] = cache
+    copied = skipped = 0
+    for name in cache.names():
+        op = plan.op_for(name, arch)
+        if state.get(name) == op:
+            skipped += 1
+            continue
+        target = params.get(name)
+        if target is None:
+            raise IncompatibleModelsError(
+                f"the model has no parameter {name!r} of the merge sources: load the model from the same base"
+            )
+        if tuple(target.shape) != tuple(cache.reference.info(name).shape):
+            raise IncompatibleModelsError(f"parameter {name!r} has shape {list(target.shape)} in the model, not as in the sources")
+        target.copy_(compute(op, name, cache))
+        state[name] = op
+        copied += 1
+    return ApplyStats(copied, skipped, time.perf_counter() - start, plan)

@@ -1,0 +1,121 @@
+"""The tensor math of the merge methods, on float32 tensors, one tensor at a time.
+
+Conventions chosen where the reference implementations differ (see docs/merge.md):
+
+- TIES trims each delta to its ``k = max(1, int(density * numel))`` largest magnitudes, weights
+  it, elects the sign per entry as the sign of the *weighted sum* of trimmed deltas (total mass;
+  0 counts as +), and takes the disjoint mean dividing by the *summed weights* of the agreeing
+  entries (mergekit; PEFT divides by their count: the two agree when all weights are 1).
+- DARE keeps each entry with probability ``density`` and divides the survivors by ``density``
+  (the paper and PEFT; mergekit instead rescales to the original L1 norm, offered as ``rescale: l1``).
+- Random masks come from a generator seeded per (seed, tensor name, expert label), so a merge is
+  reproducible and independent of tensor order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+
+
+def stable_seed(seed: int, name: str, label: str) -> int:
+    """A 63-bit seed from (seed, tensor, expert) that does not depend on Python's hash salt."""
+    digest = hashlib.blake2b(f"{seed}\0{name}\0{label}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def blend(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """``sum_i w_i * t_i`` in float32 (linear souping, transition layers, ``average``)."""
+    out = torch.zeros_like(tensors[0], dtype=torch.float32)
+    for t, w in zip(tensors, weights, strict=True):
+        out.add_(t.to(torch.float32), alpha=float(w))
+    return out
+
+
+def trim_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the ``max(1, int(density * numel))`` entries of largest magnitude, zero the rest."""
+    if density >= 1.0 or delta.numel() == 0:
+        return delta.clone()
+    k = max(1, int(density * delta.numel()))
+    flat = delta.reshape(-1)
+    # topk (not a quickselect threshold): equal magnitudes at the cut are then broken the way
+    # mergekit's sort breaks them, so the two tools keep the same entries.
+    keep = torch.topk(flat.abs(), k, sorted=False).indices
+    out = torch.zeros_like(flat)
+    out[keep] = flat[keep]
+    return out.reshape(delta.shape)
+
+
+def dare_drop(
+    delta: torch.Tensor, density: float, generator: torch.Generator | None, rescale: str = "density"
+) -> torch.Tensor:
+    """Keep each entry with probability ``density``; rescale by ``1/density``, to the L1 norm, or not."""
+    if density >= 1.0:
+        return delta.clone()
+    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
+    masked = delta * keep
+    if rescale == "density":
+        return masked.div_(density)
+    if rescale == "l1":
+        before, after = delta.abs().sum(), masked.abs().sum()
+        if before < 1e-7 or after < 1e-7:
+            return masked
+        return masked.mul_(before / after)
+    return masked
+
+
+def elect_sign(weighted: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-entry sign of the total mass ``sum_i w_i * tau_i`` (+1 where it is >= 0)."""
+    total = torch.stack(list(weighted)).sum(dim=0)
+    return torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
+
+
+def combine_deltas(
+    deltas: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    sparsify: str | None = None,
+    densities: Sequence[float] | None = None,
+    consensus: bool = False,
+    normalize: bool = False,
+    lam: float = 1.0,
+    rescale: str = "density",
+    generators: Sequence[torch.Generator | None] | None = None,
+) -> torch.Tensor:
+    """The merged task vector of task arithmetic, TIES and DARE (before adding the base).
+
+    ``sparsify``: None, ``"magnitude"`` (TIES trim) or ``"random"`` (DARE drop).
+    ``consensus``: TIES sign election and disjoint mean.
+    ``normalize``: divide by summed weights (of agreeing entries under consensus).
+    """
+    taus: list[torch.Tensor] = []
+    for i, d in enumerate(deltas):
+        d = d.to(torch.float32)
+        if sparsify == "magnitude":
+            d = trim_magnitude(d, densities[i] if densities else 1.0)
+        elif sparsify == "random":
+            gen = generators[i] if generators else None
+            d = dare_drop(d, densities[i] if densities else 1.0, gen, rescale)
+        taus.append(d * float(weights[i]))
+    if consensus:
+        sign = elect_sign(taus)
+        mixed = torch.zeros_like(taus[0])
+        divisor = torch.zeros_like(taus[0])
+        for tau, w in zip(taus, weights, strict=True):
+            agree = torch.sign(tau) == sign
+            mixed.add_(tau * agree)
+            divisor.add_(agree.to(divisor.dtype), alpha=float(w))
+        if normalize:
+            divisor[divisor == 0] = 1.0
+            mixed.div_(divisor)
+    else:
+        mixed = torch.stack(taus).sum(dim=0)
+        if normalize:
+            total = float(sum(weights))
+            if abs(total) >= 1e-8:
+                mixed.div_(total)
+    if lam != 1.0:
+        mixed.mul_(lam)
+    return mixed

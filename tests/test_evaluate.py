@@ -1,0 +1,360 @@
+"""Fast tests of the evaluate wing: extraction and prompts vs lm-eval, runner, log-likelihoods, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from layerswap.errors import ConfigError, DataError
+from layerswap.evaluate import api, loglik, mgsm
+from layerswap.evaluate.answers import FALLBACK, Extractor, exact_match, flexible_extractor, normalise_number, strict_extractor
+from layerswap.evaluate.runner import as_loaded, common_prefix_length, generate, load_model
+from layerswap.evaluate.tasks import strip_stop
+
+# Outputs in several scripts, with the strict pattern of their language.
+STRICT_CASES = [
+    ("sw", "Mikebe 2 ni mipira 6. 5 + 6 = 11. Jibu ni 2,125.", "2,125."),
+    ("bn", "রজারের 5টি বল ছিল। The answer is 11।", "11"),
+    ("te", "మొత్తం 5 + 6 = 11. సమాధానం 11.", "11."),
+    ("th", "5 + 6 = 11 คำตอบคือ 1,000", "1,000"),
+    ("ja", "5+6=11。答えは2,125です。", "2,125"),
+    ("zh", "5 + 6 = 11。答案是 -42。", "-42"),
+    ("ru", "5 + 6 = 11. Ответ — 11.", "11."),
+    ("de", "5 + 6 = 11. Die Antwort lautet 11.", "11."),
+    ("fr", "La réponse est 3.", "3."),
+    ("sw", "Hakuna jibu hapa.", FALLBACK),
+    ("ja", "答えは 11 です。", FALLBACK),  # the space breaks lm-eval's Japanese pattern too
+]
+FLEXIBLE_CASES = [
+    ("He pays $80,000 and then 2,125 more.", "2,125"),
+    ("5 + 6 = 11.\n", "11."),
+    ("jibu ni 7", "7"),
+    ("hakuna namba", FALLBACK),
+    ("", FALLBACK),
+]
+
+
+@pytest.mark.parametrize(("lang", "text", "want"), STRICT_CASES)
+def test_strict_pattern(lang, text, want):
+    assert strict_extractor(mgsm.MGSM_LANGUAGES[lang].regex)(text) == want
+
+
+@pytest.mark.parametrize(("text", "want"), FLEXIBLE_CASES)
+def test_flexible_extract(text, want):
+    assert flexible_extractor()(text) == want
+
+
+def test_extraction_matches_lm_eval_filters():
+    pytest.importorskip("lm_eval")
+    from lm_eval.filters.extraction import RegexFilter, WhitespaceFilter
+
+    texts = [t for _, t, _ in STRICT_CASES] + [t for t, _ in FLEXIBLE_CASES]
+    for lang, words in mgsm.MGSM_LANGUAGES.items():
+        ours, theirs = strict_extractor(words.regex), RegexFilter(regex_pattern=words.regex)
+        assert [ours(t) for t in texts] == [r[0] for r in theirs.apply([[t] for t in texts], None)], lang
+    flex = RegexFilter(regex_pattern=r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1)
+    assert [flexible_extractor()(t) for t in texts] == [r[0] for r in flex.apply([[t] for t in texts], None)]
+    ws = WhitespaceFilter()
+    assert [Extractor("remove_whitespace")(t) for t in texts] == [r[0] for r in ws.apply([[t] for t in texts], None)]
+
+
+def test_exact_match_semantics():
+    assert exact_match("2,125", "2125") and exact_match("$18.", "18") and not exact_match("19", "18")
+    assert normalise_number("2,125") == "2125" and normalise_number("$1,000.") == "1000" and normalise_number("12.0") == "12"
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+
+    preds, golds = ["2,125", "18.", "-5", "[invalid]", "1.000"], ["2125", "18", "5", "3", "1000"]
+    for p, g in zip(preds, golds, strict=True):
+        want = exact_match_hf_evaluate([p], [g], ignore_case=True, ignore_punctuation=True)["exact_match"] == 1.0
+        assert exact_match(p, g) == want, (p, g)
+
+
+def test_score_empty_output_is_wrong():
+    task = mgsm.make_task("sw", "native_cot")
+    assert task.score("", "5")["correct"] is False
+    assert task.score(None, "5")["answer"] == FALLBACK
+    scored = task.score(" 2 + 3 = 5. Jibu ni 5.", "5")
+    assert scored["correct"] and scored["extracted"]["strict-match"] == "5."
+    # strict fails -> flexible fallback decides the headline answer
+    assert task.score(" 2 + 3 = 5", "5")["correct"]
+
+
+def test_stop_strings_cut_at_first():
+    assert strip_stop("abc Swali: x </s>", ("Swali:", "</s>")) == "abc "
+    assert strip_stop("abc", ("Swali:",)) == "abc"
+
+
+def test_make_task_errors():
+    with pytest.raises(ConfigError, match="0..8"):
+        mgsm.make_task("sw", shots=9, exemplars=[])
+    with pytest.raises(DataError, match="valid languages are bn, de"):
+        mgsm.make_task("xx")
+    with pytest.raises(ConfigError, match="direct, native_cot"):
+        mgsm.make_task("sw", "cot")
+
+
+def test_templates_are_lm_eval_words():
+    t = mgsm.make_task("ja", "native_cot")
+    assert t.prompt("Q") == "問題： Q\nステップごとの答え:" and t.stop[0] == "問題："
+    d = mgsm.make_task("de", "direct")
+    assert d.prompt("Q") == "Frage: Q\nAntwort:" and d.answer_order == ("flexible-extract",)
+    assert mgsm.make_task("bn", "native_cot").extractors[0].pattern == r"The answer is (\-?[0-9\.\,]+)"
+
+
+# --- against lm-eval itself, on the real MGSM files ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm_eval_requests(data_dir, tmp_path_factory):
+    """lm-eval's rendered prompts and stop strings for our local-data MGSM tasks."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from layerswap.evaluate.lm_eval_config import write_lm_eval_tasks
+
+    out = tmp_path_factory.mktemp("lmeval")
+    langs = ["sw", "bn", "ja", "fr", "zh"]
+    names = {fmt: write_lm_eval_tasks(out, langs, fmt, data_dir=data_dir) for fmt in mgsm.FORMATS}
+    tm = TaskManager(include_path=str(out))
+    got = {}
+    for fmt, task_names in names.items():
+        tasks = get_task_dict(task_names, tm)
+        for lang, name in zip(langs, task_names, strict=True):
+            for shots in (0, 2):
+                task = tasks[name]
+                task.set_config(key="num_fewshot", value=shots)
+                task.build_all_requests(limit=2, rank=0, world_size=1)
+                got[(fmt, lang, shots)] = [inst.args for inst in sorted(task.instances, key=lambda i: i.doc_id)]
+    return got
+
+
+@pytest.mark.parametrize("fmt", mgsm.FORMATS)
+def test_prompts_identical_to_lm_eval(lm_eval_requests, data_dir, fmt):
+    for lang in ["sw", "bn", "ja", "fr", "zh"]:
+        examples = mgsm.load_examples(lang, data_dir=data_dir, limit=2)
+        for shots in (0, 2):
+            task = mgsm.make_task(lang, fmt, shots=shots, exemplars=mgsm.load_exemplars(lang, data_dir=data_dir))
+            theirs = lm_eval_requests[(fmt, lang, shots)]
+            assert [task.prompt(e.question) for e in examples] == [a[0] for a in theirs], (fmt, lang, shots)
+            assert list(task.stop) == list(theirs[0][1]["until"]), (fmt, lang)
+
+
+def test_mgsm_data(data_dir):
+    en = mgsm.load_examples("en", data_dir=data_dir)
+    assert len(en) == 250 and any(e.gold == "2125" for e in en)  # "2,125" in the file
+    ex = mgsm.load_exemplars("te", data_dir=data_dir)
+    assert len(ex) == 8 and ex[0].number == "11"
+
+
+# --- runner on tiny models --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_llama):
+    return load_model(tiny_llama, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma_lm(tiny_gemma3):
+    return load_model(tiny_gemma3, device="cpu")
+
+
+PROMPTS = [
+    "Question: Janet has 3 apples and buys 2 more. How many apples does she have? Answer:",
+    "Swali: Juma ana machungwa 4.",
+    "The quick brown fox jumps over the lazy dog 0123456789. Habari za asubuhi. Leo ni siku nzuri sana kwa kusoma hesabu na lugha. Jibu:",
+    "2 + 3 =",
+    "Habari",
+]
+
+
+@pytest.mark.parametrize("which", ["tiny_lm", "tiny_gemma_lm"])
+def test_batched_equals_unbatched(which, request):
+    lm = request.getfixturevalue(which)
+    one = generate(lm, PROMPTS, max_new_tokens=12, batch_size=1, share_prefix=False)
+    assert all(one)
+    assert generate(lm, PROMPTS, max_new_tokens=12, batch_size=3) == one
+    assert generate(lm, PROMPTS, max_new_tokens=12, batch_size=8) == one
+
+
+@pytest.mark.parametrize("which", ["tiny_lm", "tiny_gemma_lm"])
+def test_shared_prefix_equals_full_prompts(which, request):
+    """Few-shot prompts share a long prefix; the gemma3 fixture's 64-token sliding window is crossed."""
+    lm = request.getfixturevalue(which)
+    shots = " ".join(PROMPTS[:3]) * 2 + "\n\n"
+    prompts = [shots + p for p in PROMPTS]
+    ids = [lm.tokenizer(p)["input_ids"] for p in prompts]
+    assert common_prefix_length(ids) >= 64
+    full = generate(lm, prompts, max_new_tokens=10, batch_size=1, share_prefix=False)
+    assert generate(lm, prompts, max_new_tokens=10, batch_size=4, share_prefix=True) == full
+    assert generate(lm, prompts, max_new_tokens=10, batch_size=1, share_prefix=True) == full
+
+
+def test_generate_matches_hf_generate(tiny_gemma_lm):
+    lm = tiny_gemma_lm
+    for prompt in PROMPTS[:3]:
+        enc = lm.tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            seq = lm.model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+        want = lm.tokenizer.decode(seq[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert generate(lm, [prompt], max_new_tokens=8, batch_size=1) == [want]
+
+
+def test_stop_strings_per_sequence(tiny_lm):
+    full = generate(tiny_lm, PROMPTS, max_new_tokens=16, batch_size=1)
+    stop = (full[0][2:5], full[3][4:6])  # one stop string found in row 0, another in row 3
+    cut = generate(tiny_lm, PROMPTS, stop=stop, max_new_tokens=16, batch_size=5)
+    assert cut == [strip_stop(t, stop) for t in full]
+    assert cut[0] == full[0][: full[0].find(stop[0])]
+    assert len(cut[0]) < len(full[0])
+
+
+def test_empty_generation_and_eos(tiny_lm, tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    first = tiny_lm.tokenizer(PROMPTS[0])["input_ids"]
+    with torch.inference_mode():
+        token = int(tiny_lm.model(torch.tensor([first])).logits[0, -1].argmax())
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    model.generation_config.eos_token_id = [token, 2]  # the first greedy token ends the sequence
+    lm = as_loaded(model, AutoTokenizer.from_pretrained(tiny_llama))
+    assert generate(lm, [PROMPTS[0]], max_new_tokens=5) == [""]
+    task = mgsm.make_task("en", "native_cot")
+    from layerswap.evaluate.tasks import Example
+
+    res = api.run_generation_task(lm, task, [Example("e0", PROMPTS[0], "5")], max_new_tokens=5)
+    assert res.summary["empty"].iloc[0] == 1 and res.summary["exact_match"].iloc[0] == 0.0
+
+
+def test_missing_pad_token_uses_eos(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tok.pad_token = None
+    lm = as_loaded(AutoModelForCausalLM.from_pretrained(tiny_llama), tok)
+    assert lm.tokenizer.pad_token_id == lm.tokenizer.eos_token_id
+    assert len(generate(lm, PROMPTS[:3], max_new_tokens=4, batch_size=3)) == 3
+
+
+def test_lora_adapter_loads_on_base(tiny_lora, tiny_lm):
+    lm = load_model(tiny_lora, device="cpu")
+    assert lm.info["base"] is not None
+    assert len(generate(lm, PROMPTS[:2], max_new_tokens=4)) == 2
+
+
+# --- log-likelihoods ----------------------------------------------------------------------------
+
+
+def test_bits_per_byte_formula():
+    assert bits_per_byte_close(loglik.bits_per_byte(-math.log(2) * 8, 8), 1.0)
+    assert bits_per_byte_close(loglik.bits_per_byte(-math.log(2) * 3, 12), 0.25)
+
+
+def bits_per_byte_close(a, b):
+    return abs(a - b) < 1e-12
+
+
+def _manual_logprob(lm, ids):
+    with torch.inference_mode():
+        logp = torch.log_softmax(lm.model(torch.tensor([ids])).logits[0].float(), -1)
+    return float(sum(logp[i - 1, ids[i]] for i in range(1, len(ids))))
+
+
+def test_score_tokens_matches_full_logits(tiny_gemma_lm):
+    lm = tiny_gemma_lm
+    texts = ["Habari za asubuhi.", "The quick brown fox jumps over the lazy dog 0123456789.", "2 + 3 = 5"]
+    seqs = [loglik.text_tokens(lm, t) for t in texts]
+    scored = loglik.score_tokens(lm, seqs, batch_size=3)
+    for (ids, n), s in zip(seqs, scored, strict=True):
+        assert n == len(ids) - 1 and s.n_tokens == n
+        assert abs(s.logprob - _manual_logprob(lm, ids)) < 1e-3
+
+
+def test_flores_bits_per_byte(tiny_lm, tmp_path):
+    folder = tmp_path / "flores200" / "devtest"
+    folder.mkdir(parents=True)
+    lines = ["Habari za asubuhi.", '"Leo ni ""siku"" nzuri."', "Jibu ni 42."]
+    (folder / "swh_Latn.devtest").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    res = api.evaluate_flores(tiny_lm, ["sw"], data_dir=tmp_path)
+    clean = ["Habari za asubuhi.", 'Leo ni "siku" nzuri.', "Jibu ni 42."]
+    total = sum(_manual_logprob(tiny_lm, loglik.text_tokens(tiny_lm, t)[0]) for t in clean)
+    want = -total / (math.log(2) * sum(len(t.encode()) for t in clean))
+    assert abs(res.summary["bits_per_byte"].iloc[0] - want) < 1e-4
+    assert [r["text"] for r in res.records] == clean
+
+
+def test_sib200_and_proxy(tiny_lm, tmp_path, data_dir):
+    folder = tmp_path / "sib200" / "swh_Latn"
+    folder.mkdir(parents=True)
+    (folder / "test.tsv").write_text("index_id\tcategory\ttext\n1\tsports\tTimu ilishinda.\n2\thealth\tDaktari alikuja.\n", encoding="utf-8")
+    res = api.evaluate_sib200(tiny_lm, ["sw"], data_dir=tmp_path)
+    assert res.summary["n"].iloc[0] == 2 and 0.0 <= res.summary["accuracy"].iloc[0] <= 1.0
+    proxy = api.evaluate_proxy(tiny_lm, ["sw"], limit=2, data_dir=data_dir)
+    assert proxy.records[0]["continuation"] == " Jibu ni 18." and proxy.summary["gold_logprob"].iloc[0] < 0
+
+
+# --- custom data, package entry, CLI ---------------------------------------------------------
+
+
+def test_custom_missing_field_names_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"q": "2+3?", "a": "5"}\n{"q": "4+4?"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="line 2 lacks field 'a'"):
+        api.load_custom(path, question_field="q", answer_field="a")
+    tsv = tmp_path / "q.tsv"
+    tsv.write_text("q\ta\n2+3?\t#### 2,125\n", encoding="utf-8")
+    assert api.load_custom(tsv, question_field="q", answer_field="a")[0].gold == "2125"
+
+
+def test_package_level_evaluate_is_lazy_and_callable():
+    import layerswap
+
+    assert callable(layerswap.evaluate)
+
+
+def _cli(argv, capsys):
+    from layerswap.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, capsys.readouterr()
+
+
+def test_cli_errors(tiny_llama, tmp_path, capsys, data_dir):
+    out = str(tmp_path / "o")
+    code, io = _cli(["evaluate", str(tiny_llama), "--task", "mmlu", "--out", out], capsys)
+    assert code == 6 and "valid tasks are mgsm" in io.err
+    code, io = _cli(["evaluate", str(tiny_llama), "--langs", "sw,xx", "--out", out], capsys)
+    assert code == 7 and "valid languages are" in io.err
+    code, io = _cli(["evaluate", str(tiny_llama), "--shots", "9", "--out", out], capsys)
+    assert code == 6 and "0..8" in io.err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"q": "1+1?", "a": 2}\n{"a": 3}\n', encoding="utf-8")
+    code, io = _cli(["evaluate", str(tiny_llama), "--task", "custom", "--data", str(bad), "--question-field", "q", "--answer-field", "a",
+                     "--lang", "sw", "--out", out], capsys)
+    assert code == 7 and "line 2" in io.err and not Path(out).exists()
+
+
+def test_cli_custom_writes_outputs(tiny_llama, tmp_path, capsys):
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"q": f"{i} + 1 = ?", "a": str(i + 1)}) + "\n" for i in range(3)), encoding="utf-8")
+    out = tmp_path / "run"
+    argv = ["evaluate", str(tiny_llama), "--task", "custom", "--data", str(data), "--question-field", "q", "--answer-field", "a",
+            "--lang", "sw", "--max-new-tokens", "4", "--batch-size", "2", "--out", str(out)]
+    code, io = _cli(argv, capsys)
+    assert code == 0, io.err
+    records = [json.loads(x) for x in (out / "examples.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and {"prompt", "output", "answer", "gold", "correct"} <= set(records[0])
+    assert records[0]["prompt"].startswith("Swali: 0 + 1 = ?\nJibu la Hatua kwa Hatua:")
+    assert (out / "summary.csv").exists() and (out / "layerswap.json").exists()
+    assert "custom" in io.out
+    code, io = _cli(argv, capsys)  # exists, no --overwrite
+    assert code == 8
+    first = (out / "examples.jsonl").read_text()
+    code, _ = _cli([*argv, "--overwrite"], capsys)
+    assert code == 0 and (out / "examples.jsonl").read_text() == first  # deterministic

@@ -1,0 +1,354 @@
+"""Merge wing: plans, formulas, on-disk and in-memory merges, LoRA, bad input, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from layerswap.checkpoint import ModelFolder
+from layerswap.errors import ConfigError, IncompatibleModelsError, LayerswapError, OutputExistsError
+from layerswap.merge import (
+    TensorCache,
+    apply_merge,
+    build_plan,
+    merge,
+    merge_config,
+    merged_state_dict,
+    swap_config,
+)
+from layerswap.merge.methods import combine_deltas, dare_drop, stable_seed, trim_magnitude
+from layerswap.merge.plan import Blend, Select
+from layerswap.testing import make_lora_adapter, make_tiny_model, planted_expert
+
+Q = "model.layers.{}.self_attn.q_proj.weight"
+
+
+def _folders(*paths):
+    return [ModelFolder(p) for p in paths]
+
+
+# -------------------------------------------------------------------------- plans and formulas
+
+
+def test_swap_layout_with_transitions():
+    cfg = swap_config(math="m", lang="l", bottom=2, top=1, transition=2)
+    plan = build_plan(cfg, 10)
+    ops = plan.layer_ops
+    assert ops[0] == ops[1] == Select("lang") and ops[9] == Select("lang")
+    assert ops[2] == Blend((("math", 1 / 3), ("lang", 1 - 1 / 3)))
+    assert ops[3] == Blend((("math", 2 / 3), ("lang", 1 - 2 / 3)))
+    assert ops[4] == ops[5] == ops[6] == Select("math")
+    assert ops[7] == Blend((("math", 2 / 3), ("lang", 1 - 2 / 3)))
+    assert ops[8] == Blend((("math", 1 / 3), ("lang", 1 - 1 / 3)))
+    assert plan.non_layer_op == Select("math")
+
+
+def test_too_many_swapped_layers_is_an_error():
+    cfg = swap_config(math="m", lang="l", bottom=3, top=2, transition=1)
+    with pytest.raises(ConfigError, match=r"bottom 3 \+ top 2 \+ 2 x transition 1 = 7 layers, but the model has 6"):
+        build_plan(cfg, 6)
+
+
+def test_trim_magnitude_keeps_top_k():
+    d = torch.tensor([0.1, -3.0, 2.0, -0.5, 0.05, 1.0])
+    assert torch.equal(trim_magnitude(d, 0.5), torch.tensor([0.0, -3.0, 2.0, 0.0, 0.0, 1.0]))
+    assert torch.equal(trim_magnitude(d, 0.01), torch.tensor([0.0, -3.0, 0, 0, 0, 0]))  # at least one kept
+
+
+def test_ties_formula_by_hand():
+    d1 = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    d2 = torch.tensor([-4.0, -1.0, 1.0, 0.2])
+    w = [0.6, 0.4]
+    # density 0.5 -> d1 keeps [-2, 3], d2 keeps [-4, -1]
+    t1 = torch.tensor([0.0, -2.0, 3.0, 0.0]) * 0.6
+    t2 = torch.tensor([-4.0, -1.0, 0.0, 0.0]) * 0.4
+    # elected sign by total mass: [-1.6 -> -, -1.6 -> -, 1.8 -> +, 0 -> +]
+    expected = torch.tensor([t2[0] / 0.4, (t1[1] + t2[1]) / 1.0, t1[2] / 0.6, 0.0])
+    got = combine_deltas([d1, d2], w, sparsify="magnitude", densities=[0.5, 0.5], consensus=True, normalize=True)
+    assert torch.allclose(got, expected)
+    # lambda scales the merged vector
+    got2 = combine_deltas([d1, d2], w, sparsify="magnitude", densities=[0.5, 0.5], consensus=True, normalize=True, lam=0.5)
+    assert torch.allclose(got2, expected * 0.5)
+
+
+def test_dare_formula_and_determinism():
+    d = torch.randn(1000)
+    g = torch.Generator().manual_seed(stable_seed(7, "w", "math"))
+    out = dare_drop(d, 0.3, g)
+    kept = out != 0
+    assert torch.allclose(out[kept], d[kept] / 0.3)
+    assert 0.2 < kept.float().mean() < 0.4
+    g2 = torch.Generator().manual_seed(stable_seed(7, "w", "math"))
+    assert torch.equal(out, dare_drop(d, 0.3, g2))
+    assert stable_seed(7, "w", "math") != stable_seed(7, "w", "lang")
+    l1 = dare_drop(d, 0.3, torch.Generator().manual_seed(1), "l1")
+    assert torch.allclose(l1.abs().sum(), d.abs().sum())
+
+
+def test_task_arithmetic_formula():
+    d1, d2 = torch.randn(5), torch.randn(5)
+    got = combine_deltas([d1, d2], [0.7, 0.3], lam=2.0)
+    assert torch.allclose(got, 2.0 * (0.7 * d1 + 0.3 * d2))
+
+
+# -------------------------------------------------------------------------- on-disk merges
+
+
+def test_layer_swap_is_byte_identical(tiny_experts, tmp_path):
+    cfg = swap_config(math=str(tiny_experts["math"]), lang=str(tiny_experts["lang"]), bottom=2, top=1)
+    res = merge(cfg, tmp_path / "out", emit_mergekit=tmp_path / "mk.yaml")
+    assert res.computed == 0 and res.copied > 0
+    out, m, lang = _folders(res.out, tiny_experts["math"], tiny_experts["lang"])
+    for name in out.names():
+        layer = out.architecture.classify(name).layer
+        src = lang if layer is not None and (layer < 2 or layer >= 5) else m
+        assert out.get(name).view(torch.uint8).equal(src.get(name).view(torch.uint8)), name
+    prov = json.loads((res.out / "layerswap.json").read_text())
+    assert prov["non_layer"] == "math" and prov["config"]["params"]["bottom"] == 2
+    mk = yaml.safe_load((tmp_path / "mk.yaml").read_text())
+    assert mk["merge_method"] == "passthrough"
+
+
+def test_transition_layers_equal_the_blend(tiny_experts, tmp_path):
+    cfg = swap_config(math=str(tiny_experts["math"]), lang=str(tiny_experts["lang"]), bottom=1, top=1, transition=1,
+                      base=str(tiny_experts["base"]), non_layer="average")
+    res = merge(cfg, tmp_path / "out")
+    out, m, lang = _folders(res.out, tiny_experts["math"], tiny_experts["lang"])
+    for layer in (1, 4):
+        name = Q.format(layer)
+        assert torch.allclose(out.get(name), 0.5 * m.get(name) + 0.5 * lang.get(name), atol=1e-7)
+    emb = "model.embed_tokens.weight"
+    assert torch.allclose(out.get(emb), 0.5 * m.get(emb) + 0.5 * lang.get(emb), atol=1e-7)
+    assert torch.equal(out.get(Q.format(2)), m.get(Q.format(2)))
+
+
+def test_revert_composes_and_keeps_base(tiny_experts, tmp_path):
+    cfg = merge_config({
+        "method": "revert", "base": str(tiny_experts["base"]),
+        "experts": {"lang": str(tiny_experts["lang"]), "math": str(tiny_experts["math"])},
+        "params": {"keep": {"lang": "0-1,5", "math": "2-3"}},
+    })
+    res = merge(cfg, tmp_path / "out")
+    assert res.computed == 0
+    out, base, m, lang = _folders(res.out, tiny_experts["base"], tiny_experts["math"], tiny_experts["lang"])
+    for name in out.names():
+        layer = out.architecture.classify(name).layer
+        src = {0: lang, 1: lang, 5: lang, 2: m, 3: m}.get(layer, base)
+        assert torch.equal(out.get(name), src.get(name)), name
+
+
+def test_ties_on_disk_matches_formula_and_loads(tiny_experts, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = merge_config({
+        "method": "ties", "base": str(tiny_experts["base"]),
+        "experts": {"math": str(tiny_experts["math"]), "lang": str(tiny_experts["lang"])},
+        "params": {"density": 0.3, "weights": {"math": 0.6, "lang": 0.4}},
+    })
+    res = merge(cfg, tmp_path / "out")
+    out, base, m, lang = _folders(res.out, tiny_experts["base"], tiny_experts["math"], tiny_experts["lang"])
+    name = Q.format(3)
+    b = base.get(name)
+    exp = b + combine_deltas([m.get(name) - b, lang.get(name) - b], [0.6, 0.4], sparsify="magnitude",
+                             densities=[0.3, 0.3], consensus=True, normalize=True)
+    assert torch.allclose(out.get(name), exp)
+    model = AutoModelForCausalLM.from_pretrained(res.out)
+    gen = model.generate(torch.tensor([[1, 5, 9]]), max_new_tokens=5, do_sample=False)
+    assert gen.shape[1] == 8
+    assert torch.isfinite(model(torch.tensor([[1, 5, 9]])).logits).all()
+
+
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "dare_linear", "dare_ties"])
+def test_other_methods_load_without_nan(tiny_experts, tmp_path, method):
+    from transformers import AutoModelForCausalLM
+
+    cfg = merge_config({
+        "method": method, "base": str(tiny_experts["base"]),
+        "experts": {"math": str(tiny_experts["math"]), "lang": str(tiny_experts["lang"])},
+        "params": {"density": 0.5} if method.startswith("dare") else {},
+        "dtype": "bf16",
+    })
+    res = merge(cfg, tmp_path / "out")
+    assert ModelFolder(res.out).dtypes() == {"BF16": ModelFolder(res.out).num_parameters}
+    model = AutoModelForCausalLM.from_pretrained(res.out)
+    assert torch.isfinite(model(torch.tensor([[1, 5, 9]])).logits).all()
+    if method == "dare_linear":  # deterministic per tensor: a second run is identical
+        res2 = merge(cfg, tmp_path / "out2")
+        assert torch.equal(ModelFolder(res.out).get(Q.format(2)), ModelFolder(res2.out).get(Q.format(2)))
+
+
+# -------------------------------------------------------------------------- in memory
+
+
+def test_apply_merge_in_place_copies_only_changes(tiny_experts, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cache = TensorCache({"math": tiny_experts["math"], "lang": tiny_experts["lang"]}, tiny_experts["base"]).preload()
+    model = AutoModelForCausalLM.from_pretrained(tiny_experts["base"])
+    c1 = swap_config(math=str(tiny_experts["math"]), lang=str(tiny_experts["lang"]), bottom=1, top=1)
+    s1 = apply_merge(model, cache, c1)
+    assert s1.skipped == 0
+    c2 = swap_config(math=str(tiny_experts["math"]), lang=str(tiny_experts["lang"]), bottom=2, top=1)
+    s2 = apply_merge(model, cache, c2)
+    per_layer = len([n for n in cache.names() if ".layers.1." in n])
+    assert s2.copied == per_layer  # only layer 1 changed source
+    disk = merge(c2, tmp_path / "disk")
+    sd = model.state_dict()
+    for name in ModelFolder(disk.out).names():
+        assert torch.equal(sd[name], ModelFolder(disk.out).get(name)), name
+    sd2 = merged_state_dict(cache, c2)
+    assert torch.equal(sd2[Q.format(1)], ModelFolder(tiny_experts["lang"]).get(Q.format(1)))
+
+
+def test_in_memory_ties_matches_disk(tiny_experts, tmp_path):
+    cfg = merge_config({
+        "method": "dare_ties", "base": str(tiny_experts["base"]),
+        "experts": {"math": str(tiny_experts["math"]), "lang": str(tiny_experts["lang"])},
+        "params": {"density": 0.5, "seed": 3},
+    })
+    cache = TensorCache.from_config(cfg)
+    sd = merged_state_dict(cache, cfg)
+    disk = ModelFolder(merge(cfg, tmp_path / "out").out)
+    for name in disk.names():
+        assert torch.allclose(sd[name], disk.get(name)), name
+
+
+# -------------------------------------------------------------------------- LoRA experts
+
+
+@pytest.fixture(scope="module")
+def lora_pair(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    math = make_lora_adapter(tiny_llama, root / "math", layers=range(6), seed=11)
+    lang = make_lora_adapter(tiny_llama, root / "lang", layers=range(6), seed=12)
+    other = make_lora_adapter(tiny_llama, root / "other", layers=range(6), target_modules=("k_proj",), seed=13)
+    return {"base": tiny_llama, "math": math, "lang": lang, "other": other}
+
+
+def test_lora_swap_gives_adapter(lora_pair, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = swap_config(math=str(lora_pair["math"]), lang=str(lora_pair["lang"]), bottom=2, top=1, base=str(lora_pair["base"]))
+    res = merge(cfg, tmp_path / "out")
+    assert res.output == "adapter" and (res.out / "adapter_config.json").exists()
+    assert json.loads((res.out / "layerswap.json").read_text())["output"] == "adapter"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lora_pair["base"]), res.out).merge_and_unload()
+    sd = model.state_dict()
+    expect = merged_state_dict(TensorCache.from_config(cfg), cfg)
+    for layer in (0, 3, 5):
+        name = Q.format(layer)
+        assert torch.allclose(sd[name], expect[name], atol=1e-6), name
+
+
+def test_lora_transition_gives_full_model(lora_pair, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = swap_config(math=str(lora_pair["math"]), lang=str(lora_pair["lang"]), bottom=1, top=1, transition=1,
+                      base=str(lora_pair["base"]))
+    res = merge(cfg, tmp_path / "out")
+    assert res.output == "full" and "blends" in res.reason
+    model = AutoModelForCausalLM.from_pretrained(res.out)
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_lora_different_targets_is_an_error(lora_pair, tmp_path):
+    cfg = swap_config(math=str(lora_pair["math"]), lang=str(lora_pair["other"]), bottom=1, top=1, base=str(lora_pair["base"]))
+    with pytest.raises(IncompatibleModelsError, match="different modules"):
+        merge(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# -------------------------------------------------------------------------- bad input
+
+
+def test_bad_configs():
+    with pytest.raises(ConfigError, match="valid methods: layer_swap, revert"):
+        merge_config({"method": "slerp", "experts": {"a": "x"}})
+    with pytest.raises(ConfigError, match="unknown parameter 'densty' for method ties; valid parameters: weights, density, lambda, normalize"):
+        merge_config({"method": "ties", "base": "b", "experts": {"a": "x"}, "params": {"densty": 0.2}})
+    with pytest.raises(ConfigError, match="sum to 0.9, not 1"):
+        merge_config({"method": "linear", "experts": {"a": "x", "b": "y"}, "params": {"weights": {"a": 0.5, "b": 0.4}}})
+    with pytest.raises(ConfigError, match="needs a base"):
+        merge_config({"method": "ties", "experts": {"a": "x"}})
+    with pytest.raises(ConfigError, match="non_layer 'foo'"):
+        merge_config({"method": "layer_swap", "experts": {"math": "x", "lang": "y"}, "params": {"bottom": 1, "top": 1},
+                      "non_layer": "foo"})
+
+
+def test_different_layer_counts_named(tiny_experts, tiny_tokenizer, tmp_path):
+    other = make_tiny_model(tmp_path / "deep", "llama", layers=7, tokenizer=tiny_tokenizer)
+    cfg = swap_config(math=str(tiny_experts["math"]), lang=str(other), bottom=1, top=1)
+    with pytest.raises(IncompatibleModelsError, match="has 7 layers"):
+        merge(cfg, tmp_path / "out")
+    wide = make_tiny_model(tmp_path / "wide", "llama", layers=6, hidden=48, tokenizer=tiny_tokenizer)
+    with pytest.raises(IncompatibleModelsError, match=r"tensor '.*' has shape \[384, 48\] in expert lang"):
+        merge(swap_config(math=str(tiny_experts["math"]), lang=str(wide), bottom=1, top=1), tmp_path / "out")
+
+
+def test_existing_output_and_failed_write(tiny_experts, tmp_path, monkeypatch):
+    cfg = swap_config(math=str(tiny_experts["math"]), lang=str(tiny_experts["lang"]), bottom=1, top=1)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        merge(cfg, tmp_path / "out")
+    from layerswap.checkpoint import ShardedWriter
+
+    calls = {"n": 0}
+    real = ShardedWriter.copy_raw
+
+    def flaky(self, name, info):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise OSError(28, "No space left on device")
+        return real(self, name, info)
+
+    monkeypatch.setattr(ShardedWriter, "copy_raw", flaky)
+    with pytest.raises(LayerswapError, match="nothing was written"):
+        merge(cfg, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_cli_merge_and_swap(tiny_experts, tmp_path):
+    from typer.testing import CliRunner
+
+    from layerswap.cli import app
+
+    cfg = {"method": "task_arithmetic", "base": str(tiny_experts["base"]),
+           "experts": {"math": str(tiny_experts["math"]), "lang": str(tiny_experts["lang"])},
+           "params": {"lambda": 0.5}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    r = runner.invoke(app, ["merge", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o" / "layerswap.json").read_text())["config"]["params"]["lambda"] == 0.5
+    r = runner.invoke(app, ["swap", "--math", str(tiny_experts["math"]), "--lang", str(tiny_experts["lang"]),
+                            "--bottom", "1", "--top", "1", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert Path(tmp_path / "s" / "model.safetensors").exists()
+
+
+def test_cli_error_is_one_line(tiny_experts, tmp_path, capsys):
+    from layerswap.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["swap", "--math", str(tiny_experts["math"]), "--lang", str(tiny_experts["lang"]), "--bottom", "4",
+              "--top", "3", "--out", str(tmp_path / "s")])
+    assert exc.value.code == ConfigError.exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_planted_shards(tiny_llama, tmp_path):
+    """Sharded inputs merge into sharded outputs byte-for-byte."""
+    m = planted_expert(tiny_llama, tmp_path / "m", layers=[1], max_shard_size=20000, seed=5)
+    lang = planted_expert(tiny_llama, tmp_path / "l", layers=[0], max_shard_size=20000, seed=6)
+    cfg = merge_config({"method": "layer_swap", "experts": {"math": str(m), "lang": str(lang)},
+                        "params": {"bottom": 1, "top": 0}, "max_shard_size": 30000})
+    res = merge(cfg, tmp_path / "out")
+    out = ModelFolder(res.out)
+    assert (res.out / "model.safetensors.index.json").exists()
+    assert torch.equal(out.get(Q.format(0)), ModelFolder(lang).get(Q.format(0)))
