@@ -5,7 +5,8 @@ lm-eval runs its own ``mgsm_<format>_<lang>`` task YAMLs, pointed at the same lo
 same in-memory model. Checks: at batch size 1 the outputs, extracted answers and accuracies are
 identical; at each tool's best batch size, the wall-clock ratio (target >= 1.5x).
 
-    python benchmarks/bench_evaluate.py --langs sw,te --limit 8 --shots 2 --max-new-tokens 32
+    python benchmarks/bench_evaluate.py --langs sw,te --limit 6 --shots 2 --max-new-tokens 24 \
+        --lm-eval-batch-sizes 1,3,6 --our-batch-sizes 1,6
 """
 
 from __future__ import annotations
@@ -81,12 +82,14 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--lm-eval-batch-sizes", default="1,8,16")
     ap.add_argument("--our-batch-sizes", default="1,8,16")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both tools (1 is fastest on a shared 2-core box)")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evaluate.md"))
     args = ap.parse_args()
     logging.disable(logging.WARNING)
     import torch
 
+    torch.set_num_threads(args.threads)
     from layerswap.evaluate.lm_eval_config import write_lm_eval_tasks
     from layerswap.evaluate.runner import load_model
 

@@ -110,22 +110,9 @@ def build(root: Path) -> tuple[Path, Path]:
 
 def run_ours(base: Path, text: Path, out: Path, steps: int, **kw) -> Timer:
     timer = Timer()
-    finetune(
-        FinetuneConfig(
-            base=str(base),
-            data=[str(text)],
-            out=str(out),
-            steps=steps,
-            batch_size=4,
-            seq_len=128,
-            lr=1e-4,
-            save_steps=10_000,
-            overwrite=True,
-            quiet=True,
-            **kw,
-        ),
-        callbacks=[timer],
-    )
+    settings = dict(steps=steps, batch_size=4, seq_len=128, lr=1e-4, save_steps=10_000, overwrite=True, quiet=True)
+    settings.update(kw)
+    finetune(FinetuneConfig(base=str(base), data=[str(text)], out=str(out), **settings), callbacks=[timer])
     return timer
 
 

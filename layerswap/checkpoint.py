@@ -143,7 +143,11 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
                 )
             raw = fh.read(header_len)
     except PermissionError as exc:
-        raise InputPathError(f"cannot read {path}: permission denied") from exc
+        raise InputPathError(f"cannot read {path}: permission denied; fix its permissions or pass a readable copy") from exc
+    except OSError as exc:  # a folder or a dangling link where a weight file should be
+        raise InputPathError(
+            f"cannot read {path}: {exc.strerror or exc}; pass a complete model folder"
+        ) from exc
     try:
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):

@@ -127,7 +127,7 @@ def iter_tsv(path: str | os.PathLike[str], *, header: bool = True, fieldnames: l
                 continue
             if names is None:
                 names = [str(i) for i in range(len(row))]
-            yield lineno, dict(zip(names, row))
+            yield lineno, dict(zip(names, row, strict=False))
 
 
 def require_fields(record: dict[str, Any], fields: list[str], *, path: Path | str, lineno: int) -> None:

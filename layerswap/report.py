@@ -92,7 +92,7 @@ def swap_heatmap(results: pd.DataFrame, task: str, metric: str) -> plt.Figure:
     langs = sorted(rows["language"].unique())
     fig, axes = plt.subplots(1, max(1, len(langs)), figsize=(4.2 * max(1, len(langs)) + 0.8, 3.8), squeeze=False)
     better = max if higher_is_better(metric) else min
-    for ax, lang in zip(axes[0], langs):
+    for ax, lang in zip(axes[0], langs, strict=False):
         sub = rows[rows["language"] == lang]
         grid = sub.groupby(["bottom", "top"])["value"].agg(better).unstack("top").sort_index(ascending=False)
         im = ax.imshow(grid.values.astype(float), cmap="viridis" if higher_is_better(metric) else "viridis_r", aspect="auto")
@@ -111,21 +111,31 @@ def swap_heatmap(results: pd.DataFrame, task: str, metric: str) -> plt.Figure:
 
 
 def baseline_bars(results: pd.DataFrame, task: str, metric: str) -> plt.Figure:
-    """The best swap (by the mean over languages) against every baseline, per language."""
+    """The best swap (by the mean over languages) against every baseline, per language.
+
+    A dot plot rather than bars from zero: log-likelihoods and bits per byte have no natural zero,
+    and the differences between candidates are what matters.
+    """
     rows = results[(results["task"] == task) & (results["metric"] == metric)]
     table = per_candidate(results, task, metric)
     swaps = table[table["method"] == SWAP_METHOD].sort_values("value", ascending=not higher_is_better(metric))
     keep = [c for c in table["candidate"] if c not in set(swaps["candidate"])]
-    if len(swaps):
-        keep = [str(swaps.iloc[0]["candidate"])] + keep
-    sub = rows[rows["candidate"].isin(keep)]
-    pivot = sub.pivot_table(index="language", columns="candidate", values="value", aggfunc="mean")[keep]
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(keep) * max(1, len(pivot)), 4))
-    pivot.plot.bar(ax=ax, rot=0, width=0.85)
+    best_swap = str(swaps.iloc[0]["candidate"]) if len(swaps) else None
+    if best_swap is not None:
+        keep = [best_swap] + keep
+    pivot = rows[rows["candidate"].isin(keep)].pivot_table(index="candidate", columns="language", values="value", aggfunc="mean")
+    pivot = pivot.reindex(keep)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.75 * len(keep), 4))
+    x = np.arange(len(keep))
+    for i, lang in enumerate(pivot.columns):
+        ax.plot(x + (i - (len(pivot.columns) - 1) / 2) * 0.12, pivot[lang].values, "o", ms=8, label=lang)
+    if best_swap is not None:
+        ax.axvspan(-0.4, 0.4, color="tab:green", alpha=0.12, label="best layer swap")
+    ax.set_xticks(x, keep, rotation=30, ha="right")
     ax.set_ylabel(metric)
-    ax.set_xlabel("language")
+    ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"Best layer swap vs baselines: {_metric_label(task, metric)}")
-    ax.legend(fontsize=8, ncols=2, loc="best")
+    ax.legend(fontsize=8, title="language", loc="best")
     fig.tight_layout()
     return fig
 

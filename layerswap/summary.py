@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from layerswap.architecture import Architecture, generic_architecture, module_sort_key
-from layerswap.checkpoint import Checkpoint, LoraAdapter, ModelFolder
+from layerswap.checkpoint import Checkpoint, LoraAdapter
 
 
 def parameter_table(ckpt: Checkpoint, arch: Architecture | None = None) -> pd.DataFrame:

@@ -365,6 +365,15 @@ def tidy_summary(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["task", "language", "metric", "value"])
 
 
+def merge_overhead(results: pd.DataFrame) -> dict[str, float]:
+    """Per method, the largest ratio of merge time to evaluation time over its candidates."""
+    if results.empty:
+        return {}
+    per = results.groupby("candidate").agg(method=("method", "first"), m=("merge_time", "first"), t=("time", "sum"))
+    per["share"] = per["m"] / per["t"].clip(lower=1e-9)
+    return {str(k): float(v) for k, v in per.groupby("method")["share"].max().items()}
+
+
 def identity_merge(candidate: Candidate, num_layers: int) -> dict[str, Any]:
     """A single model expressed as a revert: ``math``/``lang`` keep every layer, ``base`` none."""
     source = candidate.params["source"]
@@ -434,12 +443,14 @@ def run_sweep(config: SweepConfig, out: str | Path, *, log: Callable[[str], None
     figures = write_figures(
         results, out / "figures", [(t, PRIMARY_METRIC.get(t, "exact_match")) for t in config.tasks]
     )
-    merge_share = results.groupby("candidate").agg(m=("merge_time", "first"), t=("time", "sum"))
-    overhead = float((merge_share["m"] / merge_share["t"].clip(lower=1e-9)).max()) if len(merge_share) else 0.0
-    notes = [
-        f"{len(candidates)} candidates merged in memory into one loaded model; the largest merge overhead was "
-        f"{overhead:.2%} of that candidate's evaluation time.",
-    ]
+    notes = [f"{len(candidates)} candidates, each merged in memory into one loaded model (no model folder per candidate)."]
+    overhead = merge_overhead(results)
+    if overhead:
+        notes.append(
+            "Merge time as a share of the candidate's evaluation time: "
+            + "; ".join(f"{method} up to {share:.1%}" for method, share in overhead.items())
+            + "."
+        )
     (out / "report.md").write_text(report_markdown(results, selection, figures, root=out, notes=notes), encoding="utf-8")
     written: dict[str, Any] = {"results": results, "selection": selection, "figures": figures, "report": out / "report.md", "overhead": overhead}
     if config.save_best:

@@ -35,7 +35,7 @@ def _quiet(monkeypatch):
 @pytest.fixture()
 def text_files(tmp_path) -> dict[str, Path]:
     math_file = tmp_path / "math.jsonl"
-    math_file.write_text("\n".join(json.dumps({"question": q, "answer": a}) for q, a in zip(MATH[::2], MATH[1::2])) + "\n" + json.dumps({"text": MATH[0]}) + "\n")
+    math_file.write_text("\n".join(json.dumps({"question": q, "answer": a}) for q, a in zip(MATH[::2], MATH[1::2], strict=True)) + "\n" + json.dumps({"text": MATH[0]}) + "\n")
     lang_file = tmp_path / "lang.txt"
     lang_file.write_text("\n".join(LANG) + "\n")
     return {"math": math_file, "lang": lang_file}

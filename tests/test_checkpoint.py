@@ -22,7 +22,7 @@ from layerswap.checkpoint import (
     write_tensors,
 )
 from layerswap.errors import CheckpointError, IncompatibleModelsError, InputPathError, OutputExistsError, WriteFailedError
-from layerswap.testing import make_lora_adapter, state_dict_of
+from layerswap.testing import make_lora_adapter
 
 
 def test_listing_reads_no_tensor_data(tiny_llama, monkeypatch):

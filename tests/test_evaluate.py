@@ -15,6 +15,15 @@ from layerswap.evaluate.answers import FALLBACK, Extractor, exact_match, flexibl
 from layerswap.evaluate.runner import as_loaded, common_prefix_length, generate, load_model
 from layerswap.evaluate.tasks import strip_stop
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run ~50x faster on one thread than on two contended ones (OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # Outputs in several scripts, with the strict pattern of their language.
 STRICT_CASES = [
     ("sw", "Mikebe 2 ni mipira 6. 5 + 6 = 11. Jibu ni 2,125.", "2,125."),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,6 @@ from layerswap.checkpoint import ModelFolder, read_provenance
 from layerswap.errors import ConfigError, DataError, OutputExistsError
 from layerswap.finetune import FinetuneConfig, finetune
 from layerswap.finetune.data import IGNORE_INDEX, Records, load_records, parse_spec, ratio_schedule, tokenize_records
-
-os.environ.setdefault("LAYERSWAP_QUIET", "1")
 
 
 def raw_bytes(folder: ModelFolder, name: str) -> bytes:

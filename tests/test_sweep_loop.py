@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -12,8 +11,6 @@ import yaml
 from layerswap.errors import ConfigError
 from layerswap.report import select, write_figures
 from layerswap.sweep import (
-    CandidatesSpec,
-    GridSpec,
     ResultStore,
     build_candidates,
     run_candidates,

@@ -117,7 +117,7 @@ def _ranges(layers: list[int]) -> str:
     if not layers:
         return "none"
     parts, start = [], layers[0]
-    for prev, cur in zip(layers, layers[1:] + [None]):
+    for prev, cur in zip(layers, layers[1:] + [None], strict=True):
         if cur != prev + 1:
             parts.append(f"{start}" if start == prev else f"{start}-{prev}")
             start = cur

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from layerswap.analysis.boundaries import BoundaryRule, contrast_table, recommend
 from layerswap.analysis.deltas import DeltaSource, ValueSource, cell_sumsq, cosine_table, deltas_table, layers_table, run_pass1

@@ -11,8 +11,9 @@ find the exact global top-k% threshold by looking only inside one bin.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ class Workspace:
         return read_tensor_into(info, self.buf(key, self.numel), self.scratch).reshape(-1)
 
     @classmethod
-    def for_tensors(cls, folders: Sequence[ModelFolder], names: Sequence[str]) -> "Workspace":
+    def for_tensors(cls, folders: Sequence[ModelFolder], names: Sequence[str]) -> Workspace:
         numel = max((folders[0].info(n).numel for n in names), default=0)
         nbytes = max((f.info(n).nbytes for f in folders for n in names if n in f), default=0)
         return cls(numel, nbytes)
@@ -108,7 +109,7 @@ class DeltaSource:
 
 
 class FisherSource:
-    """Diagonal Fisher importance stored as a model folder; values are ``sqrt(F)``.
+    """Diagonal Fisher importance (a model folder, or tensors in memory); values are ``sqrt(F)``.
 
     Using ``sqrt(F)`` makes the squared values the Fisher mass, so the per-layer ``share`` of the
     deltas (fraction of squared update) becomes the fraction of Fisher mass with no special case,
@@ -117,23 +118,28 @@ class FisherSource:
 
     signed = False
 
-    def __init__(self, folder: ModelFolder, name: str) -> None:
-        self.folder = folder
+    def __init__(self, fisher: ModelFolder | Mapping[str, torch.Tensor], name: str) -> None:
+        self.fisher = fisher
         self.name = name
 
     def folders(self) -> list[ModelFolder]:
-        return [self.folder]
+        return [self.fisher] if isinstance(self.fisher, ModelFolder) else []
 
     def changes(self, tensor: str) -> bool:
-        return tensor in self.folder
+        return tensor in self.fisher
 
     def needs_base(self, tensor: str) -> bool:
         return False
 
     def values(self, tensor: str, base_flat: torch.Tensor | None, ws: Workspace, key: str) -> torch.Tensor | None:
-        if tensor not in self.folder:
+        if tensor not in self.fisher:
             return None
-        return ws.read(self.folder.info(tensor), key).clamp_min_(0).sqrt_()
+        if isinstance(self.fisher, ModelFolder):
+            v = ws.read(self.fisher.info(tensor), key)
+        else:
+            f = self.fisher[tensor]
+            v = ws.buf(key, f.numel()).copy_(f.reshape(-1))
+        return v.clamp_min_(0).sqrt_()
 
 
 @dataclass
@@ -224,15 +230,21 @@ def run_pass1(base: ModelFolder, sources: Sequence[ValueSource], *, desc: str = 
                 if in_layer:
                     result.hist[src.name][0] += numel
                 continue
-            v, stat.nonfinite = clean_nonfinite(v)
-            a = torch.abs(v, out=ws.buf("abs", numel))
             stat.sumsq = float(torch.dot(v, v))
+            if not math.isfinite(stat.sumsq):  # NaN/Inf somewhere (or an overflow): count and zero them
+                v, stat.nonfinite = clean_nonfinite(v)
+                stat.sumsq = float(torch.dot(v, v))
+            a = torch.abs(v, out=ws.buf("abs", numel))
             stat.sum_abs = float(a.sum())
             stat.max_abs = float(a.max()) if numel else 0.0
-            stat.nnz = int(torch.count_nonzero(a))
             if in_layer:
                 bins = torch.bitwise_right_shift(a.view(torch.int32), 16, out=ws.buf("bins", numel, torch.int32))
-                result.hist[src.name] += torch.bincount(bins, minlength=NBINS).numpy()
+                counts = torch.bincount(bins, minlength=NBINS).numpy()
+                result.hist[src.name] += counts
+                # bin 0 holds 0 and float32 denormals below 9.2e-41, which count as unchanged
+                stat.nnz = numel - int(counts[0])
+            elif stat.sumsq > 0:
+                stat.nnz = int(torch.count_nonzero(a))
             values[src.name] = v
         for i, ea in enumerate(experts):
             for eb in experts[i + 1 :]:
@@ -246,7 +258,7 @@ def run_pass1(base: ModelFolder, sources: Sequence[ValueSource], *, desc: str = 
             result.warnings.append(
                 f"{src.name} has {bad} NaN/Inf values (first in {first}): they are counted in the 'nonfinite' column and treated as 0"
             )
-        if all(result.stats[(src.name, t)].nnz == 0 for t in names):
+        if all(result.stats[(src.name, t)].sumsq == 0 for t in names):
             result.warnings.append(f"{src.name} is identical to the base: every value is zero, so its shares and overlaps are undefined")
     return result
 

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
@@ -170,8 +168,9 @@ def importance(
 ) -> Analysis:
     """Diagonal Fisher of ``base`` on each named data spec, analysed like deltas (module docstring).
 
-    With ``out`` the tables, figures and summary go there; ``keep_fisher`` also keeps each task's
-    Fisher as ``out/fisher/<task>/`` (float32 safetensors, the size of the model).
+    With ``out`` the tables, figures and summary go there. Each task's Fisher is held in memory
+    (float32, model-sized) unless ``keep_fisher``, which writes it to ``out/fisher/<task>/``
+    (safetensors) and streams the analysis from there instead.
     """
     if not data:
         raise ConfigError("no data given: pass --data NAME=SPEC, e.g. --data math=gsm8k --data lang=ntrex:sw")
@@ -186,7 +185,7 @@ def importance(
     base_folder = base if isinstance(base, ModelFolder) else open_model(base)
     texts = {name: load_texts(spec, data_dir=data_dir, limit=examples) for name, spec in data.items()}
     atomic = AtomicDir(out, overwrite=overwrite) if out is not None else None
-    work = atomic.__enter__() if atomic is not None else Path(tempfile.mkdtemp(prefix="layerswap-fisher-"))
+    work = atomic.__enter__() if atomic is not None else None
     try:
         started = time.perf_counter()
         model, tokenizer = _load_model(base_folder, device)
@@ -198,14 +197,17 @@ def importance(
             seconds_by_task[name] = round(time.perf_counter() - t0, 2)
             kept = {n: f.cpu() for n, f in fisher.items() if n in base_names}
             del fisher
-            folder = write_tensors(
-                work / "fisher" / name,
-                kept,
-                donor=base_folder.path,
-                provenance={"kind": "diagonal_fisher", "base": str(base_folder.path), "data": data[name], "examples": len(task_texts), "batches": batches[name], "batch_size": batch_size, "seq_len": seq_len},
-            )
-            del kept
-            sources.append(FisherSource(ModelFolder(folder), name))
+            if keep_fisher and atomic is not None:
+                folder = write_tensors(
+                    work / "fisher" / name,
+                    kept,
+                    donor=base_folder.path,
+                    provenance={"kind": "diagonal_fisher", "base": str(base_folder.path), "data": data[name], "examples": len(task_texts), "batches": batches[name], "batch_size": batch_size, "seq_len": seq_len},
+                )
+                del kept
+                sources.append(FisherSource(ModelFolder(folder), name))
+            else:
+                sources.append(FisherSource(kept, name))
         del model
         fisher_seconds = round(time.perf_counter() - started, 2)
         result = build_analysis(
@@ -229,16 +231,11 @@ def importance(
             }
         )
         if atomic is not None:
-            if not keep_fisher:
-                shutil.rmtree(work / "fisher")
             result.write_into(work, plots_too=plots, provenance={"data": dict(data)})
     except BaseException as exc:
         if atomic is not None:
             atomic.__exit__(type(exc), exc, None)
         raise
-    finally:
-        if atomic is None:
-            shutil.rmtree(work, ignore_errors=True)
     if atomic is not None:
         atomic.__exit__(None, None, None)
         result.out = atomic.out

@@ -22,8 +22,8 @@ Finding ``t`` exactly while streaming:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,8 @@ from layerswap.progress import progress
 
 #: Boundary values kept in memory before the refining pass is used instead (about 4 bytes each per expert).
 DEFAULT_BOUNDARY_CAP = 1 << 24
-_TINY = float(np.array([1], dtype=np.int32).view(np.float32)[0])  # smallest positive float32
+#: |values| below this (float32 denormals under 9.2e-41, histogram bin 0) count as unchanged.
+_SMALLEST_COUNTED = float(np.array([1 << 16], dtype=np.int32).view(np.float32)[0])
 
 
 def bits_to_float(bits: int) -> float:
@@ -94,7 +95,7 @@ def find_cut(expert: str, k: float, hist: np.ndarray, population: int, nonzero: 
         cut.mode, cut.sure_at, cut.threshold = "empty", math.inf, math.inf
         return cut
     if nonzero < k_count:
-        cut.mode, cut.sure_at, cut.threshold = "all_nonzero", _TINY, 0.0
+        cut.mode, cut.sure_at, cut.threshold = "all_nonzero", _SMALLEST_COUNTED, 0.0
         return cut
     from_top = np.cumsum(hist[::-1])
     i = int(np.searchsorted(from_top, k_count))  # first index with cumulative count >= K
@@ -126,7 +127,7 @@ def _refine(base: ModelFolder, sources: Sequence[ValueSource], p1: Pass1, cuts: 
         wanted = [c for c in cuts if p1.stats[(c.expert, name)].max_abs >= c.lower]
         if not wanted:
             continue
-        values = _read_values(base, [by_expert[e] for e in {c.expert for c in wanted}], name, ws)
+        values = _read_values(base, [by_expert[e] for e in {c.expert for c in wanted}], name, ws, p1)
         for c in wanted:
             a = values[c.expert].abs()
             inside = a[(a >= c.bnd_lo) & (a < c.sure_at)]
@@ -140,14 +141,21 @@ def _refine(base: ModelFolder, sources: Sequence[ValueSource], p1: Pass1, cuts: 
         c.sure_at, c.bnd_lo = c.threshold, None
 
 
-def _read_values(base: ModelFolder, sources: Sequence[ValueSource], name: str, ws: Workspace) -> dict[str, torch.Tensor]:
-    """Flat float32 values of the given sources on one tensor (zeros where a source does not change it)."""
+def _read_values(base: ModelFolder, sources: Sequence[ValueSource], name: str, ws: Workspace, p1: Pass1) -> dict[str, torch.Tensor]:
+    """Flat float32 values of the given sources on one tensor (zeros where a source does not change it).
+
+    NaN/Inf (found and counted in pass 1) are zeroed again, as pass 1 did.
+    """
     numel = base.info(name).numel
     base_flat = ws.read(base.info(name), "base") if any(s.needs_base(name) and s.changes(name) for s in sources) else None
     out: dict[str, torch.Tensor] = {}
     for i, src in enumerate(sources):
         v = src.values(name, base_flat if src.needs_base(name) else None, ws, f"value{i}") if src.changes(name) else None
-        out[src.name] = clean_nonfinite(v)[0] if v is not None else ws.buf(f"value{i}", numel).zero_()
+        if v is None:
+            v = ws.buf(f"value{i}", numel).zero_()
+        elif p1.stats[(src.name, name)].nonfinite:
+            v = clean_nonfinite(v)[0]
+        out[src.name] = v
     return out
 
 
@@ -189,7 +197,7 @@ def run_pass2(
         if not active:
             continue
         numel = base.info(name).numel
-        values = _read_values(base, [by_expert[e] for e in active], name, ws)
+        values = _read_values(base, [by_expert[e] for e in active], name, ws, p1)
         absval = {e: torch.abs(v, out=ws.buf(f"abs{i}", numel)) for i, (e, v) in enumerate(values.items())}
         active_pairs = [(a, b) for a, b in pairs if a in values and b in values]
         same_sign = {}

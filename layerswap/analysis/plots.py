@@ -37,7 +37,7 @@ def _interactive() -> bool:
         return False
 
 
-def save_figure(fig: "Figure", stem: Path) -> list[Path]:
+def save_figure(fig: Figure, stem: Path) -> list[Path]:
     """Write ``stem.png`` and ``stem.svg`` and close the figure."""
     plt = _plt()
     paths = []
@@ -55,7 +55,7 @@ def _pivot(df: pd.DataFrame, value: str) -> pd.DataFrame:
     return table.sort_index()
 
 
-def magnitude_heatmap(cells: pd.DataFrame, expert: str, *, kind: str = "deltas") -> "Figure":
+def magnitude_heatmap(cells: pd.DataFrame, expert: str, *, kind: str = "deltas") -> Figure:
     """Layer x module heatmap of one expert: ``rel_l2`` of its delta, or mean Fisher per parameter."""
     import seaborn as sns
 
@@ -82,7 +82,7 @@ def magnitude_heatmap(cells: pd.DataFrame, expert: str, *, kind: str = "deltas")
     return fig
 
 
-def overlap_heatmap(overlap: pd.DataFrame, expert_a: str, expert_b: str, k: float, *, kind: str = "deltas") -> "Figure":
+def overlap_heatmap(overlap: pd.DataFrame, expert_a: str, expert_b: str, k: float, *, kind: str = "deltas") -> Figure:
     """Layer x module heatmap of the top-k% Jaccard index relative to independent sets (log2 colour, 0 = chance)."""
     import seaborn as sns
 
@@ -129,7 +129,7 @@ def overlap_heatmap(overlap: pd.DataFrame, expert_a: str, expert_b: str, k: floa
     return fig
 
 
-def share_plot(layers: pd.DataFrame, boundaries: dict[str, Any] | None, *, kind: str = "deltas") -> "Figure":
+def share_plot(layers: pd.DataFrame, boundaries: dict[str, Any] | None, *, kind: str = "deltas") -> Figure:
     """Each expert's per-layer share, with the recommended language layers shaded and boundaries drawn."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.2))

@@ -51,7 +51,7 @@ class Analysis:
     out: Path | None = None
 
     # -- plots ------------------------------------------------------------------------------
-    def plot_heatmap(self, expert: str) -> "Figure":
+    def plot_heatmap(self, expert: str) -> Figure:
         """Layer x module heatmap of one expert's ``rel_l2`` (importance: mean Fisher per parameter)."""
         if expert not in self.experts:
             raise KeyError(f"no expert {expert!r}: have {', '.join(self.experts)}")
@@ -65,7 +65,7 @@ class Analysis:
         names = list(self.experts)
         return (names[0], names[1]) if len(names) >= 2 else None
 
-    def plot_overlap(self, k: float | None = None, pair: tuple[str, str] | None = None) -> "Figure":
+    def plot_overlap(self, k: float | None = None, pair: tuple[str, str] | None = None) -> Figure:
         """Layer x module heatmap of the top-k% overlap of a pair, relative to independent sets."""
         pair = pair or self.default_pair()
         if pair is None:
@@ -74,7 +74,7 @@ class Analysis:
         a, b = sorted(pair, key=names.index)
         return plots.overlap_heatmap(self.overlap, a, b, self.top_k[0] if k is None else k, kind=self.kind)
 
-    def plot_shares(self) -> "Figure":
+    def plot_shares(self) -> Figure:
         """Per-layer share of each expert with the recommended boundaries."""
         return plots.share_plot(self.layers, self.boundaries, kind=self.kind)
 
@@ -163,7 +163,7 @@ class Analysis:
         write_provenance(folder, record)
 
     @staticmethod
-    def _save(fig: "Figure", folder: Path, stem: str) -> list[str]:
+    def _save(fig: Figure, folder: Path, stem: str) -> list[str]:
         return [str(p.relative_to(folder)) for p in plots.save_figure(fig, folder / "figures" / stem)]
 
     def save(self, out: str | Path, *, overwrite: bool = False, plots_too: bool = True) -> Path:

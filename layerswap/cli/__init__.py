@@ -25,14 +25,14 @@ app = typer.Typer(
 )
 
 # Each command group lives in its own module and registers itself on ``app`` when imported.
-from layerswap.cli import models as _models  # noqa: E402,F401
-from layerswap.cli import inspect_cmd as _inspect  # noqa: E402,F401
 from layerswap.cli import analyze as _analyze  # noqa: E402,F401
-from layerswap.cli import finetune as _finetune  # noqa: E402,F401
-from layerswap.cli import merge as _merge  # noqa: E402,F401
-from layerswap.cli import evaluate as _evaluate  # noqa: E402,F401
-from layerswap.cli import sweep as _sweep  # noqa: E402,F401
 from layerswap.cli import demo as _demo  # noqa: E402,F401
+from layerswap.cli import evaluate as _evaluate  # noqa: E402,F401
+from layerswap.cli import finetune as _finetune  # noqa: E402,F401
+from layerswap.cli import inspect_cmd as _inspect  # noqa: E402,F401
+from layerswap.cli import merge as _merge  # noqa: E402,F401
+from layerswap.cli import models as _models  # noqa: E402,F401
+from layerswap.cli import sweep as _sweep  # noqa: E402,F401
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:  # noqa: ANN001

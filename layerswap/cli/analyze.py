@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import typer
 
 from layerswap.cli import app
@@ -22,11 +20,11 @@ def _report(result) -> None:  # noqa: ANN001
 @app.command("analyze")
 def analyze_command(
     base: str = typer.Option(..., "--base", help="Base model folder or embedded name (gemma3-270m)."),
-    expert: List[str] = typer.Option(..., "--expert", help="NAME=PATH of an expert (model folder or LoRA adapter); repeat."),
+    expert: list[str] = typer.Option(..., "--expert", help="NAME=PATH of an expert (model folder or LoRA adapter); repeat."),
     out: str = typer.Option(..., "--out", help="Output folder (tables, boundaries.yaml, figures, summary.md)."),
     top_k: str = typer.Option("1,5", "--top-k", help="Top-k percentages for the overlap, comma-separated, each in (0, 100]."),
-    lang_expert: Optional[str] = typer.Option(None, "--lang-expert", help="Which expert is the language expert (default: the one named lang or a language code)."),
-    math_expert: Optional[str] = typer.Option(None, "--math-expert", help="Which expert is the math expert (default: the one named math)."),
+    lang_expert: str | None = typer.Option(None, "--lang-expert", help="Which expert is the language expert (default: the one named lang or a language code)."),
+    math_expert: str | None = typer.Option(None, "--math-expert", help="Which expert is the math expert (default: the one named math)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG and SVG figures."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
@@ -49,15 +47,15 @@ def analyze_command(
 @app.command("importance")
 def importance_command(
     base: str = typer.Option(..., "--base", help="Base model folder or embedded name (gemma3-270m)."),
-    data: List[str] = typer.Option(..., "--data", help="NAME=SPEC of a task's text: gsm8k, ntrex:sw, tico:sw, tatoeba:sw or a .jsonl/.txt file; repeat."),
+    data: list[str] = typer.Option(..., "--data", help="NAME=SPEC of a task's text: gsm8k, ntrex:sw, tico:sw, tatoeba:sw or a .jsonl/.txt file; repeat."),
     out: str = typer.Option(..., "--out", help="Output folder."),
     examples: int = typer.Option(32, "--examples", help="Examples per task (the first N)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Examples per batch."),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per example (longer ones are truncated)."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder laid out like ../shared/data (default: $LAYERSWAP_DATA_DIR or ../shared/data)."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Folder laid out like ../shared/data (default: $LAYERSWAP_DATA_DIR or ../shared/data)."),
     top_k: str = typer.Option("1,5", "--top-k", help="Top-k percentages, comma-separated, each in (0, 100]."),
-    lang_task: Optional[str] = typer.Option(None, "--lang-task", help="Which data set is the language task (default: the one named lang or a language code)."),
-    math_task: Optional[str] = typer.Option(None, "--math-task", help="Which data set is the math task (default: the one named math)."),
+    lang_task: str | None = typer.Option(None, "--lang-task", help="Which data set is the language task (default: the one named lang or a language code)."),
+    math_task: str | None = typer.Option(None, "--math-task", help="Which data set is the math task (default: the one named math)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     keep_fisher: bool = typer.Option(False, "--keep-fisher", help="Also keep each task's Fisher as OUT/fisher/NAME (model-sized)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG and SVG figures."),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,17 +13,17 @@ from layerswap.demo import DemoConfig, run_demo
 @app.command("demo")
 def demo_command(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (a rerun resumes finished stages)."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data folder laid out like ../shared/data (else $LAYERSWAP_DATA_DIR, ./shared/data, ../shared/data, or the Hub)."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Data folder laid out like ../shared/data (else $LAYERSWAP_DATA_DIR, ./shared/data, ../shared/data, or the Hub)."),
     quick: bool = typer.Option(False, "--quick", help="Tiny budgets: a smoke run of a few minutes (CI)."),
-    base: Optional[str] = typer.Option(None, "--base", help="Base model folder or embedded name (default gemma3-270m)."),
-    language: Optional[str] = typer.Option(None, "--language", help="Target language code (default sw)."),
-    method: Optional[str] = typer.Option(None, "--method", help="full or lora fine-tuning of the experts."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per expert."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Examples per evaluation task in the sweep."),
-    top_n: Optional[int] = typer.Option(None, "--top-n", help="Recommended swap candidates to evaluate."),
-    figures: Optional[str] = typer.Option(None, "--figures", help="Also copy the headline figures into this folder (the repo's figures/)."),
+    base: str | None = typer.Option(None, "--base", help="Base model folder or embedded name (default gemma3-270m)."),
+    language: str | None = typer.Option(None, "--language", help="Target language code (default sw)."),
+    method: str | None = typer.Option(None, "--method", help="full or lora fine-tuning of the experts."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps per expert."),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    seq_len: int | None = typer.Option(None, "--seq-len"),
+    limit: int | None = typer.Option(None, "--limit", help="Examples per evaluation task in the sweep."),
+    top_n: int | None = typer.Option(None, "--top-n", help="Recommended swap candidates to evaluate."),
+    figures: str | None = typer.Option(None, "--figures", help="Also copy the headline figures into this folder (the repo's figures/)."),
 ) -> None:
     """Prepare the model, fine-tune two experts, analyse, sweep, and report with figures."""
     overrides = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,9 +14,9 @@ from layerswap.sweep import load_sweep_config, run_sweep
 def sweep_command(
     config: Path = typer.Argument(..., help="Sweep YAML (base, math, lang, languages, tasks, candidates)."),
     out: Path = typer.Option(..., "--out", help="Output folder; rerunning with the same folder resumes."),
-    limit: Optional[int] = typer.Option(None, help="Override: examples per task and language."),
-    save_best: Optional[bool] = typer.Option(None, "--save-best/--no-save-best", help="Override: write the winner as a model folder."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Override: data folder laid out like ../shared/data."),
+    limit: int | None = typer.Option(None, help="Override: examples per task and language."),
+    save_best: bool | None = typer.Option(None, "--save-best/--no-save-best", help="Override: write the winner as a model folder."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Override: data folder laid out like ../shared/data."),
 ) -> None:
     """Merge each candidate in memory, evaluate it, and write results.csv, figures and report.md."""
     cfg = load_sweep_config(config, {"limit": limit, "save_best": save_best, "data_dir": data_dir})

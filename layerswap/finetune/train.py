@@ -321,8 +321,10 @@ def _checkpointing_args(training_args_cls: Any, enabled: bool) -> dict[str, Any]
     return {"gradient_checkpointing": enabled, "gradient_checkpointing_kwargs": kwargs}
 
 
-def _prepare_work_dir(cfg: FinetuneConfig, work: Path) -> str | None:
-    """Return the checkpoint to resume from, or None; refuse stale work unless told what to do."""
+def _prepare_work_dir(cfg: FinetuneConfig, work: Path, *, create: bool = True) -> str | None:
+    """Return the checkpoint to resume from, or None; refuse stale work unless told what to do.
+
+    ``create=False`` only checks, so that a mistake found later (data, partition) leaves no folder."""
     from transformers.trainer_utils import get_last_checkpoint
 
     run_file = work / "run_config.json"
@@ -345,7 +347,7 @@ def _prepare_work_dir(cfg: FinetuneConfig, work: Path) -> str | None:
         raise OutputExistsError(
             f"{work} holds checkpoints of an interrupted run: pass --resume to continue or --overwrite to start over"
         )
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not create or int(os.environ.get("RANK", "0")) != 0:
         return None  # under accelerate launch only the main process clears and prepares the folder
     if work.exists():
         shutil.rmtree(work)
@@ -535,7 +537,7 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
         transformers.utils.logging.disable_progress_bar()
     model_config = AutoConfig.from_pretrained(base_path)
     _check_seq_len(model_config, cfg.seq_len)
-    resume_from = _prepare_work_dir(cfg, work)
+    resume_from = _prepare_work_dir(cfg, work, create=False)
     tok_src = Path(resolve_model(cfg.tokenizer)) if cfg.tokenizer else base_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_src)
@@ -601,6 +603,8 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
         model.config.use_cache = False
 
     # 4. Steps, schedule of groups, training arguments.
+    if resume_from is None:
+        _prepare_work_dir(cfg, work)  # every check passed: only now create OUT.work
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = cfg.batch_size * cfg.grad_accum * world
     schedule = ratio_schedule(names, cfg.ratio) if mode == "simultaneous" else [0]

@@ -28,8 +28,9 @@ from layerswap.checkpoint import (
     open_checkpoint,
     open_model,
     parse_dtype,
+    prepare_output_dir,
 )
-from layerswap.errors import ConfigError
+from layerswap.errors import ConfigError, NumericalError
 from layerswap.merge.config import MergeConfig
 from layerswap.merge.engine import DiskSources, compute
 from layerswap.merge.lora import choose_output, write_adapter
@@ -112,6 +113,7 @@ def merge(
     """Merge as the config says into ``out`` (a HF model folder or a PEFT adapter folder)."""
     start = time.perf_counter()
     say = echo or log.info
+    prepare_output_dir(out, overwrite)  # an existing output is the first thing to say, before any work
     opened = open_merge(config)
     plan = opened.plan
     output, reason = choose_output(config.output, plan, opened.experts)
@@ -178,8 +180,11 @@ def _write_full(opened: OpenedMerge, out: Path, provenance: dict[str, Any], *, o
                         copied += 1
                         continue
             tensor = compute(op, spec.name, sources)
-            if not torch.isfinite(tensor).all() and tensor.is_floating_point():
-                log.warning("tensor %s has NaN or Inf after the merge", spec.name)
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise NumericalError(
+                    f"tensor {spec.name!r} has NaN or Inf after the merge: check the inputs for NaN/Inf weights "
+                    "(layerswap analyze counts them per tensor); nothing was written"
+                )
             writer.write(spec.name, tensor)
             computed += 1
     return MergeResult(writer.out, "full", output_reason, plan, copied=copied, computed=computed, provenance=provenance)
