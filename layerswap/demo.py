@@ -67,12 +67,49 @@ def _stage(name: str, folder: Path, log: Callable[[str], None], run: Callable[[]
     return seconds
 
 
+def train_experts(
+    config: DemoConfig, out: str | Path, *, base: str | None = None, log: Callable[[str], None] = print
+) -> tuple[dict[str, Path], dict[str, float]]:
+    """Fine-tune the demo's math (GSM8K train) and language (NTREX) experts into ``out/experts``.
+
+    Each expert is skipped when its folder is complete, so notebooks can call this to get the
+    demo's experts cheaply on a second run.
+    """
+    from layerswap.finetune.train import FinetuneConfig, finetune
+    from layerswap.models import resolve_model
+
+    out = Path(out)
+    base = base or str(resolve_model(config.base))
+    data_dir = resolve_data_dir(config.data_dir)
+    experts = {"math": out / "experts" / "math", "lang": out / "experts" / "lang"}
+    data = {"math": f"gsm8k?limit={config.steps * config.batch_size * 4}", "lang": f"ntrex:{config.language}"}
+    common = dict(
+        base=base,
+        method=config.method,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        lr=config.lr,
+        data_dir=str(data_dir) if data_dir is not None else None,
+        overwrite=True,
+        quiet=False,
+        save_steps=max(config.steps, 1),
+        # Embeddings, final norm and LM head stay frozen (the paper's experts leave them to the
+        # swap's non-layer policy; with a 262k vocabulary they are also most of the step time).
+        train_global=["none"],
+    )
+    timings: dict[str, float] = {}
+    for role in ("math", "lang"):
+        cfg = FinetuneConfig(data=[data[role]], out=str(experts[role]), **common)
+        timings[f"finetune_{role}"] = _stage(f"fine-tune {role} expert ({data[role]})", experts[role], log, lambda cfg=cfg: finetune(cfg))
+    return experts, timings
+
+
 def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the pipeline into ``out``; returns the stage timings and the sweep's selection."""
     from layerswap.analysis import analyze
     from layerswap.analysis.importance import importance
     from layerswap.checkpoint import write_provenance
-    from layerswap.finetune.train import FinetuneConfig, finetune
     from layerswap.models import resolve_model
     from layerswap.sweep import SweepConfig, run_sweep
 
@@ -88,26 +125,8 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
     base = str(resolve_model(config.base))
     timings["prepare"] = time.perf_counter() - t0
     lang = config.language
-    experts = {"math": out / "experts" / "math", "lang": out / "experts" / "lang"}
-    data = {"math": f"gsm8k?limit={config.steps * config.batch_size * 4}", "lang": f"ntrex:{lang}"}
-    common = dict(
-        base=base,
-        method=config.method,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        seq_len=config.seq_len,
-        lr=config.lr,
-        data_dir=data_arg,
-        overwrite=True,
-        quiet=False,
-        save_steps=max(config.steps, 1),
-        # Embeddings, final norm and LM head stay frozen (the paper's experts leave them to the
-        # swap's non-layer policy; with a 262k vocabulary they are also most of the step time).
-        train_global=["none"],
-    )
-    for role in ("math", "lang"):
-        cfg = FinetuneConfig(data=[data[role]], out=str(experts[role]), **common)
-        timings[f"finetune_{role}"] = _stage(f"fine-tune {role} expert ({data[role]})", experts[role], log, lambda cfg=cfg: finetune(cfg))
+    experts, expert_timings = train_experts(config, out, base=base, log=log)
+    timings.update(expert_timings)
 
     analysis_dir = out / "analysis"
     timings["analyze"] = _stage(
