@@ -23,39 +23,39 @@ os.environ.setdefault("LAYERSWAP_QUIET", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_lm_eval(lm, task_dir: str, names: list[str], *, shots: int, limit: int, batch_size: int, max_new_tokens: int) -> tuple[float, dict]:
+def run_lm_eval(lm, task_dir: str, names: list[str], *, shots: int, limit: int, batch_size: int, max_new_tokens: int) -> tuple[tuple[float, float], dict]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     hflm = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size, device="cpu")
     tm = TaskManager(include_path=task_dir)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = lm_eval.simple_evaluate(
         model=hflm, tasks=names, num_fewshot=shots, limit=limit, gen_kwargs=f"max_gen_toks={max_new_tokens}", log_samples=True, task_manager=tm,
         verbosity="ERROR",
     )
-    seconds = time.perf_counter() - t0
+    seconds = (time.perf_counter() - t0, time.process_time() - c0)
     out: dict = {}
     for name in names:
         lang = name.rsplit("_", 1)[-1]
         for s in res["samples"][name]:
             rec = out.setdefault((lang, s["doc_id"]), {"output": s["resps"][0][0], "gold": str(s["target"])})
             rec[s["filter"]] = s["filtered_resps"][0]
-    acc = {name.rsplit("_", 1)[-1]: {k.split(",")[1]: v for k, v in res["results"][name].items() if k.startswith("exact_match,")} for name in names}
+    acc = {name.rsplit("_", 1)[-1]: {k.split(",")[1]: round(float(v), 4) for k, v in res["results"][name].items() if k.startswith("exact_match,")} for name in names}
     return seconds, {"records": out, "acc": acc}
 
 
-def run_ours(lm, langs: list[str], *, fmt: str, shots: int, limit: int, batch_size: int, max_new_tokens: int, data_dir: str) -> tuple[float, dict]:
+def run_ours(lm, langs: list[str], *, fmt: str, shots: int, limit: int, batch_size: int, max_new_tokens: int, data_dir: str) -> tuple[tuple[float, float], dict]:
     from layerswap.evaluate import evaluate_mgsm
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = evaluate_mgsm(lm, langs, fmt=fmt, shots=shots, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, data_dir=data_dir)
-    seconds = time.perf_counter() - t0
+    seconds = (time.perf_counter() - t0, time.process_time() - c0)
     out = {}
     for r in res.records:
         out[(r["lang"], int(r["id"].rsplit("-", 1)[1]))] = {"output": r["output"], "gold": r["gold"], **r["extracted"]}
-    acc = {row["lang"]: {k[3:]: row[k] for k in row.index if k.startswith("em_")} for _, row in res.summary.iterrows()}
+    acc = {row["lang"]: {k[3:]: round(float(row[k]), 4) for k in row.index if k.startswith("em_")} for _, row in res.summary.iterrows()}
     return seconds, {"records": out, "acc": acc}
 
 
@@ -106,17 +106,20 @@ def main() -> int:
             if bs in lm_bs:
                 sec, res = run_lm_eval(lm, task_dir, names, batch_size=bs, **common)
                 runs[("lm-eval", bs)] = (sec, res)
-                rows.append(("lm-eval", bs, sec))
-                print(f"lm-eval   bs={bs:<3} {sec:7.1f} s", flush=True)
+                rows.append(("lm-eval", bs, *sec))
+                print(f"lm-eval   bs={bs:<3} {sec[0]:7.1f} s wall {sec[1]:7.1f} s cpu", flush=True)
             if bs in our_bs:
                 sec, res = run_ours(lm, langs, fmt=args.fmt, batch_size=bs, data_dir=args.data_dir, **common)
                 runs[("layerswap", bs)] = (sec, res)
-                rows.append(("layerswap", bs, sec))
-                print(f"layerswap bs={bs:<3} {sec:7.1f} s", flush=True)
+                rows.append(("layerswap", bs, *sec))
+                print(f"layerswap bs={bs:<3} {sec[0]:7.1f} s wall {sec[1]:7.1f} s cpu", flush=True)
     n = args.limit * len(langs)
     best_lm = min((r for r in rows if r[0] == "lm-eval"), key=lambda r: r[2])
     best_ours = min((r for r in rows if r[0] == "layerswap"), key=lambda r: r[2])
     speedup = best_lm[2] / best_ours[2]
+    best_lm_cpu = min((r for r in rows if r[0] == "lm-eval"), key=lambda r: r[3])
+    best_ours_cpu = min((r for r in rows if r[0] == "layerswap"), key=lambda r: r[3])
+    cpu_speedup = best_lm_cpu[3] / best_ours_cpu[3]
     lines = [
         "# Evaluation: layerswap vs lm-evaluation-harness (MGSM)",
         "",
@@ -129,11 +132,17 @@ def main() -> int:
         f"({n} questions), max new tokens {args.max_new_tokens}, greedy. Both tools get the same in-memory model; "
         "lm-eval 0.4.13 runs its own task YAMLs pointed at the same local MGSM files.",
         "",
-        "| tool | batch size | seconds | questions/s |",
-        "|---|---|---|---|",
+        "| tool | batch size | wall s | CPU s (this process) | questions/s (wall) |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {tool} | {bs} | {sec:.1f} | {n / sec:.2f} |" for tool, bs, sec in rows]
-    lines += ["", f"**Best batch size: lm-eval {best_lm[1]} ({best_lm[2]:.1f} s), layerswap {best_ours[1]} ({best_ours[2]:.1f} s): {speedup:.2f}x faster.**", ""]
+    lines += [f"| {tool} | {bs} | {sec:.1f} | {cpu:.1f} | {n / sec:.2f} |" for tool, bs, sec, cpu in rows]
+    lines += [
+        "",
+        f"**Best batch size by wall clock: lm-eval {best_lm[1]} ({best_lm[2]:.1f} s), layerswap {best_ours[1]} ({best_ours[2]:.1f} s): {speedup:.2f}x faster.**",
+        f"**By CPU time of the process (robust to other jobs on the box): lm-eval {best_lm_cpu[1]} ({best_lm_cpu[3]:.1f} s), "
+        f"layerswap {best_ours_cpu[1]} ({best_ours_cpu[3]:.1f} s): {cpu_speedup:.2f}x.**",
+        "",
+    ]
     verdict = 0
     if ("lm-eval", 1) in runs and ("layerswap", 1) in runs:
         a, b = runs[("lm-eval", 1)][1], runs[("layerswap", 1)][1]
@@ -142,15 +151,28 @@ def main() -> int:
         lines += [f"- {lang}: lm-eval {a['acc'][lang]} / layerswap {b['acc'][lang]}" for lang in langs]
         same_acc = all(abs(a["acc"][lg][f] - b["acc"][lg][f]) < 1e-9 for lg in langs for f in filters)
         lines += ["", f"Outputs and extracted answers differing: {len(diffs)} of {n}; accuracies identical: {same_acc}.", ""]
+        lines += [
+            "A 270M base model rarely reaches the answer within a short budget, so accuracies are near 0 here: the",
+            "stronger check is that every generated text and every filter's extracted answer is the same string.",
+            "",
+        ]
         lines += [f"    {d}" for d in diffs[:20]]
         verdict |= bool(diffs) or not same_acc
     lines += ["## Batched outputs vs batch size 1", ""]
-    for tool, bs, _ in rows:
+    for tool, bs, *_ in rows:
         if bs != 1 and (tool, 1) in runs:
             diffs = compare(runs[(tool, 1)][1], runs[(tool, bs)][1], filters)
             lines.append(f"- {tool} batch {bs}: {len(diffs)} fields differ from its own batch-1 run")
             lines += [f"    - {d}" for d in diffs[:6]]
-    lines.append("")
+    lines += [
+        "",
+        "Where layerswap saves time (see docs/evaluate.md): the few-shot prefix shared by a language's prompts is",
+        "prefilled once and its KV cache reused, and a row leaves the batch when it stops, whereas lm-eval's",
+        "`model.generate` prefills every full prompt and runs each batch until its slowest row stops. Any batched",
+        "output that differs from batch size 1 (listed above, for either tool) comes from padding changing the",
+        "floating-point reduction order and flipping a near-tie greedy step.",
+        "",
+    ]
     Path(args.out).write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     return int(verdict or speedup < 1.5)

@@ -84,7 +84,12 @@ def main() -> None:
     ap.add_argument("--work", default="/work/load-bench")
     ap.add_argument("--only", default="", help="comma-separated substrings of the runs to keep (default all)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load.md"))
+    ap.add_argument("--from-log", default="", help="render the table from the JSON lines of an earlier run's log instead")
     args = ap.parse_args()
+    if args.from_log:
+        rows = [json.loads(line) for line in Path(args.from_log).read_text().splitlines() if line.startswith("{")]
+        write_markdown(rows, Path(args.out), f"benchmarks/bench_load.py --sizes {args.sizes} --work {args.work}")
+        return
     rows = []
     for size in args.sizes.split(","):
         models = Path(args.synth) / size
@@ -104,6 +109,7 @@ def main() -> None:
             print(json.dumps(res), flush=True)
             rows.append(res)
             shutil.rmtree(out, ignore_errors=True)
+            write_markdown(rows, Path(args.out), " ".join(shlex.quote(a) for a in sys.argv))  # kept current run by run
         shutil.rmtree(work, ignore_errors=True)
     write_markdown(rows, Path(args.out), " ".join(shlex.quote(a) for a in sys.argv))
 

@@ -15,6 +15,7 @@ from layerswap.evaluate.answers import FALLBACK, Extractor, exact_match, flexibl
 from layerswap.evaluate.runner import as_loaded, common_prefix_length, generate, load_model
 from layerswap.evaluate.tasks import strip_stop
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models run ~50x faster on one thread than on two contended ones (OpenMP spinning)."""

@@ -38,7 +38,7 @@ KILL_SUMMARY = Path(os.environ.get("LAYERSWAP_FAULT_SUMMARY", "")) if os.environ
 def _markers(out: str) -> tuple[str, list[str]]:
     name = Path(out).name
     parent = str(Path(out).parent)
-    return str(Path(out)), [f"{parent}/{name}/", f"{parent}/.{name}.tmp-", f"{parent}/.{name}.old-"]
+    return str(Path(out)), [f"{parent}/{name}/", f"{parent}/.{name}.", f"{parent}/..{name}."]  # nested temp folders too
 
 
 def _install_hooks(job: dict[str, Any], trace: list[tuple[str, str]]) -> None:
@@ -166,9 +166,9 @@ def worker(jobs_file: str, results_file: str) -> None:
     results: list[dict[str, Any]] = []
     for i, job in enumerate(jobs):
         kill = dict(job.get("kill") or {})
-        if "event_frac" in kill:  # a fraction of a traced job's events
-            n = results[kill["of"]]["events"]
-            kill["event"] = min(n - 1, int(kill["event_frac"] * n))
+        if "event_at" in kill:  # a fraction of a traced job's write calls, 0.0 = first, 1.0 = last
+            n = results[kill["of"]]["events"] or 1
+            kill["event"] = round(kill["event_at"] * (n - 1))
         if "after_frac" in kill:  # a fraction of a traced job's wall time
             kill["after_s"] = kill["after_frac"] * results[kill["of"]]["wall"]
         job = {**job, "kill": kill}
@@ -184,7 +184,9 @@ def worker(jobs_file: str, results_file: str) -> None:
                 status = st
                 break
             if "when_exists" in kill and Path(kill["when_exists"]).exists():
+                time.sleep(kill.get("delay", 0.0))
                 os.kill(pid, signal.SIGKILL)
+                kill.pop("when_exists")
             time.sleep(0.005)
         wall = time.perf_counter() - start
         trace = json.loads(Path(trace_file).read_text()) if Path(trace_file).exists() else None
@@ -262,11 +264,6 @@ def leftovers(folder: Path, outs: set[str]) -> list[str]:
     return extra
 
 
-def spread(n: int, picks: int) -> list[int]:
-    """``picks`` event indices spread over ``0..n-1`` (first and last included)."""
-    return sorted({0, n - 1, *[round(i * (n - 1) / (picks - 1)) for i in range(picks)]})
-
-
 def record(kind: str, **figures: Any) -> None:
     """Append figures for docs/reliability.md when LAYERSWAP_FAULT_SUMMARY names a JSONL file."""
     if KILL_SUMMARY is not None:
@@ -274,68 +271,69 @@ def record(kind: str, **figures: Any) -> None:
             fh.write(json.dumps({"kind": kind, **figures}) + "\n")
 
 
-def kill_campaign(tmp: Path, make_argv, previous: Path | None, *, event_picks: int, random_kills: int, overwrite_picks: int, seed: int, timeout: float = 600) -> dict[str, Any]:  # noqa: ANN001
-    """Reference run, then kills spread over its write calls and at random times, fresh and over a previous output."""
-    runs = tmp / "runs"
+# --------------------------------------------------------------------------------------------
+# The campaigns: all jobs run in one worker (its imports cost more than all the kills together)
+# --------------------------------------------------------------------------------------------
+
+
+class Plan:
+    """Jobs for one worker, in groups; later jobs refer to earlier ones by index."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.jobs: list[dict[str, Any]] = []
+        self.groups: dict[str, list[int]] = {}
+
+    def add(self, group: str, argv: list[str], out: Path, kill: dict[str, Any] | None = None, **meta: Any) -> int:
+        self.jobs.append({"argv": argv, "out": str(out), "kill": kill, "log": str(out) + ".log", "trace": kill is None, **meta})
+        self.groups.setdefault(group, []).append(len(self.jobs) - 1)
+        return len(self.jobs) - 1
+
+
+def plan_kills(plan: Plan, group: str, make_argv, previous: Path | None, *, event_picks: int, random_kills: int, overwrite_picks: int, seed: int) -> None:  # noqa: ANN001
+    """A traced reference run, then kills spread over its write calls and at random times, fresh and over ``previous``."""
+    runs = plan.root / group
     runs.mkdir()
-    jobs: list[dict[str, Any]] = [{"argv": make_argv(runs / "ref", False), "out": str(runs / "ref"), "trace": True, "log": str(tmp / "ref.log")}]
-    first = run_worker(jobs, tmp, timeout)[0]
-    assert first["code"] == 0 and not first["killed"], (tmp / "ref.log").read_text()[-3000:]
-    n = first["events"]
-    assert n and n >= 5, f"the traced run made only {n} write calls on its output"
+    ref = plan.add(group, make_argv(runs / "ref", False), runs / "ref", role="ref")
     rng = random.Random(seed)
-    kills: list[dict[str, Any]] = []
-    for k in spread(n, event_picks):
-        kills.append({"kill": {"event": k, "when": "before"}, "overwrite": False})
-    kills.append({"kill": {"event": n - 1, "when": "after"}, "overwrite": False})
-    for _ in range(random_kills):
-        kills.append({"kill": {"after_s": rng.uniform(0.05, 1.0) * first["wall"]}, "overwrite": False})
-    if previous is not None:
-        for k in spread(n, overwrite_picks):
-            kills.append({"kill": {"event": k, "when": "before"}, "overwrite": True})
-    jobs = []
-    for i, spec in enumerate(kills):
+    kills: list[tuple[dict[str, Any], bool]] = [({"event_at": i / (event_picks - 1), "of": ref}, False) for i in range(event_picks)]
+    kills.append(({"event_at": 1.0, "of": ref, "when": "after"}, False))
+    kills += [({"after_frac": rng.uniform(0.05, 1.0), "of": ref}, False) for _ in range(random_kills)]
+    kills += [({"event_at": i / max(1, overwrite_picks - 1), "of": ref}, True) for i in range(overwrite_picks)]
+    for i, (kill, overwrite) in enumerate(kills):
         out = runs / f"k{i}"
-        if spec["overwrite"]:
+        if overwrite:
             shutil.copytree(previous, out)
-        jobs.append({"argv": make_argv(out, spec["overwrite"]), "out": str(out), "kill": spec["kill"], "log": str(tmp / f"k{i}.log")})
-    results = run_worker(jobs, tmp, timeout)
+        plan.add(group, make_argv(out, overwrite), out, kill, role="kill", overwrite=overwrite)
+
+
+def judge_kills(plan: Plan, results: list[dict[str, Any]], group: str, previous: Path | None) -> dict[str, Any]:
+    idx = plan.groups[group]
+    ref_job, ref = plan.jobs[idx[0]], results[idx[0]]
+    assert ref["code"] == 0 and not ref["killed"], Path(ref_job["log"]).read_text()[-3000:]
+    n = ref["events"]
+    assert n and n >= 5, f"the traced run made only {n} write calls on its output"
+    ref_out = Path(ref_job["out"])
     outcomes: dict[str, int] = {}
-    for i, (spec, res) in enumerate(zip(kills, results)):
-        out = runs / f"k{i}"
-        complete = [runs / "ref"] + ([previous] if spec["overwrite"] else [])
-        verdict = judge(out, complete)
+    for i in idx[1:]:
+        job, res = plan.jobs[i], results[i]
+        out = Path(job["out"])
+        verdict = judge(out, [ref_out] + ([previous] if job["overwrite"] else []))
         if not res["killed"]:  # a random delay past the end: the run must have finished cleanly
-            assert res["code"] == 0 and verdict == "complete#0", f"job {i}: exit {res['code']}, {verdict}"
-        if spec["kill"].get("when") == "after" and spec["kill"]["event"] == n - 1:
+            assert res["code"] == 0 and verdict == "complete#0", f"{out}: exit {res['code']}, {verdict}"
+        if res["kill"].get("when") == "after" and res["kill"].get("event") == n - 1:
             assert verdict == "complete#0", "a kill after the final rename must leave the complete output"
         key = {"none": "no output", "complete#0": "new complete output", "complete#1": "previous output intact"}[verdict]
         outcomes[key] = outcomes.get(key, 0) + 1
-    temps = leftovers(runs, {"ref", *[f"k{i}" for i in range(len(kills))]})
-    killed = sum(r["killed"] for r in results)
-    return {"write_calls": n, "kills": killed, "runs": len(kills), "outcomes": outcomes, "temp_siblings_left": len(temps)}
-
-
-# --------------------------------------------------------------------------------------------
-# The campaigns
-# --------------------------------------------------------------------------------------------
-
-
-def test_merge_killed_anywhere(tiny_experts, tmp_path):
-    from layerswap.merge import merge, swap_config
-
-    math_, lang = str(tiny_experts["math"]), str(tiny_experts["lang"])
-    previous = tmp_path / "previous"
-    merge(swap_config(math=math_, lang=lang, bottom=2, top=1), previous)
-
-    def argv(out: Path, overwrite: bool) -> list[str]:
-        cmd = ["swap", "--math", math_, "--lang", lang, "--bottom", "1", "--top", "1", "--transition", "1", "--out", str(out)]
-        return cmd + (["--overwrite"] if overwrite else [])
-
-    stats = kill_campaign(tmp_path, argv, previous, event_picks=8, random_kills=3, overwrite_picks=5, seed=1)
-    record("merge", **stats)
-    assert stats["kills"] >= 12
-    assert stats["outcomes"].get("previous output intact", 0) >= 1 and stats["outcomes"].get("no output", 0) >= 1
+    runs = ref_out.parent
+    temps = leftovers(runs, {p.name for p in runs.iterdir() if not p.name.startswith(".")})
+    return {
+        "write_calls": n,
+        "kills": sum(results[i]["killed"] for i in idx[1:]),
+        "runs": len(idx) - 1,
+        "outcomes": outcomes,
+        "temp_siblings_left": len(temps),
+    }
 
 
 def _train_file(tmp: Path) -> Path:
@@ -345,7 +343,7 @@ def _train_file(tmp: Path) -> Path:
     return path
 
 
-def finetune_argv(base: Path, data: Path, out: Path, *, steps: int = 2, save_steps: int = 100, extra: tuple[str, ...] = ()) -> list[str]:
+def finetune_argv(base: Path, data: Path, out: Path, *, steps: int = 1, save_steps: int = 100, extra: tuple[str, ...] = ()) -> list[str]:
     return [
         "finetune", "--base", str(base), "--data", f"{data}?prompt=prompt,completion=completion", "--steps", str(steps),
         "--batch-size", "2", "--seq-len", "32", "--save-steps", str(save_steps), "--train-layers", "1-3", "--quiet",
@@ -353,29 +351,173 @@ def finetune_argv(base: Path, data: Path, out: Path, *, steps: int = 2, save_ste
     ]  # fmt: skip
 
 
-def test_finetune_final_save_killed_anywhere(tiny_experts, tmp_path):
-    base, data = tiny_experts["base"], _train_file(tmp_path)
-    previous = tmp_path / "previous"
-    shutil.copytree(tiny_experts["math"], previous)
-
-    def argv(out: Path, overwrite: bool) -> list[str]:
-        return finetune_argv(base, data, out, extra=("--overwrite",) if overwrite else ())
-
-    stats = kill_campaign(tmp_path, argv, previous, event_picks=6, random_kills=2, overwrite_picks=3, seed=2)
-    record("finetune", **stats)
-    assert stats["kills"] >= 8
+SWEEP_CANDIDATES = ["swap-b1-u1", "swap-b2-u1", "base", "math", "ties-d0.2"]
 
 
-def test_analysis_killed_anywhere(tiny_experts, tmp_path):
-    base, math_, lang = (str(tiny_experts[k]) for k in ("base", "math", "lang"))
+def sweep_yaml(tmp: Path, experts: dict[str, Path], data_dir: Path) -> Path:
+    import yaml
 
-    def argv(out: Path, overwrite: bool) -> list[str]:
-        cmd = ["analyze", "--base", base, "--expert", f"math={math_}", "--expert", f"lang={lang}", "--out", str(out)]
+    cfg = {
+        "base": str(experts["base"]),
+        "math": str(experts["math"]),
+        "lang": str(experts["lang"]),
+        "languages": ["sw"],
+        "tasks": ["proxy", "flores"],
+        "limit": 2,
+        "shots": 1,
+        "max_new_tokens": 8,
+        "data_dir": str(data_dir),
+        "candidates": {"grid": {"bottom": [1, 2], "top": [1], "transition": [0]}, "baselines": ["base", "math", "ties"]},
+    }
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def campaign(request, tmp_path_factory, tiny_experts):
+    """Plan every kill and resume job, run them in one worker, return (plan, results, extras)."""
+    from conftest import DATA_DIR
+
+    from layerswap.merge import merge, swap_config
+
+    root = tmp_path_factory.mktemp("kills")
+    plan = Plan(root)
+    base, math_, lang = (tiny_experts[k] for k in ("base", "math", "lang"))
+    extras: dict[str, Any] = {}
+
+    # A merge (swap with a transition layer: computed tensors and raw byte copies).
+    prev_merge = root / "previous-merge"
+    merge(swap_config(math=str(math_), lang=str(lang), bottom=2, top=1), prev_merge)
+    extras["previous-merge"] = prev_merge
+
+    def merge_argv(out: Path, overwrite: bool) -> list[str]:
+        cmd = ["swap", "--math", str(math_), "--lang", str(lang), "--bottom", "1", "--top", "1", "--transition", "1", "--out", str(out)]
         return cmd + (["--overwrite"] if overwrite else [])
 
-    stats = kill_campaign(tmp_path, argv, None, event_picks=7, random_kills=2, overwrite_picks=0, seed=3)
+    selected = {item.name for item in request.session.items}
+    plan_kills(plan, "merge", merge_argv, prev_merge, event_picks=8, random_kills=3, overwrite_picks=5, seed=1)
+
+    # A fine-tune's final save (1 step, no intermediate checkpoint), fresh and over a previous model.
+    data = _train_file(root)
+    extras["previous-finetune"] = math_
+
+    def ft_argv(out: Path, overwrite: bool) -> list[str]:
+        return finetune_argv(base, data, out, extra=("--overwrite",) if overwrite else ())
+
+    plan_kills(plan, "finetune", ft_argv, math_, event_picks=5, random_kills=1, overwrite_picks=2, seed=2)
+
+    # An analysis (tables, boundaries.yaml, figures).
+    def an_argv(out: Path, overwrite: bool) -> list[str]:
+        return ["analyze", "--base", str(base), "--expert", f"math={math_}", "--expert", f"lang={lang}", "--out", str(out)]
+
+    plan_kills(plan, "analysis", an_argv, None, event_picks=5, random_kills=1, overwrite_picks=0, seed=3)
+
+    # A fine-tune killed mid-run (6 steps, a checkpoint every 2), then resumed with --resume (slow: planned only when selected).
+    rs = root / "ft-resume"
+    rs.mkdir()
+    if "test_finetune_resumes_from_last_checkpoint" in selected:
+        plan.add("ft-resume", finetune_argv(base, data, rs / "whole", steps=6, save_steps=2), rs / "whole", role="ref")
+    for name, kill in () if "test_finetune_resumes_from_last_checkpoint" not in selected else (
+        ("mid-save", {"when_exists": str(rs / "k1.work" / "checkpoint-4")}),  # killed while writing checkpoint 4
+        ("after-save", {"when_exists": str(rs / "k2.work" / "checkpoint-2" / "trainer_state.json"), "delay": 0.3}),
+    ):
+        out = rs / ("k1" if name == "mid-save" else "k2")
+        plan.add("ft-resume", finetune_argv(base, data, out, steps=6, save_steps=2), out, kill, role="kill", point=name)
+        plan.add("ft-resume", finetune_argv(base, data, out, steps=6, save_steps=2, extra=("--resume",)), out, role="resume", point=name)
+
+    # A sweep killed after two of five candidates and at a random moment, then rerun (it resumes).
+    # (planned only when its slow test is selected: about half of the campaign's time)
+    want_sweep = "test_sweep_resumes_with_identical_results" in selected
+    if want_sweep and (DATA_DIR / "mgsm").is_dir():
+        sw = root / "sweep"
+        sw.mkdir()
+        cfg = sweep_yaml(sw, tiny_experts, DATA_DIR)
+        whole = plan.add("sweep", ["sweep", str(cfg), "--out", str(sw / "whole")], sw / "whole", role="ref")
+        for out, kill in (
+            (sw / "k1", {"when_exists": str(sw / "k1" / "candidates" / f"{SWEEP_CANDIDATES[1]}.json")}),
+            (sw / "k2", {"after_frac": random.Random(4).uniform(0.4, 0.8), "of": whole}),
+        ):
+            plan.add("sweep", ["sweep", str(cfg), "--out", str(out)], out, kill, role="kill")
+            plan.add("sweep", ["sweep", str(cfg), "--out", str(out)], out, role="resume")
+
+    results = run_worker(plan.jobs, root, timeout=900)
+    return plan, results, extras
+
+
+def test_merge_killed_anywhere(campaign):
+    plan, results, extras = campaign
+    stats = judge_kills(plan, results, "merge", extras["previous-merge"])
+    record("merge", **stats)
+    assert stats["kills"] >= 12
+    assert stats["outcomes"].get("previous output intact", 0) >= 1 and stats["outcomes"].get("no output", 0) >= 1
+
+
+def test_finetune_final_save_killed_anywhere(campaign):
+    plan, results, extras = campaign
+    stats = judge_kills(plan, results, "finetune", extras["previous-finetune"])
+    record("finetune", **stats)
+    assert stats["kills"] >= 6
+
+
+def test_analysis_killed_anywhere(campaign):
+    plan, results, _ = campaign
+    stats = judge_kills(plan, results, "analysis", None)
     record("analysis", **stats)
-    assert stats["kills"] >= 7
+    assert stats["kills"] >= 5
+
+
+def _weights(folder: Path) -> dict[str, Any]:
+    from layerswap.testing import state_dict_of
+
+    return dict(state_dict_of(folder))
+
+
+@pytest.mark.slow
+def test_finetune_resumes_from_last_checkpoint(campaign):
+    import torch
+
+    plan, results, _ = campaign
+    idx = plan.groups["ft-resume"]
+    whole = Path(plan.jobs[idx[0]]["out"])
+    assert results[idx[0]]["code"] == 0, Path(plan.jobs[idx[0]]["log"]).read_text()[-3000:]
+    reference = _weights(whole)
+    resumed = 0
+    for kill_i, resume_i in zip(idx[1::2], idx[2::2], strict=True):
+        job, kill, res = plan.jobs[resume_i], results[kill_i], results[resume_i]
+        assert kill["killed"], f"{job['point']}: the run ended before the kill"
+        assert res["code"] == 0, Path(job["log"]).read_text()[-3000:]
+        out = Path(job["out"])
+        prov = json.loads((out / "layerswap.json").read_text())
+        assert prov["resumed_from_step"] in (2, 4) and prov["steps"] == 6
+        got = _weights(out)
+        assert got.keys() == reference.keys()
+        for name, tensor in reference.items():
+            torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        resumed += 1
+    record("finetune-resume", resumes=resumed, kills=resumed)
+
+
+@pytest.mark.slow
+def test_sweep_resumes_with_identical_results(campaign, data_dir):
+    import pandas as pd
+
+    plan, results, _ = campaign
+    idx = plan.groups["sweep"]
+    whole = Path(plan.jobs[idx[0]]["out"])
+    assert results[idx[0]]["code"] == 0, Path(plan.jobs[idx[0]]["log"]).read_text()[-3000:]
+    reference = pd.read_csv(whole / "results.csv")
+    assert sorted(set(reference["candidate"])) == sorted(SWEEP_CANDIDATES)
+    cols = ["candidate", "method", "parameters", "task", "language", "metric", "value"]
+    resumed = 0
+    for kill_i, resume_i in zip(idx[1::2], idx[2::2], strict=True):
+        job, kill, res = plan.jobs[resume_i], results[kill_i], results[resume_i]
+        assert res["code"] == 0, Path(job["log"]).read_text()[-3000:]
+        again = pd.read_csv(Path(job["out"]) / "results.csv")
+        pd.testing.assert_frame_equal(again[cols], reference[cols])
+        resumed += int(kill["killed"])
+    assert resumed >= 1
+    record("sweep-resume", resumes=resumed, kills=sum(results[i]["killed"] for i in idx[1::2]))
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "worker":

@@ -271,10 +271,13 @@ def test_simultaneous_data_that_moves_one_side_only(tiny_llama, qa_file, text_fi
 
 
 def test_mix_mode(tiny_llama, qa_file, text_file, tmp_path):
-    out = finetune(cfg(tiny_llama, {"math": str(qa_file), "lang": str(text_file)}, tmp_path / "mix", mode="mix", steps=2))
+    out = finetune(
+        cfg(tiny_llama, {"math": str(qa_file), "lang": str(text_file)}, tmp_path / "mix", mode="mix", method="lora", steps=2)
+    )
     prov = read_provenance(out)
     assert prov["mode"] == "mix" and set(prov["data"]) == {"math", "lang"}
-    assert prov["partition"]["layers"] == list(range(6)) and prov["partition"]["global"] == ["embed_tokens", "norm", "lm_head"]
+    assert prov["partition"]["layers"] == list(range(6)) and prov["partition"]["global"] == []
+    assert (out / "adapter_model.safetensors").exists()
 
 
 def test_resume_continues_from_saved_step(tiny_llama, qa_file, tmp_path):

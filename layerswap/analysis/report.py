@@ -126,8 +126,10 @@ class Analysis:
             for title, paths in figures.items():
                 png = next((p for p in paths if p.endswith(".png")), paths[0])
                 lines.append(f"- [{title}]({png}) ([svg]({png[:-4]}.svg))")
-        lines += ["", "Tables: `deltas.csv` (per tensor), `layers.csv` (per layer), `overlap.csv`, `cosine.csv`, `topk.csv`, `thresholds.csv`"]
-        lines.append("" if self.contrast is None else "`contrast.csv`, `boundaries.yaml` (recommendation and ranked candidates).")
+        tables = "`deltas.csv` (per tensor), `layers.csv` (per layer), `overlap.csv`, `cosine.csv`, `topk.csv`, `thresholds.csv`"
+        if self.contrast is not None:
+            tables += ", `contrast.csv`, `boundaries.yaml` (recommendation and ranked candidates)"
+        lines += ["", f"Tables: {tables}."]
         return "\n".join(lines).rstrip() + "\n"
 
     # -- files --------------------------------------------------------------------------------

@@ -429,7 +429,10 @@ def evaluate(
 
 
 def _proxy_next_to_em(summary: pd.DataFrame) -> pd.DataFrame:
-    """Copy the proxy's gold log-likelihood onto the MGSM rows of the same language."""
+    """Copy the proxy's gold log-likelihood onto the MGSM rows of the same language; counts as ints."""
+    for col in ("shots", "n", "empty"):
+        if col in summary:
+            summary[col] = summary[col].astype("Int64")
     if summary.empty or "gold_logprob" not in summary or "exact_match" not in summary:
         return summary
     proxy = summary[summary["task"] == "proxy"].set_index("lang")["gold_logprob"]

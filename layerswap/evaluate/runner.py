@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from layerswap.errors import ConfigError, InputPathError
+from layerswap.errors import CheckpointError, ConfigError, InputPathError
 from layerswap.progress import bar
 
 
@@ -127,7 +127,22 @@ def load_model(
         raise InputPathError(f"{path} has no config.json: pass a Hugging Face model folder or a PEFT adapter folder")
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    from layerswap.checkpoint import PICKLE_SUFFIXES
+
+    if not any(path.glob("*.safetensors")) and any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir()):
+        raise CheckpointError(
+            f"{path} holds only pickled weights, which layerswap never unpickles: convert it with "
+            "save_pretrained(out, safe_serialization=True) where you trust the file"
+        )
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise CheckpointError(
+            f"{path} needs its own Python code (auto_map) to load, which layerswap does not run unless the caller turns "
+            "trust_remote_code on: use a built-in architecture, or review the code and pass trust_remote_code to load_model"
+        ) from None
     torch_dtype = auto_dtype(dev, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None), dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -321,15 +321,32 @@ def _checkpointing_args(training_args_cls: Any, enabled: bool) -> dict[str, Any]
     return {"gradient_checkpointing": enabled, "gradient_checkpointing_kwargs": kwargs}
 
 
+def _last_complete_checkpoint(work: Path) -> str | None:
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (the Trainer writes it last) parses.
+
+    The Trainer writes checkpoints in place, so a run killed while saving leaves an incomplete
+    newest checkpoint; resuming must skip it rather than fail on it."""
+    best: tuple[int, Path] | None = None
+    for folder in work.glob("checkpoint-*"):
+        step = folder.name.rsplit("-", 1)[-1]
+        if not step.isdigit():
+            continue
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if best is None or int(step) > best[0]:
+            best = (int(step), folder)
+    return str(best[1]) if best else None
+
+
 def _prepare_work_dir(cfg: FinetuneConfig, work: Path, *, create: bool = True) -> str | None:
     """Return the checkpoint to resume from, or None; refuse stale work unless told what to do.
 
     ``create=False`` only checks, so that a mistake found later (data, partition) leaves no folder."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     run_file = work / "run_config.json"
     current = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _RESUME_FREE}
-    last = get_last_checkpoint(str(work)) if work.is_dir() else None
+    last = _last_complete_checkpoint(work) if work.is_dir() else None
     if cfg.resume:
         if last is None:
             raise InputPathError(
@@ -518,7 +535,8 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
             train_layers=cfg.train_layers,
             freeze_layers=cfg.freeze_layers,
             train_modules=cfg.train_modules,
-            train_global=cfg.train_global,
+            # LoRA trains adapters only: no default global modules (an explicit choice is refused below)
+            train_global=cfg.train_global if cfg.train_global is not None or cfg.method == "full" else ["none"],
         )
         partitions = {n: one for n in named}
     union = Partition(
