@@ -150,7 +150,7 @@ def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str
     if gain < rule.min_gain or consistency < rule.min_consistency or scores[(best_b, best_u, 0)] <= 0:
         why = []
         if gain < rule.min_gain:
-            why.append(f"the best split puts only {gain:.3f} more of {lang}'s update share than of {math_}'s into the outer layers (needs {rule.min_gain})")
+            why.append(f"the best split puts only {gain:.3f} more of {lang}'s share than of {math_}'s into the outer layers (needs {rule.min_gain})")
         if consistency < rule.min_consistency:
             why.append(f"only {positive}/{len(module_diffs)} module kinds agree on it (needs {rule.min_consistency:.0%})")
         if not why:
@@ -160,8 +160,9 @@ def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str
     t = _ambiguous_transition(d, best_b, best_u, tau, rule.max_transition, n, min_middle)
     s_l = float(contrast["share_lang"].to_numpy()[outer].sum())
     s_m = float(contrast["share_math"].to_numpy()[outer].sum())
+    what = "importance" if str(cells.attrs.get("kind")) == "importance" else "update"
     reason = (
-        f"{lang} has {s_l:.0%} of its update in layers {_ranges(outer)} against {math_}'s {s_m:.0%} "
+        f"{lang} has {s_l:.0%} of its {what} in layers {_ranges(outer)} against {math_}'s {s_m:.0%} "
         f"(gain {gain:.2f}, {positive}/{len(module_diffs)} module kinds agree)"
         + (f"; {t} ambiguous layer{'s' if t > 1 else ''} inside each boundary become transition layers" if t else "")
     )

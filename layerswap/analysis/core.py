@@ -86,6 +86,7 @@ def build_analysis(
             "pass --lang-expert and --math-expert (or name them lang and math) for a boundary recommendation"
         )
     cells = cell_sumsq(p1)
+    cells.attrs["kind"] = kind
     n = base.num_layers
     contrast = boundaries = None
     if roles is not None:

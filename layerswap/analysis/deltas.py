@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from layerswap.architecture import module_sort_key
 from layerswap.checkpoint import DeltaView, ModelFolder, TensorInfo, read_tensor_into
 from layerswap.progress import progress
 
@@ -351,4 +352,12 @@ def cosine_table(p1: Pass1) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         out["cosine"] = np.where(den > 0, out["dot"] / den.where(den > 0, 1), np.nan)
     out["layer"] = out["layer"].astype("Int64")
-    return out[cols]
+    out = out.sort_values(["expert_a", "expert_b", "layer", "module"], key=_order_key, na_position="last", kind="stable")
+    return out[cols].reset_index(drop=True)
+
+
+def _order_key(col: pd.Series) -> pd.Series:
+    """Sort modules in display order ('all' last); other columns as they are."""
+    if col.name == "module":
+        return col.map(lambda m: (1, m) if m == "all" else (0, *module_sort_key(m)))
+    return col

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from layerswap.analysis.deltas import NBINS, Pass1, ValueSource, Workspace, clean_nonfinite, reading_order
+from layerswap.analysis.deltas import NBINS, Pass1, ValueSource, Workspace, _order_key, clean_nonfinite, reading_order
 from layerswap.checkpoint import ModelFolder
 from layerswap.errors import ConfigError
 from layerswap.progress import progress
@@ -183,8 +183,12 @@ def run_pass2(
         result.refined = True
         pending = []
     pairs = [(a, b) for i, a in enumerate(experts) for b in experts[i + 1 :]]
-    kept: list[tuple[float, str, dict[str, torch.Tensor]]] = []  # (k, tensor, expert -> values at kept positions)
+    # Values whose membership waits for an exact threshold: per (expert, k) the |values| inside the
+    # threshold bin, and per (a, b, k) both |values| (and sign agreement) where the pair's membership is open.
+    kept_single: dict[tuple[str, float], list[tuple[str, torch.Tensor]]] = {key: [] for key in cuts}
+    kept_pair: dict[tuple[str, str, float], list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]]] = {}
     by_expert = {s.name: s for s in sources}
+    lowest = {e: min(cuts[(e, k)].lower for k in top_k) for e in experts}
     ws = Workspace.for_tensors([base] + [f for s in sources for f in s.folders()], tensors)
     for name in progress(tensors, desc="top-k overlap", unit="tensor"):
         for k in top_k:
@@ -193,76 +197,65 @@ def run_pass2(
             for a, b in pairs:
                 result.both[(a, b, k, name)] = result.agree[(a, b, k, name)] = 0
         # An expert whose largest |value| here is below all its cuts has no member here: skip reading it.
-        active = [e for e in experts if any(p1.stats[(e, name)].max_abs >= cuts[(e, k)].lower for k in top_k)]
+        active = [e for e in experts if p1.stats[(e, name)].max_abs >= lowest[e]]
         if not active:
             continue
         numel = base.info(name).numel
         values = _read_values(base, [by_expert[e] for e in active], name, ws, p1)
-        absval = {e: torch.abs(v, out=ws.buf(f"abs{i}", numel)) for i, (e, v) in enumerate(values.items())}
-        active_pairs = [(a, b) for a, b in pairs if a in values and b in values]
-        same_sign = {}
-        if p1.signed:
-            for j, (a, b) in enumerate(active_pairs):
-                sa = torch.signbit(values[a], out=ws.buf("sign_a", numel, torch.bool))
-                sb = torch.signbit(values[b], out=ws.buf("sign_b", numel, torch.bool))
-                same_sign[(a, b)] = torch.eq(sa, sb, out=ws.buf(f"same{j}", numel, torch.bool))
-        for k in top_k:
-            sure: dict[str, torch.Tensor] = {}
-            boundary = None
-            for i, e in enumerate(active):
+        # Candidates: the positions where an expert's |value| reaches its lowest cut (about k% of them).
+        mask: dict[str, torch.Tensor] = {}
+        for i, e in enumerate(active):
+            absval = torch.abs(values[e], out=ws.buf("abs", numel))
+            mask[e] = torch.ge(absval, lowest[e], out=ws.buf(f"mask{i}", numel, torch.bool))
+            cand = absval[mask[e]]
+            for k in top_k:
                 cut = cuts[(e, k)]
-                sure[e] = torch.ge(absval[e], cut.sure_at, out=ws.buf(f"sure{i}", numel, torch.bool))
-                result.n[(e, k, name)] = int(torch.count_nonzero(sure[e]))
+                result.n[(e, k, name)] = int(torch.count_nonzero(cand >= cut.sure_at))
                 if cut.bnd_lo is not None:
-                    inside = torch.ge(absval[e], cut.bnd_lo, out=ws.buf("inside", numel, torch.bool))
-                    inside.logical_xor_(sure[e])
-                    if boundary is None:
-                        boundary = ws.buf("boundary", numel, torch.bool).copy_(inside)
-                    else:
-                        boundary.logical_or_(inside)
-            for a, b in active_pairs:
-                both = torch.logical_and(sure[a], sure[b], out=ws.buf("both", numel, torch.bool))
+                    inside = cand[(cand >= cut.bnd_lo) & (cand < cut.sure_at)]
+                    if inside.numel():
+                        kept_single[(e, k)].append((name, inside))
+        for a, b in pairs:
+            if a not in mask or b not in mask:
+                continue
+            va, vb = values[a][mask[a]], values[b][mask[a]]  # both experts at a's candidates
+            abs_a, abs_b = va.abs(), vb.abs()
+            same = (torch.signbit(va) == torch.signbit(vb)) if p1.signed else None
+            for k in top_k:
+                ca, cb = cuts[(a, k)], cuts[(b, k)]
+                both = (abs_a >= ca.sure_at) & (abs_b >= cb.sure_at)
                 result.both[(a, b, k, name)] = int(torch.count_nonzero(both))
-                if p1.signed:
-                    result.agree[(a, b, k, name)] = int(torch.count_nonzero(both.logical_and_(same_sign[(a, b)])))
-            if boundary is not None and bool(boundary.any()):
-                idx = boundary.nonzero().squeeze(1)
-                kept.append((k, name, {e: values[e][idx] for e in active}))
-        del values, absval, same_sign
-    result.kept_boundary = sum(len(next(iter(chunk.values()))) for _, _, chunk in kept)
-    _resolve(result, pending, kept, pairs, p1.signed)
+                if same is not None:
+                    result.agree[(a, b, k, name)] = int(torch.count_nonzero(both & same))
+                if ca.bnd_lo is not None or cb.bnd_lo is not None:
+                    open_ = (abs_a >= ca.lower) & (abs_b >= cb.lower) & ~both
+                    if bool(open_.any()):
+                        kept_pair.setdefault((a, b, k), []).append((name, abs_a[open_], abs_b[open_], same[open_] if same is not None else None))
+        del values, mask
+    result.kept_boundary = sum(v.numel() for chunks in kept_single.values() for _, v in chunks)
+    _resolve(result, pending, kept_single, kept_pair)
     return result
 
 
-def _resolve(result: Pass2, pending: list[Cut], kept: list, pairs: list[tuple[str, str]], signed: bool) -> None:
-    """Exact thresholds from the kept boundary values, then the kept positions counted against them."""
+def _resolve(result: Pass2, pending: list[Cut], kept_single: dict, kept_pair: dict) -> None:
+    """Exact thresholds from the kept in-bin values, then the kept values counted against them."""
     for cut in pending:
-        inside = [
-            a[(a >= cut.bnd_lo) & (a < cut.sure_at)]
-            for k, _, chunk in kept
-            if k == cut.k_percent and cut.expert in chunk
-            for a in [chunk[cut.expert].abs()]
-        ]
-        values = torch.cat(inside) if inside else torch.empty(0)
+        chunks = kept_single[(cut.expert, cut.k_percent)]
+        values = torch.cat([v for _, v in chunks]) if chunks else torch.empty(0)
         if values.numel() < cut.rank_in_bin:  # cannot happen: the histogram counted them
             raise RuntimeError(f"top-k bin of {cut.expert} holds {values.numel()} values, expected >= {cut.rank_in_bin}")
         cut.threshold = float(torch.kthvalue(values, values.numel() - cut.rank_in_bin + 1).values)
-    for k, name, chunk in kept:
-        member = {}
-        was_sure = {}
-        for e, v in chunk.items():
-            cut = result.cuts[(e, k)]
-            a = v.abs()
-            member[e] = cut.contains(a)
-            was_sure[e] = a >= cut.sure_at
-            result.n[(e, k, name)] += int(torch.count_nonzero(member[e] & ~was_sure[e]))
-        for a, b in pairs:
-            if a in member and b in member:
-                extra = member[a] & member[b] & ~(was_sure[a] & was_sure[b])
-                result.both[(a, b, k, name)] += int(torch.count_nonzero(extra))
-                if signed:
-                    same = torch.signbit(chunk[a]) == torch.signbit(chunk[b])
-                    result.agree[(a, b, k, name)] += int(torch.count_nonzero(extra & same))
+    for (e, k), chunks in kept_single.items():
+        cut = result.cuts[(e, k)]
+        for name, v in chunks:
+            result.n[(e, k, name)] += int(torch.count_nonzero(cut.contains(v)))
+    for (a, b, k), chunks in kept_pair.items():
+        ca, cb = result.cuts[(a, k)], result.cuts[(b, k)]
+        for name, abs_a, abs_b, same in chunks:
+            both = ca.contains(abs_a) & cb.contains(abs_b)
+            result.both[(a, b, k, name)] += int(torch.count_nonzero(both))
+            if same is not None:
+                result.agree[(a, b, k, name)] += int(torch.count_nonzero(both & same))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +284,8 @@ def _with_levels(df: pd.DataFrame, keys: list[str], sums: list[str]) -> pd.DataF
     total = df.groupby(keys, sort=False)[sums].sum().reset_index().assign(layer=pd.NA, module="all")
     out = pd.concat([by_cell, by_layer, total], ignore_index=True)
     out["layer"] = out["layer"].astype("Int64")
-    return out
+    out = out.sort_values(keys + ["layer", "module"], key=_order_key, na_position="last", kind="stable")
+    return out.reset_index(drop=True)
 
 
 def topk_table(p1: Pass1, p2: Pass2, top_k: Sequence[float]) -> pd.DataFrame:
