@@ -675,6 +675,33 @@ def prepare_output_dir(out: str | os.PathLike[str], overwrite: bool) -> Path:
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(out: Path) -> None:
+    """Tidy up after a writer of ``out`` that was killed: drop its temporary folder, and bring back
+    the previous output it had moved aside if the kill fell between the two final renames."""
+    parent = out.parent
+    if not parent.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)-[0-9a-f]{{8}}")
+    for path in sorted(parent.iterdir()):
+        m = pattern.fullmatch(path.name)
+        if not m or _pid_alive(int(m.group(2))):
+            continue
+        if m.group(1) == "old" and not out.exists():
+            os.rename(path, out)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 class AtomicDir:
     """A temporary sibling folder renamed onto ``out`` on success and removed on failure.
 
@@ -682,6 +709,7 @@ class AtomicDir:
     """
 
     def __init__(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        recover_interrupted(Path(out))
         self.out = prepare_output_dir(out, overwrite)
         self.overwrite = overwrite
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -706,7 +734,7 @@ class AtomicDir:
             if not self.overwrite:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 raise OutputExistsError(f"output {self.out} appeared while writing: choose another path or pass --overwrite")
-            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
+            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(self.out, old)
         os.rename(self.tmp, self.out)
         if old is not None:

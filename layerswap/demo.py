@@ -29,14 +29,14 @@ class DemoConfig(StrictModel):
     data_dir: str | None = None
     language: str = "sw"
     method: Literal["full", "lora"] = "full"
-    steps: int = Field(24, ge=1)
+    steps: int = Field(12, ge=1)
     batch_size: int = Field(4, ge=1)
     seq_len: int = Field(128, ge=16)
     lr: float | None = None
     importance_examples: int = Field(16, ge=1)
-    limit: int = Field(16, ge=1)
-    top_n: int = Field(6, ge=1)
-    baselines: list[str] = Field(default_factory=lambda: ["base", "math", "lang", "linear", "task_arithmetic", "ties", "dare_ties", "revert"])
+    limit: int = Field(12, ge=1)
+    top_n: int = Field(4, ge=1)
+    baselines: list[str] = Field(default_factory=lambda: ["base", "math", "lang", "linear", "ties", "dare_ties", "revert"])
     figures: str | None = None
 
     @classmethod

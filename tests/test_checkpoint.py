@@ -230,3 +230,24 @@ def test_unknown_architecture_warns_and_uses_generic_rule(copy_model, tiny_llama
 def test_output_dir_parent_is_created(tmp_path):
     out = write_tensors(tmp_path / "a" / "b" / "c", {"x": torch.zeros(1)})
     assert Path(out).exists()
+
+
+def test_leftovers_of_a_killed_writer_are_recovered(tmp_path):
+    """A dead writer's temporary folder is removed; a previous output it moved aside comes back."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "model"
+    (tmp_path / f".model.tmp-{dead.pid}-0123abcd").mkdir()
+    old = tmp_path / f".model.old-{dead.pid}-89abcdef"
+    old.mkdir()
+    (old / "marker").write_text("previous")
+    with pytest.raises(OutputExistsError):
+        write_tensors(out, {"a": torch.zeros(1)})
+    assert (out / "marker").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    mine = tmp_path / f".model.tmp-{os.getpid()}-0123abcd"
+    mine.mkdir()
+    write_tensors(out, {"a": torch.zeros(1)}, overwrite=True)
+    assert mine.exists()  # a live writer's folder is never touched
