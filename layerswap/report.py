@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
+from layerswap.figures import pyplot, save_figure
+
+plt = pyplot()
 
 #: Metrics where a smaller value is better; every other metric is "higher is better".
 LOWER_IS_BETTER: frozenset[str] = frozenset({"bits_per_byte", "bpb", "nll", "loss", "perplexity"})
@@ -156,17 +156,6 @@ def score_scatter(results: pd.DataFrame, task: str, metric: str) -> tuple[plt.Fi
     ax.set_title(title + (f"\nSpearman rho = {rho:.2f} over {len(table)} swaps" if rho is not None else "\n(too few scored swaps for a rank correlation)"))
     fig.tight_layout()
     return fig, rho
-
-
-def save_figure(fig: plt.Figure, path_stem: Path) -> list[Path]:
-    """Save as PNG and SVG; return both paths."""
-    paths = []
-    for ext in ("png", "svg"):
-        path = path_stem.with_suffix(f".{ext}")
-        fig.savefig(path, dpi=130 if ext == "png" else None, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
 
 
 def write_figures(results: pd.DataFrame, out: Path, tasks: Iterable[tuple[str, str]]) -> dict[str, dict]:

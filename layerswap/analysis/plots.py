@@ -6,47 +6,16 @@ display and ``import layerswap.analysis`` stays light.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from layerswap.architecture import module_sort_key
+from layerswap.figures import pyplot, save_figure  # noqa: F401  (save_figure re-exported for the analysis report)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-
-def _plt():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "svg", "pdf") and not _interactive():
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _interactive() -> bool:
-    try:
-        from IPython import get_ipython  # noqa: PLC0415
-
-        return get_ipython() is not None
-    except ImportError:
-        return False
-
-
-def save_figure(fig: Figure, stem: Path) -> list[Path]:
-    """Write ``stem.png`` and ``stem.svg`` and close the figure."""
-    plt = _plt()
-    paths = []
-    for ext in ("png", "svg"):
-        path = stem.with_suffix(f".{ext}")
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
 
 
 def _pivot(df: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -59,7 +28,7 @@ def magnitude_heatmap(cells: pd.DataFrame, expert: str, *, kind: str = "deltas")
     """Layer x module heatmap of one expert: ``rel_l2`` of its delta, or mean Fisher per parameter."""
     import seaborn as sns
 
-    plt = _plt()
+    plt = pyplot()
     df = cells[cells["expert"] == expert].copy()
     if kind == "importance":
         df["value"] = df["sumsq"] / df["numel"]
@@ -86,7 +55,7 @@ def overlap_heatmap(overlap: pd.DataFrame, expert_a: str, expert_b: str, k: floa
     """Layer x module heatmap of the top-k% Jaccard index relative to independent sets (log2 colour, 0 = chance)."""
     import seaborn as sns
 
-    plt = _plt()
+    plt = pyplot()
     df = overlap[
         (overlap["expert_a"] == expert_a) & (overlap["expert_b"] == expert_b) & (overlap["k_percent"] == k) & (overlap["module"] != "all") & overlap["layer"].notna()
     ].copy()
@@ -131,7 +100,7 @@ def overlap_heatmap(overlap: pd.DataFrame, expert_a: str, expert_b: str, k: floa
 
 def share_plot(layers: pd.DataFrame, boundaries: dict[str, Any] | None, *, kind: str = "deltas") -> Figure:
     """Each expert's per-layer share, with the recommended language layers shaded and boundaries drawn."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.2))
     n = int(layers["layer"].max()) + 1 if len(layers) else 0
     for expert, df in layers.groupby("expert", sort=False):

@@ -434,10 +434,9 @@ def _write_loss(log_history: Sequence[dict[str, Any]], group_of_step, folder: Pa
     frame = pd.DataFrame(rows, columns=["step", "group", "loss", "learning_rate", "grad_norm"])
     frame.to_csv(folder / "loss.csv", index=False)
     if rows:
-        import matplotlib
+        from layerswap.figures import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for group, part in frame.groupby("group", sort=False):
