@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from layerswap.architecture import GLOBAL_MODULES, Architecture, parse_layer_spec
+from layerswap.architecture import GLOBAL_MODULES, LAYER_MODULE_ORDER, Architecture, parse_layer_spec
 from layerswap.errors import ConfigError
 
 #: Shorthand groups for ``--train-modules`` / ``--lora-targets``.
@@ -22,17 +22,7 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     "norms": ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
 }
 #: Linear projections LoRA can wrap (the default LoRA targets are those present in the model).
-LINEAR_MODULES: tuple[str, ...] = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "qkv_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "gate_up_proj",
-    "down_proj",
-)
+LINEAR_MODULES: tuple[str, ...] = tuple(m for m in LAYER_MODULE_ORDER if m.endswith("_proj"))
 
 
 @dataclass(frozen=True)
