@@ -247,6 +247,10 @@ def _load_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+#: Public name of the JSON reader with one-line errors (config.json, adapter_config.json, ...).
+load_json = _load_json
+
+
 class ModelFolder:
     """A Hugging Face model folder with safetensors weights, opened lazily.
 
@@ -738,7 +742,19 @@ class AtomicDir:
             os.rename(self.out, old)
         os.rename(self.tmp, self.out)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write a small text file via a temporary sibling and ``os.replace``: never a torn file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def write_provenance(folder: Path, provenance: Mapping[str, Any]) -> None:

@@ -109,7 +109,7 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
     """Run the pipeline into ``out``; returns the stage timings and the sweep's selection."""
     from layerswap.analysis import analyze
     from layerswap.analysis.importance import importance
-    from layerswap.checkpoint import write_provenance
+    from layerswap.checkpoint import write_provenance, write_text_atomic
     from layerswap.models import resolve_model
     from layerswap.sweep import SweepConfig, run_sweep
 
@@ -119,7 +119,7 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
     data_arg = str(data_dir) if data_dir is not None else None
     if data_dir is None:
         log("no data folder found: datasets come from the Hugging Face Hub (needs network); pass --data-dir to run offline")
-    (out / "demo.yaml").write_text(dump_config(config), encoding="utf-8")
+    write_text_atomic(out / "demo.yaml", dump_config(config))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     base = str(resolve_model(config.base))
@@ -166,7 +166,7 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
     sweep = run_sweep(sweep_cfg, out / "sweep", log=log)
     timings["sweep"] = time.perf_counter() - t0
     report = _demo_report(config, out, timings, sweep)
-    (out / "report.md").write_text(report, encoding="utf-8")
+    write_text_atomic(out / "report.md", report)
     write_provenance(out, {"kind": "demo", "config": config.model_dump(mode="json"), "timings_s": timings})
     if config.figures:
         publish_figures(out, Path(config.figures))

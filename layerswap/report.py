@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from layerswap.errors import DataError
 from layerswap.figures import pyplot, save_figure
 
 plt = pyplot()
@@ -62,7 +63,7 @@ def select(results: pd.DataFrame, task: str, metric: str) -> Selection:
     """Pick the best candidate (mean over languages) and the margin over the best baseline."""
     table = per_candidate(results, task, metric).dropna(subset=["value"])
     if table.empty:
-        raise ValueError(f"no results for task {task} metric {metric}")
+        raise DataError(f"the sweep has no results for task {task} metric {metric}: check the tasks and the data folder")
     table = table.sort_values("value", ascending=not higher_is_better(metric), kind="stable")
     winner = table.iloc[0]
     runner = table.iloc[1] if len(table) > 1 else None

@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 from pydantic import Field
 
+from layerswap.checkpoint import write_text_atomic
 from layerswap.config import StrictModel, dump_config, load_config, validate_config
 from layerswap.errors import ConfigError, InputPathError
 from layerswap.progress import bar
@@ -66,6 +67,9 @@ class SweepConfig(StrictModel):
     non_layer: str | None = None
     dtype: str | None = None
     device: str | None = None
+    #: The expert tensors held for the whole sweep (in CPU memory): float32 keeps blends exact;
+    #: ``model`` holds them in the model's dtype (bf16 halves the memory for 7-8B experts).
+    cache_dtype: Literal["float32", "model"] = "float32"
     save_best: bool = False
 
 
@@ -96,6 +100,12 @@ def _check_config(config: SweepConfig) -> None:
     unknown = [b for b in config.candidates.baselines if b not in BASELINES]
     if unknown:
         raise ConfigError(f"unknown baseline {unknown[0]!r}: valid baselines are {', '.join(BASELINES)}")
+    unknown_tasks = [t for t in config.tasks if t not in PRIMARY_METRIC]
+    if unknown_tasks or not config.tasks:
+        raise ConfigError(f"unknown sweep task {unknown_tasks[0] if unknown_tasks else '(none)'!r}: valid tasks are {', '.join(PRIMARY_METRIC)}")
+    from layerswap.data import parse_languages
+
+    parse_languages(config.languages)
     if config.select is not None and config.select not in config.tasks:
         raise ConfigError(f"select {config.select!r} is not among the tasks ({', '.join(config.tasks)}): pick one of them")
 
@@ -130,7 +140,7 @@ def read_boundary_candidates(path: str | Path, top_n: int) -> list[Candidate]:
     out = []
     for entry in entries[:top_n]:
         try:
-            out.append(swap_candidate(int(entry["bottom"]), int(entry["top"]), int(entry.get("transition", 0)), score=float(entry["score"]), source="analysis"))
+            out.append(swap_candidate(int(entry["bottom"]), int(entry["top"]), int(entry.get("transition", 0)), score=None if entry.get("score") is None else float(entry["score"]), source="analysis"))
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"{path}: every candidate needs integer bottom, top (and transition) and a score") from None
     return out
@@ -399,18 +409,21 @@ def run_sweep(config: SweepConfig, out: str | Path, *, log: Callable[[str], None
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(dump_config(config), encoding="utf-8")
+    write_text_atomic(out / "sweep.yaml", dump_config(config))
     base_path = str(resolve_model(config.base))
     experts = {"math": str(resolve_model(config.math)), "lang": str(resolve_model(config.lang))}
     config = config.model_copy(update={"base": base_path, "math": experts["math"], "lang": experts["lang"]})
-    log(f"loading {base_path} once for all candidates")
-    lm = load_model(base_path, device=config.device, dtype=config.dtype)
-    model_dtype = next(lm.model.parameters()).dtype
-    cache = TensorCache(experts, base_path, dtype=torch.float32, device=next(lm.model.parameters()).device)
-    cache.preload()
+    # Everything that can be wrong with the config is found before minutes of loading.
+    cache = TensorCache(experts, base_path, dtype=torch.float32, device="cpu")
     num_layers = cache.num_layers
     candidates = build_candidates(config, num_layers)
     log(f"{len(candidates)} candidates: {', '.join(c.name for c in candidates)}")
+    log(f"loading {base_path} once for all candidates")
+    lm = load_model(base_path, device=config.device, dtype=config.dtype)
+    model_dtype = next(lm.model.parameters()).dtype
+    if config.cache_dtype == "model":
+        cache.dtype = model_dtype
+    cache.preload()
 
     def to_merge(cand: Candidate):  # noqa: ANN202
         data = identity_merge(cand, num_layers) if cand.method == "identity" else {
@@ -437,7 +450,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, log: Callable[[str], None
 
     store = ResultStore(out, settings_key(config))
     results = run_candidates(candidates, store, merge_into_model, evaluate_model, log=log)
-    results.to_csv(out / "results.csv", index=False)
+    write_text_atomic(out / "results.csv", results.to_csv(index=False))
     task = config.select or config.tasks[0]
     selection = select(results, task, PRIMARY_METRIC.get(task, "exact_match"))
     figures = write_figures(
@@ -451,7 +464,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, log: Callable[[str], None
             + "; ".join(f"{method} up to {share:.1%}" for method, share in overhead.items())
             + "."
         )
-    (out / "report.md").write_text(report_markdown(results, selection, figures, root=out, notes=notes), encoding="utf-8")
+    write_text_atomic(out / "report.md", report_markdown(results, selection, figures, root=out, notes=notes))
     written: dict[str, Any] = {"results": results, "selection": selection, "figures": figures, "report": out / "report.md", "overhead": overhead}
     if config.save_best:
         from layerswap.merge import merge as merge_to_disk

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from layerswap.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class BoundaryRule:
@@ -134,7 +136,7 @@ def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str
     rule_info = {"penalty_per_layer": round(tau, 6), "min_middle": min_middle, "min_gain": rule.min_gain, "min_consistency": rule.min_consistency}
     grid = [(b, u, t) for b in range(n + 1) for u in range(n + 1 - b) for t in range(rule.max_transition + 1) if _valid(n, b, u, t, min_middle)]
     if not grid:
-        raise ValueError(f"no boundary fits {n} layers with a middle of at least {min_middle}")
+        raise ConfigError(f"no swap boundary fits {n} layers with a middle of at least {min_middle}: lower min_middle or use a deeper model")
     if np.isnan(d).any():
         zero = lang if np.isnan(contrast["share_lang"]).any() else math_
         return _prior(head, rule_info, d, tau, n, min_middle, rule, f"no clear separation: {zero} has no update in the transformer layers, so there are no shares to compare")

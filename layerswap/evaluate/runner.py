@@ -12,7 +12,6 @@ be), so prefill only pays for each question. Greedy decoding with the same posit
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 
+from layerswap.checkpoint import load_json
 from layerswap.errors import CheckpointError, ConfigError, InputPathError
 from layerswap.progress import bar
 
@@ -118,7 +118,7 @@ def load_model(
     adapter: Path | None = None
     if is_adapter_folder(path):
         adapter = path
-        cfg = json.loads((path / "adapter_config.json").read_text())
+        cfg = load_json(path / "adapter_config.json", "a PEFT adapter needs adapter_config.json")
         base_spec = base or cfg.get("base_model_name_or_path")
         if not base_spec:
             raise InputPathError(f"adapter {path} does not name its base model: pass --base")
