@@ -55,14 +55,20 @@ class DemoConfig(StrictModel):
 
 
 def _stage(name: str, folder: Path, log: Callable[[str], None], run: Callable[[], Any]) -> float:
-    """Run a stage unless its output folder is complete (marked by ``layerswap.json``)."""
+    """Run a stage unless its output folder is complete (marked by ``layerswap.json``).
+
+    A stage's duration is kept next to its folder, so a resumed demo still reports what each
+    stage cost when it ran.
+    """
+    record = folder.parent / f".{folder.name}.seconds"
     if (folder / "layerswap.json").exists():
         log(f"[{name}] done already: {folder}")
-        return 0.0
+        return float(record.read_text()) if record.exists() else 0.0
     log(f"[{name}] ...")
     t0 = time.perf_counter()
     run()
     seconds = time.perf_counter() - t0
+    record.write_text(f"{seconds:.1f}\n")
     log(f"[{name}] {seconds:.0f} s -> {folder}")
     return seconds
 
