@@ -904,15 +904,26 @@ class ShardedWriter:
                 except OSError as exc:
                     if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                         raise
-                    chunk = os.pread(src, n, source.offset + done)
-                    copied = len(chunk)
-                    self._pwrite_all(fd, memoryview(chunk), offset + done)
+                    copied = self._copy_across(src, fd, n, source.offset + done, offset + done)
                 if copied <= 0:
                     raise CheckpointError(f"{source.file} ended while copying tensor {name!r}: the file is truncated")
                 done += copied
         finally:
             os.close(src)
         self._written.add(name)
+
+    @staticmethod
+    def _copy_across(src: int, dst: int, n: int, src_offset: int, dst_offset: int) -> int:
+        """Copy between file systems (no ``copy_file_range``): ``sendfile`` in the kernel, else read+write."""
+        try:
+            os.lseek(dst, dst_offset, os.SEEK_SET)
+            return os.sendfile(dst, src, src_offset, n)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+        chunk = os.pread(src, n, src_offset)
+        ShardedWriter._pwrite_all(dst, memoryview(chunk), dst_offset)
+        return len(chunk)
 
     @staticmethod
     def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
