@@ -420,7 +420,7 @@ def campaign(request, tmp_path_factory, tiny_experts):
         plan.add("ft-resume", finetune_argv(base, data, rs / "whole", steps=6, save_steps=2), rs / "whole", role="ref")
     for name, kill in () if "test_finetune_resumes_from_last_checkpoint" not in selected else (
         ("mid-save", {"when_exists": str(rs / "k1.work" / "checkpoint-4")}),  # killed while writing checkpoint 4
-        ("after-save", {"when_exists": str(rs / "k2.work" / "checkpoint-2" / "trainer_state.json"), "delay": 0.3}),
+        ("after-save", {"when_exists": str(rs / "k2.work" / "checkpoint-2" / "trainer_state.json")}),  # killed as soon as checkpoint 2 is complete
     ):
         out = rs / ("k1" if name == "mid-save" else "k2")
         plan.add("ft-resume", finetune_argv(base, data, out, steps=6, save_steps=2), out, kill, role="kill", point=name)
