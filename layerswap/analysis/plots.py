@@ -18,6 +18,18 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+def _finish_layer_module_axes(fig: Figure, ax: Any) -> Figure:
+    """Axis labels and tick layout shared by the layer x module heatmaps."""
+    ax.set_xlabel("module")
+    ax.set_ylabel("layer (0 = bottom)")
+    ax.tick_params(axis="x", rotation=45)
+    ax.tick_params(axis="y", rotation=0)
+    for lbl in ax.get_xticklabels():
+        lbl.set_horizontalalignment("right")
+    fig.tight_layout()
+    return fig
+
+
 def _pivot(df: pd.DataFrame, value: str) -> pd.DataFrame:
     table = df.pivot_table(index="layer", columns="module", values=value, aggfunc="first", dropna=False)
     table = table[sorted(table.columns, key=module_sort_key)]
@@ -41,14 +53,7 @@ def magnitude_heatmap(cells: pd.DataFrame, expert: str, *, kind: str = "deltas")
     fig, ax = plt.subplots(figsize=(max(6.5, 2.5 + 0.75 * table.shape[1]), 1.8 + 0.32 * table.shape[0]))
     sns.heatmap(table, ax=ax, cmap="viridis", cbar_kws={"label": label}, linewidths=0.3, linecolor="white")
     ax.set_title(title)
-    ax.set_xlabel("module")
-    ax.set_ylabel("layer (0 = bottom)")
-    ax.tick_params(axis="x", rotation=45)
-    ax.tick_params(axis="y", rotation=0)
-    for lbl in ax.get_xticklabels():
-        lbl.set_horizontalalignment("right")
-    fig.tight_layout()
-    return fig
+    return _finish_layer_module_axes(fig, ax)
 
 
 def overlap_heatmap(overlap: pd.DataFrame, expert_a: str, expert_b: str, k: float, *, kind: str = "deltas") -> Figure:
@@ -88,14 +93,7 @@ def overlap_heatmap(overlap: pd.DataFrame, expert_a: str, expert_b: str, k: floa
         headline = f"\ntotal Jaccard {row['jaccard']:.4f} vs {row['expected_jaccard']:.4f} expected ({row['jaccard_ratio']:.2f}x)"
     what = "importance" if kind == "importance" else "|delta|"
     ax.set_title(f"Top-{k:g}% {what} overlap, {expert_a} vs {expert_b}{headline}\ncell text: Jaccard / independent expectation (blank: no top-k% parameter there)", fontsize=10)
-    ax.set_xlabel("module")
-    ax.set_ylabel("layer (0 = bottom)")
-    ax.tick_params(axis="x", rotation=45)
-    ax.tick_params(axis="y", rotation=0)
-    for lbl in ax.get_xticklabels():
-        lbl.set_horizontalalignment("right")
-    fig.tight_layout()
-    return fig
+    return _finish_layer_module_axes(fig, ax)
 
 
 def share_plot(layers: pd.DataFrame, boundaries: dict[str, Any] | None, *, kind: str = "deltas") -> Figure:
