@@ -321,8 +321,6 @@ def run_candidates(
     store: ResultStore,
     merge_into_model: MergeFn,
     evaluate_model: EvalFn,
-    *,
-    log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Merge and evaluate each candidate not yet stored; return all rows as a DataFrame.
 
@@ -426,9 +424,8 @@ def run_sweep(config: SweepConfig, out: str | Path, *, log: Callable[[str], None
     cache.preload()
 
     def to_merge(cand: Candidate):  # noqa: ANN202
-        data = identity_merge(cand, num_layers) if cand.method == "identity" else {
-            k: v for k, v in (merge_config_for(cand, config) or {}).items() if k not in ("experts", "base")
-        }
+        # ``config`` already holds the resolved paths, so merge_config_for names the same experts.
+        data = identity_merge(cand, num_layers) if cand.method == "identity" else merge_config_for(cand, config)
         return merge_config({"experts": experts, "base": base_path, **data})
 
     def merge_into_model(cand: Candidate) -> float:
@@ -449,7 +446,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, log: Callable[[str], None
         return tidy_summary(result.summary)
 
     store = ResultStore(out, settings_key(config))
-    results = run_candidates(candidates, store, merge_into_model, evaluate_model, log=log)
+    results = run_candidates(candidates, store, merge_into_model, evaluate_model)
     write_text_atomic(out / "results.csv", results.to_csv(index=False))
     task = config.select or config.tasks[0]
     selection = select(results, task, PRIMARY_METRIC.get(task, "exact_match"))
@@ -490,5 +487,5 @@ __all__ = [
     "load_sweep_config",
     "run_candidates",
     "ResultStore",
-    "dump_config",
+    "run_sweep",
 ]
