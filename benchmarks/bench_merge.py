@@ -2,7 +2,10 @@
 
 Every contender runs in its own subprocess under ``/usr/bin/time -v`` (wall time and peak RSS).
 The layer swap is timed against ``mergekit-yaml`` on the equivalent passthrough config (emitted
-by ``--emit-mergekit``) over the same files, and against a plain copy of the same bytes.
+by ``--emit-mergekit``) over the same files, against a plain copy of the same bytes, and against
+a durable copy (the same copy, then ``fsync``: what layerswap does before it renames an output into
+place). The swap contenders run ``--repeats`` times, interleaved, after ``sync`` so that no run
+pays for the previous one's dirty pages; the table gives medians.
 
     python benchmarks/bench_merge.py --models /work/synth/1e9 --methods swap,ties,dare
 """
@@ -13,6 +16,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -34,11 +38,13 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, flo
     return wall, (int(m.group(1)) / 1024 if m else float("nan"))
 
 
-def copy_cmd(src: Path, dst: Path) -> list[str]:
+def copy_cmd(src: Path, dst: Path, *, durable: bool = False) -> list[str]:
     code = (
-        "import shutil,sys,pathlib;d=pathlib.Path(sys.argv[2]);d.mkdir(parents=True);"
-        "[shutil.copyfile(p,d/p.name) for p in sorted(pathlib.Path(sys.argv[1]).glob('*.safetensors'))]"
+        "import os,shutil,sys,pathlib;d=pathlib.Path(sys.argv[2]);d.mkdir(parents=True);"
+        "fs=[shutil.copyfile(p,d/p.name) for p in sorted(pathlib.Path(sys.argv[1]).glob('*.safetensors'))]"
     )
+    if durable:
+        code += ";[os.fsync(f.fileno()) for f in [open(p,'rb') for p in fs]]"
     return [sys.executable, "-c", code, str(src), str(dst)]
 
 
@@ -50,6 +56,7 @@ def main() -> None:
     ap.add_argument("--bottom", type=int, default=5)
     ap.add_argument("--top", type=int, default=2)
     ap.add_argument("--density", type=float, default=0.5)
+    ap.add_argument("--repeats", type=int, default=5, help="runs of each swap contender (median reported)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "merge.md")
     args = ap.parse_args()
     base, math_, lang = (args.models / k for k in ("base", "math", "lang"))
@@ -67,6 +74,7 @@ def main() -> None:
                 while fh.read(1 << 26):
                     pass
     rows: list[tuple[str, str, float, float]] = []
+    spread: dict[str, tuple[float, float]] = {}
     methods = args.methods.split(",")
 
     def clean(*paths: Path) -> None:
@@ -75,16 +83,28 @@ def main() -> None:
 
     if "swap" in methods:
         mk_yaml = work / "swap.mergekit.yaml"
-        w, r = timed(copy_cmd(math_, work / "copy"), env)
-        rows.append(("layer swap", "plain copy of the same bytes (shutil.copyfile)", w, r))
-        clean(work / "copy")
-        w, r = timed([*layerswap, "swap", "--math", str(math_), "--lang", str(lang), "--bottom", str(args.bottom),
-                      "--top", str(args.top), "--out", str(work / "ours"), "--emit-mergekit", str(mk_yaml)], env)
-        rows.append(("layer swap", f"layerswap swap (b={args.bottom}, u={args.top})", w, r))
-        clean(work / "ours")
-        w, r = timed([*mergekit, str(mk_yaml), str(work / "theirs")], env)
-        rows.append(("layer swap", "mergekit-yaml passthrough (emitted YAML)", w, r))
-        clean(work / "theirs")
+        contenders = {
+            "plain copy of the same bytes (shutil.copyfile)": copy_cmd(math_, work / "out"),
+            "durable copy (shutil.copyfile, then fsync)": copy_cmd(math_, work / "out", durable=True),
+            f"layerswap swap (b={args.bottom}, u={args.top})": [
+                *layerswap, "swap", "--math", str(math_), "--lang", str(lang), "--bottom", str(args.bottom),
+                "--top", str(args.top), "--out", str(work / "out"), "--emit-mergekit", str(mk_yaml),
+            ],
+            "mergekit-yaml passthrough (emitted YAML)": [*mergekit, str(mk_yaml), str(work / "out")],
+        }
+        # mergekit reads the YAML that layerswap emits: write it once before the timed runs.
+        subprocess.run(contenders[f"layerswap swap (b={args.bottom}, u={args.top})"], env=env, check=True, capture_output=True)
+        clean(work / "out")
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+        for _ in range(args.repeats):
+            for name, cmd in contenders.items():
+                os.sync()
+                runs[name].append(timed(cmd, env))
+                clean(work / "out")
+        for name, samples in runs.items():
+            walls = sorted(w for w, _ in samples)
+            rows.append(("layer swap", name, statistics.median(walls), max(r for _, r in samples)))
+            spread[name] = (walls[0], walls[-1])
     for method, key in (("ties", "ties"), ("dare_ties", "dare")):
         if key not in methods:
             continue
@@ -110,7 +130,8 @@ def main() -> None:
         "",
         f"Inputs: `{args.models}` (base/math/lang, {nbytes / 1e9:.2f} GB per model, bf16, sharded); "
         f"page cache warmed for all inputs; each contender in its own subprocess under `/usr/bin/time -v`; "
-        f"{os.cpu_count()} CPU cores (shared with other jobs). Outputs on the same disk.",
+        f"{os.cpu_count()} CPU cores (shared with other jobs). Outputs on the same disk. Layer swap rows: median "
+        f"of {args.repeats} interleaved runs (min-max in brackets), each after `sync`.",
         "",
         "| merge | contender | wall s | peak RSS MiB | time ratio |",
         "|---|---|---:|---:|---:|",
@@ -123,7 +144,8 @@ def main() -> None:
         ratio = ""
         if group in ref and not name.startswith("layerswap"):
             ratio = f"layerswap / this = {ref[group] / w:.2f}"
-        lines.append(f"| {group} | {name} | {w:.1f} | {r:.0f} | {ratio} |")
+        wall = f"{w:.2f} [{spread[name][0]:.2f}-{spread[name][1]:.2f}]" if name in spread else f"{w:.1f}"
+        lines.append(f"| {group} | {name} | {wall} | {r:.0f} | {ratio} |")
     for method in ("ties", "dare_ties"):
         ours = [w for g, n, w, _ in rows if g == method and n.startswith("layerswap")]
         theirs = [w for g, n, w, _ in rows if g == method and n.startswith("mergekit")]

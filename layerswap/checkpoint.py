@@ -11,6 +11,9 @@ Three views share one interface (``names``, ``info``, ``get``):
 - :class:`ModelFolder`: a Hugging Face model folder, single or sharded safetensors with index.
 - :class:`LoraAdapter`: a PEFT LoRA folder whose modules are seen as deltas ``B @ A * scaling``.
 - :class:`DeltaView`: an expert (either of the above) against its base: ``delta(name)`` in float32.
+
+torch is imported only by the functions that build tensors: headers, plans and raw byte copies work
+on dtype codes alone, so a layer swap (``layerswap swap``) never pays torch's ~2 s import.
 """
 
 from __future__ import annotations
@@ -25,9 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from layerswap.architecture import Architecture, architecture_from_config
 from layerswap.errors import (
@@ -39,29 +40,53 @@ from layerswap.errors import (
     WriteFailedError,
 )
 
-SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
-DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-DTYPE_ALIASES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
+if TYPE_CHECKING:
+    import torch
+
+#: Bytes per element of each safetensors dtype code: enough to plan, validate and copy tensors.
+DTYPE_SIZES: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "F8_E4M3": 1, "F8_E5M2": 1,
+}  # fmt: skip
+FLOAT_CODES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+#: Names a user may write for an output dtype, and the safetensors code each means.
+DTYPE_ALIASES: dict[str, str] = {
+    "float32": "F32", "fp32": "F32", "float16": "F16", "fp16": "F16", "bfloat16": "BF16", "bf16": "BF16",
+}  # fmt: skip
+#: The torch dtype name of each code (``config.json`` writes ``"dtype": "bfloat16"``).
+TORCH_DTYPE_NAMES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}  # fmt: skip
+
+
+def torch_dtype_of(code: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype code (imports torch)."""
+    import torch
+
+    return getattr(torch, TORCH_DTYPE_NAMES[code])
+
+
+def dtype_code(dtype: torch.dtype) -> str:
+    """The safetensors code of a torch dtype."""
+    name = str(dtype).removeprefix("torch.")
+    for code, torch_name in TORCH_DTYPE_NAMES.items():
+        if torch_name == name:
+            return code
+    raise ConfigError(f"dtype {dtype} cannot be stored in safetensors by layerswap: use one of {', '.join(sorted(DTYPE_ALIASES))}")
+
+
+def parse_dtype_code(value: str | torch.dtype) -> str:
+    """``bf16``/``bfloat16``/``BF16``/a torch dtype -> its safetensors code; a ConfigError lists the valid names."""
+    if not isinstance(value, str):
+        return dtype_code(value)
+    key = value.strip()
+    if key in DTYPE_SIZES:
+        return key
+    if key.lower() in DTYPE_ALIASES:
+        return DTYPE_ALIASES[key.lower()]
+    raise ConfigError(f"unknown dtype {value!r}: use one of {', '.join(sorted(DTYPE_ALIASES))}")
+
 
 INDEX_NAME = "model.safetensors.index.json"
 PROVENANCE_NAME = "layerswap.json"
@@ -86,14 +111,9 @@ _COPY_CHUNK = 64 * 1024 * 1024
 
 def parse_dtype(value: str | torch.dtype) -> torch.dtype:
     """Accept ``bf16``/``bfloat16``/``BF16``/a torch dtype; raise a ConfigError listing the valid names."""
-    if isinstance(value, torch.dtype):
+    if not isinstance(value, str):
         return value
-    key = str(value).strip()
-    if key in SAFETENSORS_DTYPES:
-        return SAFETENSORS_DTYPES[key]
-    if key.lower() in DTYPE_ALIASES:
-        return DTYPE_ALIASES[key.lower()]
-    raise ConfigError(f"unknown dtype {value!r}: use one of {', '.join(sorted(DTYPE_ALIASES))}")
+    return torch_dtype_of(parse_dtype_code(value))
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,7 +138,7 @@ class TensorInfo:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return SAFETENSORS_DTYPES[self.dtype]
+        return torch_dtype_of(self.dtype)
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
@@ -164,9 +184,9 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
             begin, end = (int(x) for x in entry["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path} has a malformed header entry for tensor {name!r}: re-save the checkpoint") from exc
-        if dtype not in SAFETENSORS_DTYPES:
+        if dtype not in DTYPE_SIZES:
             raise CheckpointError(f"tensor {name!r} in {path} has unsupported dtype {dtype}")
-        itemsize = torch.empty((), dtype=SAFETENSORS_DTYPES[dtype]).element_size()
+        itemsize = DTYPE_SIZES[dtype]
         if end - begin != math.prod(shape) * itemsize or begin < 0:
             raise CheckpointError(
                 f"tensor {name!r} in {path} has a byte range that does not match its shape: the file is corrupted"
@@ -207,6 +227,8 @@ def read_tensor_into(info: TensorInfo, out: torch.Tensor, scratch: bytearray | N
     every tensor, because page-faulting a fresh buffer of hundreds of MB costs more than the read
     and the conversion. ``scratch`` (at least ``info.nbytes``) holds the raw bytes when the dtypes differ.
     """
+    import torch
+
     n = info.numel
     if out.dim() != 1 or out.numel() < n or not out.is_contiguous():
         raise ValueError(f"buffer of {out.numel()} elements cannot hold tensor {info.name!r} ({n})")
@@ -226,6 +248,8 @@ def read_tensor_into(info: TensorInfo, out: torch.Tensor, scratch: bytearray | N
 
 def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Read one tensor from its byte range (a private copy, not a memory map)."""
+    import torch
+
     if info.nbytes == 0:
         tensor = torch.empty(info.shape, dtype=info.torch_dtype)
     else:
@@ -472,6 +496,8 @@ class LoraAdapter:
 
     def lora_delta(self, name: str) -> torch.Tensor:
         """``B @ A * scaling`` in float32 for an adapted module (shape of the base weight)."""
+        import torch
+
         mod = self.modules[name]
         a = read_tensor(mod.a, torch.float32)
         b = read_tensor(mod.b, torch.float32)
@@ -484,6 +510,8 @@ class LoraAdapter:
         return delta.mul_(mod.scaling)
 
     def delta(self, name: str, base: ModelFolder | None = None) -> torch.Tensor:
+        import torch
+
         if name in self.modules:
             return self.lora_delta(name)
         if name in self.replacements:
@@ -578,6 +606,8 @@ class DeltaView:
 
     def delta(self, name: str, base_weight: torch.Tensor | None = None) -> torch.Tensor | None:
         """Float32 ``expert - base`` for one tensor; ``base_weight`` (float32) saves a read."""
+        import torch
+
         if isinstance(self.expert, LoraAdapter):
             if name in self.expert.modules:
                 return self.expert.lora_delta(name)
@@ -588,8 +618,11 @@ class DeltaView:
         w = self.expert.get(name, torch.float32)
         return w.sub_(base_weight if base_weight is not None else self.base.get(name, torch.float32))
 
-    def weight(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The expert's full weight for one tensor (base + LoRA delta for adapters)."""
+    def weight(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The expert's full weight for one tensor (base + LoRA delta for adapters), float32 by default."""
+        import torch
+
+        dtype = dtype or torch.float32
         if isinstance(self.expert, LoraAdapter):
             if name in self.expert.replacements and name not in self.expert.modules:
                 return read_tensor(self.expert.replacements[name], dtype)
@@ -644,11 +677,11 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * torch.empty((), dtype=SAFETENSORS_DTYPES[self.dtype]).element_size()
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
 
     @classmethod
     def of(cls, name: str, tensor: torch.Tensor) -> "TensorSpec":
-        return cls(name, DTYPE_CODES[tensor.dtype], tuple(tensor.shape))
+        return cls(name, dtype_code(tensor.dtype), tuple(tensor.shape))
 
 
 def parse_size(value: int | str) -> int:
@@ -723,12 +756,19 @@ class AtomicDir:
         return self.tmp
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            try:
+                _fsync_tree(self.tmp)  # the rename must never publish files whose data is still only in memory
+            except OSError as failed:
+                exc = failed
         if exc is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO):
                 raise WriteFailedError(
                     f"writing {self.out} failed: {os.strerror(exc.errno or 0)}; nothing was written. Free space or pick another path"
                 ) from exc
+            if exc_type is None:
+                raise exc
             return
         self.commit()
 
@@ -741,6 +781,7 @@ class AtomicDir:
             old = self.out.parent / f".{self.out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(self.out, old)
         os.rename(self.tmp, self.out)
+        fsync_dir(self.out.parent)
         if old is not None:
             if old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
@@ -776,6 +817,110 @@ def copy_donor_files(donor: Path, dest: Path, files: Sequence[str] = DONOR_FILES
             shutil.copy2(src, dest / name)
             copied.append(name)
     return copied
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Any = None
+
+
+def _kernel_sync_file_range() -> Any:
+    """libc's ``sync_file_range`` (Linux), or False where there is none."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        try:
+            import ctypes
+
+            func = ctypes.CDLL(None, use_errno=True).sync_file_range
+            func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            _sync_file_range = func
+        except (OSError, AttributeError):
+            _sync_file_range = False
+    return _sync_file_range
+
+
+class Writeback:
+    """Start writing finished byte ranges to disk from a background thread, without waiting for them.
+
+    Every output is fsynced before its atomic rename. Left alone, the kernel writes a multi-GB
+    shard only when that fsync comes, so the disk idles during the copy and the whole write is
+    waited for at the end. Asking for writeback (Linux ``sync_file_range``) as each tensor lands
+    overlaps the two; a thread makes the request so that the copy never stalls on a busy disk
+    queue. Where the call does not exist this does nothing and the final fsync does all the work.
+    """
+
+    def __init__(self) -> None:
+        self._queue: Any = None
+        self._thread: Any = None
+
+    def submit(self, fd: int, offset: int, nbytes: int) -> None:
+        func = _kernel_sync_file_range()
+        if not func or nbytes <= 0:
+            return
+        if self._thread is None:
+            import queue
+            import threading
+
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, args=(func,), name="layerswap-writeback", daemon=True)
+            self._thread.start()
+        self._queue.put((fd, offset, nbytes))
+
+    def _run(self, func: Any) -> None:
+        while (item := self._queue.get()) is not None:
+            func(*item, _SYNC_FILE_RANGE_WRITE)  # a failure only loses the head start: fsync still follows
+
+    def close(self) -> None:
+        """Wait for the requests already made (not for the disk); call before closing the files."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (new files, renames) durable; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _CopyRun:
+    """A byte range to copy from one source file to one output shard: back-to-back tensors merged."""
+
+    first: str  # the first tensor's name, for error messages
+    file: Path
+    src_offset: int
+    fd: int
+    dst_offset: int
+    nbytes: int
+
+    def continues(self, source: TensorInfo, fd: int, offset: int) -> bool:
+        return (
+            source.file == self.file
+            and fd == self.fd
+            and source.offset == self.src_offset + self.nbytes
+            and offset == self.dst_offset + self.nbytes
+        )
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (files already synced cost next to nothing)."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(folder))
 
 
 class ShardedWriter:
@@ -814,6 +959,8 @@ class ShardedWriter:
         self.out = self._atomic.out
         self._written: set[str] = set()
         self._fds: list[int] = []
+        self._run: _CopyRun | None = None  # raw copies not yet done, see copy_raw
+        self._writeback = Writeback()
         self._where: dict[str, tuple[int, int]] = {}  # name -> (shard index, absolute offset)
         self._shards: list[list[TensorSpec]] = self._plan(list(specs))
 
@@ -863,6 +1010,7 @@ class ShardedWriter:
         return self
 
     def _close_fds(self) -> None:
+        self._writeback.close()  # its queue holds these descriptors
         for fd in self._fds:
             try:
                 os.close(fd)
@@ -883,34 +1031,55 @@ class ShardedWriter:
         fd, offset, spec = self._target(name)
         if tuple(tensor.shape) != spec.shape:
             raise ValueError(f"tensor {name!r} has shape {list(tensor.shape)}, planned {list(spec.shape)}")
-        data = tensor.detach().to("cpu", SAFETENSORS_DTYPES[spec.dtype]).contiguous()
+        import torch
+
+        data = tensor.detach().to("cpu", torch_dtype_of(spec.dtype)).contiguous()
         if data.numel():
             buf = memoryview(data.reshape(-1).view(torch.uint8).numpy())
             self._pwrite_all(fd, buf, offset)
+            self._writeback.submit(fd, offset, len(buf))
         self._written.add(name)
 
     def copy_raw(self, name: str, source: TensorInfo) -> None:
-        """Copy a tensor's bytes from a source file unchanged (same dtype and shape required)."""
+        """Copy a tensor's bytes from a source file unchanged (same dtype and shape required).
+
+        Consecutive tensors that lie back to back in both the source and the output (a layer swap
+        takes whole runs of layers from one expert) are copied by one kernel call per 64 MiB, not
+        one per tensor; the run is flushed when the next copy does not continue it, and on exit.
+        """
         fd, offset, spec = self._target(name)
         if source.dtype != spec.dtype or source.shape != spec.shape:
             raise ValueError(f"raw copy of {name!r}: source is {source.dtype}{list(source.shape)}, planned {spec.dtype}{list(spec.shape)}")
-        src = os.open(source.file, os.O_RDONLY)
+        run = self._run
+        if run is not None and run.continues(source, fd, offset):
+            run.nbytes += source.nbytes
+        else:
+            self._flush_run()
+            self._run = _CopyRun(name, source.file, source.offset, fd, offset, source.nbytes)
+        self._written.add(name)
+
+    def _flush_run(self) -> None:
+        run, self._run = self._run, None
+        if run is None or run.nbytes == 0:
+            return
+        src = os.open(run.file, os.O_RDONLY)
         try:
             done = 0
-            while done < source.nbytes:
-                n = min(_COPY_CHUNK, source.nbytes - done)
+            while done < run.nbytes:
+                n = min(_COPY_CHUNK, run.nbytes - done)
+                src_at, dst_at = run.src_offset + done, run.dst_offset + done
                 try:
-                    copied = os.copy_file_range(src, fd, n, source.offset + done, offset + done)
+                    copied = os.copy_file_range(src, run.fd, n, src_at, dst_at)
                 except OSError as exc:
                     if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                         raise
-                    copied = self._copy_across(src, fd, n, source.offset + done, offset + done)
+                    copied = self._copy_across(src, run.fd, n, src_at, dst_at)
                 if copied <= 0:
-                    raise CheckpointError(f"{source.file} ended while copying tensor {name!r}: the file is truncated")
+                    raise CheckpointError(f"{run.file} ended while copying tensor {run.first!r} and the ones after it: the file is truncated")
+                self._writeback.submit(run.fd, dst_at, copied)
                 done += copied
         finally:
             os.close(src)
-        self._written.add(name)
 
     @staticmethod
     def _copy_across(src: int, dst: int, n: int, src_offset: int, dst_offset: int) -> int:
@@ -934,11 +1103,10 @@ class ShardedWriter:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         try:
             if exc is None:
+                self._flush_run()
                 missing = [n for n in self.specs if n not in self._written]
                 if missing:
                     raise RuntimeError(f"{len(missing)} planned tensors were never written, first {missing[0]!r}")
-                for fd in self._fds:
-                    os.fsync(fd)
             self._close_fds()
             if exc is None:
                 self._finish(self._atomic.tmp)

@@ -84,6 +84,49 @@ def test_copy_raw_is_bit_exact(tmp_path, tiny_llama):
         assert torch.equal(back.get(n), src.get(n))
 
 
+def test_copy_raw_joins_back_to_back_tensors(tmp_path, tiny_llama, monkeypatch):
+    """Tensors adjacent in both source and output go in one kernel call; the bytes stay exact."""
+    src = ModelFolder(tiny_llama)
+    infos = sorted((src.info(n) for n in src.names()), key=lambda i: (str(i.file), i.offset))
+    specs = [TensorSpec(i.name, i.dtype, i.shape) for i in infos]
+    calls = []
+    real = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    with ShardedWriter(tmp_path / "raw", specs, donor=tiny_llama) as w:
+        for i in infos:
+            w.copy_raw(i.name, i)
+    assert len(calls) == len({i.file for i in infos}) < len(infos)
+    back = ModelFolder(tmp_path / "raw")
+    for n in src.names():
+        assert torch.equal(back.get(n), src.get(n))
+
+
+def test_copy_raw_of_a_file_cut_short_names_the_tensor(tmp_path, tiny_llama):
+    src = ModelFolder(tiny_llama)
+    names = src.names()
+    shutil.copytree(tiny_llama, tmp_path / "cut")
+    cut = ModelFolder(tmp_path / "cut")
+    info = cut.info(names[-1])
+    os.truncate(info.file, info.offset + 4)  # after the header was read: the tensor's bytes are gone
+    specs = [TensorSpec(n, cut.info(n).dtype, cut.info(n).shape) for n in names]
+    with pytest.raises(CheckpointError, match="truncated"):
+        with ShardedWriter(tmp_path / "out", specs) as w:
+            for n in names:
+                w.copy_raw(n, cut.info(n))
+    assert not (tmp_path / "out").exists()
+
+
+def test_dtype_codes_without_torch():
+    assert ck.parse_dtype_code("bf16") == "BF16" and ck.parse_dtype_code("F32") == "F32"
+    assert ck.parse_dtype_code(torch.float16) == "F16" and ck.dtype_code(torch.bfloat16) == "BF16"
+    assert ck.parse_dtype("fp16") is torch.float16 and ck.torch_dtype_of("F8_E4M3") is torch.float8_e4m3fn
+    assert all(ck.torch_dtype_of(c).itemsize == size for c, size in ck.DTYPE_SIZES.items())
+    with pytest.raises(ck.ConfigError, match="unknown dtype 'float33': use one of"):
+        ck.parse_dtype_code("float33")
+    with pytest.raises(ck.ConfigError, match="cannot be stored"):
+        ck.dtype_code(torch.complex64)
+
+
 def test_writer_refuses_existing_output(tmp_path, tiny_llama):
     out = tmp_path / "exists"
     out.mkdir()

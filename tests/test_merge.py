@@ -352,3 +352,28 @@ def test_planted_shards(tiny_llama, tmp_path):
     out = ModelFolder(res.out)
     assert (res.out / "model.safetensors.index.json").exists()
     assert torch.equal(out.get(Q.format(0)), ModelFolder(lang).get(Q.format(0)))
+
+
+def test_swap_cli_never_imports_torch(tiny_experts, tmp_path):
+    """A selection-only swap copies bytes: torch's ~2 s import would dominate a 2 GB swap."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from layerswap.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+    )
+    out = tmp_path / "swapped"
+    argv = ["swap", "--math", str(tiny_experts["math"]), "--lang", str(tiny_experts["lang"]), "--bottom", "1", "--top", "1", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "no torch", proc.stderr[-2000:]
+    merged = ModelFolder(out)
+    for name in merged.names():
+        layer = merged.architecture.classify(name).layer
+        source = ModelFolder(tiny_experts["lang"] if layer in (0, 5) else tiny_experts["math"])
+        assert torch.equal(merged.get(name), source.get(name))

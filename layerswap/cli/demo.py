@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from layerswap.cli import app
-from layerswap.demo import DemoConfig, run_demo
 
 
 @app.command("demo")
@@ -39,6 +38,7 @@ def demo_command(
         "figures": figures,
     }
     from layerswap.config import validate_config
+    from layerswap.demo import DemoConfig, run_demo
 
     if quick:
         config = DemoConfig.quick_config(**overrides)

@@ -6,9 +6,7 @@ import json
 
 import typer
 
-from layerswap.checkpoint import open_checkpoint
 from layerswap.cli import app
-from layerswap.summary import describe, format_description
 
 
 @app.command("inspect")
@@ -17,5 +15,8 @@ def inspect_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ) -> None:
     """Architecture, layers, parameters per layer and module kind, dtypes, tied embeddings."""
+    from layerswap.checkpoint import open_checkpoint
+    from layerswap.summary import describe, format_description
+
     info = describe(open_checkpoint(model))
     print(json.dumps(info, indent=2) if as_json else format_description(info))

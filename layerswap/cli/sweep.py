@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from layerswap.cli import app
-from layerswap.sweep import load_sweep_config, run_sweep
 
 
 @app.command("sweep")
@@ -19,5 +18,7 @@ def sweep_command(
     data_dir: str | None = typer.Option(None, "--data-dir", help="Override: data folder laid out like ../shared/data."),
 ) -> None:
     """Merge each candidate in memory, evaluate it, and write results.csv, figures and report.md."""
+    from layerswap.sweep import load_sweep_config, run_sweep
+
     cfg = load_sweep_config(config, {"limit": limit, "save_best": save_best, "data_dir": data_dir})
     run_sweep(cfg, out)

@@ -8,14 +8,14 @@ merge reads them from a :class:`~layerswap.merge.memory.TensorCache`. Both give 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from layerswap.checkpoint import Checkpoint, DeltaView, LoraAdapter, ModelFolder
 from layerswap.errors import ConfigError
-from layerswap.merge.methods import blend, combine_deltas, stable_seed
 from layerswap.merge.plan import BASE, Blend, Combine, Op, Select
+
+if TYPE_CHECKING:  # torch is imported on the first computed tensor: raw copies never need it
+    import torch
 
 
 class Sources(Protocol):
@@ -45,6 +45,8 @@ class DiskSources:
         return self.experts[label]
 
     def weight(self, label: str, name: str) -> torch.Tensor:
+        import torch
+
         if label == BASE:
             return self.checkpoint(BASE).get(name, torch.float32)
         if label in self.views:
@@ -57,6 +59,10 @@ class DiskSources:
 
 def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
     """The merged float32 tensor ``name`` under ``op`` (a Select may return a cached tensor: do not mutate)."""
+    import torch
+
+    from layerswap.merge.methods import blend, combine_deltas, stable_seed
+
     if isinstance(op, Select):
         return src.weight(op.source, name)
     if isinstance(op, Blend):

@@ -2,7 +2,8 @@
 
 Tensors whose plan operation is a selection from a full checkpoint in the output dtype are moved
 as raw bytes (:meth:`ShardedWriter.copy_raw`: no decode, no arithmetic, little memory); all other
-tensors are computed in float32 one at a time and cast to the output dtype.
+tensors are computed in float32 one at a time and cast to the output dtype. torch is imported only
+when a tensor must be computed, so a selection-only merge starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from layerswap.checkpoint import (
-    DTYPE_CODES,
+    FLOAT_CODES,
+    TORCH_DTYPE_NAMES,
     Checkpoint,
     LoraAdapter,
     ModelFolder,
@@ -27,7 +27,7 @@ from layerswap.checkpoint import (
     check_compatible,
     open_checkpoint,
     open_model,
-    parse_dtype,
+    parse_dtype_code,
     prepare_output_dir,
 )
 from layerswap.errors import ConfigError, NumericalError
@@ -151,15 +151,14 @@ def merge(
 def _write_full(opened: OpenedMerge, out: Path, provenance: dict[str, Any], *, overwrite: bool, output_reason: str) -> MergeResult:
     cfg, plan, ref = opened.config, opened.plan, opened.reference
     arch = ref.architecture
-    out_dtype = parse_dtype(cfg.dtype) if cfg.dtype else None
-    names = ref.names()
+    out_code = parse_dtype_code(cfg.dtype) if cfg.dtype else None
     specs = []
-    for name in names:
+    for name in ref.names():
         info = ref.info(name)
-        code = DTYPE_CODES[out_dtype] if out_dtype is not None and info.torch_dtype.is_floating_point else info.dtype
+        code = out_code if out_code is not None and info.dtype in FLOAT_CODES else info.dtype
         specs.append(TensorSpec(name, code, info.shape))
     sources = DiskSources(opened.base, opened.experts)
-    updates = {"dtype": str(out_dtype).removeprefix("torch.")} if out_dtype is not None else None
+    updates = {"dtype": TORCH_DTYPE_NAMES[out_code]} if out_code is not None else None
     donor = _donor(opened)
     provenance = dict(provenance, donor=str(donor), dtype=cfg.dtype or "same as inputs")
     copied = computed = 0
@@ -179,6 +178,8 @@ def _write_full(opened: OpenedMerge, out: Path, provenance: dict[str, Any], *, o
                         writer.copy_raw(spec.name, info)
                         copied += 1
                         continue
+            import torch
+
             tensor = compute(op, spec.name, sources)
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise NumericalError(
