@@ -95,7 +95,7 @@ def fail_open_for_write_under(monkeypatch, folder: Path, n: int = 0) -> None:  #
     ("call", "after", "extra"),
     [
         ("pwrite", 3, ["--transition", "1"]),  # a computed (blended) tensor
-        ("copy_file_range", 5, []),  # a raw byte copy
+        ("copy_file_range", 1, []),  # a raw byte copy (back-to-back tensors go in one call)
         ("fsync", 0, []),  # the flush before the rename
         ("write", 0, []),  # a shard header
     ],
@@ -108,6 +108,32 @@ def test_merge_disk_full(call, after, extra, tiny_experts, tmp_path, capsys, mon
     line = error_line(err)
     assert code == EXIT_CODES["WriteFailedError"]
     assert "no space left on device" in line.lower() and "nothing was written" in line
+    nothing_at(out)
+
+
+def test_merge_on_a_disk_too_small_fails_before_copying(tiny_experts, tmp_path, capsys, monkeypatch):
+    """Shards are allocated up front (``fallocate``): a full disk is found before any tensor moves."""
+    import ctypes
+
+    from layerswap import checkpoint as ck
+
+    if not ck._libc("fallocate"):
+        pytest.skip("no fallocate on this platform: the shard is only extended, and ENOSPC comes with the copy")
+
+    def no_space(fd, mode, offset, length):  # noqa: ANN001, ANN202
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+
+    copies = []
+    real_copy = os.copy_file_range
+    monkeypatch.setitem(ck._libc_functions, "fallocate", no_space)
+    monkeypatch.setattr(os, "copy_file_range", lambda *a, **k: copies.append(a) or real_copy(*a, **k))
+    out = tmp_path / "merged"
+    argv = ["swap", "--math", str(tiny_experts["math"]), "--lang", str(tiny_experts["lang"]), "--bottom", "1", "--top", "1", "--out", str(out)]
+    code, err = run_cli(argv, capsys)
+    assert code == EXIT_CODES["WriteFailedError"]
+    assert "no space left on device" in error_line(err).lower()
+    assert copies == []
     nothing_at(out)
 
 
