@@ -4,8 +4,8 @@ Every contender runs in its own subprocess under ``/usr/bin/time -v`` (wall time
 The layer swap is timed against ``mergekit-yaml`` on the equivalent passthrough config (emitted
 by ``--emit-mergekit``) over the same files, against a plain copy of the same bytes, and against
 a durable copy (the same copy, then ``fsync``: what layerswap does before it renames an output into
-place). The swap contenders run ``--repeats`` times, interleaved, after ``sync`` so that no run
-pays for the previous one's dirty pages; the table gives medians.
+place). The swap contenders run ``--repeats`` times, interleaved in a rotating order, each after
+``sync`` and a pause so that no run pays for the previous one's dirty pages; the table gives medians.
 
     python benchmarks/bench_merge.py --models /work/synth/1e9 --methods swap,ties,dare
 """
@@ -96,10 +96,12 @@ def main() -> None:
         subprocess.run(contenders[f"layerswap swap (b={args.bottom}, u={args.top})"], env=env, check=True, capture_output=True)
         clean(work / "out")
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
-        for _ in range(args.repeats):
-            for name, cmd in contenders.items():
+        names = list(contenders)
+        for i in range(args.repeats):
+            for name in names[i % len(names):] + names[: i % len(names)]:  # rotate: nobody always follows mergekit
                 os.sync()
-                runs[name].append(timed(cmd, env))
+                time.sleep(1)  # let the file system finish discarding the previous output
+                runs[name].append(timed(contenders[name], env))
                 clean(work / "out")
         for name, samples in runs.items():
             walls = sorted(w for w, _ in samples)
@@ -131,7 +133,7 @@ def main() -> None:
         f"Inputs: `{args.models}` (base/math/lang, {nbytes / 1e9:.2f} GB per model, bf16, sharded); "
         f"page cache warmed for all inputs; each contender in its own subprocess under `/usr/bin/time -v`; "
         f"{os.cpu_count()} CPU cores (shared with other jobs). Outputs on the same disk. Layer swap rows: median "
-        f"of {args.repeats} interleaved runs (min-max in brackets), each after `sync`.",
+        f"of {args.repeats} runs interleaved in rotating order (min-max in brackets), each after `sync` and 1 s.",
         "",
         "| merge | contender | wall s | peak RSS MiB | time ratio |",
         "|---|---|---:|---:|---:|",
@@ -146,6 +148,14 @@ def main() -> None:
             ratio = f"layerswap / this = {ref[group] / w:.2f}"
         wall = f"{w:.2f} [{spread[name][0]:.2f}-{spread[name][1]:.2f}]" if name in spread else f"{w:.1f}"
         lines.append(f"| {group} | {name} | {wall} | {r:.0f} | {ratio} |")
+    ours_name = next((n for n in spread if n.startswith("layerswap")), None)
+    if ours_name is not None:
+        fastest = {n: lo for n, (lo, _) in spread.items()}
+        lines.append("")
+        lines.append(
+            "Layer swap, fastest run against fastest run: "
+            + "; ".join(f"{fastest[ours_name] / lo:.2f}x {n}" for n, lo in fastest.items() if n != ours_name)
+        )
     for method in ("ties", "dare_ties"):
         ours = [w for g, n, w, _ in rows if g == method and n.startswith("layerswap")]
         theirs = [w for g, n, w, _ in rows if g == method and n.startswith("mergekit")]

@@ -222,8 +222,8 @@ def _demo_report(config: DemoConfig, out: Path, timings: dict[str, float], sweep
         "experts. The same command with a 7-8B base and real budgets on a GPU (`--base`, `--steps`, `--limit`) "
         "is the real experiment.",
         "",
-        f"Winner on the proxy (MGSM-{config.language} gold-answer log-likelihood): `{sel.winner}` = {sel.value:.4g}"
-        + (f"; best baseline `{sel.best_baseline}` = {sel.best_baseline_value:.4g}." if sel.best_baseline else "."),
+        f"Winner on the proxy (MGSM-{config.language} gold-answer log-likelihood): `{sel.winner}` = {sel.value:.4g}. "
+        + sel.comparison(),
         "",
         "| stage | seconds |",
         "|---|---|",

@@ -42,6 +42,9 @@ class Selection:
     runner_up_value: float | None
     best_baseline: str | None
     best_baseline_value: float | None
+    winner_is_baseline: bool = False
+    best_swap: str | None = None
+    best_swap_value: float | None = None
 
     @property
     def margin_over_baseline(self) -> float | None:
@@ -49,6 +52,23 @@ class Selection:
             return None
         sign = 1 if higher_is_better(self.metric) else -1
         return sign * (self.value - self.best_baseline_value)
+
+    def comparison(self) -> str:
+        """One sentence: the winner against the best baseline, or, when a baseline wins, the best swap."""
+        if self.winner_is_baseline:
+            if self.best_swap is None:
+                return "The winner is a baseline; no layer swap was evaluated."
+            sign = 1 if higher_is_better(self.metric) else -1
+            return (
+                f"The winner is a baseline: no layer swap beat it. Best layer swap: `{self.best_swap}` = "
+                f"{self.best_swap_value:.4g}, {sign * (self.value - self.best_swap_value):.4g} behind."
+            )
+        if self.best_baseline is None:
+            return "No baseline was evaluated."
+        return (
+            f"Best baseline: `{self.best_baseline}` = {self.best_baseline_value:.4g}; "
+            f"margin {self.margin_over_baseline:+.4g} in the winner's favour."
+        )
 
 
 def per_candidate(results: pd.DataFrame, task: str, metric: str) -> pd.DataFrame:
@@ -70,6 +90,8 @@ def select(results: pd.DataFrame, task: str, metric: str) -> Selection:
     baselines = table[table["candidate"] != winner["candidate"]]
     baselines = baselines[baselines["method"] != SWAP_METHOD]
     best_base = baselines.iloc[0] if len(baselines) else None
+    swaps = table[table["method"] == SWAP_METHOD]
+    best_swap = swaps.iloc[0] if len(swaps) else None
     return Selection(
         task=task,
         metric=metric,
@@ -79,6 +101,9 @@ def select(results: pd.DataFrame, task: str, metric: str) -> Selection:
         runner_up_value=None if runner is None else float(runner["value"]),
         best_baseline=None if best_base is None else str(best_base["candidate"]),
         best_baseline_value=None if best_base is None else float(best_base["value"]),
+        winner_is_baseline=winner["method"] != SWAP_METHOD,
+        best_swap=None if best_swap is None else str(best_swap["candidate"]),
+        best_swap_value=None if best_swap is None else float(best_swap["value"]),
     )
 
 
@@ -192,11 +217,7 @@ def report_markdown(
         f"**Winner on {selection.task} {selection.metric}** (mean over languages, {direction} is better): "
         f"`{selection.winner}` = {selection.value:.4g}."
     )
-    if selection.best_baseline is not None:
-        lines.append(
-            f"Best baseline: `{selection.best_baseline}` = {selection.best_baseline_value:.4g}; "
-            f"margin {selection.margin_over_baseline:+.4g} in the winner's favour."
-        )
+    lines.append(selection.comparison())
     if selection.runner_up is not None:
         lines.append(f"Runner-up: `{selection.runner_up}` = {selection.runner_up_value:.4g}.")
     lines.append("")

@@ -115,6 +115,12 @@ def test_selection_and_figures(tmp_path):
     sel = select(results, "proxy", "answer_logprob")
     assert sel.winner == "swap-b3-u2"
     assert sel.best_baseline is not None and sel.margin_over_baseline > 0
+    assert not sel.winner_is_baseline and sel.comparison().startswith("Best baseline: ")
+    base_wins = results.copy()
+    base_wins.loc[base_wins["candidate"] == "base", "value"] = 10.0  # higher is better for the proxy
+    sel = select(base_wins, "proxy", "answer_logprob")
+    assert sel.winner == "base" and sel.winner_is_baseline and sel.best_swap == "swap-b3-u2"
+    assert sel.comparison().startswith("The winner is a baseline: no layer swap beat it. Best layer swap: `swap-b3-u2`")
     drawn = write_figures(results, tmp_path / "fig", [("proxy", "answer_logprob")])
     info = drawn["proxy-answer_logprob"]
     for key in ("heatmap", "bars", "scatter"):
