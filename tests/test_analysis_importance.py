@@ -11,13 +11,17 @@ import torch
 from layerswap.analysis.importance import diagonal_fisher, importance, load_texts
 from layerswap.checkpoint import ModelFolder
 from layerswap.cli import main
-from layerswap.errors import ConfigError, DataError, InputPathError
+from layerswap.errors import EXIT_CODES, ConfigError, DataError, InputPathError
 
 MATH = [
     "Question: Janet has 3 apples and buys 2 more. How many apples does she have? Answer: 5",
     "Step-by-Step Answer: 2 + 3 = 5. The answer is 5.",
     "Question: 4 boxes hold 6 pens each. How many pens? Answer: 24",
     "Step-by-Step Answer: 4 * 6 = 24. The answer is 24.",
+    "Question: A train travels 60 km in 1 hour. How far in 3 hours? Answer: 180",
+    "Step-by-Step Answer: 60 * 3 = 180. The answer is 180.",
+    "Question: Sam had 10 sweets and ate 4. How many are left? Answer: 6",
+    "Step-by-Step Answer: 10 - 4 = 6. The answer is 6.",
 ]
 LANG = [
     "Habari za asubuhi. Leo ni siku nzuri sana.",
@@ -35,7 +39,7 @@ def _quiet(monkeypatch):
 @pytest.fixture()
 def text_files(tmp_path) -> dict[str, Path]:
     math_file = tmp_path / "math.jsonl"
-    math_file.write_text("\n".join(json.dumps({"question": q, "answer": a}) for q, a in zip(MATH[::2], MATH[1::2], strict=True)) + "\n" + json.dumps({"text": MATH[0]}) + "\n")
+    math_file.write_text("\n".join(json.dumps({"question": q, "answer": a}) for q, a in zip(MATH[::2], MATH[1::2], strict=True)) + "\n")
     lang_file = tmp_path / "lang.txt"
     lang_file.write_text("\n".join(LANG) + "\n")
     return {"math": math_file, "lang": lang_file}
@@ -43,22 +47,25 @@ def text_files(tmp_path) -> dict[str, Path]:
 
 def test_load_texts_from_files(text_files):
     math = load_texts(str(text_files["math"]))
-    assert len(math) == 3 and math[0].startswith("Question: ") and "Step-by-Step Answer:" in math[0]
+    assert len(math) == 4 and math[0].startswith("Question: ") and "\nStep-by-Step Answer: " in math[0]
+    assert load_texts(f"{text_files['math']}?limit=1") == math[:1]  # the fine-tuning spec options apply
     assert load_texts(str(text_files["lang"]), limit=2) == LANG[:2]
 
 
 def test_load_texts_bad_specs(tmp_path):
-    with pytest.raises(DataError, match="unknown data spec"):
+    with pytest.raises(InputPathError, match="shorthand like gsm8k or ntrex:sw"):
         load_texts("wikipedia")
     with pytest.raises(InputPathError):
         load_texts(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DataError, match="evaluation"):
+        load_texts("mgsm:sw")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"title": "x"}\n')
     with pytest.raises(DataError, match="line 1"):
         load_texts(str(bad))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    with pytest.raises(DataError, match="empty"):
+    with pytest.raises(DataError, match="is empty"):
         load_texts(str(empty))
 
 
@@ -73,10 +80,12 @@ def test_load_texts_from_the_data_folder(data_dir):
     assert sw != en
     with pytest.raises(DataError, match="no Telugu"):
         load_texts("tico:te", data_dir=data_dir)
-    with pytest.raises(DataError, match="evaluation set"):
+    with pytest.raises(DataError, match="only GSM8K train"):
         load_texts("gsm8k:test", data_dir=data_dir)
-    with pytest.raises(DataError, match="needs a language"):
+    with pytest.raises(ConfigError, match="needs a language"):
         load_texts("ntrex", data_dir=data_dir)
+    with pytest.raises(ConfigError, match="English is the source side"):
+        load_texts("ntrex:en?format=pairs", data_dir=data_dir)
 
 
 def test_diagonal_fisher_is_the_mean_squared_gradient(tiny_llama):
@@ -141,5 +150,5 @@ def test_cli_importance(tiny_llama, text_files, tmp_path, capsys):
     assert exc.value.code == 0 and (out / "boundaries.yaml").exists()
     with pytest.raises(SystemExit) as exc:
         main(["importance", "--base", str(tiny_llama), "--data", "math=nosuchcorpus", "--out", str(tmp_path / "x")])
-    assert exc.value.code == 7
-    assert "unknown data spec" in capsys.readouterr().err
+    assert exc.value.code == EXIT_CODES["InputPathError"]
+    assert "data file nosuchcorpus does not exist" in capsys.readouterr().err

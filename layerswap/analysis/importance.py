@@ -7,19 +7,17 @@ as the deltas (:class:`~layerswap.analysis.deltas.FisherSource`, values ``sqrt(F
 tables, overlap, plots and boundary recommendation mean the same with "share of squared update"
 read as "share of Fisher mass".
 
-The data loader here is deliberately small (it should later be unified with the fine-tuning
-wing's ``layerswap.finetune.data``): ``gsm8k`` (GSM8K train as question + worked answer),
-``ntrex:sw``, ``tico:sw``, ``tatoeba:sw``, or a local ``.jsonl`` (field ``text``, or
-``question``/``answer``) or ``.txt`` (one example a line).
+Data comes from the fine-tuning wing's loader (:func:`layerswap.finetune.data.load_records`): the
+same specs (``gsm8k``, ``ntrex:sw``, ``tico:sw``, ``tatoeba:sw``, ``hf:NAME``, JSONL/TSV/text files
+with ``?key=value`` options) and the same refusal of evaluation sets. Prompt/completion records
+become one text each (prompt followed by completion), as a language model reads them.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 
@@ -29,75 +27,20 @@ from layerswap.analysis.deltas import FisherSource
 from layerswap.analysis.overlap import check_top_k
 from layerswap.analysis.report import Analysis
 from layerswap.checkpoint import AtomicDir, ModelFolder, open_model, prepare_output_dir, write_tensors
-from layerswap.data import iter_jsonl, language, read_lines, resolve_data_dir
-from layerswap.errors import ConfigError, DataError, InputPathError
+from layerswap.errors import ConfigError, DataError
 from layerswap.progress import bar
-
-_CALCULATOR = re.compile(r"<<[^<>]*>>")
-SPEC_FORMS = "gsm8k, ntrex:LANG, tico:LANG, tatoeba:LANG, or a .jsonl/.txt file"
-
-
-def _other_side(folder: str) -> str:
-    """``eng-swa`` -> ``swa``; ``ben-eng`` -> ``ben``."""
-    parts = folder.split("-")
-    return next((p for p in parts if p != "eng"), parts[-1])
 
 
 def load_texts(spec: str, *, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None) -> list[str]:
-    """Training text for one task from a short spec (see module docstring); the first ``limit`` examples."""
-    spec = spec.strip()
-    path = Path(spec).expanduser()
-    texts: list[str]
-    if path.suffix in (".jsonl", ".txt") and (path.exists() or "/" in spec or os.sep in spec):
-        texts = _file_texts(path)
-    else:
-        name, _, lang_code = spec.partition(":")
-        name = name.lower()
-        if name not in ("gsm8k", "ntrex", "tico", "tatoeba"):
-            raise DataError(f"unknown data spec {spec!r}: use {SPEC_FORMS}")
-        root = resolve_data_dir(data_dir, required=True)
-        if name == "gsm8k":
-            if lang_code and lang_code != "train":
-                raise DataError(f"data spec {spec!r}: only GSM8K train may be used (the test split is an evaluation set)")
-            texts = _file_texts(root / "gsm8k" / "train.jsonl")
-        else:
-            if not lang_code:
-                raise DataError(f"data spec {spec!r} needs a language, e.g. {name}:sw")
-            lang = language(lang_code)
-            texts = read_lines(_corpus_file(root, name, lang.code, spec))
+    """The first ``limit`` texts of one task's data spec, read as fine-tuning reads it."""
+    from layerswap.finetune.data import load_records
+
+    records = load_records(spec, data_dir=data_dir)
+    texts = records.texts if records.format == "text" else [prompt + completion for prompt, completion in records.pairs]
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise DataError(f"data spec {spec!r} gave no text: pass a file or corpus with at least one example")
     return texts[:limit] if limit else texts
-
-
-def _corpus_file(root: Path, name: str, code: str, spec: str) -> Path:
-    lang = language(code)
-    if name == "ntrex":
-        fname = "newstest2019-src.eng.txt" if lang.code == "en" else f"newstest2019-ref.{lang.ntrex}.txt"
-        return root / "ntrex128" / fname
-    folder = lang.tico if name == "tico" else lang.tatoeba
-    if folder is None:
-        raise DataError(f"data spec {spec!r}: {name} has no {lang.name} text here; try ntrex:{lang.code}")
-    stem = "tico19-test" if name == "tico" else "tatoeba-test-v2021-08-07"
-    return root / ("tico19" if name == "tico" else "tatoeba") / folder / f"{stem}.{_other_side(folder)}"
-
-
-def _file_texts(path: Path) -> list[str]:
-    if not path.exists():
-        raise InputPathError(f"data file {path} does not exist: pass {SPEC_FORMS}")
-    if path.suffix == ".txt":
-        return read_lines(path)
-    texts = []
-    for lineno, record in iter_jsonl(path):
-        if "text" in record and record["text"]:
-            texts.append(str(record["text"]))
-        elif record.get("question") and record.get("answer"):
-            answer = _CALCULATOR.sub("", str(record["answer"]))
-            texts.append(f"Question: {record['question']}\nStep-by-Step Answer: {answer}")
-        else:
-            raise DataError(f"{path} line {lineno} has neither a 'text' field nor 'question' and 'answer': fix the file or name another")
-    return texts
 
 
 def diagonal_fisher(

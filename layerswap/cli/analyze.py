@@ -47,7 +47,7 @@ def analyze_command(
 @app.command("importance")
 def importance_command(
     base: str = typer.Option(..., "--base", help="Base model folder or embedded name (gemma3-270m)."),
-    data: list[str] = typer.Option(..., "--data", help="NAME=SPEC of a task's text: gsm8k, ntrex:sw, tico:sw, tatoeba:sw or a .jsonl/.txt file; repeat."),
+    data: list[str] = typer.Option(..., "--data", help="NAME=SPEC of a task's text, as for finetune --data: gsm8k, ntrex:sw, tico:sw, tatoeba:sw, hf:NAME or a JSONL/TSV/text file; repeat."),
     out: str = typer.Option(..., "--out", help="Output folder."),
     examples: int = typer.Option(32, "--examples", help="Examples per task (the first N)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Examples per batch."),

@@ -153,9 +153,11 @@ def _corpus_files(kind: str, code: str, data_dir: Path, raw: str) -> tuple[Path,
     """English and target-language files of an aligned corpus."""
     lang = language(code)
     if kind == "ntrex":
-        if lang.ntrex is None or lang.code == "en":
-            raise DataError(f"data spec {raw!r}: NTREX has no target-language file for {lang.name}")
         folder = data_dir / "ntrex128"
+        if lang.code == "en":  # the English source side: text only (a control for importance, say)
+            return folder / "newstest2019-src.eng.txt", folder / "newstest2019-src.eng.txt", "ntrex", lang
+        if lang.ntrex is None:
+            raise DataError(f"data spec {raw!r}: NTREX has no target-language file for {lang.name}")
         return folder / "newstest2019-src.eng.txt", folder / f"newstest2019-ref.{lang.ntrex}.txt", "ntrex", lang
     attr = getattr(lang, kind)
     if attr is None:
@@ -213,6 +215,8 @@ def _load_shorthand(spec: DataSpec, data_dir: Path | None) -> Records:
         return Records("text", f"{corpus}:{lang.code}", texts=_limit(texts, spec))
     if fmt != "pairs":
         raise ConfigError(f"data spec {spec.raw!r}: corpora give format=text or format=pairs")
+    if lang.code == "en":
+        raise ConfigError(f"data spec {spec.raw!r}: English is the source side of {corpus}; pairs need a target language, e.g. {corpus}:sw")
     eng_lines = read_lines(eng)
     if len(eng_lines) != len(tgt_lines):
         raise DataError(f"{eng} and {tgt} have {len(eng_lines)} and {len(tgt_lines)} lines: aligned files must match")
