@@ -88,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.from_log:
         rows = [json.loads(line) for line in Path(args.from_log).read_text().splitlines() if line.startswith("{")]
-        write_markdown(rows, Path(args.out), f"benchmarks/bench_load.py --sizes {args.sizes} --work {args.work}")
+        write_markdown(rows, Path(args.out), f"benchmarks/bench_load.py --sizes {args.sizes} --work {args.work}", args.only)
         return
     rows = []
     for size in args.sizes.split(","):
@@ -109,15 +109,15 @@ def main() -> None:
             print(json.dumps(res), flush=True)
             rows.append(res)
             shutil.rmtree(out, ignore_errors=True)
-            write_markdown(rows, Path(args.out), " ".join(shlex.quote(a) for a in sys.argv))  # kept current run by run
+            write_markdown(rows, Path(args.out), " ".join(shlex.quote(a) for a in sys.argv), args.only)  # kept current run by run
         shutil.rmtree(work, ignore_errors=True)
-    write_markdown(rows, Path(args.out), " ".join(shlex.quote(a) for a in sys.argv))
+    write_markdown(rows, Path(args.out), " ".join(shlex.quote(a) for a in sys.argv), args.only)
 
 
-def write_markdown(rows: list[dict], path: Path, argv: str) -> None:
+def write_markdown(rows: list[dict], path: Path, argv: str, only: str = "") -> None:
     by = {(r["size"], r["label"]): r for r in rows}
     lines = [
-        "# Load benchmark: 1e9 and 3e9 synthetic triples",
+        "# Load benchmark: 1e9 and 3e9 synthetic triples" + (f" (runs matching: {only})" if only else ""),
         "",
         f"Command: `python {argv}`",
         "",
