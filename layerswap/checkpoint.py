@@ -1090,6 +1090,8 @@ class ShardedWriter:
                 n = min(_COPY_CHUNK, run.nbytes - done)
                 src_at, dst_at = run.src_offset + done, run.dst_offset + done
                 try:
+                    if not hasattr(os, "copy_file_range"):  # not Linux: no in-kernel copy between files
+                        raise OSError(errno.ENOSYS, "copy_file_range is not available")
                     copied = os.copy_file_range(src, run.fd, n, src_at, dst_at)
                 except OSError as exc:
                     if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
@@ -1109,7 +1111,7 @@ class ShardedWriter:
             os.lseek(dst, dst_offset, os.SEEK_SET)
             return os.sendfile(dst, src, src_offset, n)
         except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK):  # macOS: sockets only
                 raise
         chunk = os.pread(src, n, src_offset)
         ShardedWriter._pwrite_all(dst, memoryview(chunk), dst_offset)

@@ -101,6 +101,24 @@ def test_copy_raw_joins_back_to_back_tensors(tmp_path, tiny_llama, monkeypatch):
         assert torch.equal(back.get(n), src.get(n))
 
 
+def test_copy_raw_without_kernel_copies(tmp_path, tiny_llama, monkeypatch):
+    """Where neither copy_file_range nor file-to-file sendfile exists (macOS), bytes go by pread/pwrite."""
+    import errno
+
+    def sockets_only(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.ENOTSOCK, "Socket operation on non-socket")
+
+    monkeypatch.delattr(os, "copy_file_range", raising=False)
+    monkeypatch.setattr(os, "sendfile", sockets_only)
+    src = ModelFolder(tiny_llama)
+    specs = [TensorSpec(n, src.info(n).dtype, src.info(n).shape) for n in src.names()]
+    with ShardedWriter(tmp_path / "raw", specs, donor=tiny_llama) as w:
+        for n in src.names():
+            w.copy_raw(n, src.info(n))
+    back = ModelFolder(tmp_path / "raw")
+    assert all(torch.equal(back.get(n), src.get(n)) for n in src.names())
+
+
 def test_copy_raw_of_a_file_cut_short_names_the_tensor(tmp_path, tiny_llama):
     src = ModelFolder(tiny_llama)
     names = src.names()
