@@ -174,6 +174,7 @@ def test_other_methods_load_without_nan(tiny_experts, tmp_path, method):
     })
     res = merge(cfg, tmp_path / "out")
     assert ModelFolder(res.out).dtypes() == {"BF16": ModelFolder(res.out).num_parameters}
+    assert json.loads((res.out / "config.json").read_text())["dtype"] == "bfloat16"
     model = AutoModelForCausalLM.from_pretrained(res.out)
     assert torch.isfinite(model(torch.tensor([[1, 5, 9]])).logits).all()
     if method == "dare_linear":  # deterministic per tensor: a second run is identical
