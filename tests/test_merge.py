@@ -89,6 +89,24 @@ def test_dare_formula_and_determinism():
     assert torch.allclose(l1.abs().sum(), d.abs().sum())
 
 
+@pytest.mark.parametrize("sparsify", [None, "magnitude", "random"])
+def test_combine_leaves_inputs_alone_unless_consumed(sparsify):
+    """Given tensors stay untouched; a generator of fresh reads (consume) gives the same result in place."""
+    d1, d2 = torch.randn(64), torch.randn(64)
+    keep1, keep2 = d1.clone(), d2.clone()
+    kwargs = dict(sparsify=sparsify, densities=[0.5, 0.3], consensus=sparsify is not None, normalize=True)
+
+    def gens():  # noqa: ANN202
+        return [torch.Generator().manual_seed(i) for i in (1, 2)]
+
+    expected = combine_deltas([d1, d2], [0.6, 0.4], generators=gens(), **kwargs)
+    assert torch.equal(d1, keep1) and torch.equal(d2, keep2)
+    fresh = (t.clone() for t in (d1, d2))
+    assert torch.equal(combine_deltas(fresh, [0.6, 0.4], generators=gens(), consume=True, **kwargs), expected)
+    d = torch.tensor([0.1, -3.0, 2.0, -0.5])
+    assert trim_magnitude(d, 0.5, inplace=True) is d and torch.equal(d, torch.tensor([0.0, -3.0, 2.0, 0.0]))
+
+
 def test_task_arithmetic_formula():
     d1, d2 = torch.randn(5), torch.randn(5)
     got = combine_deltas([d1, d2], [0.7, 0.3], lam=2.0)

@@ -69,10 +69,12 @@ def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
         return blend([src.weight(label, name) for label, _ in op.weights], [w for _, w in op.weights])
     if isinstance(op, Combine):
         base = src.weight(BASE, name).to(torch.float32)
-        deltas = []
-        for label, _ in op.weights:
-            d = src.delta(label, name, base)
-            deltas.append(torch.zeros_like(base) if d is None else d)
+
+        def deltas():  # noqa: ANN202 - read one at a time: each is trimmed before the next is loaded
+            for label, _ in op.weights:
+                d = src.delta(label, name, base)
+                yield torch.zeros_like(base) if d is None else d
+
         generators = None
         if op.sparsify == "random":
             generators = []
@@ -81,7 +83,7 @@ def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
                 gen.manual_seed(stable_seed(op.seed, name, label))
                 generators.append(gen)
         merged = combine_deltas(
-            deltas,
+            deltas(),
             [w for _, w in op.weights],
             sparsify=op.sparsify,
             densities=op.densities or None,
@@ -90,6 +92,7 @@ def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
             lam=op.lam,
             rescale=op.rescale,
             generators=generators,
+            consume=True,  # each delta is a fresh float32 read (or zeros), overwritten in place
         )
         return merged.add_(base)
     raise TypeError(f"unknown plan operation {op!r}")

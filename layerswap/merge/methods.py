@@ -15,7 +15,7 @@ Conventions chosen where the reference implementations differ (see docs/merge.md
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -34,18 +34,20 @@ def blend(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Te
     return out
 
 
-def trim_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the ``max(1, int(density * numel))`` entries of largest magnitude, zero the rest."""
+def trim_magnitude(delta: torch.Tensor, density: float, *, inplace: bool = False) -> torch.Tensor:
+    """Keep the ``max(1, int(density * numel))`` entries of largest magnitude, zero the rest
+    (in ``delta`` itself with ``inplace``, which saves a full copy of a 2 GB embedding)."""
     if density >= 1.0 or delta.numel() == 0:
-        return delta.clone()
+        return delta if inplace else delta.clone()
     k = max(1, int(density * delta.numel()))
     flat = delta.reshape(-1)
     # topk (not a quickselect threshold): equal magnitudes at the cut are then broken the way
     # mergekit's sort breaks them, so the two tools keep the same entries.
     keep = torch.topk(flat.abs(), k, sorted=False).indices
-    out = torch.zeros_like(flat)
-    out[keep] = flat[keep]
-    return out.reshape(delta.shape)
+    mask = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+    mask[keep] = True
+    del keep
+    return delta.mul_(mask.view(delta.shape)) if inplace else delta * mask.view(delta.shape)
 
 
 def dare_drop(
@@ -66,14 +68,22 @@ def dare_drop(
     return masked
 
 
+def _total(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_i t_i`` as a running sum: one extra tensor, where ``torch.stack(...).sum(0)`` makes N."""
+    total = tensors[0].clone()
+    for t in tensors[1:]:
+        total.add_(t)
+    return total
+
+
 def elect_sign(weighted: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per-entry sign of the total mass ``sum_i w_i * tau_i`` (+1 where it is >= 0)."""
-    total = torch.stack(list(weighted)).sum(dim=0)
+    total = _total(list(weighted))
     return torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
 
 
 def combine_deltas(
-    deltas: Sequence[torch.Tensor],
+    deltas: Iterable[torch.Tensor],
     weights: Sequence[float],
     *,
     sparsify: str | None = None,
@@ -83,39 +93,56 @@ def combine_deltas(
     lam: float = 1.0,
     rescale: str = "density",
     generators: Sequence[torch.Generator | None] | None = None,
+    consume: bool = False,
 ) -> torch.Tensor:
     """The merged task vector of task arithmetic, TIES and DARE (before adding the base).
 
     ``sparsify``: None, ``"magnitude"`` (TIES trim) or ``"random"`` (DARE drop).
     ``consensus``: TIES sign election and disjoint mean.
     ``normalize``: divide by summed weights (of agreeing entries under consensus).
+
+    Memory is what limits merging a 7-8B model's embedding (500M entries, 2 GB per float32 copy),
+    so ``deltas`` may be a generator (each delta is read only once the previous one is trimmed),
+    and every intermediate is updated in place: at most the task vectors, the result, the divisor
+    and one transient per entry are alive at once. The inputs are left untouched unless
+    ``consume`` says they are the caller's fresh float32 reads, free to be overwritten.
     """
-    taus: list[torch.Tensor] = []
+    taus: list[torch.Tensor | None] = []
     for i, d in enumerate(deltas):
+        given = None if consume else d
         d = d.to(torch.float32)
         if sparsify == "magnitude":
-            d = trim_magnitude(d, densities[i] if densities else 1.0)
+            d = trim_magnitude(d, densities[i] if densities else 1.0, inplace=d is not given)
         elif sparsify == "random":
             gen = generators[i] if generators else None
             d = dare_drop(d, densities[i] if densities else 1.0, gen, rescale)
-        taus.append(d * float(weights[i]))
-    if consensus:
-        sign = elect_sign(taus)
-        mixed = torch.zeros_like(taus[0])
-        divisor = torch.zeros_like(taus[0])
-        for tau, w in zip(taus, weights, strict=True):
-            agree = torch.sign(tau) == sign
-            mixed.add_(tau * agree)
-            divisor.add_(agree.to(divisor.dtype), alpha=float(w))
-        if normalize:
-            divisor[divisor == 0] = 1.0
-            mixed.div_(divisor)
-    else:
-        mixed = torch.stack(taus).sum(dim=0)
-        if normalize:
-            total = float(sum(weights))
-            if abs(total) >= 1e-8:
-                mixed.div_(total)
+        taus.append(d.mul_(float(weights[i])) if d is not given else d * float(weights[i]))
+        del given, d  # a generator's delta is freed before the next one is read
+    if len(taus) != len(weights):
+        raise ValueError(f"{len(taus)} deltas for {len(weights)} weights")
+    divisor = torch.zeros_like(taus[0]) if normalize and consensus else None
+    positive = _total(taus) >= 0 if consensus else None  # the elected sign, one byte per entry
+    mixed: torch.Tensor | None = None
+    for i, w in enumerate(weights):
+        tau = taus[i]
+        taus[i] = None
+        assert tau is not None
+        if positive is not None:
+            agree = torch.where(positive, tau > 0, tau < 0)  # nonzero and of the elected sign
+            tau.mul_(agree)
+            if divisor is not None:
+                divisor.add_(agree, alpha=float(w))
+            del agree
+        mixed = tau if mixed is None else mixed.add_(tau)
+        del tau
+    assert mixed is not None
+    if divisor is not None:
+        divisor.masked_fill_(divisor == 0, 1.0)
+        mixed.div_(divisor)
+    elif normalize and not consensus:
+        total = float(sum(weights))
+        if abs(total) >= 1e-8:
+            mixed.div_(total)
     if lam != 1.0:
         mixed.mul_(lam)
     return mixed
