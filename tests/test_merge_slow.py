@@ -9,17 +9,14 @@ import torch
 
 from layerswap.checkpoint import ModelFolder
 from layerswap.merge import TensorCache, apply_merge, merge, swap_config
-from layerswap.models import cache_dir
 from layerswap.testing import planted_expert
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def gemma_pair(tmp_path_factory):
-    base = cache_dir() / "models" / "gemma3-270m"
-    if not (base / "config.json").exists():
-        pytest.skip("Gemma 3 270M is not prepared: run `layerswap models prepare`")
+def gemma_pair(tmp_path_factory, gemma3_270m):
+    base = gemma3_270m
     root = tmp_path_factory.mktemp("gemma")
     math = base  # one planted expert keeps the setup short; the swap is still checked byte for byte
     lang = planted_expert(base, root / "lang", layers=[0, 1, 2, 3, 16, 17], scale=0.01, seed=2)
