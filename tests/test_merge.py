@@ -275,6 +275,22 @@ def test_lora_transition_gives_full_model(lora_pair, tmp_path):
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
 
 
+def test_in_memory_ties_of_lora_experts_leaves_the_cache_intact(lora_pair, tmp_path):
+    """The merge overwrites deltas in place; the cache's LoRA deltas must survive for the next candidate."""
+    cfg = merge_config({
+        "method": "ties", "base": str(lora_pair["base"]),
+        "experts": {"math": str(lora_pair["math"]), "lang": str(lora_pair["lang"])},
+        "params": {"density": 0.5},
+    })
+    cache = TensorCache.from_config(cfg).preload()
+    first = merged_state_dict(cache, cfg)
+    second = merged_state_dict(cache, cfg)
+    on_disk = ModelFolder(merge(cfg, tmp_path / "ties").out)
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name
+        assert torch.allclose(tensor.float(), on_disk.get(name, torch.float32)), name
+
+
 def test_lora_different_targets_is_an_error(lora_pair, tmp_path):
     cfg = swap_config(math=str(lora_pair["math"]), lang=str(lora_pair["other"]), bottom=1, top=1, base=str(lora_pair["base"]))
     with pytest.raises(IncompatibleModelsError, match="different modules"):

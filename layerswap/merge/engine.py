@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # torch is imported on the first computed tensor: raw copies 
 class Sources(Protocol):
     def weight(self, label: str, name: str) -> torch.Tensor: ...
 
-    def delta(self, label: str, name: str, base_weight: torch.Tensor | None = None) -> torch.Tensor | None: ...
+    def delta(self, label: str, name: str, base_weight: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``expert - base`` in float32 as a new tensor: the merge overwrites it in place."""
+        ...
 
 
 class DiskSources:

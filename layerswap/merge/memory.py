@@ -107,8 +107,10 @@ class TensorCache:
         return t
 
     def delta(self, label: str, name: str, base_weight: torch.Tensor | None = None) -> torch.Tensor | None:
+        """A new float32 tensor the merge may overwrite (never the cached one)."""
         if isinstance(self.experts[label], LoraAdapter):
-            return self._load(label, name)
+            d = self._load(label, name)
+            return None if d is None else d.clone()
         base = base_weight if base_weight is not None else self.weight(BASE, name)
         return self.weight(label, name).to(torch.float32) - base.to(torch.float32)
 
