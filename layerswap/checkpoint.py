@@ -107,6 +107,7 @@ DONOR_FILES = (
 ADAPTER_DONOR_FILES = ("adapter_config.json",) + DONOR_FILES[2:]
 _MAX_HEADER = 100 * 1024 * 1024
 _COPY_CHUNK = 64 * 1024 * 1024
+_RUN_LIMIT = 256 * 1024 * 1024  # a run of back-to-back tensors is copied once it holds this much
 
 
 def parse_dtype(value: str | torch.dtype) -> torch.dtype:
@@ -981,6 +982,7 @@ class ShardedWriter:
         self._written: set[str] = set()
         self._fds: list[int] = []
         self._run: _CopyRun | None = None  # raw copies not yet done, see copy_raw
+        self._failed: str | None = None  # set for good when a raw copy failed: see _flush_run
         self._writeback = Writeback()
         self._where: dict[str, tuple[int, int]] = {}  # name -> (shard index, absolute offset)
         self._shards: list[list[TensorSpec]] = self._plan(list(specs))
@@ -1078,11 +1080,22 @@ class ShardedWriter:
             self._flush_run()
             self._run = _CopyRun(name, source.file, source.offset, fd, offset, source.nbytes)
         self._written.add(name)
+        if self._run is not None and self._run.nbytes >= _RUN_LIMIT:
+            self._flush_run()  # long runs go now, so progress bars follow the bytes actually copied
 
     def _flush_run(self) -> None:
         run, self._run = self._run, None
         if run is None or run.nbytes == 0:
             return
+        try:
+            self._copy_run(run)
+        except BaseException:
+            # Its tensors already count as written: the writer must never commit now, even if a
+            # caller swallowed the error, or they would stay zeros in a published output.
+            self._failed = f"copying tensor {run.first!r} and the ones after it failed"
+            raise
+
+    def _copy_run(self, run: _CopyRun) -> None:
         src = os.open(run.file, os.O_RDONLY)
         try:
             done = 0
@@ -1127,9 +1140,14 @@ class ShardedWriter:
         try:
             if exc is None:
                 self._flush_run()
+                if self._failed:
+                    raise RuntimeError(f"{self._failed}: nothing was written")
                 missing = [n for n in self.specs if n not in self._written]
                 if missing:
                     raise RuntimeError(f"{len(missing)} planned tensors were never written, first {missing[0]!r}")
+                self._writeback.close()
+                for fd in self._fds:  # on the writing descriptors: a late write error is reported here
+                    os.fsync(fd)
             self._close_fds()
             if exc is None:
                 self._finish(self._atomic.tmp)

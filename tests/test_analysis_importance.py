@@ -49,6 +49,9 @@ def test_load_texts_from_files(text_files):
     math = load_texts(str(text_files["math"]))
     assert len(math) == 4 and math[0].startswith("Question: ") and "\nStep-by-Step Answer: " in math[0]
     assert load_texts(f"{text_files['math']}?limit=1") == math[:1]  # the fine-tuning spec options apply
+    qa = text_files["math"].with_name("qa.jsonl")
+    qa.write_text(json.dumps({"prompt": "Capital of Kenya?", "completion": "Nairobi"}) + "\n")
+    assert load_texts(str(qa)) == ["Capital of Kenya? Nairobi"]
     assert load_texts(str(text_files["lang"]), limit=2) == LANG[:2]
 
 

@@ -134,6 +134,23 @@ def test_copy_raw_of_a_file_cut_short_names_the_tensor(tmp_path, tiny_llama):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_failed_copy_is_never_committed_even_if_the_error_is_swallowed(tmp_path, tiny_llama):
+    shutil.copytree(tiny_llama, tmp_path / "cut")
+    cut = ModelFolder(tmp_path / "cut")
+    names = sorted(cut.names(), key=lambda n: cut.info(n).offset)
+    last = cut.info(names[-1])
+    os.truncate(last.file, last.offset + 4)
+    specs = [TensorSpec(n, cut.info(n).dtype, cut.info(n).shape) for n in names]
+    with pytest.raises(RuntimeError, match="nothing was written"):
+        with ShardedWriter(tmp_path / "out", specs, donor=tiny_llama) as w:
+            w.copy_raw(names[-1], last)
+            with pytest.raises(CheckpointError, match="truncated"):
+                w.copy_raw(names[0], cut.info(names[0]))  # not adjacent: the cut tensor's run is copied now
+            for n in names[1:-1]:
+                w.copy_raw(n, cut.info(n))
+    assert not (tmp_path / "out").exists()
+
+
 def test_dtype_codes_without_torch():
     assert ck.parse_dtype_code("bf16") == "BF16" and ck.parse_dtype_code("F32") == "F32"
     assert ck.parse_dtype_code(torch.float16) == "F16" and ck.dtype_code(torch.bfloat16) == "BF16"

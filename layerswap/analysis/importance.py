@@ -31,12 +31,19 @@ from layerswap.errors import ConfigError, DataError
 from layerswap.progress import bar
 
 
+def _joined(prompt: str, completion: str) -> str:
+    """Prompt then completion as one text, with a space between unless one side already has it."""
+    if prompt[-1:].isspace() or completion[:1].isspace() or not prompt or not completion:
+        return prompt + completion
+    return f"{prompt} {completion}"
+
+
 def load_texts(spec: str, *, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None) -> list[str]:
     """The first ``limit`` texts of one task's data spec, read as fine-tuning reads it."""
     from layerswap.finetune.data import load_records
 
     records = load_records(spec, data_dir=data_dir)
-    texts = records.texts if records.format == "text" else [prompt + completion for prompt, completion in records.pairs]
+    texts = records.texts if records.format == "text" else [_joined(prompt, completion) for prompt, completion in records.pairs]
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise DataError(f"data spec {spec!r} gave no text: pass a file or corpus with at least one example")
