@@ -43,20 +43,20 @@ from layerswap.errors import (
 if TYPE_CHECKING:
     import torch
 
-#: Bytes per element of each safetensors dtype code: enough to plan, validate and copy tensors.
-DTYPE_SIZES: dict[str, int] = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "F8_E4M3": 1, "F8_E5M2": 1,
+#: Each safetensors dtype code: its torch dtype name (``config.json`` writes ``"dtype": "bfloat16"``)
+#: and its bytes per element, enough to plan, validate and copy tensors without torch.
+_DTYPE_TABLE: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
+    "BOOL": ("bool", 1), "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
 }  # fmt: skip
-FLOAT_CODES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+DTYPE_SIZES: dict[str, int] = {code: size for code, (_, size) in _DTYPE_TABLE.items()}
+TORCH_DTYPE_NAMES: dict[str, str] = {code: name for code, (name, _) in _DTYPE_TABLE.items()}
+FLOAT_CODES = frozenset(code for code, name in TORCH_DTYPE_NAMES.items() if "float" in name)
+_CODE_OF_TORCH_NAME = {name: code for code, name in TORCH_DTYPE_NAMES.items()}
 #: Names a user may write for an output dtype, and the safetensors code each means.
 DTYPE_ALIASES: dict[str, str] = {
     "float32": "F32", "fp32": "F32", "float16": "F16", "fp16": "F16", "bfloat16": "BF16", "bf16": "BF16",
-}  # fmt: skip
-#: The torch dtype name of each code (``config.json`` writes ``"dtype": "bfloat16"``).
-TORCH_DTYPE_NAMES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
-    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
 }  # fmt: skip
 
 
@@ -69,10 +69,9 @@ def torch_dtype_of(code: str) -> torch.dtype:
 
 def dtype_code(dtype: torch.dtype) -> str:
     """The safetensors code of a torch dtype."""
-    name = str(dtype).removeprefix("torch.")
-    for code, torch_name in TORCH_DTYPE_NAMES.items():
-        if torch_name == name:
-            return code
+    code = _CODE_OF_TORCH_NAME.get(str(dtype).removeprefix("torch."))
+    if code is not None:
+        return code
     raise ConfigError(f"dtype {dtype} cannot be stored in safetensors by layerswap: use one of {', '.join(sorted(DTYPE_ALIASES))}")
 
 

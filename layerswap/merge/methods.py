@@ -68,18 +68,15 @@ def dare_drop(
     return masked
 
 
-def _total(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``sum_i t_i`` as a running sum: one extra tensor, where ``torch.stack(...).sum(0)`` makes N."""
-    total = tensors[0].clone()
-    for t in tensors[1:]:
+def elect_positive(weighted: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Where the total mass ``sum_i w_i * tau_i`` is >= 0 (the elected sign is +), as a one-byte mask.
+
+    A running sum: one extra tensor, where ``torch.stack(...).sum(0)`` makes N.
+    """
+    total = weighted[0].clone()
+    for t in weighted[1:]:
         total.add_(t)
-    return total
-
-
-def elect_sign(weighted: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-entry sign of the total mass ``sum_i w_i * tau_i`` (+1 where it is >= 0)."""
-    total = _total(list(weighted))
-    return torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
+    return total >= 0
 
 
 def combine_deltas(
@@ -121,7 +118,7 @@ def combine_deltas(
     if len(taus) != len(weights):
         raise ValueError(f"{len(taus)} deltas for {len(weights)} weights")
     divisor = torch.zeros_like(taus[0]) if normalize and consensus else None
-    positive = _total(taus) >= 0 if consensus else None  # the elected sign, one byte per entry
+    positive = elect_positive(taus) if consensus else None
     mixed: torch.Tensor | None = None
     for i, w in enumerate(weights):
         tau = taus[i]
