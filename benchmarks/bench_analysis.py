@@ -34,7 +34,7 @@ RESULTS = HERE / "results" / "analysis.md"
 
 READ_SNIPPET = """
 import sys, torch
-from layerswap.checkpoint import ModelFolder
+from layerswap.io import ModelFolder
 for path in sys.argv[1:]:
     folder = ModelFolder(path)
     for name in folder.names():
@@ -96,7 +96,7 @@ def measure(cmd: list[str], *, timeout: float | None = None, env: dict | None = 
 
 
 def largest_tensor_bytes_f32(path: Path) -> int:
-    from layerswap.checkpoint import ModelFolder
+    from layerswap.io import ModelFolder
 
     folder = ModelFolder(path)
     return 4 * max(folder.info(n).numel for n in folder.names())
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root.resolve()
     env = dict(os.environ, LAYERSWAP_QUIET="1")
     paths = [str(root / n) for n in ("base", "math", "lang")]
-    from layerswap.checkpoint import ModelFolder
+    from layerswap.io import ModelFolder
 
     params = ModelFolder(root / "base").num_parameters
     largest = largest_tensor_bytes_f32(root / "base")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from layerswap.models import resolve_model
+from layerswap.io import resolve_model
 from layerswap.progress import set_quiet
 from layerswap.sweep import run_sweep, validate_sweep_dict
 from layerswap.testing import planted_expert

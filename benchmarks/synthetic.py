@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from layerswap.checkpoint import ShardedWriter, TensorSpec
+from layerswap.io import ShardedWriter, TensorSpec
 from layerswap.progress import progress
 from layerswap.testing import make_tiny_tokenizer
 
@@ -120,7 +120,7 @@ def write_triple(
     for w in writers.values():
         w.__enter__()
     gen = torch.Generator().manual_seed(seed)
-    from layerswap.architecture import architecture_from_config
+    from layerswap.io import architecture_from_config
 
     arch = architecture_from_config(cfg)
     try:

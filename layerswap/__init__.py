@@ -11,7 +11,7 @@ __all__ = ["LayerswapError", "__version__"]
 #: Names resolved on first use (``layerswap.finetune(...)``) so ``import layerswap`` stays light.
 _LAZY: dict[str, tuple[str, str | None]] = {
     "finetune": ("layerswap.finetune", None),  # the package is callable: layerswap.finetune(cfg)
-    "FinetuneConfig": ("layerswap.finetune.train", "FinetuneConfig"),
+    "FinetuneConfig": ("layerswap.finetune.config", "FinetuneConfig"),
     "merge": ("layerswap.merge", None),  # the package is callable: layerswap.merge(config, out)
     "swap": ("layerswap.merge.swap", "swap"),
     "evaluate": ("layerswap.evaluate", None),  # the package is callable: layerswap.evaluate(model, tasks, langs)

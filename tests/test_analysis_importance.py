@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from layerswap.analysis.importance import diagonal_fisher, importance, load_texts
-from layerswap.checkpoint import ModelFolder
 from layerswap.cli import main
 from layerswap.errors import EXIT_CODES, ConfigError, DataError, InputPathError
+from layerswap.io import ModelFolder
 
 MATH = [
     "Question: Janet has 3 apples and buys 2 more. How many apples does she have? Answer: 5",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from layerswap.architecture import architecture_from_config, parse_layer_spec
-from layerswap.checkpoint import ModelFolder
 from layerswap.errors import CheckpointError, ConfigError
+from layerswap.io import ModelFolder, architecture_from_config, parse_layer_spec
 from layerswap.testing import make_tiny_model
 
 

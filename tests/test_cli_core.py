@@ -51,7 +51,7 @@ def test_real_gemma_prepare_inspect_and_generate(capsys):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from layerswap.models import prepare_model
+    from layerswap.io import prepare_model
 
     path = prepare_model("gemma3-270m", quiet=True)
     code, out, _ = run_cli(["inspect", "gemma3-270m", "--json"], capsys)

@@ -1,19 +1,32 @@
-"""Fast tests of the evaluate wing: extraction and prompts vs lm-eval, runner, log-likelihoods, CLI."""
+"""Fast tests of the evaluate wing: extraction and prompts vs lm-eval, runner, log-likelihoods, CLI,
+and the task registry."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_module
 
 from layerswap.errors import ConfigError, DataError
 from layerswap.evaluate import api, loglik, mgsm
 from layerswap.evaluate.answers import FALLBACK, Extractor, exact_match, flexible_extractor, normalise_number, strict_extractor
+from layerswap.evaluate.generation import Example, strip_stop
 from layerswap.evaluate.runner import as_loaded, common_prefix_length, generate, load_model
-from layerswap.evaluate.tasks import strip_stop
+from layerswap.evaluate.tasks import TASKS, TaskSpec, get_task, higher_is_better, register
+
+
+def need_lm_eval() -> None:
+    """Skip, saying why, where lm-eval is absent; CI (``LAYERSWAP_REQUIRE_ALL``) fails instead, since it installs it."""
+    require_module(
+        "lm_eval",
+        "lm-eval is not installed (pip install -e '.[dev]'): the parity checks against lm-evaluation-harness cannot run",
+    )
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -59,7 +72,7 @@ def test_flexible_extract(text, want):
 
 
 def test_extraction_matches_lm_eval_filters():
-    pytest.importorskip("lm_eval")
+    need_lm_eval()
     from lm_eval.filters.extraction import RegexFilter, WhitespaceFilter
 
     texts = [t for _, t, _ in STRICT_CASES] + [t for t, _ in FLEXIBLE_CASES]
@@ -75,7 +88,7 @@ def test_extraction_matches_lm_eval_filters():
 def test_exact_match_semantics():
     assert exact_match("2,125", "2125") and exact_match("$18.", "18") and not exact_match("19", "18")
     assert normalise_number("2,125") == "2125" and normalise_number("$1,000.") == "1000" and normalise_number("12.0") == "12"
-    pytest.importorskip("lm_eval")
+    need_lm_eval()
     from lm_eval.api.metrics import exact_match_hf_evaluate
 
     preds, golds = ["2,125", "18.", "-5", "[invalid]", "1.000"], ["2125", "18", "5", "3", "1000"]
@@ -122,7 +135,7 @@ def test_templates_are_lm_eval_words():
 @pytest.fixture(scope="module")
 def lm_eval_requests(data_dir, tmp_path_factory):
     """lm-eval's rendered prompts and stop strings for our local-data MGSM tasks."""
-    pytest.importorskip("lm_eval")
+    need_lm_eval()
     from lm_eval.tasks import TaskManager, get_task_dict
 
     from layerswap.evaluate.lm_eval_config import write_lm_eval_tasks
@@ -235,8 +248,6 @@ def test_empty_generation_and_eos(tiny_lm, tiny_llama):
     lm = as_loaded(model, AutoTokenizer.from_pretrained(tiny_llama))
     assert generate(lm, [PROMPTS[0]], max_new_tokens=5) == [""]
     task = mgsm.make_task("en", "native_cot")
-    from layerswap.evaluate.tasks import Example
-
     res = api.run_generation_task(lm, task, [Example("e0", PROMPTS[0], "5")], max_new_tokens=5)
     assert res.summary["empty"].iloc[0] == 1 and res.summary["exact_match"].iloc[0] == 0.0
 
@@ -296,16 +307,23 @@ def test_flores_bits_per_byte(tiny_lm, tmp_path):
     want = -total / (math.log(2) * sum(len(t.encode()) for t in clean))
     assert abs(res.summary["bits_per_byte"].iloc[0] - want) < 1e-4
     assert [r["text"] for r in res.records] == clean
+    spec = get_task("flores")
+    assert set(spec.metrics) <= set(res.summary) and spec.score_field in res.records[0]
 
 
 def test_sib200_and_proxy(tiny_lm, tmp_path, data_dir):
     folder = tmp_path / "sib200" / "swh_Latn"
     folder.mkdir(parents=True)
-    (folder / "test.tsv").write_text("index_id\tcategory\ttext\n1\tsports\tTimu ilishinda.\n2\thealth\tDaktari alikuja.\n", encoding="utf-8")
+    (folder / "test.tsv").write_text(
+        "index_id\tcategory\ttext\n1\tsports\tTimu ilishinda.\n2\thealth\tDaktari alikuja.\n", encoding="utf-8"
+    )
     res = api.evaluate_sib200(tiny_lm, ["sw"], data_dir=tmp_path)
     assert res.summary["n"].iloc[0] == 2 and 0.0 <= res.summary["accuracy"].iloc[0] <= 1.0
     proxy = api.evaluate_proxy(tiny_lm, ["sw"], limit=2, data_dir=data_dir)
     assert proxy.records[0]["continuation"] == " Jibu ni 18." and proxy.summary["gold_logprob"].iloc[0] < 0
+    for name, result in (("sib200", res), ("proxy", proxy)):
+        spec = get_task(name)
+        assert set(spec.metrics) <= set(result.summary) and spec.score_field in result.records[0], name
 
 
 # --- custom data, package entry, CLI ---------------------------------------------------------
@@ -345,8 +363,25 @@ def test_cli_errors(tiny_llama, tmp_path, capsys, data_dir):
     assert code == 6 and "0..8" in io.err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"q": "1+1?", "a": 2}\n{"a": 3}\n', encoding="utf-8")
-    code, io = _cli(["evaluate", str(tiny_llama), "--task", "custom", "--data", str(bad), "--question-field", "q", "--answer-field", "a",
-                     "--lang", "sw", "--out", out], capsys)
+    code, io = _cli(
+        [
+            "evaluate",
+            str(tiny_llama),
+            "--task",
+            "custom",
+            "--data",
+            str(bad),
+            "--question-field",
+            "q",
+            "--answer-field",
+            "a",
+            "--lang",
+            "sw",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert code == 7 and "line 2" in io.err and not Path(out).exists()
 
 
@@ -354,8 +389,26 @@ def test_cli_custom_writes_outputs(tiny_llama, tmp_path, capsys):
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"q": f"{i} + 1 = ?", "a": str(i + 1)}) + "\n" for i in range(3)), encoding="utf-8")
     out = tmp_path / "run"
-    argv = ["evaluate", str(tiny_llama), "--task", "custom", "--data", str(data), "--question-field", "q", "--answer-field", "a",
-            "--lang", "sw", "--max-new-tokens", "4", "--batch-size", "2", "--out", str(out)]
+    argv = [
+        "evaluate",
+        str(tiny_llama),
+        "--task",
+        "custom",
+        "--data",
+        str(data),
+        "--question-field",
+        "q",
+        "--answer-field",
+        "a",
+        "--lang",
+        "sw",
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+    ]
     code, io = _cli(argv, capsys)
     assert code == 0, io.err
     records = [json.loads(x) for x in (out / "examples.jsonl").read_text().splitlines()]
@@ -363,8 +416,102 @@ def test_cli_custom_writes_outputs(tiny_llama, tmp_path, capsys):
     assert records[0]["prompt"].startswith("Swali: 0 + 1 = ?\nJibu la Hatua kwa Hatua:")
     assert (out / "summary.csv").exists() and (out / "layerswap.json").exists()
     assert "custom" in io.out
+    spec = get_task("custom")
+    assert spec.score_field in records[0] and spec.metric in (out / "summary.csv").read_text().splitlines()[0].split(",")
     code, io = _cli(argv, capsys)  # exists, no --overwrite
     assert code == 8
     first = (out / "examples.jsonl").read_text()
     code, _ = _cli([*argv, "--overwrite"], capsys)
     assert code == 0 and (out / "examples.jsonl").read_text() == first  # deterministic
+
+
+# --- the task registry ---------------------------------------------------------------------
+
+
+def test_registry_lists_every_task_module_in_order():
+    import pkgutil
+
+    from layerswap.evaluate import tasks
+
+    modules = {m.name for m in pkgutil.iter_modules(tasks.__path__)} - {"registry", "spec"}
+    assert list(TASKS)[:6] == ["mgsm", "gsm8k", "flores", "sib200", "proxy", "custom"]
+    assert set(TASKS) == modules  # one module per task, each found without a list to edit
+    for name, spec in TASKS.items():
+        assert spec.name == name and spec.summary and "\n" not in spec.summary
+        assert spec.default_shots is None or spec.check_shots is not None, name
+    with pytest.raises(ConfigError, match="unknown task 'mmlu': valid tasks are mgsm, gsm8k, flores, sib200, proxy, custom$"):
+        get_task("mmlu")
+    assert [get_task(t).metric for t in ("mgsm", "flores", "sib200", "proxy")] == [
+        "exact_match",
+        "bits_per_byte",
+        "accuracy",
+        "gold_logprob",
+    ]
+    assert not higher_is_better("bits_per_byte")
+    assert higher_is_better("exact_match") and higher_is_better("accuracy") and higher_is_better("gold_logprob_per_token")
+    with pytest.raises(ConfigError, match="unknown metric 'loss'"):
+        higher_is_better("loss")
+    directions: dict[str, bool] = {}
+    for spec in TASKS.values():  # a metric reported by several tasks points one way
+        for metric in spec.metrics:
+            assert directions.setdefault(metric, spec.higher_is_better) == spec.higher_is_better, metric
+
+
+def test_training_refused_names_are_evaluation_sets():
+    """Each task's data is refused for fine-tuning by a name the core's data rules know."""
+    from layerswap.io.records import EVALUATION_SETS
+
+    refused = {name: spec.name for spec in TASKS.values() for name in spec.training_refused}
+    assert refused, "no task refuses its data for training"
+    for name, task in refused.items():
+        assert name in EVALUATION_SETS, f"task {task}: {name!r} is not a key of layerswap.io.records.EVALUATION_SETS"
+
+
+def test_cli_lists_the_registry_and_stays_light():
+    from layerswap.cli.evaluate import SHOTS_HELP, TASK_HELP
+
+    for spec in TASKS.values():
+        assert f"{spec.name}: {spec.summary}" in TASK_HELP
+    assert "mgsm 0, gsm8k 5, proxy 2" in SHOTS_HELP
+    code = "import sys, layerswap.cli\nprint(sorted(m for m in ('torch', 'pandas') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", "the CLI's start-up must not import torch or pandas (the registry is read for --help)"
+
+
+def test_toy_task_runs_through_evaluate_and_cli(tiny_llama, tmp_path, capsys):
+    """A task is one TaskSpec: registered here (no file of the package touched), it runs through
+    ``evaluate`` and ``layerswap evaluate``, and is gone again afterwards."""
+    from layerswap.evaluate.result import EvalResult
+
+    def run(lm, req):
+        n_params = sum(p.numel() for p in lm.model.parameters())
+        records = [{"task": "toy", "lang": lang, "id": f"toy-{lang}", "score": float(n_params % 7)} for lang in req.langs]
+        rows = [{"task": "toy", "lang": r["lang"], "shots": req.shots, "n": 1, "toy_score": r["score"]} for r in records]
+        return EvalResult.of(records, rows)
+
+    spec = TaskSpec(
+        name="toy",
+        summary="a task defined in a test",
+        run=run,
+        metric="toy_score",
+        higher_is_better=False,
+        default_shots=3,
+        score_field="score",
+    )
+    register(spec)
+    try:
+        assert get_task("toy") is spec and not higher_is_better("toy_score")
+        with pytest.raises(ConfigError, match="registered already"):
+            register(spec)
+        res = api.evaluate(str(tiny_llama), "toy", "sw,bn", device="cpu")
+        assert list(res.summary["lang"]) == ["sw", "bn"] and list(res.summary["shots"]) == [3, 3]
+        assert [r["id"] for r in res.records] == ["toy-sw", "toy-bn"]
+        out = tmp_path / "toy"
+        code, io = _cli(["evaluate", str(tiny_llama), "--task", "toy", "--lang", "sw", "--shots", "1", "--out", str(out)], capsys)
+        assert code == 0, io.err
+        assert "toy_score" in io.out and (out / "summary.csv").read_text().splitlines()[1].startswith("toy,sw,1,1,")
+        assert json.loads((out / "layerswap.json").read_text())["tasks"] == ["toy"]
+    finally:
+        TASKS.pop("toy", None)
+    with pytest.raises(ConfigError, match="unknown task 'toy'"):
+        api.evaluate(str(tiny_llama), "toy", "sw")

@@ -72,7 +72,7 @@ def _copy(src: Path, dest: Path) -> Path:
 
 
 def _write_sd(out: Path, donor: Path, edit: Callable[[dict[str, torch.Tensor]], None], config: dict | None = None) -> Path:
-    from layerswap.checkpoint import write_tensors
+    from layerswap.io import write_tensors
     from layerswap.testing import state_dict_of
 
     sd = dict(state_dict_of(donor))
@@ -182,7 +182,7 @@ class Case:
     error: str  # name of the LayerswapError subclass (its exit code is documented in errors.py)
     problem: str  # fragment of the message naming the problem
     fix: str  # fragment of the message naming the fix
-    root_only_skip: bool = False  # permission checks do not bind root
+    needs_permissions: bool = False  # relies on file modes, which bind root only where emulated (see test_bad_input)
 
     @property
     def exit_code(self) -> int:
@@ -201,7 +201,7 @@ CASES: list[Case] = [
     Case("file-not-folder", "inspect notes.txt", lambda e: ["inspect", str(e.p("a-file.txt"))], "InputPathError", "is a file", "pass the folder"),
     Case("not-a-model", "inspect FOLDER (no config.json)", lambda e: ["inspect", str(e.p("not-a-model"))], "InputPathError", "no config.json", "pass a hugging face model folder"),
     Case("no-weights", "inspect FOLDER (config.json, no weights)", lambda e: ["inspect", str(e.p("no-weights"))], "InputPathError", "no *.safetensors", "pass a complete model folder"),
-    Case("unreadable-file", "inspect FOLDER (model.safetensors mode 000)", lambda e: ["inspect", str(e.p("unreadable"))], "InputPathError", "permission denied", "permissions", root_only_skip=True),
+    Case("unreadable-file", "inspect FOLDER (model.safetensors mode 000)", lambda e: ["inspect", str(e.p("unreadable"))], "InputPathError", "permission denied", "permissions", needs_permissions=True),
     Case("weights-are-a-folder", "inspect FOLDER (model.safetensors is a directory)", lambda e: ["inspect", str(e.p("weights-is-dir"))], "InputPathError", "cannot read", "pass a complete model folder"),
     Case("dangling-link", "inspect FOLDER (model.safetensors -> missing file)", lambda e: ["inspect", str(e.p("dangling-link"))], "InputPathError", "cannot read", "pass a complete model folder"),
     Case("bad-config-json", "inspect FOLDER (config.json is not JSON)", lambda e: ["inspect", str(e.p("bad-config-json"))], "CheckpointError", "not valid json", "fix or regenerate"),
@@ -303,10 +303,43 @@ def test_catalogue_is_large_and_documented():
     assert len({c.error for c in CASES}) >= 7, "the catalogue should exercise most error classes"
 
 
+def honour_file_modes(monkeypatch, under: Path) -> None:  # noqa: ANN001
+    """Make ``open`` refuse files under ``under`` whose mode grants no read, as the kernel does for a user.
+
+    Root reads a mode-000 file, and CI runs as root: without this, the permission case would only
+    ever be skipped. Every Python-level open (``open``, ``io.open``, ``Path.open``, ``os.open``) goes through it.
+    """
+    import builtins
+    import errno
+    import io
+    import stat
+
+    def refuse(file: object) -> None:
+        if isinstance(file, int):
+            return
+        path = os.path.abspath(os.fspath(file))
+        if path.startswith(str(under)) and os.path.isfile(path) and not stat.S_IMODE(os.stat(path).st_mode) & 0o444:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    real_open, real_os_open = io.open, os.open
+
+    def guarded_open(file, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        refuse(file)
+        return real_open(file, *a, **k)
+
+    def guarded_os_open(path, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        refuse(path)
+        return real_os_open(path, *a, **k)
+
+    monkeypatch.setattr(io, "open", guarded_open)
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, fault_env: Env, tmp_path, capsys, monkeypatch):
-    if case.root_only_skip and os.geteuid() == 0:
-        pytest.skip("running as root: file permissions do not bind")
+    if case.needs_permissions and os.geteuid() == 0:
+        honour_file_modes(monkeypatch, fault_env.root)
     monkeypatch.setenv("LAYERSWAP_QUIET", "1")
     monkeypatch.delenv("LAYERSWAP_DEBUG", raising=False)
     fault_env.sandbox = tmp_path

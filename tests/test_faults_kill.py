@@ -3,13 +3,23 @@
 How: one worker process imports layerswap, transformers and matplotlib once (and runs no torch op),
 then forks one child per run. A child counts the write-side system calls on its output folder
 (``open`` for writing, ``os.write``/``pwrite``/``copy_file_range``/``fsync``/``mkdir``/``rename``/
-``replace``); a kill job SIGKILLs itself right before (or after) its k-th such call, or after a
-random delay, or when a path appears. A traced run of the same command gives the number of calls,
-so the kill points spread over the whole write, and its output is the reference.
+``replace``); a kill job SIGKILLs itself right before (or after) its k-th such call, or its k-th
+call on a given path, or after a random delay. A traced run of the same command gives the number of
+calls, so the kill points spread over the whole write, and its output is the reference.
 
 After each kill the output path must be absent, or byte-identical to the previous complete output
 (``--overwrite`` runs), or byte-identical to the reference: never anything else. A SIGKILLed run
 cannot clean up, so its hidden ``.NAME.tmp-*`` sibling may remain; it never takes the output name.
+
+No test can pass on a kill that did not happen, or that landed after the work was done:
+- a kill at a write call happens in the child, synchronously, at that call: no race with a fast
+  finish, and every such kill must have fired;
+- a kill after a random delay that finds the run already finished (or, for a sweep, with every
+  candidate already stored) is retried with half the delay, and the tests assert it landed;
+- kill-and-resume tests check what the kill left (no output, which checkpoint, how many stored
+  candidates) before they compare the resumed result with an uninterrupted run.
+Each test plans and runs its own jobs (the three fast ones share one worker whose plan never
+depends on which tests ``-k`` selected), so any one of them can run alone.
 """
 
 from __future__ import annotations
@@ -51,7 +61,8 @@ def _install_hooks(job: dict[str, Any], trace: list[tuple[str, str]]) -> None:
     kill = job.get("kill") or {}
     target = kill.get("event")
     when = kill.get("when", "before")
-    state = {"n": -1}
+    on_path, points = kill.get("path"), kill.get("points")  # kill at the k-th call on a path containing on_path
+    state = {"n": -1, "hits": -1}
 
     def matches(path: str) -> bool:
         return path == out_path or any(m in path for m in markers)
@@ -70,6 +81,11 @@ def _install_hooks(job: dict[str, Any], trace: list[tuple[str, str]]) -> None:
             trace.append((point, path))
         if target is not None and state["n"] == target and (when == "after") == after:
             os.kill(os.getpid(), signal.SIGKILL)
+        if on_path is not None and on_path in path and (not points or point in points):
+            if not after:
+                state["hits"] += 1
+            if state["hits"] == kill.get("index", 0) and (when == "after") == after:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def wrap(mod: Any, attr: str, point: str, path_of) -> None:  # noqa: ANN001
         real = getattr(mod, attr)
@@ -138,11 +154,41 @@ def _child(job: dict[str, Any], trace_file: str) -> None:
 
         traceback.print_exc()
         code = 99
-    with open(trace_file, "w") as fh:  # noqa: PTH123 (the hooked open ignores this path)
+    # Written then renamed: a random-delay kill may land while the trace is being written, and the
+    # parent must then see no trace (the kill landed after the command ended), not half a file.
+    with open(trace_file + ".tmp", "w") as fh:  # noqa: PTH123 (the hooked open ignores this path)
         json.dump(trace, fh)
+    os.replace(trace_file + ".tmp", trace_file)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+#: How often a delayed kill that found the work done is retried, each time with half the delay.
+RETRIES = 6
+
+
+def _run_child(job: dict[str, Any], trace_file: str) -> tuple[int, float]:
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        _child(job, trace_file)
+    _, status = os.waitpid(pid, 0)
+    return status, time.perf_counter() - start
+
+
+def _landed_mid_work(job: dict[str, Any], killed: bool) -> bool:
+    """Whether a kill came while work was left: the run was killed and, where the job says how to
+    tell (``unfinished``: fewer than ``below`` files match ``glob`` under the output), work remained."""
+    unfinished = job.get("unfinished")
+    if not killed or unfinished is None:
+        return killed
+    return len(list(Path(job["out"]).glob(unfinished["glob"]))) < unfinished["below"]
+
+
+def _snapshot(paths: list[str]) -> dict[str, list[str] | None]:
+    """The files under each path (relative, sorted), or None where the path does not exist."""
+    return {p: sorted(str(f.relative_to(p)) for f in Path(p).rglob("*") if f.is_file()) if Path(p).exists() else None for p in paths}
 
 
 def worker(jobs_file: str, results_file: str) -> None:
@@ -158,7 +204,7 @@ def worker(jobs_file: str, results_file: str) -> None:
     import layerswap.analysis  # noqa: F401
     import layerswap.cli  # noqa: F401
     import layerswap.evaluate  # noqa: F401
-    import layerswap.finetune.train  # noqa: F401
+    import layerswap.finetune.recipe  # noqa: F401
     import layerswap.merge  # noqa: F401
     import layerswap.sweep  # noqa: F401
 
@@ -173,32 +219,31 @@ def worker(jobs_file: str, results_file: str) -> None:
             kill["after_s"] = kill["after_frac"] * results[kill["of"]]["wall"]
         job = {**job, "kill": kill}
         trace_file = f"{results_file}.trace-{i}"
-        start = time.perf_counter()
-        pid = os.fork()
-        if pid == 0:
-            _child(job, trace_file)
-        status = None
-        while status is None:
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = st
+        attempts = 0
+        while True:
+            attempts += 1
+            status, wall = _run_child(job, trace_file)
+            killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            if "after_s" not in kill or _landed_mid_work(job, killed) or attempts == RETRIES:
                 break
-            if "when_exists" in kill and Path(kill["when_exists"]).exists():
-                time.sleep(kill.get("delay", 0.0))
-                os.kill(pid, signal.SIGKILL)
-                kill.pop("when_exists")
-            time.sleep(0.005)
-        wall = time.perf_counter() - start
+            # The delay outlived the work: start again from nothing, twice as early.
+            assert not job.get("overwrite"), "a delayed kill over a previous output cannot be retried"
+            for path in (Path(job["out"]), Path(job["out"] + ".work")):
+                shutil.rmtree(path, ignore_errors=True)
+            kill["after_s"] /= 2
         trace = json.loads(Path(trace_file).read_text()) if Path(trace_file).exists() else None
         results.append(
             {
                 "job": i,
-                "killed": os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL,
+                "killed": killed,
+                "mid_work": _landed_mid_work(job, killed),
+                "attempts": attempts,
                 "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
                 "events": len(trace) if trace is not None else None,
                 "trace": trace if job.get("trace") else None,
                 "wall": wall,
                 "kill": kill,
+                "snapshot": _snapshot(job.get("snapshot", [])),
             }
         )
     Path(results_file).write_text(json.dumps(results))
@@ -318,9 +363,9 @@ def judge_kills(plan: Plan, results: list[dict[str, Any]], group: str, previous:
     for i in idx[1:]:
         job, res = plan.jobs[i], results[i]
         out = Path(job["out"])
+        # A kill at a write call fires in the child at that call; a delayed one was retried earlier until it landed.
+        assert res["killed"], f"{out}: the kill {res['kill']} never happened (exit {res['code']}, {res['attempts']} tries)"
         verdict = judge(out, [ref_out] + ([previous] if job["overwrite"] else []))
-        if not res["killed"]:  # a random delay past the end: the run must have finished cleanly
-            assert res["code"] == 0 and verdict == "complete#0", f"{out}: exit {res['code']}, {verdict}"
         if res["kill"].get("when") == "after" and res["kill"].get("event") == n - 1:
             assert verdict == "complete#0", "a kill after the final rename must leave the complete output"
         key = {"none": "no output", "complete#0": "new complete output", "complete#1": "previous output intact"}[verdict]
@@ -351,34 +396,15 @@ def finetune_argv(base: Path, data: Path, out: Path, *, steps: int = 1, save_ste
     ]  # fmt: skip
 
 
-SWEEP_CANDIDATES = ["swap-b1-u1", "swap-b2-u1", "base", "math", "ties-d0.2"]
-
-
-def sweep_yaml(tmp: Path, experts: dict[str, Path], data_dir: Path) -> Path:
-    import yaml
-
-    cfg = {
-        "base": str(experts["base"]),
-        "math": str(experts["math"]),
-        "lang": str(experts["lang"]),
-        "languages": ["sw"],
-        "tasks": ["proxy", "flores"],
-        "limit": 2,
-        "shots": 1,
-        "max_new_tokens": 8,
-        "data_dir": str(data_dir),
-        "candidates": {"grid": {"bottom": [1, 2], "top": [1], "transition": [0]}, "baselines": ["base", "math", "ties"]},
-    }
-    path = tmp / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+SWEEP_CANDIDATES = ["swap-b1-u1", "swap-b2-u1", "base", "math", "ties-d0.2"]  # what tiny_sweep_config evaluates
 
 
 @pytest.fixture(scope="module")
-def campaign(request, tmp_path_factory, tiny_experts):
-    """Plan every kill and resume job, run them in one worker, return (plan, results, extras)."""
-    from conftest import DATA_DIR
+def campaign(tmp_path_factory, tiny_experts):
+    """The merge, fine-tune-save and analysis kills, run in one worker: (plan, results, extras).
 
+    The plan is the same whatever ``-k`` selects: each of the three tests reads only its own group.
+    """
     from layerswap.merge import merge, swap_config
 
     root = tmp_path_factory.mktemp("kills")
@@ -395,7 +421,6 @@ def campaign(request, tmp_path_factory, tiny_experts):
         cmd = ["swap", "--math", str(math_), "--lang", str(lang), "--bottom", "1", "--top", "1", "--transition", "1", "--out", str(out)]
         return cmd + (["--overwrite"] if overwrite else [])
 
-    selected = {item.name for item in request.session.items}
     plan_kills(plan, "merge", merge_argv, prev_merge, event_picks=8, random_kills=3, overwrite_picks=5, seed=1)
 
     # A fine-tune's final save (1 step, no intermediate checkpoint), fresh and over a previous model.
@@ -413,34 +438,6 @@ def campaign(request, tmp_path_factory, tiny_experts):
 
     plan_kills(plan, "analysis", an_argv, None, event_picks=5, random_kills=1, overwrite_picks=0, seed=3)
 
-    # A fine-tune killed mid-run (6 steps, a checkpoint every 2), then resumed with --resume (slow: planned only when selected).
-    rs = root / "ft-resume"
-    rs.mkdir()
-    if "test_finetune_resumes_from_last_checkpoint" in selected:
-        plan.add("ft-resume", finetune_argv(base, data, rs / "whole", steps=6, save_steps=2), rs / "whole", role="ref")
-    for name, kill in () if "test_finetune_resumes_from_last_checkpoint" not in selected else (
-        ("mid-save", {"when_exists": str(rs / "k1.work" / "checkpoint-4")}),  # killed while writing checkpoint 4
-        ("after-save", {"when_exists": str(rs / "k2.work" / "checkpoint-2" / "trainer_state.json")}),  # killed as soon as checkpoint 2 is complete
-    ):
-        out = rs / ("k1" if name == "mid-save" else "k2")
-        plan.add("ft-resume", finetune_argv(base, data, out, steps=6, save_steps=2), out, kill, role="kill", point=name)
-        plan.add("ft-resume", finetune_argv(base, data, out, steps=6, save_steps=2, extra=("--resume",)), out, role="resume", point=name)
-
-    # A sweep killed after two of five candidates and at a random moment, then rerun (it resumes).
-    # (planned only when its slow test is selected: about half of the campaign's time)
-    want_sweep = "test_sweep_resumes_with_identical_results" in selected
-    if want_sweep and (DATA_DIR / "mgsm").is_dir():
-        sw = root / "sweep"
-        sw.mkdir()
-        cfg = sweep_yaml(sw, tiny_experts, DATA_DIR)
-        whole = plan.add("sweep", ["sweep", str(cfg), "--out", str(sw / "whole")], sw / "whole", role="ref")
-        for out, kill in (
-            (sw / "k1", {"when_exists": str(sw / "k1" / "candidates" / f"{SWEEP_CANDIDATES[1]}.json")}),
-            (sw / "k2", {"after_frac": random.Random(4).uniform(0.4, 0.8), "of": whole}),
-        ):
-            plan.add("sweep", ["sweep", str(cfg), "--out", str(out)], out, kill, role="kill")
-            plan.add("sweep", ["sweep", str(cfg), "--out", str(out)], out, role="resume")
-
     results = run_worker(plan.jobs, root, timeout=900)
     return plan, results, extras
 
@@ -449,7 +446,7 @@ def test_merge_killed_anywhere(campaign):
     plan, results, extras = campaign
     stats = judge_kills(plan, results, "merge", extras["previous-merge"])
     record("merge", **stats)
-    assert stats["kills"] >= 12
+    assert stats["kills"] == stats["runs"] == 17
     assert stats["outcomes"].get("previous output intact", 0) >= 1 and stats["outcomes"].get("no output", 0) >= 1
 
 
@@ -457,14 +454,14 @@ def test_finetune_final_save_killed_anywhere(campaign):
     plan, results, extras = campaign
     stats = judge_kills(plan, results, "finetune", extras["previous-finetune"])
     record("finetune", **stats)
-    assert stats["kills"] >= 6
+    assert stats["kills"] == stats["runs"] == 9
 
 
 def test_analysis_killed_anywhere(campaign):
     plan, results, _ = campaign
     stats = judge_kills(plan, results, "analysis", None)
     record("analysis", **stats)
-    assert stats["kills"] >= 5
+    assert stats["kills"] == stats["runs"] == 7
 
 
 def _weights(folder: Path) -> dict[str, Any]:
@@ -473,51 +470,96 @@ def _weights(folder: Path) -> dict[str, Any]:
     return dict(state_dict_of(folder))
 
 
+def _log(plan: Plan, i: int) -> str:
+    return Path(plan.jobs[i]["log"]).read_text()[-3000:]
+
+
 @pytest.mark.slow
-def test_finetune_resumes_from_last_checkpoint(campaign):
+def test_finetune_resumes_from_last_checkpoint(tmp_path, tiny_experts):
+    """6 steps with a checkpoint every 2, killed mid-save of checkpoint 4 and after checkpoint 4, then resumed.
+
+    Each kill fires in the child at a write call (no race with the training): the first right before
+    checkpoint 4's ``trainer_state.json`` (the Trainer writes it last, so checkpoint 4 is incomplete and
+    the resume must start from 2), the second at the first write of checkpoint 6 (resume from 4).
+    """
     import torch
 
-    plan, results, _ = campaign
-    idx = plan.groups["ft-resume"]
-    whole = Path(plan.jobs[idx[0]]["out"])
-    assert results[idx[0]]["code"] == 0, Path(plan.jobs[idx[0]]["log"]).read_text()[-3000:]
-    reference = _weights(whole)
-    resumed = 0
-    for kill_i, resume_i in zip(idx[1::2], idx[2::2], strict=True):
-        job, kill, res = plan.jobs[resume_i], results[kill_i], results[resume_i]
-        assert kill["killed"], f"{job['point']}: the run ended before the kill"
-        assert res["code"] == 0, Path(job["log"]).read_text()[-3000:]
-        out = Path(job["out"])
+    plan = Plan(tmp_path)
+    base = tiny_experts["base"]
+    data = _train_file(tmp_path)
+    whole = plan.add("ft-resume", finetune_argv(base, data, tmp_path / "whole", steps=6, save_steps=2), tmp_path / "whole", role="ref")
+    expected = {}
+    for name, write, resume_step in (("mid-save", "checkpoint-4/trainer_state.json", 2), ("after-save", "checkpoint-6", 4)):
+        out = tmp_path / name
+        kill = {"path": f"{out}.work/{write}"}
+        argv = finetune_argv(base, data, out, steps=6, save_steps=2)
+        k = plan.add("ft-resume", argv, out, kill, watch=[f"{out}.work/"], snapshot=[str(out), f"{out}.work"], point=name)
+        r = plan.add("ft-resume", [*argv, "--resume"], out, role="resume", point=name)
+        expected[name] = (k, r, resume_step)
+    results = run_worker(plan.jobs, tmp_path)
+
+    assert results[whole]["code"] == 0, _log(plan, whole)
+    reference = _weights(tmp_path / "whole")
+    for name, (k, r, resume_step) in expected.items():
+        left = results[k]["snapshot"]
+        assert results[k]["killed"], f"{name}: the kill never happened (exit {results[k]['code']})\n{_log(plan, k)}"
+        assert left[plan.jobs[k]["out"]] is None, f"{name}: the killed run left an output"
+        work = left[plan.jobs[k]["out"] + ".work"]
+        assert f"checkpoint-{resume_step}/trainer_state.json" in work, f"{name}: {work}"
+        assert f"checkpoint-{resume_step + 2}/trainer_state.json" not in work, f"{name}: {work}"
+        assert results[r]["code"] == 0, _log(plan, r)
+        out = Path(plan.jobs[r]["out"])
         prov = json.loads((out / "layerswap.json").read_text())
-        assert prov["resumed_from_step"] in (2, 4) and prov["steps"] == 6
+        assert (prov["resumed_from_step"], prov["steps"]) == (resume_step, 6), name
         got = _weights(out)
         assert got.keys() == reference.keys()
-        for name, tensor in reference.items():
-            torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
-        resumed += 1
-    record("finetune-resume", resumes=resumed, kills=resumed)
+        for tensor_name, tensor in reference.items():
+            torch.testing.assert_close(got[tensor_name], tensor, rtol=1e-5, atol=1e-6, msg=lambda m, n=f"{name} {tensor_name}": f"{n}: {m}")
+    record("finetune-resume", resumes=len(expected), kills=len(expected))
 
 
 @pytest.mark.slow
-def test_sweep_resumes_with_identical_results(campaign, data_dir):
-    import pandas as pd
+def test_sweep_resumes_with_identical_results(tmp_path, tiny_experts, data_dir):
+    """A sweep killed before storing its third candidate, and at a random moment with candidates left, then rerun.
 
-    plan, results, _ = campaign
-    idx = plan.groups["sweep"]
-    whole = Path(plan.jobs[idx[0]]["out"])
-    assert results[idx[0]]["code"] == 0, Path(plan.jobs[idx[0]]["log"]).read_text()[-3000:]
-    reference = pd.read_csv(whole / "results.csv")
+    The first kill fires in the child at the rename that would store the third result; the second
+    comes after a random delay and is retried earlier whenever it found all five candidates stored.
+    """
+    import pandas as pd
+    import yaml
+    from conftest import tiny_sweep_config
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_sweep_config(tiny_experts, data_dir, max_new_tokens=8)))
+    plan = Plan(tmp_path)
+    whole = plan.add("sweep", ["sweep", str(cfg), "--out", str(tmp_path / "whole")], tmp_path / "whole", role="ref")
+    stored = {"glob": "candidates/*.json", "below": len(SWEEP_CANDIDATES)}
+    pairs = []
+    for out, kill in (
+        (tmp_path / "k1", {"path": f"{tmp_path / 'k1'}/candidates/", "points": ["replace", "rename"], "index": 2}),
+        (tmp_path / "k2", {"after_frac": random.Random(4).uniform(0.4, 0.8), "of": whole}),
+    ):
+        argv = ["sweep", str(cfg), "--out", str(out)]
+        k = plan.add("sweep", argv, out, kill, role="kill", unfinished=stored, snapshot=[str(out)])
+        pairs.append((k, plan.add("sweep", argv, out, role="resume")))
+    results = run_worker(plan.jobs, tmp_path)
+
+    assert results[whole]["code"] == 0, _log(plan, whole)
+    reference = pd.read_csv(tmp_path / "whole" / "results.csv")
     assert sorted(set(reference["candidate"])) == sorted(SWEEP_CANDIDATES)
     cols = ["candidate", "method", "parameters", "task", "language", "metric", "value"]
-    resumed = 0
-    for kill_i, resume_i in zip(idx[1::2], idx[2::2], strict=True):
-        job, kill, res = plan.jobs[resume_i], results[kill_i], results[resume_i]
-        assert res["code"] == 0, Path(job["log"]).read_text()[-3000:]
-        again = pd.read_csv(Path(job["out"]) / "results.csv")
+    for k, r in pairs:
+        out, res = plan.jobs[k]["out"], results[k]
+        assert res["killed"], f"{out}: the kill {res['kill']} never happened (exit {res['code']})\n{_log(plan, k)}"
+        left = res["snapshot"][out] or []
+        done = [f for f in left if f.startswith("candidates/") and f.endswith(".json")]
+        assert res["mid_work"] and len(done) < len(SWEEP_CANDIDATES) and "results.csv" not in left, f"{out}: killed after the work: {left}"
+        if "path" in res["kill"]:
+            assert len(done) == 2, f"{out}: expected two stored candidates, found {done}"
+        assert results[r]["code"] == 0, _log(plan, r)
+        again = pd.read_csv(Path(out) / "results.csv")
         pd.testing.assert_frame_equal(again[cols], reference[cols])
-        resumed += int(kill["killed"])
-    assert resumed >= 1
-    record("sweep-resume", resumes=resumed, kills=sum(results[i]["killed"] for i in idx[1::2]))
+    record("sweep-resume", resumes=len(pairs), kills=len(pairs), retries=sum(results[k]["attempts"] - 1 for k, _ in pairs))
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "worker":

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 import layerswap
-from layerswap.checkpoint import ModelFolder, read_provenance
 from layerswap.errors import ConfigError, DataError, OutputExistsError
 from layerswap.finetune import FinetuneConfig, finetune
-from layerswap.finetune.data import IGNORE_INDEX, Records, load_records, parse_spec, ratio_schedule, tokenize_records
+from layerswap.finetune.config import ratio_schedule
+from layerswap.finetune.data import IGNORE_INDEX, tokenize_records
+from layerswap.io import ModelFolder, read_provenance
+from layerswap.io.records import Records, load_records, math_pair, parse_spec
 
 
 def raw_bytes(folder: ModelFolder, name: str) -> bytes:
@@ -60,8 +62,6 @@ def test_completion_only_loss_masks_prompt(tiny_tokenizer):
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer)
     records = Records("math", "test")
-    from layerswap.finetune.data import math_pair
-
     records.pairs.append(math_pair("Janet has 3 apples and buys 2. How many?", "3 + 2 = <<3+2=5>>5\n#### 5"))
     data = tokenize_records(records, tok, 128)
     ex = data[0]
@@ -115,6 +115,34 @@ def test_ratio_schedule():
     assert ratio_schedule(["math", "lang"], {}) == [0, 1]
     assert ratio_schedule(["math", "lang"], {"math": 2}) == [0, 1, 0]
     assert ratio_schedule(["math", "lang"], {"lang": 0}) == [0]
+
+
+def test_config_checks_rules_between_options():
+    """A config that validates can start: every rule between options fails at construction."""
+
+    def refused(match: str, **kw) -> None:
+        with pytest.raises(ConfigError, match=match):
+            FinetuneConfig(**{"base": "b", "out": "o", "data": ["d"], **kw})
+
+    two = {"data": {"math": "m.jsonl", "lang": "l.txt"}}
+    refused("2 data sets given: pass --mode", **two)
+    refused("mode single takes one data set", mode="single", **two)
+    refused("mode simultaneous needs two or more", mode="simultaneous")
+    refused("'math' is given twice", data=["math=a", "math=b"], mode="mix")
+    refused("data set 'lang' has no --partition lang=LAYERS", mode="simultaneous", partition={"math": "1"}, **two)
+    refused("--partition 'x' names no data set", mode="simultaneous", partition={"math": "1", "lang": "2", "x": "3"}, **two)
+    refused("instead of --train-layers", mode="simultaneous", partition={"math": "1", "lang": "2"}, train_layers="1", **two)
+    refused("--partition applies to --mode simultaneous", partition={"train": "1"})
+    refused("--ratio applies to --mode simultaneous", mode="mix", ratio={"math": 2}, **two)
+    refused("--ratio 'x' names no data set", mode="simultaneous", partition={"math": "1", "lang": "2"}, ratio={"x": 1}, **two)
+    refused("non-negative count, not all zero", mode="simultaneous", partition={"math": "1", "lang": "2"}, ratio={"math": 0, "lang": 0}, **two)
+    refused("either --train-layers or --freeze-layers", train_layers="1", freeze_layers="2")
+    refused("--lora-targets/--merge-lora apply to --method lora", lora_targets="q_proj")
+    refused("--lora-targets/--merge-lora apply to --method lora", merge_lora=True)
+    refused("LoRA trains adapters only", method="lora", train_global="norm")
+    FinetuneConfig(base="b", out="o", data=["d"], method="lora", train_global="none")  # saying none is fine
+    with pytest.raises(ValueError, match="steps must be positive"):
+        FinetuneConfig(base="b", out="o", data=["d"], steps=0)
 
 
 # ---------------------------------------------------------------------------- training

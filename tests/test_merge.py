@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from layerswap.checkpoint import ModelFolder
 from layerswap.errors import ConfigError, IncompatibleModelsError, LayerswapError, OutputExistsError
+from layerswap.io import ModelFolder
 from layerswap.merge import (
     TensorCache,
     apply_merge,
@@ -49,8 +49,12 @@ def test_swap_layout_with_transitions():
 
 def test_too_many_swapped_layers_is_an_error():
     cfg = swap_config(math="m", lang="l", bottom=3, top=2, transition=1)
-    with pytest.raises(ConfigError, match=r"bottom 3 \+ top 2 \+ 2 x transition 1 = 7 layers, but the model has 6"):
+    with pytest.raises(ConfigError, match=r"bottom=3 top=2 transition=1 uses 7 of the 6 layers and leaves no middle layer"):
         build_plan(cfg, 6)
+    # the one geometry rule (merge, sweep, analysis): at least one layer stays the math expert's
+    with pytest.raises(ConfigError, match=r"uses 6 of the 6 layers and leaves no middle layer"):
+        build_plan(swap_config(math="m", lang="l", bottom=2, top=2, transition=1), 6)
+    assert len(build_plan(swap_config(math="m", lang="l", bottom=2, top=1, transition=1), 6).layer_ops) == 6
 
 
 def test_trim_magnitude_keeps_top_k():
@@ -330,7 +334,7 @@ def test_existing_output_and_failed_write(tiny_experts, tmp_path, monkeypatch):
     (tmp_path / "out").mkdir()
     with pytest.raises(OutputExistsError, match="--overwrite"):
         merge(cfg, tmp_path / "out")
-    from layerswap.checkpoint import ShardedWriter
+    from layerswap.io import ShardedWriter
 
     calls = {"n": 0}
     real = ShardedWriter.copy_raw
@@ -412,3 +416,171 @@ def test_swap_cli_never_imports_torch(tiny_experts, tmp_path):
         layer = merged.architecture.classify(name).layer
         source = ModelFolder(tiny_experts["lang"] if layer in (0, 5) else tiny_experts["math"])
         assert torch.equal(merged.get(name), source.get(name))
+
+
+# -------------------------------------------------------------------------- the method registry
+
+
+def test_registry_lists_methods_and_baselines_in_order():
+    from layerswap.merge.methods import BASELINE_NAMES, METHODS, get_method
+
+    assert list(METHODS) == ["layer_swap", "revert", "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
+    assert BASELINE_NAMES == ("base", "math", "lang", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "revert")
+    for name, method in METHODS.items():
+        assert method.name == name and method.summary and method.params_model is not None
+    with pytest.raises(ConfigError, match="unknown method 'slerp'; valid methods: layer_swap, revert, linear"):
+        get_method("slerp")
+
+
+def test_method_modules_are_found_by_name():
+    """Importing the package imports each of its modules: a method file needs no line anywhere else."""
+    import pkgutil
+    import sys
+
+    import layerswap.merge.methods as pkg
+
+    modules = {f"{pkg.__name__}.{i.name}" for i in pkgutil.iter_modules(pkg.__path__) if not i.name.startswith("_")}
+    assert modules <= set(sys.modules)
+    assert {type(m).__module__ for m in pkg.METHODS.values()} | {f"{pkg.__name__}.identity"} == modules
+
+
+def test_sweep_baselines_are_the_sweeps_candidates():
+    from layerswap.merge.methods import sweep_baselines
+
+    names = ["base", "math", "lang", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "revert"]
+    got = sweep_baselines(names, num_layers=18, middle=None, density={"ties": 0.2, "dare_ties": 0.5, "dare_linear": 0.5})
+    assert got == [
+        ("base", "identity", {"source": "base"}),
+        ("math", "identity", {"source": "math"}),
+        ("lang", "identity", {"source": "lang"}),
+        ("soup", "linear", {"weights": {"math": 0.5, "lang": 0.5}}),
+        ("task-arithmetic", "task_arithmetic", {"weights": {"math": 1.0, "lang": 1.0}, "lambda": 1.0}),
+        ("ties-d0.2", "ties", {"density": 0.2}),
+        ("dare-ties-d0.5", "dare_ties", {"density": 0.5, "seed": 0}),
+        ("dare-linear-d0.5", "dare_linear", {"density": 0.5, "seed": 0}),
+        ("revert-m4-15", "revert", {"keep": {"math": list(range(4, 16)), "lang": [0, 1, 2, 3, 16, 17]}}),
+    ]
+    # one float for every density, the seed, the best swap's middle block, the user's order
+    got = sweep_baselines(["revert", "dare_linear", "ties"], num_layers=6, middle=(1, 4), density=0.35, seed=5)
+    assert got == [
+        ("revert-m1-4", "revert", {"keep": {"math": [1, 2, 3, 4], "lang": [0, 5]}}),
+        ("dare-linear-d0.35", "dare_linear", {"density": 0.35, "seed": 5}),
+        ("ties-d0.35", "ties", {"density": 0.35}),
+    ]
+    assert sweep_baselines(["ties"], num_layers=6, middle=None) == [("ties-d0.2", "ties", {"density": 0.2})]  # params default
+    with pytest.raises(ConfigError, match="unknown baseline 'best': valid baselines are base, math, lang"):
+        sweep_baselines(["best"], num_layers=6, middle=None)
+
+
+def test_identity_baseline_is_a_revert():
+    from layerswap.merge.methods.identity import identity_merge
+
+    assert identity_merge({"source": "base"}, 4) == {"method": "revert", "params": {"keep": {"math": []}}, "non_layer": "base"}
+    assert identity_merge({"source": "lang"}, 3) == {"method": "revert", "params": {"keep": {"lang": [0, 1, 2]}}, "non_layer": "lang"}
+
+
+def test_registering_a_name_twice_is_refused():
+    from layerswap.merge.methods import MergeMethod, baseline, register
+
+    class Again(MergeMethod):
+        name = "ties"
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register(Again)
+    with pytest.raises(ValueError, match="registered twice"):
+        baseline("ties")(lambda context: ("x", "ties", {}))
+
+
+@pytest.fixture
+def toy_method():
+    """A method defined and registered here only: ``base + scale * sum_i delta_i``, plus a sweep baseline.
+
+    It proves that a method is one class: the config, the plan, the engine (on disk and in memory),
+    the CLI help and the sweep's baselines read it with no other file touched.
+    """
+    from pydantic import Field
+
+    from layerswap.config import StrictModel
+    from layerswap.merge.methods import Layout, MergeMethod, baseline, register, unregister
+    from layerswap.merge.ops import Combine
+
+    class ToyParams(StrictModel):
+        scale: float = Field(0.5, gt=0)
+
+    @register
+    class Toy(MergeMethod):
+        name = "toy_scale"
+        summary = "base + scale * the sum of the deltas (a test-only method)"
+        params_model = ToyParams
+        needs_base = True
+
+        def check(self, config, params):  # noqa: ANN001, ANN202
+            if len(config.experts) < 2:
+                raise ConfigError("toy_scale needs two experts")
+
+        def layout(self, config, params, num_layers):  # noqa: ANN001, ANN202
+            op = Combine(self.name, tuple((label, 1.0) for label in config.experts), lam=params.scale)
+            return Layout((op,) * num_layers, op, tuple(config.experts))
+
+        def combine(self, op, name, deltas, base):  # noqa: ANN001, ANN202
+            total = torch.zeros_like(base)
+            for d in deltas:
+                total.add_(d)
+            return total.mul_(op.lam)
+
+    baseline("toy_scale")(lambda context: (f"toy-{context.num_layers}", "toy_scale", {"scale": 0.25}))
+    try:
+        yield Toy
+    finally:
+        unregister("toy_scale")
+
+
+def test_a_method_is_one_registered_class(toy_method, tiny_experts, tmp_path):
+    from typer.testing import CliRunner
+
+    from layerswap.cli import app
+    from layerswap.merge.methods import METHODS, sweep_baselines
+
+    experts = {"math": str(tiny_experts["math"]), "lang": str(tiny_experts["lang"])}
+    data = {"method": "toy_scale", "base": str(tiny_experts["base"]), "experts": experts, "params": {"scale": 0.25}}
+    # config validation: the params model, the shared rules and the method's own check
+    with pytest.raises(ConfigError, match="unknown parameter 'scal' for method toy_scale; valid parameters: scale"):
+        merge_config({**data, "params": {"scal": 1}})
+    with pytest.raises(ConfigError, match="method toy_scale with non_layer merge needs a base"):
+        merge_config({**data, "base": None})
+    with pytest.raises(ConfigError, match="toy_scale needs two experts"):
+        merge_config({**data, "experts": {"math": experts["math"]}})
+    cfg = merge_config(data)
+    # plan
+    plan = build_plan(cfg, 6)
+    assert plan.layer_ops[0].describe() == "base + toy_scale(math, lang)" and plan.non_layer_policy == "merge"
+    # on disk and in memory, by the method's formula
+    res = merge(cfg, tmp_path / "out")
+    out, base, m, lang = _folders(res.out, tiny_experts["base"], tiny_experts["math"], tiny_experts["lang"])
+    for name in (Q.format(2), "model.embed_tokens.weight"):
+        b = base.get(name)
+        assert torch.allclose(out.get(name), b + 0.25 * ((m.get(name) - b) + (lang.get(name) - b)), atol=1e-6), name
+    sd = merged_state_dict(TensorCache.from_config(cfg), cfg)
+    assert torch.allclose(sd[Q.format(2)], out.get(Q.format(2)))
+    with pytest.raises(ConfigError, match="no mergekit equivalent"):
+        merge(cfg, tmp_path / "out2", emit_mergekit=tmp_path / "mk.yaml")
+    # the CLI: listed in the help, runs from a YAML
+    runner = CliRunner()
+    r = runner.invoke(app, ["merge", "--help"])
+    assert r.exit_code == 0 and "toy_scale" in r.output and "a test-only method" in r.output, r.output
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(data))
+    r = runner.invoke(app, ["merge", str(tmp_path / "toy.yaml"), "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 0, r.output
+    assert torch.equal(ModelFolder(tmp_path / "cli").get(Q.format(2)), out.get(Q.format(2)))
+    # the sweep's baselines
+    assert sweep_baselines(["toy_scale", "base"], num_layers=6, middle=None) == [
+        ("toy-6", "toy_scale", {"scale": 0.25}), ("base", "identity", {"source": "base"})]
+    assert list(METHODS)[-1] == "toy_scale"
+
+
+def test_the_toy_method_is_gone_after_its_test():
+    from layerswap.merge.methods import BASELINES, METHODS
+
+    assert "toy_scale" not in METHODS and "toy_scale" not in BASELINES
+    with pytest.raises(ConfigError, match="unknown method 'toy_scale'"):
+        merge_config({"method": "toy_scale", "experts": {"a": "x"}})

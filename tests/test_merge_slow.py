@@ -1,13 +1,16 @@
-"""Merges on the real Gemma 3 270M (tied embeddings, 18 layers): on disk and in place, with timings."""
+"""Merges on the real Gemma 3 270M (tied embeddings, 18 layers): on disk and in place.
+
+How fast they run is measured by the benchmarks (benchmarks/bench_merge.py), not asserted here: a
+wall-clock bound fails on a busy machine for no fault of the code. The in-place check asserts what
+makes it fast instead: only the tensors whose source changed are copied.
+"""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 import torch
 
-from layerswap.checkpoint import ModelFolder
+from layerswap.io import ModelFolder
 from layerswap.merge import TensorCache, apply_merge, merge, swap_config
 from layerswap.testing import planted_expert
 
@@ -39,11 +42,10 @@ def test_gemma_swap_on_disk_and_in_place(gemma_pair, tmp_path):
     gen = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert gen.shape[1] == 8
 
-    # In place: the next candidate copies only the layers whose source changed, fast.
+    # In place: the next candidate copies only the layers whose source changed (bottom 3 -> 4: layer 3).
     cache = TensorCache({"math": math, "lang": lang}).preload()
     apply_merge(model, cache, swap_config(math=str(math), lang=str(lang), bottom=3, top=2))
-    t0 = time.perf_counter()
     stats = apply_merge(model, cache, cfg)
-    assert time.perf_counter() - t0 < 2.0
     assert stats.copied == len([n for n in cache.names() if ".layers.3." in n])
+    assert stats.skipped == len(cache.names()) - stats.copied
     assert torch.equal(model.state_dict()[name], out.get(name))

@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import nbclient  # dev dependencies: a missing one is an error, never a silent skip
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))

@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from layerswap.errors import ConfigError
-from layerswap.report import select, write_figures
 from layerswap.sweep import (
     ResultStore,
     build_candidates,
@@ -17,6 +16,7 @@ from layerswap.sweep import (
     settings_key,
     validate_sweep_dict,
 )
+from layerswap.sweep.report import select, write_figures
 
 
 def _config(tmp_path: Path, **kw):
@@ -35,7 +35,7 @@ def _fake_eval(best=(3, 2)):
                 value = -abs(cand.bottom - best[0]) - abs(cand.top - best[1]) + (0.1 if lang == "sw" else 0.0)
             else:
                 value = -5.0 - len(cand.name) / 100
-            rows.append({"task": "proxy", "language": lang, "metric": "answer_logprob", "value": value})
+            rows.append({"task": "proxy", "language": lang, "metric": "gold_logprob", "value": value})
         return pd.DataFrame(rows)
 
     return evaluate
@@ -112,17 +112,17 @@ def test_selection_and_figures(tmp_path):
         if c.method == "layer_swap":
             c.analysis_score = -abs(c.bottom - 3) - abs(c.top - 2) * 0.9
     results = run_candidates(cands, ResultStore(tmp_path, settings_key(cfg)), lambda c: 0.0, _fake_eval())
-    sel = select(results, "proxy", "answer_logprob")
+    sel = select(results, "proxy", "gold_logprob")
     assert sel.winner == "swap-b3-u2"
     assert sel.best_baseline is not None and sel.margin_over_baseline > 0
     assert not sel.winner_is_baseline and sel.comparison().startswith("Best baseline: ")
     base_wins = results.copy()
     base_wins.loc[base_wins["candidate"] == "base", "value"] = 10.0  # higher is better for the proxy
-    sel = select(base_wins, "proxy", "answer_logprob")
+    sel = select(base_wins, "proxy", "gold_logprob")
     assert sel.winner == "base" and sel.winner_is_baseline and sel.best_swap == "swap-b3-u2"
     assert sel.comparison().startswith("The winner is a baseline: no layer swap beat it. Best layer swap: `swap-b3-u2`")
-    drawn = write_figures(results, tmp_path / "fig", [("proxy", "answer_logprob")])
-    info = drawn["proxy-answer_logprob"]
+    drawn = write_figures(results, tmp_path / "fig", [("proxy", "gold_logprob")])
+    info = drawn["proxy-gold_logprob"]
     for key in ("heatmap", "bars", "scatter"):
         assert Path(info[key]).exists() and Path(info[key]).with_suffix(".svg").exists()
     assert info["rho"] is not None and info["rho"] > 0.8
@@ -130,22 +130,11 @@ def test_selection_and_figures(tmp_path):
 
 def test_run_sweep_end_to_end_on_tiny_models(tmp_path, tiny_experts, data_dir):
     """Real merge (in memory) and real evaluation (proxy on MGSM-sw, FLORES-sw) on the tiny Llama."""
+    from conftest import tiny_sweep_config
+
     from layerswap.sweep import run_sweep
 
-    cfg = validate_sweep_dict(
-        {
-            "base": str(tiny_experts["base"]),
-            "math": str(tiny_experts["math"]),
-            "lang": str(tiny_experts["lang"]),
-            "languages": ["sw"],
-            "tasks": ["proxy", "flores"],
-            "limit": 2,
-            "shots": 1,
-            "data_dir": str(data_dir),
-            "candidates": {"grid": {"bottom": [1, 2], "top": [1], "transition": [0]}, "baselines": ["base", "math", "ties"]},
-            "save_best": True,
-        }
-    )
+    cfg = validate_sweep_dict(tiny_sweep_config(tiny_experts, data_dir, save_best=True))
     out = tmp_path / "sweep"
     first = run_sweep(cfg, out, log=lambda s: None)
     results = pd.read_csv(out / "results.csv")

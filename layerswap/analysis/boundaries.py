@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from layerswap.errors import ConfigError
+from layerswap.io.swap_geometry import SwapGeometry
 
 
 @dataclass(frozen=True)
@@ -92,27 +93,14 @@ def _module_diffs(cells: pd.DataFrame, lang: str, math_: str, n: int) -> list[np
     return out
 
 
-def _outer(n: int, b: int, u: int) -> list[int]:
-    return list(range(b)) + list(range(n - u, n))
-
-
-def _transition(n: int, b: int, u: int, t: int) -> list[int]:
-    layers = []
-    if b > 0:
-        layers += list(range(b, b + t))
-    if u > 0:
-        layers += list(range(n - u - t, n - u))
-    return layers
-
-
 def score(d: np.ndarray, b: int, u: int, t: int, tau: float) -> float:
-    n = len(d)
-    return float(sum(d[i] - tau for i in _outer(n, b, u)) + 0.5 * sum(d[i] for i in _transition(n, b, u, t)))
+    n, geometry = len(d), SwapGeometry(b, u, t)
+    return float(sum(d[i] - tau for i in geometry.outer_layers(n)) + 0.5 * sum(d[i] for i in geometry.transition_layers(n)))
 
 
 def _valid(n: int, b: int, u: int, t: int, min_middle: int) -> bool:
-    sides = (b > 0) + (u > 0)
-    return b + u >= 1 and n - b - u >= min_middle and n - b - u - sides * t >= 1
+    """A candidate swaps at least one layer and fits the one swap-geometry rule with the analysis' middle."""
+    return b + u >= 1 and SwapGeometry(b, u, t).fits(n, min_middle)
 
 
 def _ranges(layers: list[int]) -> str:
@@ -143,7 +131,7 @@ def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str
 
     scores = {c: score(d, *c, tau) for c in grid}
     best_b, best_u = max(((b, u) for b, u, t in grid if t == 0), key=lambda c: (scores[(c[0], c[1], 0)], -(c[0] + c[1])))
-    outer = _outer(n, best_b, best_u)
+    outer = SwapGeometry(best_b, best_u).outer_layers(n)
     gain = float(d[outer].sum())
     module_diffs = _module_diffs(cells, lang, math_, n)
     positive = sum(1 for md in module_diffs if md[outer].sum() > 0)

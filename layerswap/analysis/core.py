@@ -17,9 +17,8 @@ from layerswap.analysis.boundaries import BoundaryRule, contrast_table, recommen
 from layerswap.analysis.deltas import DeltaSource, ValueSource, cell_sumsq, cosine_table, deltas_table, layers_table, run_pass1
 from layerswap.analysis.overlap import DEFAULT_BOUNDARY_CAP, check_top_k, overlap_table, run_pass2, thresholds_table, topk_table
 from layerswap.analysis.report import Analysis
-from layerswap.checkpoint import Checkpoint, DeltaView, ModelFolder, open_checkpoint, open_model
-from layerswap.data import language
 from layerswap.errors import ConfigError, DataError
+from layerswap.io import Checkpoint, DeltaView, ModelFolder, language, open_checkpoint, open_model
 
 _LANG_NAMES = {"lang", "language", "target"}
 
@@ -145,7 +144,7 @@ def analyze(
         raise ConfigError("no expert given: pass at least one --expert NAME=PATH")
     check_top_k(top_k)
     if out is not None:
-        from layerswap.checkpoint import prepare_output_dir
+        from layerswap.io import prepare_output_dir
 
         prepare_output_dir(out, overwrite)
     base_folder = base if isinstance(base, ModelFolder) else open_model(base)

@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from layerswap.architecture import module_sort_key
-from layerswap.checkpoint import DeltaView, ModelFolder, TensorInfo, read_tensor_into
+from layerswap.io import DeltaView, ModelFolder, TensorInfo, module_sort_key, read_tensor_into
 from layerswap.progress import progress
 
 #: Number of histogram bins: every value of the top 16 bits of a non-negative float32.

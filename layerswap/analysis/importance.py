@@ -7,8 +7,8 @@ as the deltas (:class:`~layerswap.analysis.deltas.FisherSource`, values ``sqrt(F
 tables, overlap, plots and boundary recommendation mean the same with "share of squared update"
 read as "share of Fisher mass".
 
-Data comes from the fine-tuning wing's loader (:func:`layerswap.finetune.data.load_records`): the
-same specs (``gsm8k``, ``ntrex:sw``, ``tico:sw``, ``tatoeba:sw``, ``hf:NAME``, JSONL/TSV/text files
+Data comes from the core's record loader (:func:`layerswap.io.records.load_records`), as for
+fine-tuning: the same specs (``gsm8k``, ``ntrex:sw``, ``tico:sw``, ``tatoeba:sw``, ``hf:NAME``, JSONL/TSV/text files
 with ``?key=value`` options) and the same refusal of evaluation sets. Prompt/completion records
 become one text each (prompt followed by completion), as a language model reads them.
 """
@@ -26,8 +26,8 @@ from layerswap.analysis.core import build_analysis
 from layerswap.analysis.deltas import FisherSource
 from layerswap.analysis.overlap import check_top_k
 from layerswap.analysis.report import Analysis
-from layerswap.checkpoint import AtomicDir, ModelFolder, open_model, prepare_output_dir, write_tensors
 from layerswap.errors import ConfigError, DataError
+from layerswap.io import AtomicDir, ModelFolder, open_model, prepare_output_dir, write_tensors
 from layerswap.progress import bar
 
 
@@ -40,7 +40,7 @@ def _joined(prompt: str, completion: str) -> str:
 
 def load_texts(spec: str, *, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None) -> list[str]:
     """The first ``limit`` texts of one task's data spec, read as fine-tuning reads it."""
-    from layerswap.finetune.data import load_records
+    from layerswap.io.records import load_records
 
     records = load_records(spec, data_dir=data_dir)
     texts = records.texts if records.format == "text" else [_joined(prompt, completion) for prompt, completion in records.pairs]

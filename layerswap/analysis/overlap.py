@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 
 from layerswap.analysis.deltas import NBINS, Pass1, ValueSource, Workspace, _order_key, clean_nonfinite, reading_order
-from layerswap.checkpoint import ModelFolder
 from layerswap.errors import ConfigError
+from layerswap.io import ModelFolder
 from layerswap.progress import progress
 
 #: Boundary values kept in memory before the refining pass is used instead (about 4 bytes each per expert).

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from layerswap.architecture import module_sort_key
 from layerswap.figures import pyplot, save_figure  # noqa: F401  (save_figure re-exported for the analysis report)
+from layerswap.io import module_sort_key
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

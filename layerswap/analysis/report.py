@@ -11,7 +11,7 @@ import pandas as pd
 import yaml
 
 from layerswap.analysis import plots
-from layerswap.checkpoint import AtomicDir, write_provenance
+from layerswap.io import AtomicDir, write_provenance
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

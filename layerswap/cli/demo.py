@@ -38,7 +38,7 @@ def demo_command(
         "figures": figures,
     }
     from layerswap.config import validate_config
-    from layerswap.demo import DemoConfig, run_demo
+    from layerswap.sweep.demo import DemoConfig, run_demo
 
     if quick:
         config = DemoConfig.quick_config(**overrides)

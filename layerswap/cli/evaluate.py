@@ -1,4 +1,4 @@
-"""``layerswap evaluate``: MGSM / GSM8K / FLORES / SIB-200 / proxy / custom data, thin over the library."""
+"""``layerswap evaluate``: any task of the registry (MGSM, GSM8K, FLORES, ...), thin over the library."""
 
 from __future__ import annotations
 
@@ -7,15 +7,21 @@ from pathlib import Path
 import typer
 
 from layerswap.cli import app
+from layerswap.evaluate.tasks import TASKS  # light: specs only, no torch
+
+TASK_HELP = "Comma-separated tasks. " + "; ".join(f"{t.name}: {t.summary}" for t in TASKS.values()) + "."
+SHOTS_HELP = "Few-shot exemplars, MGSM 0..8 (default: " + ", ".join(
+    f"{t.name} {t.default_shots}" for t in TASKS.values() if t.default_shots is not None
+) + ")."
 
 
 @app.command("evaluate")
 def evaluate_cmd(
     model: str = typer.Argument(..., help="Model folder, PEFT adapter folder (on its base), or short name (gemma3-270m)."),
-    task: str = typer.Option("mgsm", "--task", help="Comma-separated: mgsm, gsm8k, flores, sib200, proxy, custom."),
+    task: str = typer.Option("mgsm", "--task", help=TASK_HELP),
     langs: str = typer.Option("sw,bn,te", "--langs", "--lang", help="Comma-separated language codes (bn de en es fr ja ru sw te th zh)."),
     fmt: str = typer.Option("native_cot", "--format", help="MGSM prompt format: direct or native_cot (lm-eval's)."),
-    shots: int | None = typer.Option(None, "--shots", help="Few-shot exemplars, 0..8 (default: mgsm 0 as lm-eval, gsm8k 5, proxy 2)."),
+    shots: int | None = typer.Option(None, "--shots", help=SHOTS_HELP),
     limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N examples per language."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Greedy generation budget per answer."),
@@ -30,7 +36,8 @@ def evaluate_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Evaluate a model; print the summary table and write per-example records."""
-    from layerswap.evaluate.api import evaluate, format_summary
+    from layerswap.evaluate.api import evaluate
+    from layerswap.evaluate.result import format_summary
 
     result = evaluate(
         model,

@@ -15,8 +15,7 @@ def inspect_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ) -> None:
     """Architecture, layers, parameters per layer and module kind, dtypes, tied embeddings."""
-    from layerswap.checkpoint import open_checkpoint
-    from layerswap.summary import describe, format_description
+    from layerswap.io import describe, format_description, open_checkpoint
 
     info = describe(open_checkpoint(model))
     print(json.dumps(info, indent=2) if as_json else format_description(info))

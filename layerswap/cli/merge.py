@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from layerswap.cli import app
 
@@ -13,14 +14,36 @@ def _echo(message: str) -> None:
     typer.echo(message, err=True)
 
 
-@app.command("merge")
+def merge_help() -> str:
+    """The ``merge`` help, read from the method registry: one line per registered method."""
+    from layerswap.merge.methods import METHODS
+
+    lines = [f"Merge experts as the config says: {', '.join(METHODS)}.", ""]
+    lines += [f"{name}: {method.summary}\n" for name, method in METHODS.items()]
+    return "\n".join(lines)
+
+
+class _MergeCommand(TyperCommand):
+    """Its help is read from the method registry when shown: a method registered later is listed
+    too, and commands that show no help never import the merge package."""
+
+    @property
+    def help(self) -> str:  # type: ignore[override]
+        return merge_help()
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        """The docstring that click passes in is replaced by :func:`merge_help`."""
+
+
+@app.command("merge", cls=_MergeCommand)
 def merge_cmd(
     config: Path = typer.Argument(..., help="Merge config YAML (method, base, experts, params); see docs/merge.md."),
     out: Path = typer.Option(..., "--out", help="Output folder (a model folder, or a PEFT adapter for LoRA swaps)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     emit_mergekit: Path | None = typer.Option(None, "--emit-mergekit", help="Also write the equivalent mergekit YAML here."),
 ) -> None:
-    """Merge experts as the config says: layer_swap, revert, linear, task_arithmetic, ties, dare_linear, dare_ties."""
+    """Merge experts as the config says (the help lists the registered methods: see merge_help)."""
     from layerswap.merge import load_merge_config, merge
 
     cfg = load_merge_config(str(config))

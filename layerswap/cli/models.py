@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from layerswap.cli import app
-from layerswap.models import EMBEDDED, cache_dir, prepare_model
+from layerswap.io import EMBEDDED, cache_dir, prepare_model
 
 models_app = typer.Typer(help="Embedded models that need no Hub access.", no_args_is_help=True)
 app.add_typer(models_app, name="models")

@@ -2,62 +2,55 @@
 bits per byte, SIB-200, a log-likelihood proxy for sweeps, and user data; batched and greedy.
 
 ``layerswap.evaluate(model, tasks, langs, ...)`` works as a function (the package is callable).
+Names load on first use: the CLI reads the task registry (:mod:`layerswap.evaluate.tasks`) at
+start-up and must not pay for torch or pandas there.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
+from typing import Any
 
-from layerswap.evaluate.api import (
-    TASKS,
-    EvalResult,
-    evaluate,
-    evaluate_custom,
-    evaluate_flores,
-    evaluate_gsm8k,
-    evaluate_mgsm,
-    evaluate_proxy,
-    evaluate_sib200,
-    format_summary,
-    load_custom,
-    save_result,
-)
-from layerswap.evaluate.mgsm import FORMATS, MGSM_LANGUAGES, load_examples, load_exemplars, make_task
-from layerswap.evaluate.runner import LoadedModel, as_loaded, generate, load_model
-from layerswap.evaluate.tasks import Example, GenerationTask
+_HOMES = {
+    "layerswap.evaluate.api": ("evaluate",),
+    "layerswap.evaluate.result": ("EvalResult", "format_summary", "save_result"),
+    "layerswap.evaluate.tasks": ("TASKS", "TaskSpec", "get_task", "higher_is_better"),
+    "layerswap.evaluate.tasks.custom": ("evaluate_custom", "load_custom"),
+    "layerswap.evaluate.tasks.flores": ("evaluate_flores",),
+    "layerswap.evaluate.tasks.gsm8k": ("evaluate_gsm8k",),
+    "layerswap.evaluate.tasks.mgsm": ("evaluate_mgsm",),
+    "layerswap.evaluate.tasks.proxy": ("evaluate_proxy",),
+    "layerswap.evaluate.tasks.sib200": ("evaluate_sib200",),
+    "layerswap.evaluate.mgsm": ("FORMATS", "MGSM_LANGUAGES", "load_examples", "load_exemplars", "make_task"),
+    "layerswap.evaluate.runner": ("LoadedModel", "as_loaded", "generate", "load_model"),
+    "layerswap.evaluate.generation": ("Example", "GenerationTask"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
-__all__ = [
-    "FORMATS",
-    "MGSM_LANGUAGES",
-    "TASKS",
-    "EvalResult",
-    "Example",
-    "GenerationTask",
-    "LoadedModel",
-    "as_loaded",
-    "evaluate",
-    "evaluate_custom",
-    "evaluate_flores",
-    "evaluate_gsm8k",
-    "evaluate_mgsm",
-    "evaluate_proxy",
-    "evaluate_sib200",
-    "format_summary",
-    "generate",
-    "load_custom",
-    "load_examples",
-    "load_exemplars",
-    "load_model",
-    "make_task",
-    "save_result",
-]
+__all__ = sorted(_HOME_OF)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME_OF.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME_OF))
 
 
 class _CallableModule(types.ModuleType):
     """``layerswap.evaluate(...)`` calls :func:`evaluate` although ``layerswap.evaluate`` is a package."""
 
     def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
+        from layerswap.evaluate.api import evaluate
+
         return evaluate(*args, **kwargs)
 
 

@@ -13,10 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerswap.data import iter_tsv, resolve_data_dir
 from layerswap.errors import ConfigError, DataError, InputPathError
 from layerswap.evaluate.answers import Extractor, flexible_extractor, normalise_number, strict_extractor
-from layerswap.evaluate.tasks import Example, GenerationTask
+from layerswap.evaluate.generation import Example, GenerationTask
+from layerswap.io import iter_tsv, resolve_data_dir
 
 MAX_SHOTS = 8
 FORMATS = ("direct", "native_cot")

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from layerswap.checkpoint import load_json
 from layerswap.errors import CheckpointError, ConfigError, InputPathError
+from layerswap.io import load_json
 from layerswap.progress import bar
 
 
@@ -64,7 +64,7 @@ def auto_device(device: str | None = None) -> torch.device:
 def auto_dtype(device: torch.device, config_dtype: Any, dtype: str | torch.dtype | None = None) -> torch.dtype:
     """float32 on CPU (16-bit matmuls are slow there); the checkpoint's dtype on accelerators."""
     if dtype is not None and dtype != "auto":
-        from layerswap.checkpoint import parse_dtype
+        from layerswap.io import parse_dtype
 
         return parse_dtype(dtype)
     if device.type == "cpu":
@@ -110,8 +110,7 @@ def load_model(
         return as_loaded(*spec)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from layerswap.checkpoint import is_adapter_folder
-    from layerswap.models import resolve_model
+    from layerswap.io import is_adapter_folder, resolve_model
 
     path = resolve_model(spec)
     dev = auto_device(device)
@@ -127,7 +126,7 @@ def load_model(
         raise InputPathError(f"{path} has no config.json: pass a Hugging Face model folder or a PEFT adapter folder")
     from transformers import AutoConfig
 
-    from layerswap.checkpoint import PICKLE_SUFFIXES
+    from layerswap.io import PICKLE_SUFFIXES
 
     if not any(path.glob("*.safetensors")) and any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir()):
         raise CheckpointError(

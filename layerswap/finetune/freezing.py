@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from layerswap.architecture import GLOBAL_MODULES, LAYER_MODULE_ORDER, Architecture, parse_layer_spec
 from layerswap.errors import ConfigError
+from layerswap.io import GLOBAL_MODULES, LAYER_MODULE_ORDER, Architecture, parse_layer_spec
 
 #: Shorthand groups for ``--train-modules`` / ``--lora-targets``.
 MODULE_GROUPS: dict[str, tuple[str, ...]] = {

@@ -8,8 +8,10 @@ import importlib
 import sys
 import types
 
-from layerswap.merge.config import METHODS, MergeConfig, load_merge_config, merge_config, swap_config
-from layerswap.merge.plan import Blend, Combine, MergePlan, Select, build_plan
+from layerswap.merge.config import MergeConfig, load_merge_config, merge_config, swap_config
+from layerswap.merge.methods import METHODS, get_method
+from layerswap.merge.ops import Blend, Combine, MergePlan, Select
+from layerswap.merge.plan import build_plan
 from layerswap.merge.swap import revert, swap
 from layerswap.merge.write import MergeResult, merge, open_merge
 
@@ -29,6 +31,7 @@ __all__ = [
     "TensorCache",
     "apply_merge",
     "build_plan",
+    "get_method",
     "load_merge_config",
     "merge",
     "merge_config",

@@ -2,7 +2,8 @@
 
 The on-disk merge reads sources lazily from safetensors (:class:`DiskSources`); the in-memory
 merge reads them from a :class:`~layerswap.merge.memory.TensorCache`. Both give ``weight`` and
-``delta`` per (label, tensor), so the arithmetic lives here once.
+``delta`` per (label, tensor), so the reading lives here once; a :class:`Combine`'s formula is its
+method's (:meth:`~layerswap.merge.methods.MergeMethod.combine`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from layerswap.checkpoint import Checkpoint, DeltaView, LoraAdapter, ModelFolder
 from layerswap.errors import ConfigError
-from layerswap.merge.plan import BASE, Blend, Combine, Op, Select
+from layerswap.io import Checkpoint, DeltaView, LoraAdapter, ModelFolder
+from layerswap.merge.methods import get_method
+from layerswap.merge.ops import BASE, Blend, Combine, Op, Select
 
 if TYPE_CHECKING:  # torch is imported on the first computed tensor: raw copies never need it
     import torch
@@ -63,7 +65,7 @@ def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
     """The merged float32 tensor ``name`` under ``op`` (a Select may return a cached tensor: do not mutate)."""
     import torch
 
-    from layerswap.merge.methods import blend, combine_deltas, stable_seed
+    from layerswap.merge.methods._math import blend
 
     if isinstance(op, Select):
         return src.weight(op.source, name)
@@ -77,24 +79,5 @@ def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
                 d = src.delta(label, name, base)
                 yield torch.zeros_like(base) if d is None else d
 
-        generators = None
-        if op.sparsify == "random":
-            generators = []
-            for label, _ in op.weights:
-                gen = torch.Generator(device=base.device)
-                gen.manual_seed(stable_seed(op.seed, name, label))
-                generators.append(gen)
-        merged = combine_deltas(
-            deltas(),
-            [w for _, w in op.weights],
-            sparsify=op.sparsify,
-            densities=op.densities or None,
-            consensus=op.consensus,
-            normalize=op.normalize,
-            lam=op.lam,
-            rescale=op.rescale,
-            generators=generators,
-            consume=True,  # each delta is a fresh float32 read (or zeros), overwritten in place
-        )
-        return merged.add_(base)
+        return get_method(op.method).combine(op, name, deltas(), base).add_(base)
     raise TypeError(f"unknown plan operation {op!r}")

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from layerswap.architecture import generic_architecture
-from layerswap.checkpoint import Checkpoint, LoraAdapter, ShardedWriter, TensorInfo, TensorSpec
 from layerswap.errors import ConfigError, IncompatibleModelsError
-from layerswap.merge.plan import BASE, MergePlan, Select
+from layerswap.io import Checkpoint, LoraAdapter, ShardedWriter, TensorInfo, TensorSpec, generic_architecture
+from layerswap.merge.methods import get_method
+from layerswap.merge.ops import BASE, MergePlan, Select
 from layerswap.progress import progress
 
 _SCALING_KEYS = ("r", "lora_alpha", "use_rslora", "fan_in_fan_out", "rank_pattern", "alpha_pattern")
@@ -36,7 +36,7 @@ def choose_output(requested: str, plan: MergePlan, experts: Mapping[str, Checkpo
         problems.append("some experts are full models")
     if not plan.is_selection:
         problems.append(f"{plan.method} blends or combines deltas (not expressible as one adapter of the same rank)")
-    if plan.method not in ("layer_swap", "revert"):
+    if not get_method(plan.method).selection:
         problems.append(f"{plan.method} needs full deltas")
     if not problems:
         targets = {label: sorted(a.target_modules) for label, a in adapters.items()}

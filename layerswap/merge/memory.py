@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from layerswap.architecture import Architecture
-from layerswap.checkpoint import Checkpoint, LoraAdapter, ModelFolder, check_compatible, open_checkpoint, open_model
 from layerswap.errors import ConfigError, IncompatibleModelsError
+from layerswap.io import Architecture, Checkpoint, LoraAdapter, ModelFolder, check_compatible, open_checkpoint, open_model
 from layerswap.merge.config import MergeConfig
 from layerswap.merge.engine import DiskSources, compute
-from layerswap.merge.plan import BASE, MergePlan, build_plan
+from layerswap.merge.ops import BASE, MergePlan
+from layerswap.merge.plan import build_plan
 from layerswap.progress import progress
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerswap.checkpoint import (
+from layerswap.errors import ConfigError, NumericalError
+from layerswap.io import (
     FLOAT_CODES,
     TORCH_DTYPE_NAMES,
     Checkpoint,
@@ -30,11 +31,11 @@ from layerswap.checkpoint import (
     parse_dtype_code,
     prepare_output_dir,
 )
-from layerswap.errors import ConfigError, NumericalError
 from layerswap.merge.config import MergeConfig
 from layerswap.merge.engine import DiskSources, compute
 from layerswap.merge.lora import choose_output, write_adapter
-from layerswap.merge.plan import BASE, MergePlan, Select, build_plan
+from layerswap.merge.ops import BASE, MergePlan, Select
+from layerswap.merge.plan import build_plan
 from layerswap.progress import progress
 
 log = logging.getLogger("layerswap.merge")

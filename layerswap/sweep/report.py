@@ -1,7 +1,8 @@
 """Plots and the markdown report of a merge-then-evaluate sweep.
 
 Everything here reads the sweep's tidy results table (one row per candidate x task x language x
-metric) so that a notebook can redraw any figure from ``results.csv`` alone.
+metric) so that a notebook can redraw any figure from ``results.csv`` alone. Whether a metric is
+better high or low comes from the task that reports it (``layerswap.evaluate.tasks``).
 """
 
 from __future__ import annotations
@@ -16,18 +17,12 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from layerswap.errors import DataError
+from layerswap.evaluate.tasks import higher_is_better
 from layerswap.figures import pyplot, save_figure
 
 plt = pyplot()
 
-#: Metrics where a smaller value is better; every other metric is "higher is better".
-LOWER_IS_BETTER: frozenset[str] = frozenset({"bits_per_byte", "bpb", "nll", "loss", "perplexity"})
-
 SWAP_METHOD = "layer_swap"
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric not in LOWER_IS_BETTER
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from layerswap.errors import CheckpointError, ConfigError
 
@@ -116,16 +116,6 @@ class Architecture:
             return TensorRole(None, "norm", param)
         return TensorRole(None, last, param)
 
-    def layer_of(self, name: str) -> int | None:
-        return self.classify(name).layer
-
-    def check_layer(self, layer: int) -> None:
-        if not 0 <= layer < self.num_layers:
-            raise CheckpointError(
-                f"layer {layer} is out of range: this {self.model_type} model has layers 0..{self.num_layers - 1}"
-            )
-
-
 def rule_for(model_type: str) -> ArchitectureRule | None:
     for rule in REGISTRY:
         if model_type in rule.model_types:
@@ -153,16 +143,6 @@ def architecture_from_config(config: Mapping[str, Any], *, source: str = "config
             stacklevel=2,
         )
     return Architecture(model_type=model_type, num_layers=int(n_layers), tied_embeddings=bool(tied), rule=rule)
-
-
-def layers_of(arch: Architecture, names: Iterable[str]) -> dict[int, list[str]]:
-    """Group tensor names by transformer layer (names outside the layers are left out)."""
-    grouped: dict[int, list[str]] = {}
-    for name in names:
-        layer = arch.classify(name).layer
-        if layer is not None:
-            grouped.setdefault(layer, []).append(name)
-    return grouped
 
 
 def module_sort_key(module: str) -> tuple[int, str]:

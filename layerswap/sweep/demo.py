@@ -19,7 +19,8 @@ from typing import Any, Callable, Literal
 from pydantic import Field
 
 from layerswap.config import StrictModel, dump_config, validate_config
-from layerswap.data import resolve_data_dir
+from layerswap.io import resolve_data_dir, write_text_atomic
+from layerswap.sweep.config import SweepConfig
 
 
 class DemoConfig(StrictModel):
@@ -68,7 +69,7 @@ def _stage(name: str, folder: Path, log: Callable[[str], None], run: Callable[[]
     t0 = time.perf_counter()
     run()
     seconds = time.perf_counter() - t0
-    record.write_text(f"{seconds:.1f}\n")
+    write_text_atomic(record, f"{seconds:.1f}\n")
     log(f"[{name}] {seconds:.0f} s -> {folder}")
     return seconds
 
@@ -81,8 +82,8 @@ def train_experts(
     Each expert is skipped when its folder is complete, so notebooks can call this to get the
     demo's experts cheaply on a second run.
     """
-    from layerswap.finetune.train import FinetuneConfig, finetune
-    from layerswap.models import resolve_model
+    from layerswap.finetune import FinetuneConfig, finetune
+    from layerswap.io import resolve_model
 
     out = Path(out)
     base = base or str(resolve_model(config.base))
@@ -115,9 +116,8 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
     """Run the pipeline into ``out``; returns the stage timings and the sweep's selection."""
     from layerswap.analysis import analyze
     from layerswap.analysis.importance import importance
-    from layerswap.checkpoint import write_provenance, write_text_atomic
-    from layerswap.models import resolve_model
-    from layerswap.sweep import SweepConfig, run_sweep
+    from layerswap.io import resolve_model, write_provenance
+    from layerswap.sweep.loop import run_sweep
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The tensor math of the merge methods, on float32 tensors, one tensor at a time.
+"""The tensor math the merge methods share, on float32 tensors, one tensor at a time.
 
 Conventions chosen where the reference implementations differ (see docs/merge.md):
 
@@ -50,13 +50,19 @@ def trim_magnitude(delta: torch.Tensor, density: float, *, inplace: bool = False
     return delta.mul_(mask.view(delta.shape)) if inplace else delta * mask.view(delta.shape)
 
 
+def dare_mask(delta: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
+    """DARE's keep mask: one uniform draw per entry, kept below ``density`` (a separate function so a
+    test can inject the same mask into layerswap and mergekit, whose random streams differ)."""
+    return torch.rand(delta.shape, generator=generator, device=delta.device) < density
+
+
 def dare_drop(
     delta: torch.Tensor, density: float, generator: torch.Generator | None, rescale: str = "density"
 ) -> torch.Tensor:
     """Keep each entry with probability ``density``; rescale by ``1/density``, to the L1 norm, or not."""
     if density >= 1.0:
         return delta.clone()
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
+    keep = dare_mask(delta, density, generator)
     masked = delta * keep
     if rescale == "density":
         return masked.div_(density)

@@ -1,15 +1,23 @@
-"""Tasks described as data: prompt template, few-shot prefix, stop strings, answer filters, metric.
+"""Generate-then-extract tasks described as data: prompt template, few-shot prefix, stop strings,
+answer filters, metric.
 
 A generation task is a :class:`GenerationTask` (one per language and format); adding a language
-or a benchmark is a few lines of data, as in lm-evaluation-harness. Scoring is shared.
+or a benchmark is a few lines of data, as in lm-evaluation-harness. Scoring is shared, and
+:func:`run_generation_task` is the one path MGSM, GSM8K and custom data run through.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerswap.evaluate.answers import FALLBACK, Extractor, exact_match, first_answer
+
+if TYPE_CHECKING:
+    from layerswap.evaluate.result import EvalResult
+    from layerswap.evaluate.runner import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -64,3 +72,37 @@ def strip_stop(text: str, stop: tuple[str, ...] | list[str]) -> str:
             if i != -1:
                 cut = min(cut, i)
     return text[:cut]
+
+
+def run_generation_task(
+    lm: LoadedModel, task: GenerationTask, examples: Sequence[Example], *, batch_size: int = 8, max_new_tokens: int = 256
+) -> EvalResult:
+    """Generate, extract and score one task (one language): the shared MGSM/GSM8K/custom path."""
+    # Imported here: the task registry imports this module, and the CLI reads the registry at start-up.
+    from layerswap.evaluate.result import EvalResult
+    from layerswap.evaluate.runner import generate
+
+    prompts = [task.prompt(ex.question) for ex in examples]
+    t0 = time.perf_counter()
+    outputs = generate(lm, prompts, stop=task.stop, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=task.name)
+    seconds = time.perf_counter() - t0
+    records = []
+    for ex, prompt, output in zip(examples, prompts, outputs, strict=True):
+        scored = task.score(output, ex.gold)
+        records.append(
+            {"task": task.family, "name": task.name, "lang": task.lang, "id": ex.id, "prompt": prompt, "output": output, "gold": ex.gold, **scored}
+        )
+    n = len(records)
+    row: dict[str, Any] = {
+        "task": task.family,
+        "format": task.fmt,
+        "lang": task.lang,
+        "shots": task.shots,
+        "n": n,
+        "exact_match": sum(r["correct"] for r in records) / n,
+    }
+    for ex in task.extractors:
+        row[f"em_{ex.name}"] = sum(r[f"em_{ex.name}"] for r in records) / n
+    row["empty"] = sum(1 for r in records if not r["output"].strip())
+    row["seconds"] = round(seconds, 2)
+    return EvalResult.of(records, [row])

@@ -1,4 +1,4 @@
-"""Where the datasets live, and how each corpus names a language.
+"""Where the datasets live, and readers for their files (lines, JSONL, TSV) with one-line errors.
 
 Shared by fine-tuning (GSM8K train, NTREX, TICO-19, Tatoeba), importance and evaluation
 (MGSM, GSM8K test, FLORES-200, SIB-200). Files come from a local folder laid out like
@@ -11,58 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from layerswap.errors import DataError, InputPathError
-
-
-@dataclass(frozen=True)
-class Language:
-    """One language as each corpus names it (None where the corpus lacks it)."""
-
-    code: str  # MGSM / ISO 639-1 code used everywhere in layerswap
-    name: str
-    flores: str | None
-    ntrex: str | None
-    tico: str | None = None  # folder eng-<x>
-    tatoeba: str | None = None  # folder name
-
-
-LANGUAGES: dict[str, Language] = {
-    lang.code: lang
-    for lang in (
-        Language("en", "English", "eng_Latn", "eng"),
-        Language("sw", "Swahili", "swh_Latn", "swa", tico="eng-swa", tatoeba="eng-swa"),
-        Language("bn", "Bengali", "ben_Beng", "ben", tico="eng-ben", tatoeba="ben-eng"),
-        Language("te", "Telugu", "tel_Telu", "tel", tatoeba="eng-tel"),
-        Language("th", "Thai", "tha_Thai", "tha"),
-        Language("ja", "Japanese", "jpn_Jpan", "jpn"),
-        Language("zh", "Chinese", "zho_Hans", "zho-CN"),
-        Language("ru", "Russian", "rus_Cyrl", "rus"),
-        Language("es", "Spanish", "spa_Latn", "spa"),
-        Language("fr", "French", "fra_Latn", "fra"),
-        Language("de", "German", "deu_Latn", "deu"),
-    )
-}
-_ALIASES = {"swa": "sw", "swh": "sw", "ben": "bn", "tel": "te", "tha": "th", "jpn": "ja", "zho": "zh", "rus": "ru", "spa": "es", "fra": "fr", "deu": "de", "eng": "en"}
-
-
-def language(code: str) -> Language:
-    """Resolve ``sw``/``swa``/``swh_Latn`` to a :class:`Language`; unknown codes list the valid ones."""
-    key = code.strip().split("_")[0]
-    key = _ALIASES.get(key, key)
-    if key not in LANGUAGES:
-        raise DataError(f"unknown language {code!r}: valid languages are {', '.join(LANGUAGES)}")
-    return LANGUAGES[key]
-
-
-def parse_languages(spec: str | list[str]) -> list[Language]:
-    items = spec if isinstance(spec, list) else [s for s in str(spec).split(",") if s.strip()]
-    if not items:
-        raise DataError("no language given: pass e.g. --langs sw,bn,te")
-    return [language(s) for s in items]
 
 
 def resolve_data_dir(explicit: str | os.PathLike[str] | None = None, *, required: bool = False) -> Path | None:
@@ -84,6 +36,7 @@ def resolve_data_dir(explicit: str | os.PathLike[str] | None = None, *, required
 
 
 def read_lines(path: str | os.PathLike[str]) -> list[str]:
+    """The lines of a text file; a missing or empty file is a one-line error."""
     path = Path(path)
     if not path.exists():
         raise InputPathError(f"data file {path} does not exist")
@@ -131,6 +84,7 @@ def iter_tsv(path: str | os.PathLike[str], *, header: bool = True, fieldnames: l
 
 
 def require_fields(record: dict[str, Any], fields: list[str], *, path: Path | str, lineno: int) -> None:
+    """Refuse a record that lacks one of ``fields`` (or holds it empty), naming the file and line."""
     missing = [f for f in fields if f not in record or record[f] in (None, "")]
     if missing:
         raise DataError(

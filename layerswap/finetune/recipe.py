@@ -1,0 +1,161 @@
+"""The fine-tuning recipe, top to bottom: inputs -> model setup -> data -> train -> save.
+
+Built on the Hugging Face ``Trainer`` so ``accelerate launch -m layerswap finetune ...`` runs the
+same recipe with DDP, FSDP or DeepSpeed. Three modes:
+
+- ``single``: one data set, one partition (``train_layers``/``freeze_layers``/``train_modules``).
+- ``simultaneous``: several named data sets, each with its own partition (``partition``);
+  optimizer steps alternate between the sets by ``ratio`` and each step updates only its set's
+  partition (:mod:`layerswap.finetune.trainer`).
+- ``mix``: the data-mixing baseline: all sets shuffled together, one partition.
+
+The config (:class:`~layerswap.finetune.config.FinetuneConfig`) has already checked every rule
+between options; what is left to check needs the checkpoint or the disk, and is checked before
+any minute is spent training. The pieces: :mod:`~layerswap.finetune.model` (partitions,
+tokenizer, model), :mod:`~layerswap.finetune.data` (tokenized data), :mod:`~layerswap.finetune.trainer`
+(the loop), :mod:`~layerswap.finetune.workdir` (checkpoints, resume), :mod:`~layerswap.finetune.save`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layerswap.finetune.config import FinetuneConfig
+from layerswap.finetune.data import GroupedDataset, TokenizedData, load_dataset
+from layerswap.finetune.freezing import apply_partition
+from layerswap.finetune.model import check_seq_len, load_tokenizer, resolve_partitions, setup_model
+from layerswap.finetune.save import save_output
+from layerswap.finetune.trainer import build_trainer, plan_steps, precision_flags, training_arguments
+from layerswap.finetune.workdir import prepare_work_dir, step_of, work_dir_of
+from layerswap.io import ModelFolder, prepare_output_dir
+from layerswap.progress import is_quiet, set_quiet
+
+
+def finetune(config: FinetuneConfig | dict[str, Any] | None = None, *, callbacks: Sequence[Any] = (), **kwargs: Any) -> Path:
+    """Fine-tune ``config.base`` on ``config.data`` and write ``config.out``; return the output path.
+
+    ``finetune(base=..., data="gsm8k", out=..., steps=40)`` works too (keywords build the config).
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (tests, monitoring).
+    """
+    from layerswap.config import validate_config
+
+    if config is None:
+        config = validate_config(FinetuneConfig, kwargs, source="finetune()")
+    elif isinstance(config, dict):
+        config = validate_config(FinetuneConfig, {**config, **kwargs}, source="finetune()")
+    elif kwargs:
+        config = validate_config(FinetuneConfig, {**config.model_dump(), **kwargs}, source="finetune()")
+    previous_quiet = is_quiet()
+    if config.quiet:
+        set_quiet(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated.*")
+            return _run(config, list(callbacks))
+    finally:
+        set_quiet(previous_quiet)
+
+
+def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
+    from layerswap.io import resolve_model
+
+    # 1. Inputs, output and partitions: everything that can fail does so before anything loads.
+    mode = cfg.resolved_mode()
+    base_path = resolve_model(cfg.base)
+    base = ModelFolder(base_path)
+    out = prepare_output_dir(Path(cfg.out).expanduser(), cfg.overwrite)
+    work = work_dir_of(cfg, out)
+    arch = base.architecture
+    present = {r.module for r in map(arch.classify, base.names()) if r.layer is not None}
+    partitions = resolve_partitions(cfg, arch, present, mode)
+
+    import transformers
+    from transformers import AutoConfig
+
+    if cfg.quiet or is_quiet():
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    check_seq_len(AutoConfig.from_pretrained(base_path), cfg.seq_len)
+    resume_from = prepare_work_dir(cfg, work, create=False)
+    precision = precision_flags(cfg.precision)
+    tokenizer = load_tokenizer(cfg, base_path)
+
+    # 2. Data, tokenized: one set, the shuffled union (mix), or groups that keep their origin.
+    parts = _load_data(cfg, tokenizer)
+    names = [p.name for p in parts]
+    train_set: torch.utils.data.Dataset
+    if mode == "single":
+        train_set = parts[0]
+    elif mode == "mix":
+        train_set = torch.utils.data.ConcatDataset(parts)
+    else:
+        train_set = GroupedDataset(parts)
+
+    # 3. Model, with only the partition trainable (or LoRA adapters on its layers).
+    trainable = setup_model(cfg, base_path, arch, present, partitions, names)
+
+    # 4. Steps and the Trainer; only now, every check passed, is OUT.work created.
+    if resume_from is None:
+        prepare_work_dir(cfg, work)
+    plan = plan_steps(cfg, mode, names, len(train_set))
+    args = training_arguments(cfg, work, plan, precision)
+    trainer, meter = build_trainer(
+        cfg, args, trainable, train_set, tokenizer.pad_token_id, plan, work / "loss_running.csv", extra_callbacks
+    )
+
+    # 5. Train.
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    if mode == "simultaneous" and cfg.method == "full":
+        apply_partition(trainable.model, arch, partitions.union)  # restore the union (the last step left one group active)
+    runtime = time.perf_counter() - started
+    if not trainer.is_world_process_zero():
+        return out
+
+    # 6. Output, atomically, with provenance.
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    step_times = meter.step_times[1:] or meter.step_times
+    provenance: dict[str, Any] = {
+        "kind": "finetune",
+        "method": cfg.method,
+        "mode": mode,
+        "base": str(base_path),
+        "num_layers": arch.num_layers,
+        "partition": partitions.union.to_json(),
+        "partitions": {n: partitions.by_data[n].to_json() for n in names},
+        "data": {p.name: p.summary() for p in parts},
+        "ratio": plan.ratio(),
+        "hyperparameters": cfg.model_dump(mode="json"),
+        "learning_rate": cfg.learning_rate(),
+        "steps": int(trainer.state.global_step),
+        "resumed_from_step": step_of(resume_from),
+        "examples_per_step": plan.examples_per_step,
+        "final_loss": losses[-1] if losses else None,
+        "train_seconds": round(runtime, 2),
+        "seconds_per_step_median": round(statistics.median(step_times), 4) if step_times else None,
+        "train_loss": getattr(result, "training_loss", None),
+        **trainable.counts,
+    }
+    if trainable.lora:
+        provenance["lora"] = trainable.lora
+    save_output(
+        cfg, out, trainable.model, tokenizer, base, trainable.trainable_names, provenance, trainer.state.log_history, plan.group_of_step
+    )
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _load_data(cfg: FinetuneConfig, tokenizer: Any) -> list[TokenizedData]:
+    return [
+        load_dataset(spec, tokenizer, cfg.seq_len, name=name, data_dir=cfg.data_dir, chat_template=cfg.chat_template)
+        for name, spec in cfg.named_data().items()
+    ]

@@ -1,0 +1,44 @@
+"""Short model names and paths -> an opened checkpoint.
+
+Resolution imports only what it needs (the embedded models and the two checkpoint views), so the
+core has no circle: ``embedded`` knows nothing of checkpoints, and checkpoints nothing of names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from layerswap.errors import InputPathError
+from layerswap.io.embedded import EMBEDDED, prepare_model
+from layerswap.io.lora import LoraAdapter, is_adapter_folder
+from layerswap.io.model_folder import ModelFolder
+
+
+def resolve_model(path_or_name: str | os.PathLike[str]) -> Path:
+    """A local path as it is, or an embedded short name prepared into the cache."""
+    text = str(path_or_name)
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    if text in EMBEDDED:
+        return prepare_model(text)
+    raise InputPathError(
+        f"{text} does not exist: pass a model folder, a PEFT adapter folder, or one of: {', '.join(EMBEDDED)}"
+    )
+
+
+def open_checkpoint(path_or_name: str | os.PathLike[str]) -> ModelFolder | LoraAdapter:
+    """Open a model folder, a PEFT LoRA adapter folder, or a short model name (``gemma3-270m``)."""
+    path = resolve_model(path_or_name)
+    if is_adapter_folder(path):
+        return LoraAdapter(path)
+    return ModelFolder(path)
+
+
+def open_model(path_or_name: str | os.PathLike[str]) -> ModelFolder:
+    """Open a full model folder (an adapter here is a mistake: say so)."""
+    ckpt = open_checkpoint(path_or_name)
+    if isinstance(ckpt, LoraAdapter):
+        raise InputPathError(f"{ckpt.path} is a LoRA adapter, not a full model: pass the base model folder here")
+    return ckpt

@@ -1,0 +1,161 @@
+"""The core's reading side: lazy listing, dtype codes, LoRA deltas, compatibility, refusals of damaged input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from layerswap.errors import CheckpointError, ConfigError, IncompatibleModelsError, InputPathError
+from layerswap.io import (
+    DTYPE_SIZES,
+    DeltaView,
+    LoraAdapter,
+    ModelFolder,
+    dtype_code,
+    open_checkpoint,
+    parse_dtype,
+    parse_dtype_code,
+    reader,
+    torch_dtype_of,
+    write_tensors,
+)
+from layerswap.testing import make_lora_adapter, make_tiny_model
+
+
+def test_importing_the_core_imports_neither_torch_nor_pandas():
+    """``layerswap swap`` reads headers and copies bytes: torch (~2 s) and pandas load only where tensors or tables are built."""
+    code = "import sys, layerswap.io; print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_listing_reads_no_tensor_data(tiny_llama, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("tensor data was read while listing")
+
+    monkeypatch.setattr(reader, "_read_bytes", forbidden)
+    folder = ModelFolder(tiny_llama)
+    names = folder.names()
+    assert "model.layers.0.self_attn.q_proj.weight" in names
+    info = folder.info("model.embed_tokens.weight")
+    assert info.dtype == "F32" and len(info.shape) == 2
+    assert folder.num_parameters > 0 and folder.num_layers == 6
+
+
+def test_get_matches_safetensors(tiny_llama):
+    from safetensors.torch import load_file
+
+    folder = ModelFolder(tiny_llama)
+    ref = load_file(str(tiny_llama / "model.safetensors"))
+    for name in folder.names():
+        assert torch.equal(folder.get(name), ref[name])
+    assert folder.get(folder.names()[0], torch.float64).dtype == torch.float64
+
+
+def test_dtype_codes_without_torch():
+    assert parse_dtype_code("bf16") == "BF16" and parse_dtype_code("F32") == "F32"
+    assert parse_dtype_code(torch.float16) == "F16" and dtype_code(torch.bfloat16) == "BF16"
+    assert parse_dtype("fp16") is torch.float16 and torch_dtype_of("F8_E4M3") is torch.float8_e4m3fn
+    assert all(torch_dtype_of(c).itemsize == size for c, size in DTYPE_SIZES.items())
+    with pytest.raises(ConfigError, match="unknown dtype 'float33': use one of"):
+        parse_dtype_code("float33")
+    with pytest.raises(ConfigError, match="cannot be stored"):
+        dtype_code(torch.complex64)
+
+
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_lora_delta_equals_merge_and_unload(tmp_path, tiny_llama, use_rslora):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter_dir = make_lora_adapter(tiny_llama, tmp_path / "lora", layers=[1, 3], target_modules=["q_proj", "down_proj"], r=4, alpha=16, use_rslora=use_rslora, seed=7)
+    adapter = LoraAdapter(adapter_dir)
+    base = ModelFolder(tiny_llama)
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter_dir).merge_and_unload().state_dict()
+    assert sorted(adapter.modules) == sorted(
+        f"model.layers.{layer}.{m}.weight" for layer in (1, 3) for m in ("self_attn.q_proj", "mlp.down_proj")
+    )
+    view = DeltaView(adapter, base)
+    for name in base.names():
+        expected = merged[name] - base.get(name)
+        d = view.delta(name)
+        if name in adapter.modules:
+            assert torch.allclose(d, expected, atol=1e-6), name
+            assert expected.abs().max() > 0
+        else:
+            assert d is None and expected.abs().max() == 0
+
+
+def test_lora_modules_to_save_is_a_replacement(tmp_path, tiny_llama):
+    adapter_dir = make_lora_adapter(tiny_llama, tmp_path / "lora", layers=[0], modules_to_save=["lm_head"], seed=1)
+    adapter = LoraAdapter(adapter_dir)
+    assert "lm_head.weight" in adapter.replacements
+    base = ModelFolder(tiny_llama)
+    d = DeltaView(adapter, base).delta("lm_head.weight")
+    assert d is not None and d.abs().max() > 0
+
+
+def test_lora_for_another_base_is_refused(tmp_path, tiny_lora, tiny_tokenizer):
+    other = make_tiny_model(tmp_path / "wider", "llama", layers=6, hidden=48, tokenizer=tiny_tokenizer)
+    with pytest.raises(IncompatibleModelsError, match="another base"):
+        DeltaView(open_checkpoint(tiny_lora), ModelFolder(other))
+
+
+def test_experts_with_different_layer_counts(tiny_llama, tiny_qwen2):
+    with pytest.raises(IncompatibleModelsError, match="same base"):
+        DeltaView(ModelFolder(tiny_qwen2), ModelFolder(tiny_llama))
+
+
+def test_missing_and_non_model_paths(tmp_path):
+    with pytest.raises(InputPathError, match="does not exist"):
+        open_checkpoint(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputPathError, match="not a model folder"):
+        open_checkpoint(tmp_path / "empty")
+
+
+def test_pickles_are_refused(tmp_path, tiny_llama):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    shutil.copy(tiny_llama / "config.json", folder)
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        ModelFolder(folder)
+
+
+@pytest.mark.parametrize("damage", ["zero", "truncated", "header"])
+def test_damaged_safetensors(copy_model, tiny_llama, damage):
+    folder = copy_model(tiny_llama)
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    if damage == "zero":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(data[:8] + b"{not json" + data[17:])
+    with pytest.raises(CheckpointError, match=str(path.name)):
+        ModelFolder(folder)
+
+
+def test_index_naming_a_missing_shard(tmp_path, tiny_llama):
+    out = write_tensors(tmp_path / "sharded", ModelFolder(tiny_llama).iter_tensors(), max_shard_size=20_000, donor=tiny_llama)
+    victim = sorted(out.glob("model-*.safetensors"))[-1]
+    victim.unlink()
+    with pytest.raises(CheckpointError, match=victim.name):
+        ModelFolder(out)
+
+
+def test_unknown_architecture_warns_and_uses_generic_rule(copy_model, tiny_llama):
+    folder = copy_model(tiny_llama)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_type"] = "brandnew"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="generic"):
+        m = ModelFolder(folder)
+    assert m.architecture.classify("model.layers.2.mlp.up_proj.weight").layer == 2
