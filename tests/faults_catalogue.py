@@ -1,0 +1,99 @@
+"""What the bad-input catalogue is made of: the :class:`Env` of good and broken inputs, the :class:`Case`,
+and the helpers that build broken models. ``tests/test_faults.py`` runs the cases; each topic module
+(``faults_*.py``) adds its own broken inputs (``build(env)``) and its cases (``CASES``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from layerswap.errors import EXIT_CODES
+
+
+@dataclass
+class Env:
+    """Paths of good and deliberately broken inputs. ``sandbox`` is where a case's output would go."""
+
+    root: Path
+    base: Path
+    math: Path
+    lang: Path
+    lora: Path
+    sandbox: Path = field(default_factory=Path)
+
+    def p(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def out(self) -> str:
+        return str(self.sandbox / "out")
+
+    def yaml(self, name: str, text: str) -> str:
+        path = self.sandbox / name
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    def swap(self, *extra: str) -> list[str]:
+        return ["swap", "--math", str(self.math), "--lang", str(self.lang), "--out", self.out, *extra]
+
+    def merge_yaml(self, body: str) -> list[str]:
+        return ["merge", self.yaml("merge.yaml", body), "--out", self.out]
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+def _write_sd(out: Path, donor: Path, edit: Callable[[dict[str, torch.Tensor]], None], config: dict | None = None) -> Path:
+    from layerswap.io import write_tensors
+    from layerswap.testing import state_dict_of
+
+    sd = dict(state_dict_of(donor))
+    edit(sd)
+    write_tensors(out, sd, donor=donor)
+    if config:
+        cfg = json.loads((out / "config.json").read_text())
+        cfg.update(config)
+        (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: how to run it, which error it must raise, and what its message must say."""
+
+    id: str
+    shown: str  # the command as the docs show it
+    argv: Callable[[Env], list[str]]
+    error: str  # name of the LayerswapError subclass (its exit code is documented in errors.py)
+    problem: str  # fragment of the message naming the problem
+    fix: str  # fragment of the message naming the fix
+    needs_permissions: bool = False  # relies on file modes, which bind root only where emulated (see test_bad_input)
+    setup: Callable[[Env], None] | None = None  # run in the case's sandbox before the snapshot (e.g. a previous output)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.error]
+
+
+def _vocab(model: Path) -> int:
+    return int(json.loads((model / "config.json").read_text())["vocab_size"])
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``folder`` with its size and mtime (hidden temporary siblings included)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            out[str(p.relative_to(folder))] = (st.st_size if p.is_file() else 0, st.st_mtime_ns)
+    return out
