@@ -58,6 +58,9 @@ def main() -> None:
     ap.add_argument("--density", type=float, default=0.5)
     ap.add_argument("--repeats", type=int, default=5, help="runs of each swap contender (median reported)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "merge.md")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=PYTHONPATH",
+                    help="also time the swap with layerswap imported from PYTHONPATH (e.g. a copy of the tree before a change); repeat")
+    ap.add_argument("--skip-mergekit", action="store_true", help="leave mergekit out of the swap rows")
     args = ap.parse_args()
     base, math_, lang = (args.models / k for k in ("base", "math", "lang"))
     work = args.work
@@ -88,12 +91,21 @@ def main() -> None:
             "durable copy (shutil.copyfile, then fsync)": copy_cmd(math_, work / "out", durable=True),
             f"layerswap swap (b={args.bottom}, u={args.top})": [
                 *layerswap, "swap", "--math", str(math_), "--lang", str(lang), "--bottom", str(args.bottom),
-                "--top", str(args.top), "--out", str(work / "out"), "--emit-mergekit", str(mk_yaml),
+                "--top", str(args.top), "--out", str(work / "out"),
             ],
             "mergekit-yaml passthrough (emitted YAML)": [*mergekit, str(mk_yaml), str(work / "out")],
         }
+        env_of: dict[str, dict[str, str]] = {}
+        for variant in args.variant:
+            vname, _, vpath = variant.partition("=")
+            key = f"layerswap swap, {vname} (b={args.bottom}, u={args.top})"
+            contenders[key] = contenders[f"layerswap swap (b={args.bottom}, u={args.top})"]
+            env_of[key] = dict(env, PYTHONPATH=vpath)
+        if args.skip_mergekit:
+            contenders.pop("mergekit-yaml passthrough (emitted YAML)")
         # mergekit reads the YAML that layerswap emits: write it once before the timed runs.
-        subprocess.run(contenders[f"layerswap swap (b={args.bottom}, u={args.top})"], env=env, check=True, capture_output=True)
+        emit = [*contenders[f"layerswap swap (b={args.bottom}, u={args.top})"], "--emit-mergekit", str(mk_yaml)]
+        subprocess.run(emit, env=env, check=True, capture_output=True)
         clean(work / "out")
         runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
         names = list(contenders)
@@ -101,7 +113,7 @@ def main() -> None:
             for name in names[i % len(names):] + names[: i % len(names)]:  # rotate: nobody always follows mergekit
                 os.sync()
                 time.sleep(1)  # let the file system finish discarding the previous output
-                runs[name].append(timed(contenders[name], env))
+                runs[name].append(timed(contenders[name], env_of.get(name, env)))
                 clean(work / "out")
         for name, samples in runs.items():
             walls = sorted(w for w, _ in samples)
@@ -141,10 +153,12 @@ def main() -> None:
     ref: dict[str, float] = {}
     for group, name, w, _ in rows:
         if group == "layer swap" and name.startswith("layerswap"):
-            ref[group] = w
+            ref.setdefault(group, w)
     for group, name, w, r in rows:
         ratio = ""
         if group in ref and not name.startswith("layerswap"):
+            ratio = f"layerswap / this = {ref[group] / w:.2f}"
+        elif group in ref and name.startswith("layerswap swap, "):
             ratio = f"layerswap / this = {ref[group] / w:.2f}"
         wall = f"{w:.2f} [{spread[name][0]:.2f}-{spread[name][1]:.2f}]" if name in spread else f"{w:.1f}"
         lines.append(f"| {group} | {name} | {wall} | {r:.0f} | {ratio} |")

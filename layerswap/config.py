@@ -6,6 +6,7 @@ silently ignored in an experiment that costs GPU hours).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
@@ -15,6 +16,81 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from layerswap.errors import ConfigError, InputPathError
 
 M = TypeVar("M", bound=BaseModel)
+#: A name that becomes part of a file name (expert labels, data-set names): no separators, no ``..``.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
+
+
+def check_name(name: object, what: str, *, error: type[Exception] = ConfigError) -> str:
+    """Refuse a name that cannot be a plain file name (``/``, ``\\``, ``..``, empty, odd characters)."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise error(
+            f"{what} {name!r} is not a plain name (it names output files): "
+            "use letters, digits, '_', '-', '.' and '+', no '/' or '..', at most 64 characters"
+        )
+    return name
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::(\d+))?")
+
+
+def check_device(value: str | None, *, option: str = "--device") -> None:
+    """Refuse a device name torch would not take (``gpu0``), or a GPU this machine does not have."""
+    if value is None:
+        return
+    m = _DEVICE.fullmatch(str(value))
+    if m is None:
+        raise ConfigError(f"{option} {value!r} is not a device: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
+    if value.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(m.group(1) or 0)
+        if index >= count:
+            have = f"{count} CUDA device(s) are visible" if count else "no CUDA GPU is visible"
+            raise ConfigError(f"{option} {value}: {have}: use {option} cpu or auto" + (f", or cuda:0..{count - 1}" if count else ""))
+    elif value == "mps":
+        import torch
+
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise ConfigError(f"{option} mps: Apple's MPS is not available here: use {option} cpu or auto")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:  # the keys written here; those merged in by ``<<`` may be overridden
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # SafeLoader's own error says it (unhashable key)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            where = f"on line {line}" if seen[key] == line else f"on lines {seen[key]} and {line}"
+            raise _DuplicateKey(f"key {key!r} is given twice ({where})")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that raises on duplicate keys (a :class:`yaml.YAMLError`)."""
+    loader = _UniqueKeyLoader(text)  # what yaml.load does, with a SafeLoader subclass (no yaml.load call to audit)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 class StrictModel(BaseModel):
@@ -38,7 +114,8 @@ def describe_validation_error(exc: ValidationError, source: str, model: type[Bas
         return f"{source}: unknown key {loc!r}; valid keys here: {valid}"
     if kind == "missing":
         return f"{source}: missing required key {loc!r}"
-    return f"{source}: {loc}: {err.get('msg', 'invalid value')}"
+    msg = str(err.get("msg", "invalid value"))
+    return f"{source}: {loc}: {msg.removeprefix('Value error, ')}"
 
 
 def validate_config(model: type[M], data: Mapping[str, Any], *, source: str = "config") -> M:
@@ -49,20 +126,26 @@ def validate_config(model: type[M], data: Mapping[str, Any], *, source: str = "c
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping safely (``yaml.safe_load``: no object construction)."""
+    """Read a YAML mapping safely (a ``yaml.SafeLoader``: no object construction; a key given twice is refused)."""
     path = Path(path)
     if not path.exists():
         raise InputPathError(f"config {path} does not exist: pass the path of a YAML file")
     if path.is_dir():
         raise InputPathError(f"config {path} is a folder: pass the path of a YAML file")
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise InputPathError(f"config {path} is not a regular file: pass the path of a YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}: keep one (YAML would silently use the last)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path} is not valid YAML{where}: fix the syntax") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text: pass a YAML file") from None
+    except OSError as exc:
+        raise InputPathError(f"cannot read config {path}: {exc.strerror or exc}: check the path and its permissions") from None
     if data is None:
         raise ConfigError(f"{path} is empty: see the README for an example config")
     if not isinstance(data, dict):

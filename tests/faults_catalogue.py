@@ -88,12 +88,28 @@ def _vocab(model: Path) -> int:
     return int(json.loads((model / "config.json").read_text())["vocab_size"])
 
 
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every path under ``folder`` with its size and mtime (hidden temporary siblings included)."""
+def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """Every path under ``folder`` with its size, mtime and the SHA-256 of a regular file's bytes
+    (hidden temporary siblings included): inputs must come out of every case byte for byte the same."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         for name in dirnames + filenames:
             p = Path(dirpath) / name
             st = p.lstat()
-            out[str(p.relative_to(folder))] = (st.st_size if p.is_file() else 0, st.st_mtime_ns)
+            out[str(p.relative_to(folder))] = (st.st_size if p.is_file() else 0, st.st_mtime_ns, file_hash(p, st))
     return out
+
+
+def file_hash(path: Path, st: os.stat_result | None = None) -> str:
+    """SHA-256 of a regular file (not followed through links; never opens a FIFO or device), else ''."""
+    import hashlib
+    import stat
+
+    st = st or path.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest() if hasattr(hashlib, "file_digest") else hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return "(unreadable)"

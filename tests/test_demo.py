@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zlib
+
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,7 +19,8 @@ def test_demo_quick_runs_end_to_end(tmp_path, data_dir, capsys):
         main(["demo", "--quick", "--data-dir", str(data_dir), "--out", str(out), "--figures", str(figures)])
     assert exc.value.code == 0
     report = (out / "report.md").read_text()
-    assert "not a replication" in report and "Winner" in report
+    assert "not a replication" in report and "Best mean on the proxy" in report and "Paired comparison with" in report
+    assert "Language check (FLORES-sw bits per byte" in report and (out / "sweep" / "comparisons.csv").exists()
     for stage in ("experts/math", "experts/lang", "analysis", "importance"):
         assert (out / stage / "layerswap.json").exists(), stage
     assert (out / "analysis" / "boundaries.yaml").exists()
@@ -25,3 +29,43 @@ def test_demo_quick_runs_end_to_end(tmp_path, data_dir, capsys):
     assert any(results["method"] == "layer_swap")
     published = {p.name for p in figures.iterdir()}
     assert "demo_deltas_shares.png" in published and "demo_best_vs_baselines_proxy.png" in published
+
+
+def test_demo_report_states_the_paired_verdict(tmp_path):
+    """The demo's report says which candidates the leader cannot be separated from, whether it beats
+    each expert and baseline on the proxy, and whether it kept the language (FLORES), all paired."""
+    from layerswap.sweep import ResultStore, build_candidates, run_candidates, settings_key, validate_sweep_dict
+    from layerswap.sweep.compare import compare_candidates
+    from layerswap.sweep.demo import DemoConfig, _demo_report
+    from layerswap.sweep.report import select
+
+    cfg = validate_sweep_dict({"base": "b", "math": "m", "lang": "l", "languages": ["sw"], "tasks": ["proxy", "flores"],
+                               "candidates": {"grid": {"bottom": [2, 3], "top": [1], "transition": [0]}, "baselines": ["base", "math", "lang"]}})
+    cands = build_candidates(cfg, 12)
+    shared = np.random.default_rng(0).normal(size=12)
+    nbytes = np.random.default_rng(1).integers(50, 150, size=12).astype(float)
+
+    def evaluate(cand):
+        rng = np.random.default_rng(zlib.crc32(cand.name.encode()))
+        offset = {"swap-b2-u1": 0.0, "swap-b3-u1": -0.001, "base": -3.0, "math": -2.0, "lang": -4.0}[cand.name]
+        own = np.random.default_rng(7).normal(scale=0.2, size=12)
+        own = own[::-1] if cand.name == "swap-b3-u1" else own if cand.name == "swap-b2-u1" else rng.normal(scale=0.2, size=12)
+        logprob = offset + shared + own  # the twin: the same noise in another order, 0.001 lower
+        bits = nbytes * (1.5 if cand.name == "math" else 1.0) + rng.normal(scale=2, size=12)
+        scores = pd.concat([
+            pd.DataFrame({"task": "proxy", "lang": "sw", "id": [f"p{i}" for i in range(12)], "score": logprob}),
+            pd.DataFrame({"task": "flores", "lang": "swh", "id": [f"f{i}" for i in range(12)], "score": bits / nbytes, "num": bits, "den": nbytes}),
+        ])
+        summary = pd.DataFrame([{"task": "proxy", "language": "sw", "metric": "gold_logprob", "value": logprob.mean()},
+                                {"task": "flores", "language": "swh", "metric": "bits_per_byte", "value": bits.sum() / nbytes.sum()}])
+        return summary, scores
+
+    store = ResultStore(tmp_path, settings_key(cfg))
+    results = run_candidates(cands, store, lambda c: 0.0, evaluate)
+    comps = compare_candidates(results, {c.name: store.load_scores(c) for c in cands}, [("proxy", "gold_logprob"), ("flores", "bits_per_byte")])
+    sweep = {"results": results, "comparisons": comps, "selection": select(results, "proxy", "gold_logprob")}
+    report = _demo_report(DemoConfig(), tmp_path, {"sweep": 1.0}, sweep)
+    assert "Best mean on the proxy" in report and "95% CI" in report and "Winner" not in report
+    assert "Not a clear winner" in report and "`swap-b3-u1`" in report  # the planted twin
+    assert "beats the baseline `base`" in report and "beats the expert `math`" in report and "beats the expert `lang`" in report
+    assert "Language check (FLORES-sw" in report and "lower (better) than `math`" in report

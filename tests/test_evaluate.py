@@ -167,6 +167,101 @@ def test_prompts_identical_to_lm_eval(lm_eval_requests, data_dir, fmt):
             assert list(task.stop) == list(theirs[0][1]["until"]), (fmt, lang)
 
 
+def _fake_mgsm_output(prompt: str, gold_by_question: dict[str, str]) -> str:
+    """A fixed "model": right on about 2 in 5 prompts (by a hash of the prompt), else off by one."""
+    import hashlib
+
+    gold = gold_by_question[prompt.split("Swali: ")[-1].split("\n")[0]]
+    right = int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 5 < 2
+    return f" Hatua kwa hatua. Jibu ni {gold if right else int(gold) + 1}."
+
+
+def test_mgsm_stderr_equals_lm_eval(data_dir, tiny_lm, tmp_path, monkeypatch):
+    """The same outputs scored by lm-eval's MGSM task and by ours: same exact match and the same
+    ``exact_match_stderr`` (lm-eval's ``mean_stderr``: sample sd / sqrt(n)) to 3 decimals."""
+    need_lm_eval()
+    from lm_eval import evaluator
+    from lm_eval.api.model import LM
+    from lm_eval.tasks import TaskManager
+
+    from layerswap.evaluate import runner
+    from layerswap.evaluate.lm_eval_config import write_lm_eval_tasks
+
+    gold = {ex.question: ex.gold for ex in mgsm.load_examples("sw", data_dir=data_dir)}
+
+    class Fixed(LM):
+        def generate_until(self, requests):
+            return [_fake_mgsm_output(r.args[0], gold) for r in requests]
+
+        def loglikelihood(self, requests):
+            raise NotImplementedError
+
+        def loglikelihood_rolling(self, requests):
+            raise NotImplementedError
+
+    names = write_lm_eval_tasks(tmp_path, ["sw"], "native_cot", data_dir=data_dir)
+    theirs = evaluator.simple_evaluate(
+        model=Fixed(), tasks=names, task_manager=TaskManager(include_path=str(tmp_path)), num_fewshot=0, bootstrap_iters=100
+    )["results"][names[0]]
+    monkeypatch.setattr(runner, "generate", lambda lm, prompts, **kw: [_fake_mgsm_output(p, gold) for p in prompts])
+    ours = api.evaluate_mgsm(tiny_lm, ["sw"], data_dir=data_dir)
+    row = ours.summary.iloc[0]
+    assert theirs["sample_len"] == row["n"] == 250
+    assert row["exact_match"] == pytest.approx(theirs["exact_match,strict-match"])
+    assert 0.2 < row["exact_match"] < 0.6  # a real spread of right and wrong answers
+    assert round(row["stderr"], 3) == round(theirs["exact_match_stderr,strict-match"], 3)
+    assert row["stderr"] == pytest.approx(theirs["exact_match_stderr,strict-match"], rel=1e-9)
+
+
+def test_mgsm_rows_and_example_scores(data_dir, tiny_lm, monkeypatch):
+    from layerswap.evaluate import example_scores, runner
+
+    gold = {ex.question: ex.gold for ex in mgsm.load_examples("sw", data_dir=data_dir)}
+    monkeypatch.setattr(runner, "generate", lambda lm, prompts, **kw: [_fake_mgsm_output(p, gold) for p in prompts])
+    res = api.evaluate_mgsm(tiny_lm, ["sw"], limit=40, data_dir=data_dir)
+    assert_uncertainty_from_example_scores(res, "mgsm")
+    scores = example_scores(res, TASKS["mgsm"])  # a result or its records; a name or a spec
+    assert scores.equals(example_scores(res.records, "mgsm")) and set(scores["score"]) == {0.0, 1.0}
+    assert list(scores["id"]) == [r["id"] for r in res.records] and example_scores(res, "flores").empty
+
+
+def test_fill_uncertainty_for_a_plugin_task():
+    """A task registered from outside that reports only its metric gets n, stderr and the interval
+    from its records (the built-in tasks fill their rows themselves; filled rows stay untouched)."""
+    from layerswap.evaluate.result import EvalResult
+    from layerswap.evaluate.scores import fill_uncertainty
+
+    spec = TaskSpec(name="toy", summary="a toy", run=lambda lm, req: None, metric="toy_score", score_field="score")
+    records = [{"task": "toy", "lang": lang, "id": f"{lang}-{i}", "score": float(i % 2)} for lang in ("sw", "bn") for i in range(5)]
+    rows = [{"task": "toy", "lang": lang, "toy_score": 0.4, "seconds": 1.0} for lang in ("sw", "bn")]
+    res = fill_uncertainty(EvalResult.of(records, rows), spec)
+    assert list(res.summary.columns) == ["task", "lang", "toy_score", "stderr", "ci_low", "ci_high", "seconds", "n"]
+    assert list(res.summary["n"]) == [5, 5]
+    assert res.summary["stderr"].iloc[0] == pytest.approx(math.sqrt(0.3 / 5))  # sd^2 = (2*0.36 + 3*0.16) / 4
+    before = res.summary.copy()
+    assert fill_uncertainty(res, spec).summary.equals(before)
+
+
+def test_format_summary_prints_each_task_with_its_interval():
+    import pandas as pd
+
+    from layerswap.evaluate.result import counts_as_ints, format_summary
+
+    rows = [
+        {"task": "mgsm", "format": "native_cot", "lang": "sw", "shots": 0, "n": 250, "exact_match": 0.5, "stderr": 0.0317,
+         "ci_low": 0.438, "ci_high": 0.562, "seconds": 9.0},
+        {"task": "flores", "lang": "sw", "n": 1012, "seconds": 4.0, "bits_per_byte": 1.2, "stderr": 0.01, "ci_low": 1.18,
+         "ci_high": 1.22, "tokens_per_byte": 0.3},
+    ]
+    wide = counts_as_ints(pd.DataFrame(rows))  # as evaluate makes it
+    one = format_summary(pd.DataFrame(rows[:1]))  # one task: as before
+    assert one.splitlines()[0].split() == ["task", "format", "lang", "shots", "n", "exact_match", "stderr", "ci_low", "ci_high", "seconds"]
+    mgsm_block, flores_block = format_summary(wide).split("\n\n")
+    assert mgsm_block == one
+    assert flores_block.splitlines()[0].split() == ["task", "lang", "n", "bits_per_byte", "stderr", "ci_low", "ci_high", "seconds", "tokens_per_byte"]
+    assert "1.2000  0.0100  1.1800   1.2200" in flores_block
+
+
 def test_mgsm_data(data_dir):
     en = mgsm.load_examples("en", data_dir=data_dir)
     assert len(en) == 250 and any(e.gold == "2125" for e in en)  # "2,125" in the file
@@ -296,6 +391,33 @@ def test_score_tokens_matches_full_logits(tiny_gemma_lm):
         assert abs(s.logprob - _manual_logprob(lm, ids)) < 1e-3
 
 
+def assert_uncertainty_from_example_scores(result, name):
+    """Each summary row of task ``name`` carries n, stderr, ci_low, ci_high of its headline metric,
+    recomputed here from ``example_scores`` with layerswap.stats (the sweep pairs the same scores)."""
+    from layerswap import stats
+    from layerswap.evaluate import example_scores
+
+    spec = get_task(name)
+    scores = example_scores(result.records, name)
+    assert list(scores.columns) == ["task", "lang", "id", "score"] + (["num", "den"] if spec.ratio_fields else [])
+    assert not scores.duplicated(["task", "lang", "id"]).any()
+    rows = result.summary[result.summary["task"] == name]
+    assert len(rows) and {"n", "stderr", "ci_low", "ci_high"} <= set(rows.columns)
+    cols = list(rows.columns)
+    assert cols.index(spec.metric) + 1 == cols.index("stderr")  # shown right after the metric
+    for _, row in rows.iterrows():
+        sub = scores[scores["lang"] == row["lang"]]
+        assert row["n"] == len(sub) > 0
+        if spec.ratio_fields:
+            est = stats.ratio_estimate(sub["num"], sub["den"], n_resamples=2000, seed=0)
+        else:
+            est = stats.mean_estimate(sub["score"])
+        assert row[spec.metric] == pytest.approx(est.value)
+        got = (row["stderr"], row["ci_low"], row["ci_high"])
+        assert got == pytest.approx((est.stderr, est.low, est.high), nan_ok=True), name
+        assert row["ci_low"] <= row[spec.metric] <= row["ci_high"]
+
+
 def test_flores_bits_per_byte(tiny_lm, tmp_path):
     folder = tmp_path / "flores200" / "devtest"
     folder.mkdir(parents=True)
@@ -309,6 +431,9 @@ def test_flores_bits_per_byte(tiny_lm, tmp_path):
     assert [r["text"] for r in res.records] == clean
     spec = get_task("flores")
     assert set(spec.metrics) <= set(res.summary) and spec.score_field in res.records[0]
+    assert spec.ratio_fields == ("bits", "bytes") and res.records[0]["bits"] == pytest.approx(-res.records[0]["logprob"] / math.log(2))
+    assert_uncertainty_from_example_scores(res, "flores")
+    assert res.summary["stderr"].iloc[0] > 0
 
 
 def test_sib200_and_proxy(tiny_lm, tmp_path, data_dir):
@@ -324,6 +449,7 @@ def test_sib200_and_proxy(tiny_lm, tmp_path, data_dir):
     for name, result in (("sib200", res), ("proxy", proxy)):
         spec = get_task(name)
         assert set(spec.metrics) <= set(result.summary) and spec.score_field in result.records[0], name
+        assert_uncertainty_from_example_scores(result, name)
 
 
 # --- custom data, package entry, CLI ---------------------------------------------------------
@@ -417,7 +543,10 @@ def test_cli_custom_writes_outputs(tiny_llama, tmp_path, capsys):
     assert (out / "summary.csv").exists() and (out / "layerswap.json").exists()
     assert "custom" in io.out
     spec = get_task("custom")
-    assert spec.score_field in records[0] and spec.metric in (out / "summary.csv").read_text().splitlines()[0].split(",")
+    header = (out / "summary.csv").read_text().splitlines()[0].split(",")
+    assert spec.score_field in records[0] and spec.metric in header
+    assert header[header.index("exact_match") + 1 : header.index("exact_match") + 4] == ["stderr", "ci_low", "ci_high"]
+    assert "stderr" in io.out and "ci_low" in io.out and "ci_high" in io.out  # printed too
     code, io = _cli(argv, capsys)  # exists, no --overwrite
     assert code == 8
     first = (out / "examples.jsonl").read_text()

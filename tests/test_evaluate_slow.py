@@ -40,3 +40,7 @@ def test_language_checks_and_proxy_are_finite(gemma, data_dir):
     assert 0.3 < s.loc["flores", "bits_per_byte"] < 3.0
     assert 0.0 <= s.loc["sib200", "accuracy"] <= 1.0
     assert math.isfinite(s.loc["proxy", "gold_logprob"]) and s.loc["proxy", "gold_logprob"] < 0
+    for task in ("flores", "proxy"):  # two real examples each: a finite error and an interval around the metric
+        metric = {"flores": "bits_per_byte", "proxy": "gold_logprob"}[task]
+        assert s.loc[task, "n"] == 2 and s.loc[task, "stderr"] > 0
+        assert s.loc[task, "ci_low"] <= s.loc[task, metric] <= s.loc[task, "ci_high"]

@@ -536,7 +536,7 @@ def test_sweep_resumes_with_identical_results(tmp_path, tiny_experts, data_dir):
     stored = {"glob": "candidates/*.json", "below": len(SWEEP_CANDIDATES)}
     pairs = []
     for out, kill in (
-        (tmp_path / "k1", {"path": f"{tmp_path / 'k1'}/candidates/", "points": ["replace", "rename"], "index": 2}),
+        (tmp_path / "k1", {"path": f"{tmp_path / 'k1'}/candidates/", "points": ["replace", "rename"], "index": 5}),  # renames per candidate: its scores CSV, then its JSON
         (tmp_path / "k2", {"after_frac": random.Random(4).uniform(0.4, 0.8), "of": whole}),
     ):
         argv = ["sweep", str(cfg), "--out", str(out)]
@@ -547,7 +547,7 @@ def test_sweep_resumes_with_identical_results(tmp_path, tiny_experts, data_dir):
     assert results[whole]["code"] == 0, _log(plan, whole)
     reference = pd.read_csv(tmp_path / "whole" / "results.csv")
     assert sorted(set(reference["candidate"])) == sorted(SWEEP_CANDIDATES)
-    cols = ["candidate", "method", "parameters", "task", "language", "metric", "value"]
+    cols = ["candidate", "method", "parameters", "task", "language", "metric", "value", "stderr", "ci_low", "ci_high", "n"]
     for k, r in pairs:
         out, res = plan.jobs[k]["out"], results[k]
         assert res["killed"], f"{out}: the kill {res['kill']} never happened (exit {res['code']})\n{_log(plan, k)}"
@@ -559,6 +559,8 @@ def test_sweep_resumes_with_identical_results(tmp_path, tiny_experts, data_dir):
         assert results[r]["code"] == 0, _log(plan, r)
         again = pd.read_csv(Path(out) / "results.csv")
         pd.testing.assert_frame_equal(again[cols], reference[cols])
+        # the paired comparisons are recomputed from the stored per-example scores: identical after a resume
+        pd.testing.assert_frame_equal(pd.read_csv(Path(out) / "comparisons.csv"), pd.read_csv(tmp_path / "whole" / "comparisons.csv"))
     record("sweep-resume", resumes=len(pairs), kills=len(pairs), retries=sum(results[k]["attempts"] - 1 for k, _ in pairs))
 
 

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from layerswap.errors import CheckpointError, OutputExistsError, WriteFailedError
-from layerswap.io import ModelFolder, ShardedWriter, TensorSpec, read_safetensors_header, read_tensor, write_tensors
+from layerswap.io import (
+    ModelFolder,
+    ShardedWriter,
+    TensorSpec,
+    read_safetensors_header,
+    read_tensor,
+    write_provenance,
+    write_tensors,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -122,6 +130,10 @@ def test_writer_refuses_existing_output(tmp_path, tiny_llama):
     out.mkdir()
     with pytest.raises(OutputExistsError, match="--overwrite"):
         write_tensors(out, {"a": torch.zeros(2)})
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not written by layerswap"):  # --overwrite replaces only layerswap's own
+        write_tensors(out, {"a": torch.zeros(2)}, overwrite=True)
+    write_provenance(out, {"kind": "test"})
     write_tensors(out, {"a": torch.ones(2)}, overwrite=True)
     infos, _ = read_safetensors_header(out / "model.safetensors")
     assert torch.equal(read_tensor(infos["a"]), torch.ones(2))
@@ -181,6 +193,7 @@ def test_leftovers_of_a_killed_writer_are_recovered(tmp_path):
     old = tmp_path / f".model.old-{dead.pid}-89abcdef"
     old.mkdir()
     (old / "marker").write_text("previous")
+    write_provenance(old, {"kind": "test"})  # --overwrite replaces only a folder layerswap wrote
     with pytest.raises(OutputExistsError):
         write_tensors(out, {"a": torch.zeros(1)})
     assert (out / "marker").read_text() == "previous"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -16,7 +18,8 @@ from layerswap.sweep import (
     settings_key,
     validate_sweep_dict,
 )
-from layerswap.sweep.report import select, write_figures
+from layerswap.sweep.compare import compare_candidates, verdict_lines
+from layerswap.sweep.report import report_markdown, select, write_figures
 
 
 def _config(tmp_path: Path, **kw):
@@ -25,20 +28,32 @@ def _config(tmp_path: Path, **kw):
     return validate_sweep_dict(data)
 
 
-def _fake_eval(best=(3, 2)):
+def _offset(cand, best=(3, 2)) -> float:
     """A metric built to prefer the swap (3, 2): minus the distance to it; baselines score low."""
+    if cand.method == "layer_swap":
+        return -abs(cand.bottom - best[0]) - abs(cand.top - best[1])
+    return -5.0 - len(cand.name) / 100
+
+
+def _fake_eval(best=(3, 2), n=24, noise=0.3):
+    """Per-example proxy scores: the candidate's offset, an example effect shared by every candidate
+    (so comparisons are paired), and the candidate's own noise; the summary is their mean."""
 
     def evaluate(cand):
-        rows = []
+        rows, scores = [], []
         for lang in ("sw", "bn"):
-            if cand.method == "layer_swap":
-                value = -abs(cand.bottom - best[0]) - abs(cand.top - best[1]) + (0.1 if lang == "sw" else 0.0)
-            else:
-                value = -5.0 - len(cand.name) / 100
-            rows.append({"task": "proxy", "language": lang, "metric": "gold_logprob", "value": value})
-        return pd.DataFrame(rows)
+            shared = np.random.default_rng(len(lang)).normal(size=n)
+            own = np.random.default_rng(zlib.crc32(f"{cand.name}-{lang}".encode())).normal(scale=noise, size=n)
+            values = _offset(cand, best) + (0.1 if lang == "sw" else 0.0) + shared + own
+            scores += [{"task": "proxy", "lang": lang, "id": f"mgsm-{lang}-{i}", "score": v} for i, v in enumerate(values)]
+            rows.append({"task": "proxy", "language": lang, "metric": "gold_logprob", "value": float(values.mean())})
+        return pd.DataFrame(rows), pd.DataFrame(scores)
 
     return evaluate
+
+
+def _scores(store, cands):
+    return {c.name: store.load_scores(c) for c in cands}
 
 
 def test_candidates_from_boundaries_grid_and_baselines(tmp_path):
@@ -89,11 +104,97 @@ def test_resume_after_interruption_gives_identical_results(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_candidates(cands, store, merge, dying_eval)
     assert len(list((tmp_path / "b" / "candidates").glob("*.json"))) == 3
+    assert len(list((tmp_path / "b" / "candidates").glob("*.scores.csv"))) == 3
     merges.clear()
     resumed = run_candidates(cands, store, merge, _fake_eval())
     assert len(merges) == len(cands) - 3
-    cols = ["candidate", "task", "language", "metric", "value"]
+    cols = ["candidate", "task", "language", "metric", "value", "stderr", "ci_low", "ci_high", "n"]
     pd.testing.assert_frame_equal(full[cols], resumed[cols])
+    assert full["stderr"].notna().all() and (full["n"] == 24).all()
+    # The paired comparisons, recomputed from the stored per-example scores, are identical too.
+    tasks = [("proxy", "gold_logprob")]
+    first = compare_candidates(full, _scores(ResultStore(tmp_path / "a", settings_key(cfg)), cands), tasks)
+    again = compare_candidates(resumed, _scores(store, cands), tasks)
+    assert len(first) and first["p_holm"].notna().all()
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_scores_are_stored_beside_the_json_and_checked(tmp_path):
+    cfg = _config(tmp_path, candidates={"grid": {"bottom": [2], "top": [1], "transition": [0]}, "baselines": ["base"]})
+    cands = build_candidates(cfg, 12)
+    store = ResultStore(tmp_path, settings_key(cfg))
+    results = run_candidates(cands, store, lambda c: 0.0, _fake_eval(n=5))
+    path = store.scores_path(cands[0])
+    assert path.name == "swap-b2-u1.scores.csv"
+    back = store.load_scores(cands[0])
+    assert list(back.columns) == ["task", "lang", "id", "score", "num", "den"] and len(back) == 10
+    assert back["id"].map(type).eq(str).all() and back["num"].isna().all()
+    # The stored rows' statistics are those of the stored scores: mean, stderr (ddof 1), normal interval.
+    sw = back[back["lang"] == "sw"]["score"]
+    row = results[(results["candidate"] == cands[0].name) & (results["language"] == "sw")].iloc[0]
+    assert row["value"] == pytest.approx(sw.mean()) and row["stderr"] == pytest.approx(sw.std(ddof=1) / np.sqrt(5))
+    assert row["ci_low"] == pytest.approx(sw.mean() - 1.959964 * row["stderr"], rel=1e-6)
+    # A scores file that is not the one its rows were computed from: the candidate runs again.
+    path.write_text(path.read_text().replace("mgsm-sw-0", "mgsm-sw-9"))
+    assert store.load(cands[0]) is None and store.load_scores(cands[0]) is None
+    path.unlink()
+    assert store.load(cands[0]) is None
+
+
+def test_paired_comparisons_and_verdict(tmp_path):
+    """A planted twin of the best swap is indistinguishable from it; the baselines are beaten."""
+    cfg = _config(tmp_path, candidates={"grid": {"bottom": [2, 3], "top": [2], "transition": [0, 1]}, "baselines": ["base", "math"]})
+    cands = build_candidates(cfg, num_layers=12)
+    results = run_candidates(cands, ResultStore(tmp_path, settings_key(cfg)), lambda c: 0.0, _fake_eval())
+    comps = compare_candidates(results, _scores(ResultStore(tmp_path, settings_key(cfg)), cands), [("proxy", "gold_logprob")])
+    lead = comps[(comps["role"] == "leader") & (comps["language"] == "all")].set_index("candidate")
+    assert set(comps["language"]) == {"all", "sw", "bn"}
+    ref = lead["reference"].iloc[0]
+    assert ref in ("swap-b3-u2", "swap-b3-u2-t1")
+    twin = ({"swap-b3-u2", "swap-b3-u2-t1"} - {ref}).pop()
+    assert lead.loc[twin, "verdict"] == "indistinguishable" and lead.loc[twin, "ci_low"] < 0 < lead.loc[twin, "ci_high"]
+    for loser in ("swap-b2-u2", "base", "math"):
+        assert lead.loc[loser, "verdict"] == "worse" and lead.loc[loser, "ci_high"] < 0 and lead.loc[loser, "test"] == "permutation"
+    assert (lead["p_holm"] >= lead["p_value"]).all()
+    # Against each baseline, every candidate is compared too (Holm within each reference).
+    assert {"base", "math"} <= set(comps["reference"]) and set(comps.loc[comps["reference"] == "math", "role"]) == {"expert"}
+    text = " ".join(verdict_lines(comps, "proxy", "gold_logprob"))
+    assert "Not a clear winner" in text and f"`{twin}`" in text and "Holm" in text
+    assert "beats the baseline `base`" in text and "beats the expert `math`" in text
+    report = report_markdown(results, select(results, "proxy", "gold_logprob"), {}, root=tmp_path, comparisons=comps)
+    assert "indistinguishable" in report and "Paired comparison with the leader" in report and "Holm-adjusted" in report
+
+
+def test_binary_and_ratio_scores_use_mcnemar_and_the_ratio_bootstrap(tmp_path):
+    cfg = _config(tmp_path, tasks=["mgsm", "flores"], languages=["sw"], candidates={"grid": {"bottom": [2, 3], "top": [1], "transition": [0]}, "baselines": ["base"]})
+    cands = build_candidates(cfg, 12)
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, size=40)
+    bytes_ = rng.integers(40, 120, size=40).astype(float)
+
+    def evaluate(cand):
+        flip = np.random.default_rng(zlib.crc32(cand.name.encode())).random(40) < (0.1 if cand.name != "base" else 0.5)
+        correct = np.where(flip, 1 - truth, truth).astype(float)
+        bits = bytes_ * (1.0 + 0.3 * (cand.name == "base")) + np.random.default_rng(zlib.crc32(cand.name.encode())).normal(scale=3, size=40)
+        scores = pd.concat([
+            pd.DataFrame({"task": "mgsm", "lang": "sw", "id": [f"m{i}" for i in range(40)], "score": correct}),
+            pd.DataFrame({"task": "flores", "lang": "swh", "id": [f"f{i}" for i in range(40)], "score": bits / bytes_, "num": bits, "den": bytes_}),
+        ])
+        summary = pd.DataFrame([
+            {"task": "mgsm", "language": "sw", "metric": "exact_match", "value": correct.mean()},
+            {"task": "flores", "language": "swh", "metric": "bits_per_byte", "value": bits.sum() / bytes_.sum()},
+        ])
+        return summary, scores
+
+    store = ResultStore(tmp_path, settings_key(cfg))
+    results = run_candidates(cands, store, lambda c: 0.0, evaluate)
+    flores = results[results["task"] == "flores"]
+    assert (flores["ci_low"] < flores["value"]).all() and (flores["value"] < flores["ci_high"]).all() and (flores["n"] == 40).all()
+    comps = compare_candidates(results, _scores(store, cands), [("mgsm", "exact_match"), ("flores", "bits_per_byte")])
+    assert set(comps.loc[comps["task"] == "mgsm", "test"]) == {"mcnemar"}
+    assert set(comps.loc[comps["task"] == "flores", "test"]) == {"permutation"}
+    base_vs_lead = comps[(comps["task"] == "flores") & (comps["role"] == "leader") & (comps["candidate"] == "base")].iloc[0]
+    assert base_vs_lead["verdict"] == "worse" and base_vs_lead["diff"] > 0  # lower bits per byte is better
 
 
 def test_changed_settings_are_not_reused(tmp_path):
@@ -120,12 +221,15 @@ def test_selection_and_figures(tmp_path):
     base_wins.loc[base_wins["candidate"] == "base", "value"] = 10.0  # higher is better for the proxy
     sel = select(base_wins, "proxy", "gold_logprob")
     assert sel.winner == "base" and sel.winner_is_baseline and sel.best_swap == "swap-b3-u2"
-    assert sel.comparison().startswith("The winner is a baseline: no layer swap beat it. Best layer swap: `swap-b3-u2`")
-    drawn = write_figures(results, tmp_path / "fig", [("proxy", "gold_logprob")])
+    assert sel.comparison().startswith("The leader is a baseline: no layer swap has a better mean. Best layer swap: `swap-b3-u2`")
+    comps = compare_candidates(results, _scores(ResultStore(tmp_path, settings_key(cfg)), cands), [("proxy", "gold_logprob")])
+    drawn = write_figures(results, tmp_path / "fig", [("proxy", "gold_logprob")], comps)
     info = drawn["proxy-gold_logprob"]
     for key in ("heatmap", "bars", "scatter"):
         assert Path(info[key]).exists() and Path(info[key]).with_suffix(".svg").exists()
     assert info["rho"] is not None and info["rho"] > 0.8
+    low, high, n = info["rho_ci"]
+    assert n == 9 and low <= info["rho"] <= high <= 1.0
 
 
 def test_run_sweep_end_to_end_on_tiny_models(tmp_path, tiny_experts, data_dir):
@@ -141,7 +245,11 @@ def test_run_sweep_end_to_end_on_tiny_models(tmp_path, tiny_experts, data_dir):
     assert set(results["candidate"]) == {"swap-b1-u1", "swap-b2-u1", "base", "math", "ties-d0.2"}
     assert set(results["metric"]) >= {"gold_logprob", "bits_per_byte"}
     assert results["value"].notna().all()
-    assert (out / "report.md").read_text().count("![") >= 4
+    report = (out / "report.md").read_text()
+    assert report.count("![") >= 4 and "Paired comparison with" in report and "Holm" in report
+    comps = pd.read_csv(out / "comparisons.csv")
+    assert set(comps["task"]) == {"proxy", "flores"} and comps["n"].eq(2).all()
+    assert (out / "candidates" / "base.scores.csv").exists() and results["stderr"].notna().any()
     assert (out / "best-model" / "config.json").exists()
     # The base candidate must equal the base model evaluated on its own (in-memory merge is exact).
     from layerswap.evaluate import evaluate
@@ -151,5 +259,22 @@ def test_run_sweep_end_to_end_on_tiny_models(tmp_path, tiny_experts, data_dir):
     assert abs(base_bpb - float(alone["bits_per_byte"].iloc[0])) < 1e-4
     # A rerun resumes from the stored candidates and gives the same table.
     again = run_sweep(cfg, out, log=lambda s: None)
-    cols = ["candidate", "task", "language", "metric", "value"]
+    cols = ["candidate", "task", "language", "metric", "value", "stderr", "ci_low", "ci_high", "n"]
     pd.testing.assert_frame_equal(first["results"][cols], again["results"][cols])
+    pd.testing.assert_frame_equal(first["comparisons"], again["comparisons"])
+
+
+def test_verdict_wording_for_every_case():
+    def row(cand, method, verdict, diff=-1.0, p=0.01):
+        return {"task": "flores", "metric": "bits_per_byte", "language": "all", "reference": "swap-b1-u1", "role": "leader",
+                "candidate": cand, "method": method, "diff": diff, "ci_low": diff - 0.5, "ci_high": diff + 0.5,
+                "p_value": p, "p_holm": p, "test": "permutation", "n": 12, "verdict": verdict}
+
+    comps = pd.DataFrame([row("swap-b2-u1", "layer_swap", "better", -0.2), row("base", "identity", "worse", 1.0), row("lang", "identity", "undetermined", 0.1, float("nan"))])
+    text = "\n".join(verdict_lines(comps, "flores", "bits_per_byte"))
+    assert "is the winner" not in text and "significantly better than `swap-b1-u1`: `swap-b2-u1`" in text
+    assert "indistinguishable from `swap-b1-u1` at this sample size: `lang`" in text and "Significantly worse than it: `base`" in text
+    assert "beats the baseline `base` (diff -1" in text and "cannot be compared (too few examples) with the expert `lang`" in text
+    assert "No per-example scores" in verdict_lines(comps.iloc[:0], "flores", "bits_per_byte")[0]
+    only_worse = pd.DataFrame([row("base", "identity", "worse", 1.0)])
+    assert "`swap-b1-u1` is the winner: every other candidate is significantly worse." in verdict_lines(only_worse, "flores", "bits_per_byte")

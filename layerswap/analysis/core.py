@@ -146,7 +146,7 @@ def analyze(
     if out is not None:
         from layerswap.io import prepare_output_dir
 
-        prepare_output_dir(out, overwrite)
+        out = prepare_output_dir(out, overwrite, inputs=[base, experts])  # never an input, never someone else's folder
     base_folder = base if isinstance(base, ModelFolder) else open_model(base)
     sources: list[ValueSource] = []
     inputs: dict[str, str] = {}

@@ -94,7 +94,8 @@ def _load_model(base: ModelFolder, device: str):  # noqa: ANN202
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    base.check_transformers_names()  # safetensors only: transformers never falls back to a pickle
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, use_safetensors=True)
     return model.to(device), tokenizer
 
 
@@ -128,13 +129,14 @@ def importance(
         if value < 1:
             raise ConfigError(f"--{option} must be at least 1, got {value}")
     check_top_k(top_k)
+    inputs = [base, data, data_dir]  # data specs that are files, the data folder, the base
     if out is not None:
-        prepare_output_dir(out, overwrite)
+        out = prepare_output_dir(out, overwrite, inputs=inputs)  # never an input, never someone else's folder
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     base_folder = base if isinstance(base, ModelFolder) else open_model(base)
     texts = {name: load_texts(spec, data_dir=data_dir, limit=examples) for name, spec in data.items()}
-    atomic = AtomicDir(out, overwrite=overwrite) if out is not None else None
+    atomic = AtomicDir(out, overwrite=overwrite, inputs=inputs) if out is not None else None
     work = atomic.__enter__() if atomic is not None else None
     try:
         started = time.perf_counter()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import click
 import typer
 
-from layerswap.errors import LayerswapError
+from layerswap.errors import ConfigError, LayerswapError
 
 app = typer.Typer(
     name="layerswap",
@@ -39,13 +39,60 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     return f"warning: {message}\n"
 
 
+def refuse_repeated_options(command: Any, argv: Sequence[str]) -> None:
+    """A single-value option given twice is refused (click would silently keep the last one).
+
+    ``evaluate --task proxy --task flores`` evaluates flores only in click; here it is an error that
+    says to write ``--task proxy,flores``. Options meant to repeat (``--expert``, ``--data``) are fine.
+    """
+    args, i = list(argv), 0
+    while isinstance(getattr(command, "commands", None), dict):  # a group: walk to the subcommand (``models prepare``)
+        while i < len(args) and args[i].startswith("-"):
+            i += 1
+        if i >= len(args) or args[i] not in command.commands:
+            return  # click reports a missing or unknown command
+        command, i = command.commands[args[i]], i + 1
+    options = [p for p in command.params if getattr(p, "param_type_name", "") == "option"]  # typer vendors click
+    by_flag = {flag: p for p in options for flag in (*p.opts, *p.secondary_opts)}
+    seen: dict[str, tuple[str, str | None]] = {}
+    while i < len(args):
+        token, i = args[i], i + 1
+        if token == "--":
+            break
+        flag, eq, inline = token.partition("=")
+        param = by_flag.get(flag) if token.startswith("--") else None
+        if param is None:
+            continue
+        value: str | None = None
+        if not param.is_flag and not param.count:
+            if eq:
+                value = inline
+            elif i < len(args):
+                value, i = args[i], i + 1
+        if param.multiple or param.count:
+            continue
+        name = str(param.name)
+        if name in seen:
+            first_flag, first_value = seen[name]
+            if value is None:
+                if first_flag == flag:
+                    raise ConfigError(f"{flag} is given twice: pass it once")
+                raise ConfigError(f"{first_flag} and {flag} are both given and only the last would count: pass one of them")
+            comma = "comma" in (param.help or "").lower()
+            hint = f": it takes one comma-separated list, e.g. {flag} {first_value},{value}" if comma else ": give it once"
+            raise ConfigError(f"{flag} is given twice ({first_value!r} and {value!r}) and only one would be used{hint}")
+        seen[name] = (flag, value)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script."""
     debug = os.environ.get("LAYERSWAP_DEBUG", "") not in ("", "0")
     if not debug:
         warnings.formatwarning = _one_line_warning
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        result = app(args=list(argv) if argv is not None else None, prog_name="layerswap", standalone_mode=False)
+        refuse_repeated_options(typer.main.get_command(app), args)
+        result = app(args=args, prog_name="layerswap", standalone_mode=False)
     except LayerswapError as exc:
         if debug:
             raise

@@ -62,6 +62,13 @@ def importance_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Diagonal Fisher of the base on each task's data, reported like the deltas: where each task needs the model."""
+    from layerswap.config import check_device
+    from layerswap.errors import ConfigError
+
+    for flag, value in (("--examples", examples), ("--batch-size", batch_size), ("--seq-len", seq_len)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value} must be a whole number of at least 1")
+    check_device(device)
     from layerswap.analysis.importance import importance
 
     result = importance(

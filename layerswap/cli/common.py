@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from layerswap.config import check_name
 from layerswap.errors import ConfigError
 
 
@@ -14,6 +15,7 @@ def parse_named(values: Sequence[str], *, option: str) -> dict[str, str]:
         name, sep, rest = value.partition("=")
         if not sep or not name or not rest:
             raise ConfigError(f"{option} {value!r} must be NAME=VALUE, e.g. {option} math=./experts/math")
+        check_name(name, f"{option} name")
         if name in named:
             raise ConfigError(f"{option} name {name!r} is given twice: use distinct names")
         named[name] = rest

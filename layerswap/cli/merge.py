@@ -47,7 +47,7 @@ def merge_cmd(
     from layerswap.merge import load_merge_config, merge
 
     cfg = load_merge_config(str(config))
-    result = merge(cfg, out, overwrite=overwrite, emit_mergekit=emit_mergekit, echo=_echo)
+    result = merge(cfg, out, overwrite=overwrite, emit_mergekit=emit_mergekit, echo=_echo, inputs=[config])
     typer.echo(str(result.out))
 
 

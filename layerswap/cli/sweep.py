@@ -21,4 +21,4 @@ def sweep_command(
     from layerswap.sweep import load_sweep_config, run_sweep
 
     cfg = load_sweep_config(config, {"limit": limit, "save_best": save_best, "data_dir": data_dir})
-    run_sweep(cfg, out)
+    run_sweep(cfg, out, inputs=[config])

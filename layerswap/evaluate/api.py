@@ -10,11 +10,13 @@ candidate without touching disk).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from layerswap.config import check_device
 from layerswap.errors import ConfigError
 from layerswap.evaluate.generation import run_generation_task
 from layerswap.evaluate.mgsm import check_shots
@@ -76,6 +78,25 @@ def check_request(specs: Sequence[TaskSpec], request: EvalRequest) -> None:
             check(request.shots)
 
 
+def check_settings(langs: Sequence[str], *, batch_size: int, max_new_tokens: int, limit: int | None, device: str | None, dtype: str | None) -> None:
+    """Refuse settings that would run nothing, crash mid-run or evaluate something else than asked."""
+    if not langs:
+        raise ConfigError("--langs names no language: pass e.g. --langs sw,bn,te")
+    for name, value in (("--batch-size", batch_size), ("--max-new-tokens", max_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"{name} {value!r} must be a whole number of at least 1")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
+        raise ConfigError(f"--limit {limit!r} must be a whole number of at least 1 (leave it out for every example)")
+    if dtype is not None and not (isinstance(dtype, str) and dtype == "auto"):
+        from layerswap.io import parse_dtype_code
+
+        if parse_dtype_code(dtype) not in ("F32", "BF16", "F16"):
+            raise ConfigError(f"--dtype {dtype!r} cannot run a model: use auto, float32, bfloat16 or float16")
+    if device is not None and not isinstance(device, str):
+        return  # a torch.device from the Python API
+    check_device(device)
+
+
 def evaluate(
     model: ModelLike,
     tasks: str | Sequence[str] = ("mgsm",),
@@ -106,15 +127,19 @@ def evaluate(
     if unknown or not tasks:
         raise ConfigError(f"unknown task {unknown[0] if unknown else '(none)'!r}: valid tasks are {', '.join(TASKS)}")
     specs = [TASKS[t] for t in tasks]
+    check_settings(langs, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit, device=device, dtype=dtype)
     request = EvalRequest(
         langs=tuple(langs), fmt=fmt, shots=shots, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
         data_dir=data_dir, data=data, question_field=question_field, answer_field=answer_field,
     )
     check_request(specs, request)
+    if "custom" in tasks and data is not None:  # read the questions now: a bad file fails before the model loads
+        load_custom(data, question_field=question_field, answer_field=answer_field, limit=limit)
     if out is not None:
         from layerswap.io import prepare_output_dir
 
-        prepare_output_dir(out, overwrite)  # fail before the minutes of evaluation, not after
+        inputs = [x for x in (model, data, data_dir, base) if isinstance(x, (str, Path))]
+        prepare_output_dir(out, overwrite, inputs=inputs)  # fail before the minutes of evaluation, not after
     lm = model if isinstance(model, LoadedModel) else as_lm(model, tokenizer, device=device, dtype=dtype, base=base)
     result = EvalResult()
     for spec in specs:
@@ -125,5 +150,6 @@ def evaluate(
             result.summary = TASKS[name].finish(result.summary)
     if out is not None:
         settings = {"tasks": tasks, "langs": langs, "format": fmt, "shots": shots, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
-        save_result(result, out, overwrite=overwrite, provenance={"kind": "evaluation", "model": lm.info or lm.name, **settings})
+        inputs = [x for x in (model, data, data_dir, base) if isinstance(x, (str, Path))]
+        save_result(result, out, overwrite=overwrite, provenance={"kind": "evaluation", "model": lm.info or lm.name, **settings}, inputs=inputs)
     return result

@@ -81,6 +81,7 @@ def run_generation_task(
     # Imported here: the task registry imports this module, and the CLI reads the registry at start-up.
     from layerswap.evaluate.result import EvalResult
     from layerswap.evaluate.runner import generate
+    from layerswap.evaluate.uncertainty import mean_columns
 
     prompts = [task.prompt(ex.question) for ex in examples]
     t0 = time.perf_counter()
@@ -100,6 +101,7 @@ def run_generation_task(
         "shots": task.shots,
         "n": n,
         "exact_match": sum(r["correct"] for r in records) / n,
+        **mean_columns([r["correct"] for r in records]),
     }
     for ex in task.extractors:
         row[f"em_{ex.name}"] = sum(r[f"em_{ex.name}"] for r in records) / n

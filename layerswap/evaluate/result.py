@@ -70,11 +70,23 @@ def counts_as_ints(summary: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def save_result(result: EvalResult, out: str | Path, *, overwrite: bool = False, provenance: dict[str, Any] | None = None) -> Path:
-    """Write ``examples.jsonl``, ``summary.csv`` and ``layerswap.json`` into ``out`` atomically."""
+def save_result(
+    result: EvalResult,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    provenance: dict[str, Any] | None = None,
+    inputs: Any = (),
+) -> Path:
+    """Write ``examples.jsonl``, ``summary.csv`` and ``layerswap.json`` into ``out`` atomically.
+
+    ``out`` must not be, contain or lie inside an input: ``inputs`` (model, adapter, data files) and the
+    model named in ``provenance`` (see :mod:`layerswap.io.outputs`)."""
     from layerswap.io import AtomicDir, write_provenance
 
-    with AtomicDir(out, overwrite=overwrite) as tmp:
+    model = (provenance or {}).get("model")
+    inputs = [inputs, [model.get("source"), model.get("base")] if isinstance(model, dict) else model]
+    with AtomicDir(out, overwrite=overwrite, inputs=inputs) as tmp:
         with open(tmp / "examples.jsonl", "w", encoding="utf-8") as fh:
             for rec in result.records:
                 fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
@@ -83,9 +95,33 @@ def save_result(result: EvalResult, out: str | Path, *, overwrite: bool = False,
     return Path(out)
 
 
+_INTERVAL = ["stderr", "ci_low", "ci_high"]
+_ALWAYS_SHOWN = ("task", "lang", "n", *_INTERVAL)
+_NOT_METRICS = ("task", "format", "lang", "shots", "n", "empty", "seconds", *_INTERVAL)
+
+
 def format_summary(summary: pd.DataFrame) -> str:
-    """The printed table: one row per task and language, metrics rounded."""
+    """The printed table: one row per task and language, metrics rounded.
+
+    Several tasks print as one block each, without the columns that are empty for that task, so
+    that ``stderr``, ``ci_low`` and ``ci_high`` stand right after the metric they belong to (the
+    task's headline metric); ``summary.csv`` keeps the one wide table.
+    """
     if summary.empty:
         return "(no results)"
+    if "task" in summary and summary["task"].nunique() > 1:
+        blocks = []
+        for task in summary["task"].unique():
+            rows = summary[summary["task"] == task]
+            rows = rows.drop(columns=[c for c in rows if c not in _ALWAYS_SHOWN and rows[c].isna().all()])
+            # The task's own columns come after the wide table's earlier tasks' ones: put the
+            # interval back after its metric, the first column a task reports after ``n``.
+            metric = next((c for c in rows if c not in _NOT_METRICS), None)
+            if metric is not None and "stderr" in rows:
+                rest = [c for c in rows if c not in _INTERVAL and c != metric]
+                at = rest.index("n") + 1 if "n" in rest else len(rest)
+                rows = rows[rest[:at] + [metric, *_INTERVAL] + rest[at:]]
+            blocks.append(format_summary(rows))
+        return "\n\n".join(blocks)
     shown = summary.drop(columns=[c for c in ("format", "shots") if c in summary and summary[c].isna().all()])
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="")

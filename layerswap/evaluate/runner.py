@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from layerswap.errors import CheckpointError, ConfigError, InputPathError
-from layerswap.io import load_json
 from layerswap.progress import bar
 
 
@@ -110,29 +109,30 @@ def load_model(
         return as_loaded(*spec)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from layerswap.io import is_adapter_folder, resolve_model
+    from layerswap.io import LoraAdapter, ModelFolder, is_adapter_folder, resolve_model
+    from layerswap.io.lora import open_adapter_for_peft
 
     path = resolve_model(spec)
     dev = auto_device(device)
     adapter: Path | None = None
+    lora: LoraAdapter | None = None
     if is_adapter_folder(path):
         adapter = path
-        cfg = load_json(path / "adapter_config.json", "a PEFT adapter needs adapter_config.json")
-        base_spec = base or cfg.get("base_model_name_or_path")
+        # Validated: safetensors weights only (pickles refused), a LoRA's config and factor shapes checked.
+        lora, cfg = open_adapter_for_peft(path)
+        named = cfg.get("base_model_name_or_path")
+        base_spec = base or (named if isinstance(named, str) else None)
         if not base_spec:
             raise InputPathError(f"adapter {path} does not name its base model: pass --base")
         path = resolve_model(base_spec)
-    if not (path / "config.json").exists():
-        raise InputPathError(f"{path} has no config.json: pass a Hugging Face model folder or a PEFT adapter folder")
+    if is_adapter_folder(path):
+        raise InputPathError(f"{path} is a LoRA adapter, not a full model: pass the base model folder as --base")
+    folder = ModelFolder(path, need_layers=False)  # headers validated; truncation and pickle-only folders refused, one line
+    if lora is not None:
+        lora.check_base(folder)
+    folder.check_transformers_names()  # with use_safetensors=True below, transformers never falls back to a pickle
     from transformers import AutoConfig
 
-    from layerswap.io import PICKLE_SUFFIXES
-
-    if not any(path.glob("*.safetensors")) and any(p.suffix in PICKLE_SUFFIXES for p in path.iterdir()):
-        raise CheckpointError(
-            f"{path} holds only pickled weights, which layerswap never unpickles: convert it with "
-            "save_pretrained(out, safe_serialization=True) where you trust the file"
-        )
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as exc:
@@ -145,16 +145,30 @@ def load_model(
     torch_dtype = auto_dtype(dev, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None), dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
         tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").exists() else path
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
     if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model = _merge_adapter(model, adapter)
     model.to(dev).eval()
     info = {"source": str(spec), "base": str(path) if adapter else None, "device": str(dev), "dtype": str(torch_dtype).replace("torch.", "")}
     return LoadedModel(model, prepare_tokenizer(tokenizer), name=Path(str(spec)).name, info=info)
+
+
+def _merge_adapter(model: Any, adapter: Path) -> Any:
+    """PEFT's merge of a LoRA adapter whose weights come from its safetensors file only (PEFT itself
+    would fall back to ``adapter_model.bin``, a pickle)."""
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    config = PeftConfig.from_pretrained(adapter)
+    config.inference_mode = True
+    peft_model = get_peft_model(model, config)
+    result = set_peft_model_state_dict(peft_model, load_file(adapter / "adapter_model.safetensors"))
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise CheckpointError(f"adapter {adapter} holds {unexpected[0]!r}, which its base does not have: the adapter was made for another base")
+    return peft_model.merge_and_unload()
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

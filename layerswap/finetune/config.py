@@ -12,6 +12,7 @@ options.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -110,6 +111,7 @@ class FinetuneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
+        self._check_numbers()
         for key in ("batch_size", "grad_accum", "seq_len", "lora_r", "save_steps", "log_steps"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be positive")
@@ -128,6 +130,27 @@ class FinetuneConfig(StrictModel):
         if self.method == "lora" and any(g.strip() not in ("", "none") for g in self.train_global or ()):
             raise ConfigError("--train-global applies to full fine-tuning: LoRA trains adapters only")
         return self
+
+    def _check_numbers(self) -> None:
+        """Floats finite and in range (a NaN learning rate trains a model of NaNs, silently)."""
+        rules = {  # key: (lowest, lowest allowed itself, highest (exclusive) or None, what it means)
+            "lr": (0.0, False, None, "a positive number such as 5e-5"),
+            "epochs": (0.0, False, None, "a positive number of epochs"),
+            "weight_decay": (0.0, True, None, "0 or a positive number such as 0.01"),
+            "max_grad_norm": (0.0, True, None, "0 (no clipping) or a positive norm such as 1.0"),
+            "lora_alpha": (0.0, False, None, "a positive number such as 16"),
+            "lora_dropout": (0.0, True, 1.0, "a probability in [0, 1)"),
+        }
+        for key, (low, inclusive, high, want) in rules.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            ok = math.isfinite(value) and (value >= low if inclusive else value > low) and (high is None or value < high)
+            if not ok:
+                raise ConfigError(f"--{key.replace('_', '-')} {value!r} is out of range: use {want}")
+        for key in ("warmup_steps", "save_total_limit"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"--{key.replace('_', '-')} {getattr(self, key)} is negative: use 0 or more")
 
     def _check_partitions(self, mode: str, named: dict[str, str]) -> None:
         """Layer choices, partitions and ratios agree with the mode and the data names."""

@@ -15,7 +15,7 @@ from typing import Any
 from layerswap.errors import ConfigError, InputPathError
 from layerswap.finetune.config import FinetuneConfig
 from layerswap.finetune.freezing import Partition, apply_partition, lora_target_modules, partition_parameters, resolve_partition
-from layerswap.io import GLOBAL_MODULES, Architecture
+from layerswap.io import GLOBAL_MODULES, Architecture, ModelFolder
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,11 @@ def setup_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    ModelFolder(base_path).check_transformers_names()  # safetensors only: transformers never falls back to a pickle
     torch.manual_seed(cfg.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)
     union = partitions.union
     if cfg.method == "full":
         counts = apply_partition(model, arch, union)

@@ -18,7 +18,6 @@ tokenizer, model), :mod:`~layerswap.finetune.data` (tokenized data), :mod:`~laye
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import time
 import warnings
@@ -34,7 +33,7 @@ from layerswap.finetune.freezing import apply_partition
 from layerswap.finetune.model import check_seq_len, load_tokenizer, resolve_partitions, setup_model
 from layerswap.finetune.save import save_output
 from layerswap.finetune.trainer import build_trainer, plan_steps, precision_flags, training_arguments
-from layerswap.finetune.workdir import prepare_work_dir, step_of, work_dir_of
+from layerswap.finetune.workdir import check_work_dir, prepare_work_dir, remove_work_dir, step_of, work_dir_of
 from layerswap.io import ModelFolder, prepare_output_dir
 from layerswap.progress import is_quiet, set_quiet
 
@@ -71,8 +70,10 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
     mode = cfg.resolved_mode()
     base_path = resolve_model(cfg.base)
     base = ModelFolder(base_path)
-    out = prepare_output_dir(Path(cfg.out).expanduser(), cfg.overwrite)
+    inputs = [base_path, list(cfg.named_data().values()), cfg.data_dir, cfg.tokenizer]
+    out = prepare_output_dir(Path(cfg.out).expanduser(), cfg.overwrite, inputs=inputs)
     work = work_dir_of(cfg, out)
+    check_work_dir(work, out, inputs, resume=cfg.resume)
     arch = base.architecture
     present = {r.module for r in map(arch.classify, base.names()) if r.layer is not None}
     partitions = resolve_partitions(cfg, arch, present, mode)
@@ -150,7 +151,7 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
         cfg, out, trainable.model, tokenizer, base, trainable.trainable_names, provenance, trainer.state.log_history, plan.group_of_step
     )
     if not cfg.keep_checkpoints:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work_dir(work)  # only if layerswap created it
     return out
 
 

@@ -11,10 +11,15 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from layerswap.errors import ConfigError, InputPathError, OutputExistsError
 from layerswap.finetune.config import FinetuneConfig
+from layerswap.io.outputs import check_location, check_not_input, input_paths, resolved
 
+#: The file that says layerswap created a work folder (and so may delete it): ``{"created": true}``,
+#: or ``false`` for an empty folder the user made, which is emptied but kept.
+MARKER = ".layerswap-work"
 #: Config keys that may change between an interrupted run and its ``--resume``.
 RESUME_FREE = {"resume", "overwrite", "quiet", "steps", "save_steps", "save_total_limit", "keep_checkpoints", "log_steps"}
 
@@ -48,6 +53,56 @@ def last_complete_checkpoint(work: Path) -> str | None:
     return str(best[1]) if best else None
 
 
+def check_work_dir(work: Path, out: Path, inputs: Any, *, resume: bool = False) -> None:
+    """Refuse a work folder that is an input, overlaps the output, or is a folder layerswap did not create.
+
+    The work folder is deleted after a successful run (and cleared by ``--overwrite``), so it must be
+    one layerswap made (its :data:`MARKER` file says so), a new path, or an empty folder. ``--resume``
+    deletes nothing until the run ends, so it may continue a folder of an older version (no marker),
+    which is then left in place."""
+    check_not_input(work, input_paths(inputs), option="--work-dir")
+    where, final = resolved(work), resolved(out)
+    if where == final or final in where.parents or where in final.parents:
+        raise InputPathError(
+            f"--work-dir {work} overlaps the output {out}: checkpoints are deleted after the run; choose a folder beside the output"
+        )
+    if work.is_symlink():
+        raise InputPathError(f"--work-dir {work} is a symbolic link: pass the folder itself or choose another path")
+    if not work.exists():
+        check_location(work, option="--work-dir")
+        return
+    if not work.is_dir():
+        raise InputPathError(f"--work-dir {work} is a file, not a folder: choose another path")
+    if not resume and not (work / MARKER).is_file() and any(work.iterdir()):
+        raise OutputExistsError(
+            f"--work-dir {work} is a folder layerswap did not create (no {MARKER}), and layerswap deletes only "
+            "work folders it created: choose a new or empty folder"
+        )
+
+
+def _marker(work: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((work / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def remove_work_dir(work: Path) -> None:
+    """Delete a work folder after the run, only if layerswap created it (an adopted empty folder is emptied)."""
+    marker = _marker(work)
+    if marker is None:
+        return
+    if marker.get("created", False):
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    for child in work.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def prepare_work_dir(cfg: FinetuneConfig, work: Path, *, create: bool = True) -> str | None:
     """Return the checkpoint to resume from, or None; refuse stale work unless told what to do.
 
@@ -74,9 +129,17 @@ def prepare_work_dir(cfg: FinetuneConfig, work: Path, *, create: bool = True) ->
         )
     if not create or int(os.environ.get("RANK", "0")) != 0:
         return None  # under accelerate launch only the main process clears and prepares the folder
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    marker = _marker(work) if work.is_dir() else None
+    if marker is not None:
+        remove_work_dir(work)  # layerswap's own: stale checkpoints go (--overwrite) or there were none
+    created = not work.exists() or bool(marker and marker.get("created"))
+    if work.is_dir() and any(work.iterdir()):
+        raise OutputExistsError(
+            f"--work-dir {work} is a folder layerswap did not create (no {MARKER}), and layerswap deletes only "
+            "work folders it created: choose a new or empty folder"
+        )
+    work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).write_text(json.dumps({"created": created}) + "\n", encoding="utf-8")
     run_file.write_text(json.dumps(current, indent=2))
     return None
 

@@ -6,26 +6,26 @@ writer killed between its two final renames is tidied up by the next one (:func:
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
 import uuid
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from layerswap.errors import OutputExistsError, WriteFailedError
+from layerswap.errors import OutputExistsError
+from layerswap.io.outputs import check_output, check_replaceable, describe_previous, plain_output, write_error
 from layerswap.io.syscalls import fsync_dir, fsync_tree
 
 
-def prepare_output_dir(out: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Check an output folder may be written; return its path. Nothing is created yet."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output {out} already exists: choose another path or pass --overwrite")
-    if not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    return out
+def prepare_output_dir(out: str | os.PathLike[str], overwrite: bool, *, inputs: Iterable[Any] = (), option: str = "--out") -> Path:
+    """Check an output folder may be written (:func:`layerswap.io.outputs.check_output`); return its path.
+
+    Nothing is created yet, not even a parent folder: :class:`AtomicDir` creates them when it starts writing.
+    """
+    return check_output(out, inputs, overwrite=overwrite, option=option)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -59,17 +59,54 @@ class AtomicDir:
     """A temporary sibling folder renamed onto ``out`` on success and removed on failure.
 
     Used for every output folder: an interrupted run leaves either nothing or the previous output.
+    Parent folders that do not exist are created when writing starts and removed again if it fails.
+    ``inputs`` are the paths the writer reads (refused as outputs); ``replace_any`` lets ``overwrite``
+    replace a folder layerswap did not write (only for a location layerswap owns, such as its model cache).
     """
 
-    def __init__(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        recover_interrupted(Path(out))
-        self.out = prepare_output_dir(out, overwrite)
+    def __init__(
+        self, out: str | os.PathLike[str], *, overwrite: bool = False, inputs: Iterable[Any] = (), replace_any: bool = False
+    ) -> None:
+        recover_interrupted(plain_output(out))
+        self.replace_any = replace_any
+        self.out = Path(out) if replace_any else check_output(out, inputs, overwrite=overwrite)
         self.overwrite = overwrite
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.created: Path | None = None  # the topmost parent folder this writer created
 
     def __enter__(self) -> Path:
-        self.tmp.mkdir(parents=True)
+        try:
+            missing = []
+            parent = Path(os.path.abspath(self.out.parent))
+            while not os.path.lexists(parent) and parent != parent.parent:
+                missing.append(parent)
+                parent = parent.parent
+            for folder in reversed(missing):
+                folder.mkdir()
+                self.created = self.created or folder
+            self.tmp.mkdir()
+        except OSError as exc:
+            self._remove_created()
+            mapped = write_error(self.out, exc)
+            if mapped is not None:
+                raise mapped from exc
+            raise
         return self.tmp
+
+    def _remove_created(self) -> None:
+        """Remove the parent folders this writer created (only while they are empty)."""
+        if self.created is None:
+            return
+        folder = Path(os.path.abspath(self.out.parent))
+        while True:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            if folder == self.created:
+                break
+            folder = folder.parent
+        self.created = None
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None:
@@ -79,21 +116,28 @@ class AtomicDir:
                 exc = failed
         if exc is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EIO):
-                raise WriteFailedError(
-                    f"writing {self.out} failed: {os.strerror(exc.errno or 0)}; nothing was written. Free space or pick another path"
-                ) from exc
+            self._remove_created()
+            mapped = write_error(self.out, exc) if isinstance(exc, OSError) else None
+            if mapped is not None:
+                raise mapped from exc
             if exc_type is None:
                 raise exc
             return
-        self.commit()
+        try:
+            self.commit()
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._remove_created()
+            raise
 
     def commit(self) -> None:
         old = None
-        if self.out.exists():
-            if not self.overwrite:
-                shutil.rmtree(self.tmp, ignore_errors=True)
+        if os.path.lexists(self.out):
+            if not (self.overwrite or self.replace_any):
                 raise OutputExistsError(f"output {self.out} appeared while writing: choose another path or pass --overwrite")
+            if not self.replace_any:
+                check_replaceable(self.out)  # it may have changed since the start
+            replaced = describe_previous(self.out)
             old = self.out.parent / f".{self.out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(self.out, old)
         os.rename(self.tmp, self.out)
@@ -103,12 +147,22 @@ class AtomicDir:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 old.unlink(missing_ok=True)
+            if not self.replace_any and replaced != "an empty folder":
+                warnings.warn(f"--overwrite: replaced {self.out} ({replaced})", stacklevel=2)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write a small text file via a temporary sibling and ``os.replace``: never a torn file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        if not tmp.is_dir():
+            tmp.unlink(missing_ok=True)
+        mapped = write_error(path, exc)
+        if mapped is not None:
+            raise mapped from exc
+        raise
     return path

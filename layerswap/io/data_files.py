@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from layerswap.errors import DataError, InputPathError
 
@@ -35,12 +36,47 @@ def resolve_data_dir(explicit: str | os.PathLike[str] | None = None, *, required
     return None
 
 
+def _check_file(path: Path) -> None:
+    """A data file must exist and be a regular file (not a folder, FIFO or device)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputPathError(f"data file {path} does not exist: pass a jsonl/tsv/text file") from None
+    except OSError as exc:
+        raise InputPathError(f"cannot read data file {path}: {exc.strerror or exc}: check the path and its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputPathError(f"data path {path} is a folder: pass a JSONL, TSV or text file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputPathError(f"data path {path} is not a regular file: pass a JSONL, TSV or text file")
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    _check_file(path)
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise InputPathError(f"cannot read data file {path}: {exc.strerror or exc}: check the path and its permissions") from None
+
+
+def _not_utf8(path: Path, lineno: int) -> DataError:
+    return DataError(f"{path} line {lineno} is not UTF-8 text: convert the file to UTF-8 (e.g. iconv -t UTF-8)")
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 file (a leading BOM is dropped); bad bytes name the line."""
+    with _open_binary(path) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise _not_utf8(path, lineno) from None
+
+
 def read_lines(path: str | os.PathLike[str]) -> list[str]:
-    """The lines of a text file; a missing or empty file is a one-line error."""
+    """The lines of a text file; a missing, empty, folder or non-UTF-8 file is a one-line error."""
     path = Path(path)
-    if not path.exists():
-        raise InputPathError(f"data file {path} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = [line for _, line in _decoded_lines(path)]
+    lines = "".join(lines).splitlines()
     if not any(line.strip() for line in lines):
         raise DataError(f"data file {path} is empty: pass a file with at least one line of text")
     return lines
@@ -49,38 +85,34 @@ def read_lines(path: str | os.PathLike[str]) -> list[str]:
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line number, record)``; a malformed line names the file and line."""
     path = Path(path)
-    if not path.exists():
-        raise InputPathError(f"data file {path} does not exist")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise DataError(f"{path} line {lineno} is not valid JSON: fix or remove that line") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path} line {lineno} is not a JSON object with named fields")
-            yield lineno, record
+    for lineno, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise DataError(f"{path} line {lineno} is not valid JSON: fix or remove that line") from None
+        except RecursionError:
+            raise DataError(f"{path} line {lineno} nests JSON too deeply: fix or remove that line") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path} line {lineno} is not a JSON object with named fields")
+        yield lineno, record
 
 
 def iter_tsv(path: str | os.PathLike[str], *, header: bool = True, fieldnames: list[str] | None = None) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line number, row)`` of a TSV file (no quoting: MGSM questions contain quotes)."""
     path = Path(path)
-    if not path.exists():
-        raise InputPathError(f"data file {path} does not exist")
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        names = fieldnames
-        for lineno, row in enumerate(reader, 1):
-            if not row or not any(c.strip() for c in row):
-                continue
-            if names is None and header:
-                names = row
-                continue
-            if names is None:
-                names = [str(i) for i in range(len(row))]
-            yield lineno, dict(zip(names, row, strict=False))
+    names = fieldnames
+    for lineno, line in _decoded_lines(path):
+        row = next(csv.reader([line], delimiter="\t", quoting=csv.QUOTE_NONE), [])
+        if not row or not any(c.strip() for c in row):
+            continue
+        if names is None and header:
+            names = row
+            continue
+        if names is None:
+            names = [str(i) for i in range(len(row))]
+        yield lineno, dict(zip(names, row, strict=False))
 
 
 def require_fields(record: dict[str, Any], fields: list[str], *, path: Path | str, lineno: int) -> None:

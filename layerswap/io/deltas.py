@@ -98,3 +98,20 @@ def check_compatible(base: ModelFolder, expert: Checkpoint, *, label: str = "exp
         raise IncompatibleModelsError(
             f"{label} {expert.path} has tensor {extra[0]!r} that base {base.path} lacks: they must come from the same base model"
         )
+    base_cfg, expert_cfg = _decoder_config(base.config), _decoder_config(expert.config)
+    for key in ARCHITECTURE_KEYS:
+        a, b = base_cfg.get(key), expert_cfg.get(key)
+        if a is not None and b is not None and a != b:
+            raise IncompatibleModelsError(
+                f"{label} {expert.path} says {key} {str(b)[:40]} in config.json, base {base.path} says {str(a)[:40]}: "
+                "they must come from the same base model (if the config.json is wrong, fix it)"
+            )
+
+
+#: config.json facts that must agree between an expert and its base (tensor shapes can match without them).
+ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers")
+
+
+def _decoder_config(config: dict) -> dict:
+    text = config.get("text_config")
+    return {**config, **text} if isinstance(text, dict) else config

@@ -85,6 +85,6 @@ def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False, quiet: bool
         return target
     if not quiet:
         print(f"preparing {name} into {target} (once; about a minute on 2 CPU cores)", flush=True)
-    with AtomicDir(target, overwrite=True) as tmp:
+    with AtomicDir(target, overwrite=True, replace_any=True) as tmp:
         EMBEDDED[name].prepare(tmp)
     return target

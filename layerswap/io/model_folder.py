@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from layerswap.errors import CheckpointError, IncompatibleModelsError, InputPathError
-from layerswap.io.architecture import Architecture, architecture_from_config
-from layerswap.io.reader import TensorInfo, load_json, read_safetensors_header, read_tensor
+from layerswap.io.architecture import Architecture, architecture_from_config, generic_architecture
+from layerswap.io.reader import TensorInfo, load_json, read_safetensors_header, read_tensor, refuse_special_files
 
 if TYPE_CHECKING:
     import torch
@@ -25,12 +26,15 @@ class ModelFolder:
     refused: loading them would execute arbitrary code.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, need_layers: bool = True) -> None:
+        """``need_layers=False`` (evaluate: transformers loads the model) accepts configs without
+        ``num_hidden_layers`` and unknown architectures silently; weights and headers are checked the same."""
         self.path = Path(path)
         if not self.path.exists():
             raise InputPathError(f"{self.path} does not exist: pass a model folder or a short name like gemma3-270m")
         if not self.path.is_dir():
             raise InputPathError(f"{self.path} is a file, not a model folder: pass the folder that holds config.json")
+        refuse_special_files(self.path, fix="pass a complete model folder")
         config_path = self.path / "config.json"
         if not config_path.exists():
             raise InputPathError(
@@ -38,35 +42,59 @@ class ModelFolder:
             )
         self.config: dict[str, Any] = load_json(config_path, "a model folder needs config.json")
         self._infos: dict[str, TensorInfo] = {}
-        for file in self._weight_files():
+        weight_map = self._read_index()
+        for file in self._weight_files(weight_map):
             infos, _ = read_safetensors_header(file)
             self._infos.update(infos)
         index_path = self.path / INDEX_NAME
-        if index_path.exists():
-            weight_map = load_json(index_path, "").get("weight_map", {})
-            for name, shard in weight_map.items():
-                info = self._infos.get(name)
-                if info is None or info.file.name != shard:
-                    raise CheckpointError(
-                        f"{index_path} maps tensor {name!r} to {shard}, which does not hold it: re-save the checkpoint"
-                    )
-        self.architecture: Architecture = architecture_from_config(self.config, source=str(config_path))
+        for name, shard in (weight_map or {}).items():
+            info = self._infos.get(name)
+            if info is None or info.file.name != shard:
+                raise CheckpointError(
+                    f"{index_path} maps tensor {name!r} to {shard}, which does not hold it: re-save the checkpoint"
+                )
+        if need_layers:
+            self.architecture: Architecture = architecture_from_config(self.config, source=str(config_path))
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self.architecture = architecture_from_config(self.config, source=str(config_path))
+            except CheckpointError:  # no num_hidden_layers (GPT-2 writes n_layer): nothing to check layers against
+                self.architecture = generic_architecture(0)
+                return
+        check_layer_count(self.architecture, self._infos, self.config, config_path)
 
-    def _weight_files(self) -> list[Path]:
+    def _read_index(self) -> dict[str, str] | None:
+        """The index's weight_map, every shard a plain file name of this folder (checked before any is opened)."""
         index_path = self.path / INDEX_NAME
-        if index_path.exists():
-            weight_map = load_json(index_path, "")
-            shards = sorted(set(weight_map.get("weight_map", {}).values()))
-            if not shards:
-                raise CheckpointError(f"{index_path} has an empty weight_map: re-save the checkpoint")
+        if not os.path.lexists(index_path):
+            return None
+        weight_map = load_json(index_path, "a sharded model needs its index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise CheckpointError(f"{index_path} has no weight_map of tensor names to shard files: re-save the checkpoint")
+        if not weight_map:
+            raise CheckpointError(f"{index_path} has an empty weight_map: re-save the checkpoint")
+        for shard in set(weight_map.values()):
+            if not is_plain_name(shard) or not shard.endswith(".safetensors"):
+                raise CheckpointError(
+                    f"{index_path} names a shard outside the folder or not a .safetensors file ({shard[:80]!r}): "
+                    "an index may only name *.safetensors files of its own folder; re-save the checkpoint"
+                )
+        return weight_map
+
+    def _weight_files(self, weight_map: dict[str, str] | None) -> list[Path]:
+        if weight_map is not None:
+            index_path = self.path / INDEX_NAME
+            shards = sorted(set(weight_map.values()))
             for shard in shards:
-                if not (self.path / shard).exists():
+                if not os.path.lexists(self.path / shard):
                     raise CheckpointError(
                         f"{index_path} names shard {shard}, which is missing from {self.path}: copy the missing shard or re-save"
                     )
             return [self.path / s for s in shards]
         single = self.path / "model.safetensors"
-        if single.exists():
+        if os.path.lexists(single):
             return [single]
         others = sorted(self.path.glob("*.safetensors"))
         if others:
@@ -78,6 +106,15 @@ class ModelFolder:
                 "AutoModelForCausalLM.from_pretrained(path).save_pretrained(out, safe_serialization=True) where you trust the file"
             )
         raise InputPathError(f"{self.path} has config.json but no *.safetensors weights: pass a complete model folder")
+
+    def check_transformers_names(self) -> None:
+        """transformers loads only ``model.safetensors`` or an index (with ``use_safetensors=True``); a folder whose
+        weights have other names (beside a pickle, transformers would fall back to it) is refused in one line."""
+        if not any(os.path.lexists(self.path / name) for name in ("model.safetensors", INDEX_NAME)):
+            raise CheckpointError(
+                f"{self.path} holds its weights under other names than model.safetensors or {INDEX_NAME}, which "
+                "transformers cannot load: rename the file to model.safetensors (or re-save the model with save_pretrained)"
+            )
 
     # -- the named-tensor interface ---------------------------------------------------------
     def names(self) -> list[str]:
@@ -122,3 +159,30 @@ class ModelFolder:
 
     def __repr__(self) -> str:
         return f"ModelFolder({str(self.path)!r}, {len(self)} tensors, {self.num_layers} layers)"
+
+
+def is_plain_name(name: str) -> bool:
+    """A file name of the folder itself: no separators, no ``..``, not absolute, no NUL."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\0")) and not os.path.isabs(name)
+
+
+def check_layer_count(arch: Architecture, infos: dict[str, TensorInfo], config: dict[str, Any], source: Path) -> None:
+    """The weights must hold exactly layers 0..N-1 of config.json's N (multimodal configs: not checked)."""
+    if isinstance(config.get("text_config"), dict):
+        return  # a vision tower's layers share the naming; its decoder is checked where it is used
+    layers = {role.layer for role in map(arch.classify, infos) if role.layer is not None}
+    if not layers:
+        return
+    n = arch.num_layers
+    extra = config.get("num_nextn_predict_layers")  # multi-token-prediction layers stored after the decoder's
+    if max(layers) >= n + (extra if type(extra) is int and extra > 0 else 0):
+        raise CheckpointError(
+            f"{source} says {n} layers but the weights hold layer {max(layers)}: fix num_hidden_layers in config.json "
+            "(it must match the weights) or re-save the checkpoint"
+        )
+    missing = sorted(set(range(n)) - layers)
+    if missing:
+        raise CheckpointError(
+            f"{source} says {n} layers but the weights lack layer {missing[0]} ({len(layers)} present): fix num_hidden_layers "
+            "in config.json (it must match the weights) or re-save the checkpoint"
+        )

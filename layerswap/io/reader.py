@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,68 +47,182 @@ class TensorInfo:
         return torch_dtype_of(self.dtype)
 
 
+#: Bounds on what a header or a JSON file may hold (the format's valid headers nest 3 deep).
+_MAX_JSON = 64 * 1024 * 1024
+_MAX_DEPTH = 32
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a device"),
+          (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path: str | os.PathLike[str], *, fix: str, missing: str | None = None) -> int:
+    """Open a regular file for reading (a descriptor); anything else is an InputPathError ending in ``fix``.
+
+    Links are followed (the Hugging Face cache links every file into its blobs), but what they lead
+    to must be a regular file: a FIFO, device or folder is refused before ``open``, which is
+    non-blocking so a FIFO swapped in meanwhile cannot hang, and checked again on the descriptor.
+    """
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(path, _READ_FLAGS)
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                return fd
+            os.close(fd)
+    except FileNotFoundError as exc:
+        link = " (a dangling link)" if os.path.islink(path) else ""
+        raise InputPathError(missing or f"cannot read {path}: it does not exist{link}; {fix}") from exc
+    except PermissionError as exc:
+        raise InputPathError(f"cannot read {path}: permission denied; fix its permissions or pass a readable copy") from exc
+    except OSError as exc:
+        raise InputPathError(f"cannot read {path}: {exc.strerror or type(exc).__name__}; {fix}") from exc
+    raise _not_regular(path, st.st_mode, fix)
+
+
+def _not_regular(path: str | os.PathLike[str], mode: int, fix: str) -> InputPathError:
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return InputPathError(f"cannot read {path}: it is {kind}, not a regular file; {fix}")
+
+
+def refuse_special_files(folder: str | os.PathLike[str], *, fix: str) -> None:
+    """Refuse a folder holding a FIFO, device or socket (links followed): whatever reads its files (our
+    reader, a donor-file copy, transformers' tokenizer loading) could block on one or read a device."""
+    try:
+        with os.scandir(folder) as entries:
+            paths = [entry.path for entry in entries]
+    except PermissionError as exc:
+        raise InputPathError(f"cannot list {folder}: permission denied; fix its permissions or pass a readable copy") from exc
+    except OSError as exc:
+        raise InputPathError(f"cannot list {folder}: {exc.strerror or type(exc).__name__}; {fix}") from exc
+    for path in paths:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue  # a dangling link: reported if and when the file is needed
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise _not_regular(path, mode, fix)
+
+
+def _pread_exact(fd: int, n: int, offset: int) -> bytes:
+    parts, done = [], 0
+    while done < n:
+        chunk = os.pread(fd, n - done, offset + done)
+        if not chunk:
+            break
+        parts.append(chunk)
+        done += len(chunk)
+    return b"".join(parts)
+
+
+def _nesting_ok(raw: bytes, limit: int = _MAX_DEPTH) -> bool:
+    """Whether JSON text nests at most ``limit`` deep, found in C-speed passes (brackets in strings are
+    counted too, which can only overstate the depth; then a second look ignores strings)."""
+
+    def depth_ok(s: bytes) -> bool:
+        s = s.translate(None, _NOT_BRACKETS)
+        for _ in range(limit + 1):
+            if not s:
+                return True
+            t = s.replace(b"[]", b"").replace(b"{}", b"")
+            if t == s:  # unbalanced: the parser says so
+                return True
+            s = t
+        return False
+
+    return depth_ok(raw) or depth_ok(_STRING.sub(b"", raw))
+
+
+def _show(name: object) -> str:
+    """A tensor name for a message: quoted, escaped, and cut short."""
+    text = str(name)
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _parse_header(raw: bytes, path: Path, size: int) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Validate a header against the safetensors format: dtype known, shape a list of non-negative
+    ints, offsets inside the data and not overlapping, byte count = shape x dtype size, bounded nesting."""
+    corrupted = f"{path} has a corrupted safetensors header: re-download or re-save the checkpoint"
+    if not _nesting_ok(raw):
+        raise CheckpointError(f"{path} has a corrupted safetensors header (JSON nested too deeply): re-download or re-save the checkpoint")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(corrupted) from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(corrupted)
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path} has a malformed safetensors header (__metadata__ must map strings to strings): re-save the checkpoint")
+    data_start = 8 + len(raw)
+    data_len = size - data_start
+    infos: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        bad = f"{path} has a malformed header entry for tensor {_show(name)}"
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{bad}: re-save the checkpoint")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+            shown = f" {dtype}" if isinstance(dtype, str) and re.fullmatch(r"[A-Za-z0-9_]{1,16}", dtype) else ""
+            raise CheckpointError(f"tensor {_show(name)} in {path} has unsupported dtype{shown}: re-save it in one of {', '.join(DTYPE_SIZES)}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise CheckpointError(f"{bad} (shape must be a list of non-negative integers): re-save the checkpoint")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(x) is int for x in offsets):
+            raise CheckpointError(f"{bad} (data_offsets must be two integers): re-save the checkpoint")
+        begin, end = offsets
+        if not 0 <= begin <= end or end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
+            raise CheckpointError(f"tensor {_show(name)} in {path} has a byte range that does not match its shape: the file is corrupted; re-save the checkpoint")
+        if end > data_len:
+            raise CheckpointError(
+                f"{path} is truncated: tensor {_show(name)} ends at byte {data_start + end} but the file has {size}; "
+                "re-download or re-save the checkpoint"
+            )
+        infos[name] = TensorInfo(name, tuple(shape), dtype, path, data_start + begin, end - begin)
+    ranges = sorted((i.offset, i.offset + i.nbytes, i.name) for i in infos.values() if i.nbytes)
+    for (_, prev_end, prev), (begin, _, name) in zip(ranges, ranges[1:], strict=False):
+        if begin < prev_end:
+            raise CheckpointError(f"tensors {_show(prev)} and {_show(name)} in {path} overlap: the file is corrupted; re-save the checkpoint")
+    return infos, dict(metadata)
+
+
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse and validate a safetensors header; read no tensor data.
 
-    Detects zero-byte, truncated and corrupted files and says which file and what to do.
+    Detects zero-byte, truncated and corrupted files and says which file and what to do; no
+    message quotes the file's bytes. Only a regular file is opened (see :func:`open_regular`).
     """
     path = Path(path)
+    fd = open_regular(path, fix="pass a complete model folder")
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise CheckpointError(
-                    f"{path} is {'empty' if size == 0 else 'truncated'} ({size} bytes): re-download or re-save the checkpoint"
-                )
-            header_len = int.from_bytes(head, "little")
-            if header_len <= 0 or header_len > _MAX_HEADER or header_len > size - 8:
-                raise CheckpointError(
-                    f"{path} is not a valid safetensors file (header length {header_len}, file size {size}): "
-                    "re-download or re-save the checkpoint"
-                )
-            raw = fh.read(header_len)
-    except PermissionError as exc:
-        raise InputPathError(f"cannot read {path}: permission denied; fix its permissions or pass a readable copy") from exc
-    except OSError as exc:  # a folder or a dangling link where a weight file should be
-        raise InputPathError(
-            f"cannot read {path}: {exc.strerror or exc}; pass a complete model folder"
-        ) from exc
-    try:
-        header = json.loads(raw.decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path} has a corrupted safetensors header: re-download or re-save the checkpoint") from exc
-    data_start = 8 + header_len
-    metadata = header.pop("__metadata__", None) or {}
-    infos: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        try:
-            dtype = entry["dtype"]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path} has a malformed header entry for tensor {name!r}: re-save the checkpoint") from exc
-        if dtype not in DTYPE_SIZES:
-            raise CheckpointError(f"tensor {name!r} in {path} has unsupported dtype {dtype}")
-        itemsize = DTYPE_SIZES[dtype]
-        if end - begin != math.prod(shape) * itemsize or begin < 0:
+        size = os.fstat(fd).st_size
+        head = _pread_exact(fd, 8, 0)
+        if len(head) < 8:
             raise CheckpointError(
-                f"tensor {name!r} in {path} has a byte range that does not match its shape: the file is corrupted"
+                f"{path} is {'empty' if size == 0 else 'truncated'} ({size} bytes): re-download or re-save the checkpoint"
             )
-        if data_start + end > size:
+        header_len = int.from_bytes(head, "little")
+        if not 2 <= header_len <= min(_MAX_HEADER, size - 8):
             raise CheckpointError(
-                f"{path} is truncated: tensor {name!r} ends at byte {data_start + end} but the file has {size}; "
+                f"{path} is not a valid safetensors file (its first 8 bytes give no header length that fits in its {size} bytes): "
                 "re-download or re-save the checkpoint"
             )
-        infos[name] = TensorInfo(name, shape, dtype, path, data_start + begin, end - begin)
-    return infos, {str(k): str(v) for k, v in metadata.items()}
+        raw = _pread_exact(fd, header_len, 8)
+    except OSError as exc:
+        raise InputPathError(f"cannot read {path}: {exc.strerror or exc}; pass a complete model folder") from exc
+    finally:
+        os.close(fd)
+    if len(raw) < header_len:
+        raise CheckpointError(f"{path} is truncated inside its header: re-download or re-save the checkpoint")
+    return _parse_header(raw, path, size)
 
 
 def _pread_into(info: TensorInfo, target: memoryview) -> None:
     """Fill ``target`` (``info.nbytes`` long) with the tensor's bytes."""
-    fd = os.open(info.file, os.O_RDONLY)
+    fd = os.open(info.file, _READ_FLAGS)
     try:
         done = 0
         while done < info.nbytes:
@@ -164,13 +280,27 @@ def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> torch.Ten
 
 
 def load_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
-    """Read a JSON object (config.json, adapter_config.json, ...) with one-line errors; ``what`` says why it is needed."""
+    """Read a JSON object (config.json, adapter_config.json, ...) with one-line errors; ``what`` says why it is needed.
+
+    Only a regular file of bounded size is read, and its nesting is bounded before it is parsed.
+    """
+    fix = what or "pass a complete model folder"
+    fd = open_regular(path, fix=f"replace it with the JSON file ({fix})", missing=f"{path} is missing: {fix}")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise InputPathError(f"{path} is missing: {what}") from exc
-    except (UnicodeDecodeError, ValueError) as exc:
+        size = os.fstat(fd).st_size
+        if size > _MAX_JSON:
+            raise CheckpointError(f"{path} is {size} bytes, too large for a JSON file layerswap reads: fix or regenerate it")
+        raw = _pread_exact(fd, size, 0)
+    except OSError as exc:
+        raise InputPathError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from exc
+    finally:
+        os.close(fd)
+    if not _nesting_ok(raw):
+        raise CheckpointError(f"{path} is not valid JSON (nested too deeply): fix or regenerate it")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: fix or regenerate it") from exc
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+        raise CheckpointError(f"{path} must hold a JSON object: fix or regenerate it")
     return data

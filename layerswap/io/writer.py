@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from layerswap.errors import CheckpointError, ConfigError
+from layerswap.errors import CheckpointError, ConfigError, NumericalError
 from layerswap.io.atomic import AtomicDir
 from layerswap.io.dtypes import DTYPE_SIZES, dtype_code, torch_dtype_of
+from layerswap.io.finite import FiniteCheck
 from layerswap.io.model_folder import INDEX_NAME
 from layerswap.io.provenance import ADAPTER_DONOR_FILES, DONOR_FILES, copy_donor_files, write_provenance
 from layerswap.io.reader import TensorInfo
@@ -50,14 +51,21 @@ class TensorSpec:
 
 def parse_size(value: int | str) -> int:
     """``"5GB"``/``"500MB"``/``1000000`` -> bytes."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"cannot read size {value!r}: write e.g. 5GB, 500MB or a number of bytes")
     if isinstance(value, int):
+        if value <= 0:
+            raise ConfigError(f"size {value} must be positive: write e.g. 5GB, 500MB or a number of bytes")
         return value
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]i?B?)?\s*", str(value), re.I)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]i?B?|B)?\s*", value, re.I)
     if not m:
         raise ConfigError(f"cannot read size {value!r}: write e.g. 5GB, 500MB or a number of bytes")
     unit = (m.group(2) or "").upper().rstrip("B")
     factor = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
-    return int(float(m.group(1)) * factor)
+    size = int(float(m.group(1)) * factor)
+    if size <= 0:
+        raise ConfigError(f"size {value!r} must be positive: write e.g. 5GB, 500MB or a number of bytes")
+    return size
 
 
 @dataclass
@@ -119,6 +127,7 @@ class ShardedWriter:
         self._run: _CopyRun | None = None  # raw copies not yet done, see copy_raw
         self._failed: str | None = None  # set for good when a raw copy failed: see _flush_run
         self._writeback = Writeback()
+        self._finite = FiniteCheck()  # raw copies are tested for NaN/Inf while the kernel copies them
         self._where: dict[str, tuple[int, int]] = {}  # name -> (shard index, absolute offset)
         self._shards: list[list[TensorSpec]] = self._plan(list(specs))
 
@@ -168,6 +177,7 @@ class ShardedWriter:
         return self
 
     def _close_fds(self) -> None:
+        self._finite.close()
         self._writeback.close()  # its queue holds these descriptors
         for fd in self._fds:
             try:
@@ -204,10 +214,15 @@ class ShardedWriter:
         Consecutive tensors that lie back to back in both the source and the output (a layer swap
         takes whole runs of layers from one expert) are copied by one kernel call per 64 MiB, not
         one per tensor; the run is flushed when the next copy does not continue it, and on exit.
+        Float tensors are tested for NaN/Inf meanwhile (:class:`~layerswap.io.finite.FiniteCheck`):
+        the output is never committed with one.
         """
         fd, offset, spec = self._target(name)
         if source.dtype != spec.dtype or source.shape != spec.shape:
             raise ValueError(f"raw copy of {name!r}: source is {source.dtype}{list(source.shape)}, planned {spec.dtype}{list(spec.shape)}")
+        if self._finite.bad is not None:
+            self._refuse_nonfinite(self._finite.bad)
+        self._finite.submit(name, source.file, source.offset, source.nbytes, source.dtype)
         run = self._run
         if run is not None and run.continues(source, fd, offset):
             run.nbytes += source.nbytes
@@ -217,6 +232,14 @@ class ShardedWriter:
         self._written.add(name)
         if self._run is not None and self._run.nbytes >= _RUN_LIMIT:
             self._flush_run()  # long runs go now, so progress bars follow the bytes actually copied
+
+    @staticmethod
+    def _refuse_nonfinite(bad: tuple[str, Path]) -> None:
+        name, file = bad
+        raise NumericalError(
+            f"tensor {name!r} of {file} holds NaN or Inf values: check the inputs for NaN/Inf weights "
+            "(layerswap analyze counts them per tensor) and use a finite checkpoint; nothing was written"
+        )
 
     def _flush_run(self) -> None:
         run, self._run = self._run, None
@@ -280,6 +303,9 @@ class ShardedWriter:
                 missing = [n for n in self.specs if n not in self._written]
                 if missing:
                     raise RuntimeError(f"{len(missing)} planned tensors were never written, first {missing[0]!r}")
+                bad = self._finite.result()
+                if bad is not None:
+                    self._refuse_nonfinite(bad)
                 self._writeback.close()
                 for fd in self._fds:  # on the writing descriptors: a late write error is reported here
                     os.fsync(fd)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from layerswap.config import StrictModel, load_config, validate_config
+from layerswap.config import StrictModel, check_name, load_config, validate_config
 from layerswap.errors import ConfigError
 from layerswap.merge.methods import METHODS, MergeMethod, get_method
 
@@ -49,6 +49,38 @@ class MergeConfig(StrictModel):
         bad = [k for k in value if k in RESERVED_LABELS]
         if bad:
             raise ValueError(f"expert label {bad[0]!r} is reserved; use another name")
+        for label in value:
+            check_name(label, "expert label", error=ValueError)
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _float_dtype(cls, value: str | None) -> str | None:
+        """The output dtype must be a floating point one: an integer or bool cast zeroes the weights."""
+        if value is None:
+            return value
+        from layerswap.io import FLOAT_CODES, parse_dtype_code
+
+        try:
+            code = parse_dtype_code(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if code not in FLOAT_CODES:
+            raise ValueError(
+                f"dtype {value!r} is not a floating point type (casting weights to it would destroy them): "
+                "use bf16, fp16 or fp32"
+            )
+        return value
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _size(cls, value: int | str) -> int | str:
+        from layerswap.io import parse_size
+
+        try:
+            parse_size(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     # -- resolved views ---------------------------------------------------------------------

@@ -10,14 +10,17 @@ the YAML carries a ``# note:`` comment. This module adds the dtype and writes th
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from layerswap.io import write_text_atomic
+from layerswap.io.outputs import check_output_file
 from layerswap.merge.config import MergeConfig
 from layerswap.merge.methods import get_method
-from layerswap.merge.ops import MergePlan
+from layerswap.merge.ops import BASE, MergePlan
 
 
 def to_mergekit(config: MergeConfig, plan: MergePlan, *, num_layers: int) -> tuple[dict[str, Any], list[str]]:
@@ -44,15 +47,38 @@ def _input_dtype(config: MergeConfig) -> str:
     return "float32"
 
 
-def write_mergekit_yaml(config: MergeConfig, plan: MergePlan, path: str | os.PathLike[str], *, num_layers: int) -> Path:
+#: How every YAML this module writes begins: ``--overwrite`` replaces only a file that starts so.
+HEADER = "# mergekit equivalent of a layerswap "
+
+
+def merge_inputs(config: MergeConfig) -> list[str]:
+    """Every path a merge config reads: base, experts and a donor given as a folder."""
+    paths = [config.base, *config.experts.values()]
+    if config.donor is not None and config.donor not in config.experts and config.donor != BASE:
+        paths.append(config.donor)
+    return [str(p) for p in paths if p is not None]
+
+
+def check_mergekit_path(
+    config: MergeConfig,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+    outputs: Sequence[str | os.PathLike[str]] = (),
+) -> Path:
+    """Refuse an ``--emit-mergekit`` path that is an input, a folder, or a file layerswap did not write."""
+    return check_output_file(path, [*merge_inputs(config), *inputs], overwrite=overwrite, written_marker=HEADER, outputs=outputs)
+
+
+def write_mergekit_yaml(
+    config: MergeConfig, plan: MergePlan, path: str | os.PathLike[str], *, num_layers: int, overwrite: bool = False
+) -> Path:
     """Write the mergekit YAML (atomically: temp file renamed) and return its path."""
+    path = check_mergekit_path(config, path, overwrite=overwrite)
     doc, notes = to_mergekit(config, plan, num_layers=num_layers)
-    header = [f"# mergekit equivalent of a layerswap {config.method} merge (mergekit-yaml THIS.yaml OUT)"]
+    header = [f"{HEADER}{config.method} merge (mergekit-yaml THIS.yaml OUT)"]
     header += [f"# note: {n}" for n in notes]
     text = "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)  # checked above: nothing in the way, writable
+    return write_text_atomic(path, text)

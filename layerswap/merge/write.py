@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,11 +110,20 @@ def merge(
     overwrite: bool = False,
     emit_mergekit: str | os.PathLike[str] | None = None,
     echo: Callable[[str], None] | None = None,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> MergeResult:
-    """Merge as the config says into ``out`` (a HF model folder or a PEFT adapter folder)."""
+    """Merge as the config says into ``out`` (a HF model folder or a PEFT adapter folder).
+
+    ``out`` and ``emit_mergekit`` must not be, contain or lie inside an input (the config's models and
+    ``inputs``, e.g. the config file): see :mod:`layerswap.io.outputs`."""
+    from layerswap.merge.mergekit import check_mergekit_path, merge_inputs
+
     start = time.perf_counter()
     say = echo or log.info
-    prepare_output_dir(out, overwrite)  # an existing output is the first thing to say, before any work
+    # The output is the first thing to check, before any work: never an input, never someone else's folder.
+    out = prepare_output_dir(out, overwrite, inputs=[*merge_inputs(config), *inputs])
+    if emit_mergekit is not None:
+        check_mergekit_path(config, emit_mergekit, overwrite=overwrite, inputs=inputs, outputs=(out,))
     opened = open_merge(config)
     plan = opened.plan
     output, reason = choose_output(config.output, plan, opened.experts)
@@ -142,7 +151,7 @@ def merge(
     if emit_mergekit is not None:
         from layerswap.merge.mergekit import write_mergekit_yaml
 
-        result.mergekit_yaml = write_mergekit_yaml(config, plan, emit_mergekit, num_layers=plan.num_layers)
+        result.mergekit_yaml = write_mergekit_yaml(config, plan, emit_mergekit, num_layers=plan.num_layers, overwrite=overwrite)
         say(f"mergekit config: {result.mergekit_yaml}")
     result.seconds = time.perf_counter() - start
     say(f"wrote {result.out} in {result.seconds:.1f}s ({result.copied} tensors copied as bytes, {result.computed} computed)")

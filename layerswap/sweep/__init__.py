@@ -2,9 +2,11 @@
 
 - :mod:`~layerswap.sweep.config`: the pydantic schemas (:class:`SweepConfig`, :class:`Candidate`)
 - :mod:`~layerswap.sweep.candidates`: analysis, grid and baseline candidates, and their merge configs
-- :mod:`~layerswap.sweep.store`: the resumable per-candidate result store
+- :mod:`~layerswap.sweep.store`: the resumable per-candidate store (rows and per-example scores)
 - :mod:`~layerswap.sweep.loop`: :func:`run_sweep`, merging each candidate in memory into one model
-- :mod:`~layerswap.sweep.report`: the winner, the figures and ``report.md`` (drawn from ``results.csv``)
+- :mod:`~layerswap.sweep.compare`: paired comparisons between candidates and the verdict in words
+- :mod:`~layerswap.sweep.report`: the leader, the figures and ``report.md`` (drawn from ``results.csv``
+  and ``comparisons.csv``)
 - :mod:`~layerswap.sweep.demo`: the whole pipeline on the embedded default model
 
 The report and the demo are submodules, not re-exported here (``from layerswap.sweep import

@@ -208,7 +208,28 @@ def publish_figures(run: Path, dest: Path) -> list[Path]:
     return copied
 
 
+def _interval(sweep: dict[str, Any], sel: Any) -> str:
+    """`` (95% CI [lo, hi])`` of the leader's headline metric, from the sweep's results."""
+    from layerswap.sweep.report import per_candidate
+
+    row = per_candidate(sweep["results"], sel.task, sel.metric).set_index("candidate").loc[sel.winner]
+    return "" if row[["ci_low", "ci_high"]].isna().any() else f" (95% CI [{row['ci_low']:.4g}, {row['ci_high']:.4g}])"
+
+
+def _language_check(sweep: dict[str, Any], sel: Any, language: str) -> list[str]:
+    """Did the proxy's leader keep the language? Its FLORES bits per byte against each baseline, paired."""
+    comps = sweep["comparisons"]
+    rows = comps[(comps["task"] == "flores") & (comps["language"] == "all") & (comps["candidate"] == sel.winner) & comps["role"].isin(["expert", "baseline"])]
+    if rows.empty:
+        return []
+    words = {"better": "lower (better) than", "worse": "higher (worse) than", "indistinguishable": "indistinguishable from", "undetermined": "not comparable with"}
+    said = "; ".join(f"{words[r['verdict']]} `{r['reference']}` (diff {r['diff']:+.3g}, 95% CI [{r['ci_low']:.3g}, {r['ci_high']:.3g}], Holm p = {r['p_holm']:.2g})" for _, r in rows.iterrows())
+    return [f"Language check (FLORES-{language} bits per byte, paired, lower is better): `{sel.winner}` is {said}."]
+
+
 def _demo_report(config: DemoConfig, out: Path, timings: dict[str, float], sweep: dict[str, Any]) -> str:
+    from layerswap.sweep.compare import verdict_lines
+
     sel = sweep["selection"]
     lines = [
         "# layerswap demo",
@@ -222,8 +243,12 @@ def _demo_report(config: DemoConfig, out: Path, timings: dict[str, float], sweep
         "experts. The same command with a 7-8B base and real budgets on a GPU (`--base`, `--steps`, `--limit`) "
         "is the real experiment.",
         "",
-        f"Winner on the proxy (MGSM-{config.language} gold-answer log-likelihood): `{sel.winner}` = {sel.value:.4g}. "
-        + sel.comparison(),
+        f"Best mean on the proxy (MGSM-{config.language} gold-answer log-likelihood, {config.limit} examples): "
+        f"`{sel.winner}` = {sel.value:.4g}{_interval(sweep, sel)}. " + sel.comparison(),
+        "",
+        *verdict_lines(sweep["comparisons"], sel.task, sel.metric),
+        "",
+        *_language_check(sweep, sel, config.language),
         "",
         "| stage | seconds |",
         "|---|---|",

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import pandas as pd
 
 from layerswap.config import dump_config
-from layerswap.evaluate.tasks import get_task
+from layerswap.errors import InputPathError
+from layerswap.evaluate.tasks import TASKS, get_task
 from layerswap.io import write_text_atomic
 from layerswap.merge.methods.identity import identity_merge
 from layerswap.progress import bar
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
     from layerswap.merge.config import MergeConfig
 
 MergeFn = Callable[[Candidate], float]
-EvalFn = Callable[[Candidate], pd.DataFrame]
+#: A summary (``task, language, metric, value``) and the per-example scores (``task, lang, id,
+#: score[, num, den]``), or a summary alone (no standard errors, no paired comparisons).
+EvalFn = Callable[[Candidate], "tuple[pd.DataFrame, pd.DataFrame | None] | pd.DataFrame"]
 
 
 def run_candidates(
@@ -40,8 +43,12 @@ def run_candidates(
 
     ``merge_into_model(candidate)`` puts the candidate's weights into the evaluated model and
     returns the seconds it took; ``evaluate_model(candidate)`` returns a summary with the columns
-    ``task, language, metric, value``. Both are injected so the loop is testable on its own.
+    ``task, language, metric, value`` and the per-example scores (see :data:`EvalFn`). Both are
+    injected so the loop is testable on its own. The scores are stored first and each headline
+    metric's standard error and interval computed from them as read back, so a resumed sweep's
+    statistics are identical to an uninterrupted one's.
     """
+    headline = {task: spec.metric for task, spec in TASKS.items()}
     rows: list[dict[str, Any]] = []
     progress = bar(desc="sweep", total=len(candidates), unit="candidate")
     try:
@@ -54,15 +61,21 @@ def run_candidates(
             progress.set_postfix_str(cand.name)
             merge_seconds = merge_into_model(cand)
             t0 = time.perf_counter()
-            summary = evaluate_model(cand)
+            evaluated = evaluate_model(cand)
             eval_seconds = time.perf_counter() - t0
-            new = rows_for(cand, summary, eval_seconds=eval_seconds, merge_seconds=merge_seconds)
-            store.save(cand, new)
+            summary, scores = evaluated if isinstance(evaluated, tuple) else (evaluated, None)
+            digest = None
+            if scores is not None:
+                scores, digest = store.save_scores(cand, scores)
+            new = rows_for(cand, summary, eval_seconds=eval_seconds, merge_seconds=merge_seconds, scores=scores, headline=headline)
+            store.save(cand, new, digest)
             rows += new
             progress.update(1)
     finally:
         progress.close()
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    table["n"] = pd.to_numeric(table["n"]).round().astype("Int64")
+    return table
 
 
 def tidy_summary(summary: pd.DataFrame) -> pd.DataFrame:
@@ -123,8 +136,8 @@ class InMemorySweep:
 
         return apply_merge(self.lm.model, self.cache, self.merge_config(cand)).seconds
 
-    def evaluate_model(self, cand: Candidate) -> pd.DataFrame:
-        from layerswap.evaluate import evaluate
+    def evaluate_model(self, cand: Candidate) -> tuple[pd.DataFrame, pd.DataFrame]:
+        from layerswap.evaluate import evaluate, example_scores
 
         c = self.config
         result = evaluate(
@@ -138,7 +151,8 @@ class InMemorySweep:
             max_new_tokens=c.max_new_tokens,
             data_dir=c.data_dir,
         )
-        return tidy_summary(result.summary)
+        scores = [example_scores(result.records, task) for task in c.tasks]  # task, lang, id, score[, num, den]
+        return tidy_summary(result.summary), pd.concat(scores, ignore_index=True)
 
     def save(self, name: str, out: Path) -> None:
         """Write candidate ``name`` to disk as a model folder in the loaded model's dtype."""
@@ -156,13 +170,20 @@ def resolve_models(config: SweepConfig) -> SweepConfig:
     return config.model_copy(update={k: str(resolve_model(getattr(config, k))) for k in ("base", "math", "lang")})
 
 
-def write_report(results: pd.DataFrame, config: SweepConfig, n_candidates: int, out: Path) -> dict[str, Any]:
-    """Select the winner, draw the figures and write ``report.md``; returns what was written."""
+def write_report(
+    results: pd.DataFrame, config: SweepConfig, n_candidates: int, out: Path, scores: dict[str, pd.DataFrame | None] | None = None
+) -> dict[str, Any]:
+    """Select the leader, compare the candidates paired (``comparisons.csv``), draw the figures and
+    write ``report.md``; returns what was written. ``scores``: each candidate's per-example scores."""
+    from layerswap.sweep.compare import compare_candidates
     from layerswap.sweep.report import report_markdown, select, write_figures
 
     task = config.select or config.tasks[0]
     selection = select(results, task, get_task(task).metric)
-    figures = write_figures(results, out / "figures", [(t, get_task(t).metric) for t in config.tasks])
+    headline = [(t, get_task(t).metric) for t in config.tasks]
+    comparisons = compare_candidates(results, scores or {}, headline)
+    write_text_atomic(out / "comparisons.csv", comparisons.to_csv(index=False))
+    figures = write_figures(results, out / "figures", headline, comparisons)
     notes = [f"{n_candidates} candidates, each merged in memory into one loaded model (no model folder per candidate)."]
     overhead = merge_overhead(results)
     if overhead:
@@ -171,28 +192,59 @@ def write_report(results: pd.DataFrame, config: SweepConfig, n_candidates: int, 
             + "; ".join(f"{method} up to {share:.1%}" for method, share in overhead.items())
             + "."
         )
-    write_text_atomic(out / "report.md", report_markdown(results, selection, figures, root=out, notes=notes))
-    return {"results": results, "selection": selection, "figures": figures, "report": out / "report.md", "overhead": overhead}
+    write_text_atomic(out / "report.md", report_markdown(results, selection, figures, root=out, notes=notes, comparisons=comparisons))
+    return {
+        "results": results,
+        "selection": selection,
+        "comparisons": comparisons,
+        "figures": figures,
+        "report": out / "report.md",
+        "overhead": overhead,
+    }
 
 
-def run_sweep(config: SweepConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+def check_sweep_output(config: SweepConfig, out: str | Path, inputs: Any = ()) -> Path:
+    """The sweep's folder, checked before anything is written (:mod:`layerswap.io.outputs`): not an
+    input, a new or empty folder or a sweep's own (``sweep.yaml``), its best model layerswap's own."""
+    from layerswap.io.outputs import check_output, check_replaceable
+
+    reads = [config.base, config.math, config.lang, config.data_dir, config.candidates.boundaries, inputs]
+    folder = check_output(out, reads, may_exist=True, resume_marker="sweep.yaml")
+    for name in ("figures", "candidates", "best-model"):
+        if (folder / name).is_symlink():
+            raise InputPathError(f"--out {folder}: {name} is a symbolic link: remove it or choose another folder")
+    if config.save_best and (folder / "best-model").exists():
+        check_replaceable(folder / "best-model", option="save_best: --out/best-model")
+    return folder
+
+
+def run_sweep(config: SweepConfig, out: str | Path, *, log: Callable[[str], None] = print, inputs: Any = ()) -> dict[str, Any]:
     """Merge every candidate in memory into one loaded model, evaluate it, store, plot and report.
 
     Returns a dict with the results DataFrame, the :class:`~layerswap.sweep.report.Selection` and
-    the paths written. Rerunning with the same config and ``out`` resumes where it stopped.
+    the paths written. Rerunning with the same config and ``out`` resumes where it stopped. Inputs
+    (models, data folder, boundaries file, and ``inputs`` such as the config file) are checked first:
+    nothing is written before they are (:func:`check_sweep_output`).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "sweep.yaml", dump_config(config))
+    given = config
     config = resolve_models(config)
+    out = check_sweep_output(config, out, inputs)
     sweep = InMemorySweep(config, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "sweep.yaml", dump_config(given))
     store = ResultStore(out, settings_key(config))
     results = run_candidates(sweep.candidates, store, sweep.merge_into_model, sweep.evaluate_model)
     write_text_atomic(out / "results.csv", results.to_csv(index=False))
-    written = write_report(results, config, len(sweep.candidates), out)
+    scores = {c.name: store.load_scores(c) for c in sweep.candidates}
+    written = write_report(results, config, len(sweep.candidates), out, scores)
     selection = written["selection"]
     if config.save_best:
         written["best_model"] = out / "best-model"
         sweep.save(selection.winner, written["best_model"])
-    log(f"winner {selection.winner} ({selection.task} {selection.metric} = {selection.value:.4g}); report: {out / 'report.md'}")
+    comps = written["comparisons"]
+    tied = comps[(comps["role"] == "leader") & (comps["task"] == selection.task) & (comps["language"] == "all") & (comps["verdict"] != "worse")]
+    log(
+        f"best mean {selection.winner} ({selection.task} {selection.metric} = {selection.value:.4g}); "
+        f"{len(tied)} other candidate(s) statistically indistinguishable from it; report: {out / 'report.md'}"
+    )
     return written

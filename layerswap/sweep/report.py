@@ -1,8 +1,10 @@
 """Plots and the markdown report of a merge-then-evaluate sweep.
 
 Everything here reads the sweep's tidy results table (one row per candidate x task x language x
-metric) so that a notebook can redraw any figure from ``results.csv`` alone. Whether a metric is
-better high or low comes from the task that reports it (``layerswap.evaluate.tasks``).
+metric, with the headline metrics' standard error and 95% interval) so that a notebook can redraw
+any figure from ``results.csv`` alone; the heatmap's "indistinguishable from the best" marks and the
+report's verdict also read ``comparisons.csv`` (:mod:`~layerswap.sweep.compare`). Whether a metric
+is better high or low comes from the task that reports it (``layerswap.evaluate.tasks``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
 from layerswap.errors import DataError
 from layerswap.evaluate.tasks import higher_is_better
 from layerswap.figures import pyplot, save_figure
+from layerswap.sweep.compare import ALL, verdict_lines
 
 plt = pyplot()
 
@@ -49,29 +51,48 @@ class Selection:
         return sign * (self.value - self.best_baseline_value)
 
     def comparison(self) -> str:
-        """One sentence: the winner against the best baseline, or, when a baseline wins, the best swap."""
+        """One sentence: the leader's mean against the best baseline's, or, when a baseline leads, the best swap's.
+
+        Means only: whether a margin is real is the paired verdict's call (``compare.verdict_lines``).
+        """
         if self.winner_is_baseline:
             if self.best_swap is None:
-                return "The winner is a baseline; no layer swap was evaluated."
+                return "The leader is a baseline; no layer swap was evaluated."
             sign = 1 if higher_is_better(self.metric) else -1
             return (
-                f"The winner is a baseline: no layer swap beat it. Best layer swap: `{self.best_swap}` = "
-                f"{self.best_swap_value:.4g}, {sign * (self.value - self.best_swap_value):.4g} behind."
+                f"The leader is a baseline: no layer swap has a better mean. Best layer swap: `{self.best_swap}` = "
+                f"{self.best_swap_value:.4g}, {sign * (self.value - self.best_swap_value):.4g} behind (see the paired verdict)."
             )
         if self.best_baseline is None:
             return "No baseline was evaluated."
         return (
             f"Best baseline: `{self.best_baseline}` = {self.best_baseline_value:.4g}; "
-            f"margin {self.margin_over_baseline:+.4g} in the winner's favour."
+            f"margin {self.margin_over_baseline:+.4g} in the leader's favour (see the paired verdict for whether it is real)."
         )
 
 
 def per_candidate(results: pd.DataFrame, task: str, metric: str) -> pd.DataFrame:
-    """Mean over languages of one (task, metric) per candidate, with its method and swap sizes."""
-    rows = results[(results["task"] == task) & (results["metric"] == metric)]
+    """Mean over languages of one (task, metric) per candidate, with its method, swap sizes and interval.
+
+    The interval (``ci_low``, ``ci_high``) is the stored 95% interval with one language; with several,
+    mean +- 1.96 x the standard error of the mean over languages (their errors independent).
+    """
+    rows = results[(results["task"] == task) & (results["metric"] == metric)].copy()
+    for col in ("stderr", "ci_low", "ci_high"):
+        if col not in rows:
+            rows[col] = np.nan
+    rows["var"] = rows["stderr"].astype(float) ** 2
     keys = ["candidate", "method", "bottom", "top", "transition", "analysis_score"]
-    agg = rows.groupby("candidate", sort=False).agg(value=("value", "mean"), **{k: (k, "first") for k in keys[1:]})
-    return agg.reset_index()
+    agg = rows.groupby("candidate", sort=False).agg(
+        value=("value", "mean"), langs=("value", "size"), var=("var", "sum"), lo=("ci_low", "first"), hi=("ci_high", "first"),
+        **{k: (k, "first") for k in keys[1:]},
+    )
+    se = np.sqrt(agg["var"].astype(float)) / agg["langs"]
+    agg["stderr"] = se.where(rows.groupby("candidate", sort=False)["stderr"].apply(lambda s: s.notna().all()))
+    one = agg["langs"] == 1
+    agg["ci_low"] = np.where(one, agg["lo"], agg["value"] - 1.96 * agg["stderr"])
+    agg["ci_high"] = np.where(one, agg["hi"], agg["value"] + 1.96 * agg["stderr"])
+    return agg.drop(columns=["langs", "var", "lo", "hi"]).reset_index()
 
 
 def select(results: pd.DataFrame, task: str, metric: str) -> Selection:
@@ -107,53 +128,94 @@ def _metric_label(task: str, metric: str) -> str:
     return f"{task} {metric} ({arrow})"
 
 
-def swap_heatmap(results: pd.DataFrame, task: str, metric: str) -> plt.Figure:
-    """Metric over (bottom, top) language layers per language; the best transition per cell."""
+def _marks(comparisons: pd.DataFrame | None, task: str, metric: str, scope: str, best: str) -> set[str]:
+    """Swaps indistinguishable from ``best`` in ``scope`` (paired, Holm-adjusted; see compare)."""
+    if comparisons is None or comparisons.empty:
+        return set()
+    rows = comparisons[
+        (comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == scope) & (comparisons["reference"] == best)
+    ]
+    return set(rows.loc[rows["verdict"] == "indistinguishable", "candidate"])
+
+
+def swap_heatmap(results: pd.DataFrame, task: str, metric: str, comparisons: pd.DataFrame | None = None) -> plt.Figure:
+    """Metric over (bottom, top) language layers per language; the best transition per cell.
+
+    With ``comparisons`` (``comparisons.csv``), the best cell is starred and the cells whose swap is
+    statistically indistinguishable from it (paired test, Holm-adjusted p >= 0.05) are boxed.
+    """
     rows = results[(results["task"] == task) & (results["metric"] == metric) & (results["method"] == SWAP_METHOD)]
     langs = sorted(rows["language"].unique())
     fig, axes = plt.subplots(1, max(1, len(langs)), figsize=(4.2 * max(1, len(langs)) + 0.8, 3.8), squeeze=False)
-    better = max if higher_is_better(metric) else min
+    high = higher_is_better(metric)
     for ax, lang in zip(axes[0], langs, strict=False):
-        sub = rows[rows["language"] == lang]
-        grid = sub.groupby(["bottom", "top"])["value"].agg(better).unstack("top").sort_index(ascending=False)
-        im = ax.imshow(grid.values.astype(float), cmap="viridis" if higher_is_better(metric) else "viridis_r", aspect="auto")
+        sub = rows[rows["language"] == lang].dropna(subset=["value"])
+        sub = sub.sort_values("value", ascending=not high, kind="stable").drop_duplicates(["bottom", "top"])
+        grid = sub.pivot(index="bottom", columns="top", values="value").sort_index(ascending=False)
+        names = sub.pivot(index="bottom", columns="top", values="candidate").reindex_like(grid)
+        im = ax.imshow(grid.values.astype(float), cmap="viridis" if high else "viridis_r", aspect="auto")
         ax.set_xticks(range(grid.shape[1]), [str(int(c)) for c in grid.columns])
         ax.set_yticks(range(grid.shape[0]), [str(int(i)) for i in grid.index])
         ax.set_xlabel("top layers from the language expert")
         ax.set_ylabel("bottom layers from the language expert")
-        ax.set_title(f"{lang}")
+        best = str(sub.iloc[0]["candidate"]) if len(sub) else ""
+        marked = _marks(comparisons, task, metric, ALL if len(langs) == 1 else lang, best)
+        ax.set_title(lang)
         for (i, j), v in np.ndenumerate(grid.values.astype(float)):
-            if not math.isnan(v):
-                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=8, color="white")
+            if math.isnan(v):
+                continue
+            name = names.iat[i, j]
+            ax.text(j, i, f"{v:.4g}" + ("*" if name == best and comparisons is not None else ""), ha="center", va="center", fontsize=8, color="white")
+            if name in marked:
+                ax.add_patch(plt.Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="white", linewidth=2))
         fig.colorbar(im, ax=ax, label=metric)
-    fig.suptitle(f"Layer swap: {_metric_label(task, metric)}")
+    note = "\n* best swap; boxed: indistinguishable from it (paired, Holm p >= 0.05)" if comparisons is not None else ""
+    fig.suptitle(f"Layer swap: {_metric_label(task, metric)}{note}", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def baseline_bars(results: pd.DataFrame, task: str, metric: str) -> plt.Figure:
-    """The best swap (by the mean over languages) against every baseline, per language.
+def _yerr(frame: pd.DataFrame) -> np.ndarray:
+    """Asymmetric error bars (value minus low, high minus value) from ``ci_low``/``ci_high``; 0 where unknown."""
+    low = (frame["value"] - frame["ci_low"]).astype(float).fillna(0).clip(lower=0)
+    high = (frame["ci_high"] - frame["value"]).astype(float).fillna(0).clip(lower=0)
+    return np.vstack([low.to_numpy(), high.to_numpy()])
+
+
+def baseline_bars(results: pd.DataFrame, task: str, metric: str, comparisons: pd.DataFrame | None = None) -> plt.Figure:
+    """The best swap (by the mean over languages) against every baseline, per language, with 95% intervals.
 
     A dot plot rather than bars from zero: log-likelihoods and bits per byte have no natural zero,
-    and the differences between candidates are what matters.
+    and the differences between candidates are what matters. The error bars are each candidate's own
+    interval; whether two candidates differ is the paired comparison's call (``comparisons.csv``),
+    which is sharper than overlapping bars suggest: with ``comparisons`` a second panel shows each
+    baseline minus the best swap (pooled over languages) with its paired 95% interval and Holm p.
     """
-    rows = results[(results["task"] == task) & (results["metric"] == metric)]
+    rows = results[(results["task"] == task) & (results["metric"] == metric)].copy()
+    for col in ("ci_low", "ci_high"):
+        if col not in rows:
+            rows[col] = np.nan
     table = per_candidate(results, task, metric)
     swaps = table[table["method"] == SWAP_METHOD].sort_values("value", ascending=not higher_is_better(metric))
     keep = [c for c in table["candidate"] if c not in set(swaps["candidate"])]
     best_swap = str(swaps.iloc[0]["candidate"]) if len(swaps) else None
     if best_swap is not None:
         keep = [best_swap] + keep
-    pivot = rows[rows["candidate"].isin(keep)].pivot_table(index="candidate", columns="language", values="value", aggfunc="mean")
-    pivot = pivot.reindex(keep)
-    fig, ax = plt.subplots(figsize=(1.6 + 0.75 * len(keep), 4))
+    langs = sorted(rows["language"].unique())
+    paired = _paired_rows(comparisons, task, metric, best_swap)
+    if paired is None:
+        fig, ax = plt.subplots(figsize=(1.6 + 0.75 * len(keep), 4))
+    else:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(3.2 + 1.5 * len(keep), 4), gridspec_kw={"width_ratios": [1, 1]})
+        _paired_panel(ax2, paired, keep[1:], metric, str(best_swap))
     x = np.arange(len(keep))
-    for i, lang in enumerate(pivot.columns):
-        ax.plot(x + (i - (len(pivot.columns) - 1) / 2) * 0.12, pivot[lang].values, "o", ms=8, label=lang)
+    for i, lang in enumerate(langs):
+        sub = rows[rows["language"] == lang].groupby("candidate").first().reindex(keep)
+        ax.errorbar(x + (i - (len(langs) - 1) / 2) * 0.12, sub["value"].to_numpy(dtype=float), yerr=_yerr(sub), fmt="o", ms=8, capsize=4, label=lang)
     if best_swap is not None:
         ax.axvspan(-0.4, 0.4, color="tab:green", alpha=0.12, label="best layer swap")
     ax.set_xticks(x, keep, rotation=30, ha="right")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"{metric} (95% interval)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"Best layer swap vs baselines: {_metric_label(task, metric)}")
     ax.legend(fontsize=8, title="language", loc="best")
@@ -161,25 +223,72 @@ def baseline_bars(results: pd.DataFrame, task: str, metric: str) -> plt.Figure:
     return fig
 
 
+def _paired_rows(comparisons: pd.DataFrame | None, task: str, metric: str, best_swap: str | None) -> pd.DataFrame | None:
+    if comparisons is None or comparisons.empty or best_swap is None:
+        return None
+    rows = comparisons[
+        (comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == ALL) & (comparisons["reference"] == best_swap)
+    ]
+    return rows.set_index("candidate") if len(rows) else None
+
+
+def _paired_panel(ax: plt.Axes, paired: pd.DataFrame, names: list[str], metric: str, best: str) -> None:
+    """Each candidate minus ``best`` with its paired 95% interval; the verdict and Holm p as labels."""
+    sub = paired.reindex(names)
+    x = np.arange(len(names))
+    yerr = np.vstack([(sub["diff"] - sub["ci_low"]).fillna(0).clip(lower=0), (sub["ci_high"] - sub["diff"]).fillna(0).clip(lower=0)])
+    colors = ["tab:gray" if v == "indistinguishable" else "tab:red" if v == "worse" else "tab:green" for v in sub["verdict"]]
+    for i in range(len(names)):
+        ax.errorbar(x[i], sub["diff"].iloc[i], yerr=yerr[:, i : i + 1], fmt="s", color=colors[i], capsize=4)
+        if pd.notna(sub["p_holm"].iloc[i]):
+            ax.annotate(f"p={sub['p_holm'].iloc[i]:.2g}", (x[i], sub["ci_high"].iloc[i]), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel(f"{metric}: candidate minus {best}")
+    ax.set_title("Paired difference (95% CI, Holm p)\nred worse, green better, grey indistinguishable", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def rank_correlation(results: pd.DataFrame, task: str, metric: str) -> tuple[float | None, float, float, int]:
+    """Spearman's rho between the analysis score and the metric over the scored swaps, with a 95%
+    bootstrap interval over swaps (2000 resamples, seed 0); rho is None with too few swaps."""
+    from layerswap.stats import spearman_ci
+
+    table = per_candidate(results, task, metric).dropna(subset=["analysis_score", "value"])
+    if len(table) < 3 or table["analysis_score"].nunique() < 2 or table["value"].nunique() < 2:
+        return None, math.nan, math.nan, len(table)
+    rho, low, high = spearman_ci(table["analysis_score"].to_numpy(float), table["value"].to_numpy(float))
+    return rho, low, high, len(table)
+
+
 def score_scatter(results: pd.DataFrame, task: str, metric: str) -> tuple[plt.Figure, float | None]:
-    """Analysis score of each swap candidate against its measured metric, with Spearman's rho."""
+    """Analysis score of each swap candidate against its measured metric (with its 95% interval),
+    titled with Spearman's rho and its bootstrap interval over swaps."""
     table = per_candidate(results, task, metric).dropna(subset=["analysis_score", "value"])
     fig, ax = plt.subplots(figsize=(5, 4))
-    rho: float | None = None
-    if len(table) >= 3 and table["analysis_score"].nunique() > 1 and table["value"].nunique() > 1:
-        rho = float(spearmanr(table["analysis_score"], table["value"]).statistic)
-    ax.scatter(table["analysis_score"], table["value"], color="tab:blue")
+    rho, low, high, n = rank_correlation(results, task, metric)
+    ax.errorbar(table["analysis_score"], table["value"], yerr=_yerr(table), fmt="o", color="tab:blue", capsize=4)
     for _, row in table.iterrows():
         ax.annotate(str(row["candidate"]).removeprefix("swap-"), (row["analysis_score"], row["value"]), fontsize=7, alpha=0.8)
     ax.set_xlabel("analysis score of the swap (boundaries.yaml)")
-    ax.set_ylabel(f"{metric} (mean over languages)")
+    ax.set_ylabel(f"{metric} (mean over languages, 95% interval)")
     title = f"Did the diagnostics predict {task}?"
-    ax.set_title(title + (f"\nSpearman rho = {rho:.2f} over {len(table)} swaps" if rho is not None else "\n(too few scored swaps for a rank correlation)"))
+    if rho is None:
+        title += "\n(too few scored swaps for a rank correlation)"
+    else:
+        title += f"\nSpearman rho = {rho:.2f} (95% CI {_ci(low, high)}) over {n} swaps"
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig, rho
 
 
-def write_figures(results: pd.DataFrame, out: Path, tasks: Iterable[tuple[str, str]]) -> dict[str, dict]:
+def _ci(low: float, high: float) -> str:
+    return "n/a" if math.isnan(low) or math.isnan(high) else f"[{low:.2f}, {high:.2f}]"
+
+
+def write_figures(
+    results: pd.DataFrame, out: Path, tasks: Iterable[tuple[str, str]], comparisons: pd.DataFrame | None = None
+) -> dict[str, dict]:
     """All sweep figures for each (task, metric) into ``out``; returns what was drawn."""
     out.mkdir(parents=True, exist_ok=True)
     drawn: dict[str, dict] = {}
@@ -187,13 +296,49 @@ def write_figures(results: pd.DataFrame, out: Path, tasks: Iterable[tuple[str, s
         key = f"{task}-{metric}"
         info: dict = {}
         if (results["method"] == SWAP_METHOD).any():
-            info["heatmap"] = save_figure(swap_heatmap(results, task, metric), out / f"swap_heatmap_{key}")[0]
-        info["bars"] = save_figure(baseline_bars(results, task, metric), out / f"best_vs_baselines_{key}")[0]
+            info["heatmap"] = save_figure(swap_heatmap(results, task, metric, comparisons), out / f"swap_heatmap_{key}")[0]
+        info["bars"] = save_figure(baseline_bars(results, task, metric, comparisons), out / f"best_vs_baselines_{key}")[0]
         fig, rho = score_scatter(results, task, metric)
         info["scatter"] = save_figure(fig, out / f"score_vs_metric_{key}")[0]
         info["rho"] = rho
+        info["rho_ci"] = rank_correlation(results, task, metric)[1:]
         drawn[key] = info
     return drawn
+
+
+def _with_interval(group: pd.DataFrame) -> pd.DataFrame:
+    """Candidate x language table of ``value [ci_low, ci_high]`` and the mean over languages."""
+    pivot = group.pivot_table(index="candidate", columns="language", values="value", aggfunc="mean")
+    order = pivot.mean(axis=1).sort_values(ascending=not higher_is_better(str(group["metric"].iloc[0]))).index
+    if "ci_low" not in group or group["ci_low"].isna().all():
+        pivot["mean"] = pivot.mean(axis=1)
+        return pivot.reindex(order).map(lambda v: f"{v:.4g}")
+    cells = group.assign(cell=[f"{v:.5g} [{lo:.4g}, {hi:.4g}]" for v, lo, hi in zip(group["value"], group["ci_low"], group["ci_high"], strict=True)])
+    table = cells.pivot_table(index="candidate", columns="language", values="cell", aggfunc="first")
+    if table.shape[1] > 1:
+        table["mean"] = pivot.mean(axis=1).map(lambda v: f"{v:.4g}")
+    return table.reindex(order)
+
+
+def _paired_table(comparisons: pd.DataFrame, task: str, metric: str) -> str | None:
+    rows = comparisons[(comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == ALL) & (comparisons["role"] == "leader")]
+    if rows.empty:
+        return None
+    shown = rows[["candidate", "diff", "ci_low", "ci_high", "p_value", "p_holm", "test", "n", "verdict"]].rename(columns={"diff": f"diff vs {rows['reference'].iloc[0]}"})
+    return shown.to_markdown(index=False, floatfmt=".3g")
+
+
+STATISTICS_NOTE = (
+    "Intervals are 95%: for means of per-example scores (the proxy's log-likelihood, exact match) the mean +- 1.96 "
+    "standard errors (ddof 1, as lm-evaluation-harness); for bits per byte (total bits / total bytes) a percentile "
+    "bootstrap over sentences (2000 resamples, seed 0). Candidates are compared on the same examples: the paired "
+    "difference with a 95% paired-bootstrap interval, McNemar's exact test for 0/1 scores and a paired permutation "
+    "test otherwise; each reference's p-values are Holm-adjusted across the candidates compared with it, and a "
+    "difference counts only at adjusted p < 0.05. Every comparison (against the leader, the best swap, each expert "
+    "and each baseline, pooled over languages; per language against the leader and the best swap) is in "
+    "`comparisons.csv`; the per-example scores "
+    "behind them are in `candidates/*.scores.csv`."
+)
 
 
 def report_markdown(
@@ -204,33 +349,45 @@ def report_markdown(
     root: Path,
     title: str = "layerswap sweep report",
     notes: Iterable[str] = (),
+    comparisons: pd.DataFrame | None = None,
 ) -> str:
-    """The report: winner and margin, a per-language table, the figures, and caveats."""
+    """The report: the leader and the paired verdict, per-language tables with intervals, the figures."""
     lines = [f"# {title}", ""]
     direction = "higher" if higher_is_better(selection.metric) else "lower"
+    lead = per_candidate(results, selection.task, selection.metric).set_index("candidate").loc[selection.winner]
+    interval = "" if pd.isna(lead["ci_low"]) else f" (95% CI [{lead['ci_low']:.4g}, {lead['ci_high']:.4g}])"
     lines.append(
-        f"**Winner on {selection.task} {selection.metric}** (mean over languages, {direction} is better): "
-        f"`{selection.winner}` = {selection.value:.4g}."
+        f"**Best mean on {selection.task} {selection.metric}** (mean over languages, {direction} is better): "
+        f"`{selection.winner}` = {selection.value:.5g}{interval}."
     )
+    comps = comparisons if comparisons is not None else pd.DataFrame(columns=["task", "metric", "language", "role"])
+    lines += verdict_lines(comps, selection.task, selection.metric)
     lines.append(selection.comparison())
     if selection.runner_up is not None:
-        lines.append(f"Runner-up: `{selection.runner_up}` = {selection.runner_up_value:.4g}.")
+        lines.append(f"Runner-up by mean: `{selection.runner_up}` = {selection.runner_up_value:.5g}.")
     lines.append("")
     for note in notes:
         lines.append(f"> {note}")
         lines.append("")
+    lines += [f"> {STATISTICS_NOTE}", ""]
     for (task, metric), group in results.groupby(["task", "metric"], sort=False):
-        pivot = group.pivot_table(index="candidate", columns="language", values="value", aggfunc="mean")
-        pivot["mean"] = pivot.mean(axis=1)
-        pivot = pivot.sort_values("mean", ascending=not higher_is_better(str(metric)))
-        lines += [f"## {task}: {metric}", "", pivot.to_markdown(floatfmt=".4g"), ""]
+        lines += [f"## {task}: {metric}", "", _with_interval(group).to_markdown(), ""]
+        paired = _paired_table(comps, str(task), str(metric))
+        if paired is not None:
+            if (task, metric) != (selection.task, selection.metric):
+                lines += verdict_lines(comps, str(task), str(metric)) + [""]
+            lines += ["Paired comparison with the leader (pooled over languages; candidate minus leader):", "", paired, ""]
         info = figures.get(f"{task}-{metric}", {})
         for key, caption in (("heatmap", "metric over swap sizes"), ("bars", "best swap vs baselines"), ("scatter", "analysis score vs measured metric")):
             if key in info:
                 rel = Path(info[key]).relative_to(root) if Path(info[key]).is_relative_to(root) else info[key]
                 lines.append(f"![{caption}]({rel})")
         if info.get("rho") is not None:
+            low, high, n = info.get("rho_ci", (math.nan, math.nan, 0))
             lines.append("")
-            lines.append(f"Spearman's rho between the analysis score and {metric}: {info['rho']:.2f}.")
+            lines.append(
+                f"Spearman's rho between the analysis score and {metric}: {info['rho']:.2f} "
+                f"(95% bootstrap CI over the {n} swaps {_ci(low, high)})."
+            )
         lines.append("")
     return "\n".join(lines)

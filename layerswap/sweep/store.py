@@ -1,13 +1,19 @@
-"""The resumable result store: one JSON per finished candidate, and the tidy rows it holds.
+"""The resumable result store: per finished candidate a JSON of tidy rows and a CSV of per-example scores.
 
-A candidate's rows are written atomically (``write_text_atomic``) as soon as they exist, so a
-killed sweep rerun with the same command skips what is done and ends with identical results. A
-stored result is reused only when the candidate's merge and the evaluation settings are unchanged.
+A candidate's per-example scores (``candidates/NAME.scores.csv``: task, lang, id, score, num,
+den) and then its rows (``candidates/NAME.json``, which names the scores file's SHA-1) are written
+atomically (``write_text_atomic``) as soon as they exist, so a killed sweep rerun with the same
+command skips what is done and ends with identical results. Every statistic (a row's standard
+error and interval, every paired comparison) is computed from the scores as read back from that
+CSV text, so a fresh and a resumed sweep compute them from the same numbers. A stored result is
+reused only when the candidate's merge and the evaluation settings are unchanged and its scores
+file is the one its JSON names.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,10 @@ RESULT_COLUMNS = [
     "language",
     "metric",
     "value",
+    "stderr",
+    "ci_low",
+    "ci_high",
+    "n",
     "time",
     "merge_time",
     "bottom",
@@ -34,6 +44,10 @@ RESULT_COLUMNS = [
     "analysis_score",
     "source",
 ]
+
+#: The columns of a candidate's per-example scores: ``num``/``den`` only for ratio metrics
+#: (bits and bytes of a FLORES sentence), empty otherwise.
+SCORE_COLUMNS = ["task", "lang", "id", "score", "num", "den"]
 
 _SETTINGS_KEYS = ("base", "math", "lang", "languages", "tasks", "limit", "shots", "format", "max_new_tokens", "non_layer", "dtype", "data_dir")
 
@@ -45,7 +59,7 @@ def settings_key(config: SweepConfig) -> str:
 
 
 class ResultStore:
-    """One JSON per finished candidate under ``DIR/candidates``, written atomically."""
+    """Per finished candidate under ``DIR/candidates``: ``NAME.scores.csv`` then ``NAME.json``, both atomic."""
 
     def __init__(self, out: Path, settings_key: str) -> None:
         self.dir = out / "candidates"
@@ -55,8 +69,10 @@ class ResultStore:
     def path(self, candidate: Candidate) -> Path:
         return self.dir / f"{candidate.name}.json"
 
-    def load(self, candidate: Candidate) -> list[dict[str, Any]] | None:
-        """The stored rows of ``candidate``, or None when absent or made with other settings."""
+    def scores_path(self, candidate: Candidate) -> Path:
+        return self.dir / f"{candidate.name}.scores.csv"
+
+    def _record(self, candidate: Candidate) -> dict[str, Any] | None:
         path = self.path(candidate)
         if not path.exists():
             return None
@@ -66,17 +82,104 @@ class ResultStore:
             return None  # a torn file cannot exist (atomic rename), but never trust it
         if record.get("fingerprint") != candidate.fingerprint() or record.get("settings") != self.settings_key:
             return None
-        return record["rows"]
+        digest = record.get("scores_sha1")
+        if digest is not None and _sha1(self._scores_text(candidate)) != digest:
+            return None  # scores missing or not the ones these rows were computed from: evaluate again
+        return record
 
-    def save(self, candidate: Candidate, rows: list[dict[str, Any]]) -> None:
-        record = {"fingerprint": candidate.fingerprint(), "settings": self.settings_key, "rows": rows}
+    def _scores_text(self, candidate: Candidate) -> str | None:
+        path = self.scores_path(candidate)
+        return path.read_text(encoding="utf-8") if path.exists() else None
+
+    def load(self, candidate: Candidate) -> list[dict[str, Any]] | None:
+        """The stored rows of ``candidate``, or None when absent or made with other settings."""
+        record = self._record(candidate)
+        return None if record is None else record["rows"]
+
+    def load_scores(self, candidate: Candidate) -> pd.DataFrame | None:
+        """The stored per-example scores of ``candidate`` (None when it has none or is not done)."""
+        record = self._record(candidate)
+        if record is None or record.get("scores_sha1") is None:
+            return None
+        return read_scores(self._scores_text(candidate) or "")
+
+    def save_scores(self, candidate: Candidate, scores: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+        """Write the scores CSV (before the rows that mark the candidate done); returns them as read back."""
+        text = scores_csv(scores)
+        write_text_atomic(self.scores_path(candidate), text)
+        return read_scores(text), _sha1(text)
+
+    def save(self, candidate: Candidate, rows: list[dict[str, Any]], scores_sha1: str | None = None) -> None:
+        record = {"fingerprint": candidate.fingerprint(), "settings": self.settings_key, "scores_sha1": scores_sha1, "rows": rows}
         write_text_atomic(self.path(candidate), json.dumps(record, indent=1, default=float))
 
 
-def rows_for(candidate: Candidate, summary: pd.DataFrame, *, eval_seconds: float, merge_seconds: float) -> list[dict[str, Any]]:
-    """Tidy rows of one candidate from an evaluation summary (task, language, metric, value)."""
+def _sha1(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def scores_csv(scores: pd.DataFrame) -> str:
+    """Per-example scores as CSV text: the :data:`SCORE_COLUMNS`, floats written to round-trip exactly."""
+    frame = pd.DataFrame({c: scores[c] if c in scores else None for c in SCORE_COLUMNS})
+    for col in ("task", "lang", "id"):
+        frame[col] = frame[col].astype(str)
+    for col in ("score", "num", "den"):
+        frame[col] = pd.to_numeric(frame[col]).astype("float64")
+    return frame.to_csv(index=False)
+
+
+def read_scores(text: str) -> pd.DataFrame:
+    """Scores CSV text back as a frame: ids and languages as strings, scores as float64 exactly."""
+    if not text.strip():
+        return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("score", "num", "den") else str) for c in SCORE_COLUMNS})
+    return pd.read_csv(
+        io.StringIO(text),
+        dtype={"task": str, "lang": str, "id": str, "score": "float64", "num": "float64", "den": "float64"},
+        keep_default_na=False,
+        na_values={"score": [""], "num": [""], "den": [""]},
+        float_precision="round_trip",
+    )
+
+
+def metric_estimate(scores: pd.DataFrame | None, task: str, language: str) -> dict[str, float]:
+    """Standard error, 95% interval and n of a task's headline metric in one language, from its scores.
+
+    A mean (``score``): the standard error of the mean and the normal interval; a ratio (``num``
+    and ``den`` present, bits per byte): a percentile bootstrap over examples (2000 resamples, seed 0).
+    """
+    from layerswap.stats import mean_estimate, ratio_estimate
+
+    empty = {"stderr": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": float("nan")}
+    if scores is None or scores.empty:
+        return empty
+    sub = scores[(scores["task"] == task) & (scores["lang"] == language)]
+    if sub.empty:
+        return empty
+    if sub["num"].notna().all() and sub["den"].notna().all():
+        est = ratio_estimate(sub["num"].to_numpy(), sub["den"].to_numpy())
+    else:
+        est = mean_estimate(sub["score"].to_numpy())
+    return {"stderr": est.stderr, "ci_low": est.low, "ci_high": est.high, "n": est.n}
+
+
+def rows_for(
+    candidate: Candidate,
+    summary: pd.DataFrame,
+    *,
+    eval_seconds: float,
+    merge_seconds: float,
+    scores: pd.DataFrame | None = None,
+    headline: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Tidy rows of one candidate from an evaluation summary (task, language, metric, value).
+
+    The headline metric of each task (``headline``: task -> metric) gets its standard error, 95%
+    interval and n from ``scores``; other metrics leave them empty.
+    """
     rows = []
     for rec in summary.to_dict("records"):
+        is_headline = headline is not None and headline.get(rec["task"]) == rec["metric"]
+        est = metric_estimate(scores if is_headline else None, rec["task"], rec["language"])
         rows.append(
             {
                 "candidate": candidate.name,
@@ -86,6 +189,7 @@ def rows_for(candidate: Candidate, summary: pd.DataFrame, *, eval_seconds: float
                 "language": rec["language"],
                 "metric": rec["metric"],
                 "value": float(rec["value"]),
+                **est,
                 "time": round(eval_seconds, 3),
                 "merge_time": round(merge_seconds, 4),
                 "bottom": candidate.bottom,

@@ -6,6 +6,7 @@ different tokenizers compare; lower is better.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ def evaluate_flores(
     """FLORES-200 devtest bits per byte: ``-sum log2 p(line | BOS) / UTF-8 bytes`` over the lines."""
     from layerswap.evaluate.loglik import bits_per_byte, score_tokens, text_tokens
     from layerswap.evaluate.result import EvalResult, as_lm, take
+    from layerswap.evaluate.uncertainty import ratio_columns
 
     codes = [language(lang) for lang in langs]
     root = resolve_data_dir(data_dir)
@@ -60,13 +62,14 @@ def evaluate_flores(
         seconds = time.perf_counter() - t0
         n_bytes = [len(x.encode("utf-8")) for x in lines]
         for i, (line, s, nb) in enumerate(zip(lines, scored, n_bytes, strict=True)):
-            result.records.append({"task": "flores", "lang": lg.code, "id": f"{lg.flores}-{i}", "text": line, "logprob": s.logprob, "tokens": s.n_tokens, "bytes": nb})
+            result.records.append({"task": "flores", "lang": lg.code, "id": f"{lg.flores}-{i}", "text": line, "logprob": s.logprob, "tokens": s.n_tokens, "bits": -s.logprob / math.log(2), "bytes": nb})
         total = sum(s.logprob for s in scored)
         row = {
             "task": "flores",
             "lang": lg.code,
             "n": len(lines),
             "bits_per_byte": bits_per_byte(total, sum(n_bytes)),
+            **ratio_columns([-s.logprob / math.log(2) for s in scored], n_bytes),
             "tokens_per_byte": sum(s.n_tokens for s in scored) / sum(n_bytes),
             "seconds": round(seconds, 2),
         }
@@ -84,6 +87,7 @@ TASK = TaskSpec(
     run=_run,
     metric="bits_per_byte",
     higher_is_better=False,
-    score_field="logprob",
+    score_field="bits",
+    ratio_fields=("bits", "bytes"),
     training_refused=("flores", "flores200"),
 )

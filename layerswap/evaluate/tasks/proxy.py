@@ -47,6 +47,7 @@ def evaluate_proxy(
     """
     from layerswap.evaluate.loglik import loglikelihood, summarise_logprobs
     from layerswap.evaluate.result import EvalResult, as_lm, take
+    from layerswap.evaluate.uncertainty import mean_columns, with_uncertainty
 
     check_shots(shots)
     for lang in langs:
@@ -66,6 +67,7 @@ def evaluate_proxy(
                 {"task": "proxy", "lang": lang, "id": ex.id, "continuation": cont, "gold": ex.gold, "logprob": s.logprob, "tokens": s.n_tokens, "greedy": s.greedy}
             )
         row = {"task": "proxy", "format": "native_cot", "lang": lang, "shots": shots, **summarise_logprobs(scored), "seconds": round(seconds, 2)}
+        row = with_uncertainty(row, "gold_logprob", mean_columns([s.logprob for s in scored]))
         result.extend(EvalResult.of([], [row]))
     return result
 

@@ -52,6 +52,7 @@ def evaluate_sib200(
     """SIB-200 topic accuracy: the label with the highest ``log p(" label" | text + "\\nTopic:")``."""
     from layerswap.evaluate.loglik import loglikelihood
     from layerswap.evaluate.result import EvalResult, as_lm, take
+    from layerswap.evaluate.uncertainty import mean_columns
 
     codes = [language(lang) for lang in langs]
     root = resolve_data_dir(data_dir)
@@ -63,13 +64,13 @@ def evaluate_sib200(
         t0 = time.perf_counter()
         scored = loglikelihood(lm, pairs, batch_size=batch_size, desc=f"sib200_{lg.code}")
         seconds = time.perf_counter() - t0
-        correct = 0
+        hits: list[bool] = []
         for i, (text, gold) in enumerate(rows):
             scores = [s.logprob for s in scored[i * len(SIB_LABELS) : (i + 1) * len(SIB_LABELS)]]
             pred = SIB_LABELS[max(range(len(scores)), key=scores.__getitem__)]
-            correct += pred == gold
+            hits.append(pred == gold)
             result.records.append({"task": "sib200", "lang": lg.code, "id": f"{lg.flores}-{i}", "text": text, "gold": gold, "answer": pred, "correct": pred == gold})
-        row = {"task": "sib200", "lang": lg.code, "n": len(rows), "accuracy": correct / len(rows), "seconds": round(seconds, 2)}
+        row = {"task": "sib200", "lang": lg.code, "n": len(rows), "accuracy": sum(hits) / len(rows), **mean_columns(hits), "seconds": round(seconds, 2)}
         result.extend(EvalResult.of([], [row]))
     return result
 

@@ -47,12 +47,16 @@ class TaskSpec:
 
     ``metric`` is the headline summary column (what a sweep selects on and plots); ``extra_metrics``
     are reported beside it in the same direction. ``score_field`` is the per-example record field
-    behind the metric. ``training_refused`` names the data specs (keys of the core's
-    ``EVALUATION_SETS``) whose data must never be used for training because this task scores on it.
-    The checks run before any model is loaded: ``check_language`` (None: any language of the data
-    table), ``check_shots`` (None: the task takes no exemplars), ``check_request`` (anything else).
-    ``finish`` adjusts the combined summary of a run that included the task. ``in_sweep`` is False
-    for a task a sweep config cannot describe (custom needs a data file).
+    whose mean is the metric (``correct``: True/False counts as 1/0); a ratio metric instead names
+    ``ratio_fields = (numerator, denominator)``, record fields summed over examples (FLORES: bits and
+    UTF-8 bytes per sentence). :func:`~layerswap.evaluate.scores.example_scores` reads these, and the
+    summary's ``stderr``/``ci_low``/``ci_high`` of the headline metric come from the same numbers.
+    ``training_refused`` names the data specs (keys of the core's ``EVALUATION_SETS``) whose data
+    must never be used for training because this task scores on it. The checks run before any
+    model is loaded: ``check_language`` (None: any language of the data table), ``check_shots``
+    (None: the task takes no exemplars), ``check_request`` (anything else). ``finish`` adjusts the
+    combined summary of a run that included the task. ``in_sweep`` is False for a task a sweep
+    config cannot describe (custom needs a data file).
     """
 
     name: str
@@ -62,6 +66,7 @@ class TaskSpec:
     higher_is_better: bool = True
     default_shots: int | None = None
     score_field: str = "correct"
+    ratio_fields: tuple[str, str] | None = None
     extra_metrics: tuple[str, ...] = ()
     training_refused: tuple[str, ...] = ()
     check_language: Callable[[str], Any] | None = None

@@ -1,0 +1,162 @@
+"""Paired comparisons between a sweep's candidates, and the verdict the reports state in words.
+
+Every candidate of a sweep is scored on the same examples, so two candidates are compared
+example by example (``layerswap.stats``): the difference of the headline metric (candidate minus
+reference) with a 95% paired-bootstrap interval (2000 resamples, seed 0), and a p-value from
+McNemar's exact test for 0/1 scores or a paired permutation test otherwise (bits per byte: a
+ratio, resampled and permuted with each sentence's bits and bytes together). Each reference (the
+leader, the best layer swap, each baseline and expert; per language only the leader and the best
+swap) is compared with every other candidate on the same task and scope; the p-values of that family are Holm-adjusted across the candidates.
+A difference counts only when the adjusted p-value is below 0.05; otherwise the two candidates are
+"indistinguishable": the data cannot separate them.
+
+``comparisons.csv`` columns: task, metric, language (``all``: every language's examples pooled;
+per-language rows, against the leader and the best swap, when the sweep has several), reference, role (leader, best swap, expert,
+baseline), candidate, method (the candidate's), diff, ci_low, ci_high, p_value, p_holm, test, n, verdict (better, worse,
+indistinguishable: the candidate against the reference; ``undetermined`` below two examples).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from layerswap.evaluate.tasks import higher_is_better
+
+SWAP_METHOD = "layer_swap"
+ALL = "all"
+ALPHA = 0.05
+EXPERTS = ("math", "lang")
+COMPARISON_COLUMNS = [
+    "task", "metric", "language", "reference", "role", "candidate", "method",
+    "diff", "ci_low", "ci_high", "p_value", "p_holm", "test", "n", "verdict",
+]
+
+
+def leader(results: pd.DataFrame, task: str, metric: str, language: str = ALL, *, method: str | None = None) -> str | None:
+    """The candidate with the best mean over languages (``language=all``) or in one language."""
+    rows = results[(results["task"] == task) & (results["metric"] == metric)]
+    if language != ALL:
+        rows = rows[rows["language"] == language]
+    if method is not None:
+        rows = rows[rows["method"] == method]
+    means = rows.groupby("candidate", sort=False)["value"].mean().dropna()
+    if means.empty:
+        return None
+    return str(means.idxmax() if higher_is_better(metric) else means.idxmin())
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame):
+    from layerswap.stats import paired_difference, paired_ratio_difference
+
+    m = a.merge(b, on=["lang", "id"], suffixes=("_a", "_b")).dropna(subset=["score_a", "score_b"])
+    ratio = m[["num_a", "den_a", "num_b", "den_b"]].notna().all().all() and len(m) > 0
+    if ratio:
+        return paired_ratio_difference(m["num_a"].to_numpy(), m["den_a"].to_numpy(), m["num_b"].to_numpy(), m["den_b"].to_numpy())
+    return paired_difference(m["score_a"].to_numpy(), m["score_b"].to_numpy())
+
+
+def _verdict(diff: float, p_holm: float, metric: str, alpha: float) -> str:
+    if math.isnan(p_holm):
+        return "undetermined"
+    if p_holm >= alpha:
+        return "indistinguishable"
+    return "better" if (diff > 0) == higher_is_better(metric) else "worse"
+
+
+def _role(name: str) -> str:
+    return "expert" if name in EXPERTS else "baseline"
+
+
+def compare_candidates(
+    results: pd.DataFrame,
+    scores: dict[str, pd.DataFrame | None],
+    tasks: list[tuple[str, str]],
+    *,
+    alpha: float = ALPHA,
+) -> pd.DataFrame:
+    """Each candidate against the leader, the best swap and each baseline and expert, per task and scope."""
+    methods = results.groupby("candidate", sort=False)["method"].first()
+    out: list[dict] = []
+    for task, metric in tasks:
+        task_scores = {c: s[s["task"] == task] for c, s in scores.items() if s is not None and (s["task"] == task).any()}
+        langs = sorted(results.loc[(results["task"] == task) & (results["metric"] == metric), "language"].unique())
+        for scope in [ALL] + (langs if len(langs) > 1 else []):
+            scoped = task_scores if scope == ALL else {c: s[s["lang"] == scope] for c, s in task_scores.items()}
+            lead = leader(results, task, metric, scope)
+            swap = leader(results, task, metric, scope, method=SWAP_METHOD)
+            refs = [(lead, "leader")] + ([(swap, "best swap")] if swap not in (None, lead) else [])
+            if scope == ALL:  # per language: the leader and the best swap only (the heatmap's marks)
+                refs += [(str(c), _role(str(c))) for c, m in methods.items() if m != SWAP_METHOD and c != lead]
+            for ref, role in refs:
+                if ref not in scoped:
+                    continue
+                block = []
+                for cand in methods.index:
+                    if cand == ref or cand not in scoped:
+                        continue
+                    p = _paired(scoped[cand], scoped[ref])
+                    block.append({"task": task, "metric": metric, "language": scope, "reference": ref, "role": role,
+                                  "candidate": str(cand), "method": methods[cand], "diff": p.diff, "ci_low": p.low, "ci_high": p.high,
+                                  "p_value": p.p_value, "test": p.test, "n": p.n})
+                out += _adjust(block, metric, alpha)
+    return pd.DataFrame(out, columns=COMPARISON_COLUMNS)
+
+
+def _adjust(block: list[dict], metric: str, alpha: float) -> list[dict]:
+    from layerswap.stats import holm
+
+    for row, p_holm in zip(block, holm([r["p_value"] for r in block]), strict=True):
+        row["p_holm"] = p_holm
+        row["verdict"] = _verdict(row["diff"], p_holm, metric, alpha)
+    return block
+
+
+def _fmt(row: pd.Series, *, flip: bool = False) -> str:
+    """``diff +0.12, 95% CI [0.03, 0.2], Holm p = 0.01`` (``flip``: the reference minus the candidate)."""
+    sign = -1.0 if flip else 1.0
+    lo, hi = sorted((sign * row["ci_low"], sign * row["ci_high"]))
+    return f"diff {sign * row['diff']:+.3g}, 95% CI [{lo:.3g}, {hi:.3g}], Holm p = {row['p_holm']:.2g}"
+
+
+def verdict_lines(comparisons: pd.DataFrame, task: str, metric: str, *, alpha: float = ALPHA) -> list[str]:
+    """The verdict in words: which candidates the leader cannot be separated from, and whether it
+    beats each expert and baseline (pooled over languages)."""
+    rows = comparisons[(comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == ALL)]
+    lead_rows = rows[rows["role"] == "leader"]
+    if lead_rows.empty:
+        return ["No per-example scores were stored, so no paired comparison: the ranking carries no uncertainty and decides nothing."]
+    lead = str(lead_rows["reference"].iloc[0])
+    n = int(lead_rows["n"].max())
+    tests = " / ".join(sorted(set(lead_rows["test"]) - {"none"})) or "none"
+    same = lead_rows[lead_rows["verdict"].isin(["indistinguishable", "undetermined"])]
+    worse = lead_rows[lead_rows["verdict"] == "worse"]
+    better = lead_rows[lead_rows["verdict"] == "better"]  # possible for a ratio: the leader is by mean over languages
+    intro = (f"Paired comparison with `{lead}` on the same {n} examples ({tests}; 95% paired-bootstrap intervals; "
+             f"p-values Holm-adjusted across the {len(lead_rows)} other candidates, alpha = {alpha}).")
+    lines = [intro]
+    if n < 10:
+        lines.append(
+            f"With {n} examples a bootstrap interval understates the uncertainty (it cannot be wider than the observed "
+            "differences) and the permutation test cannot reach small p-values: the verdict follows the test, not the interval."
+        )
+    if same.empty and better.empty:
+        lines.append(f"`{lead}` is the winner: every other candidate is significantly worse.")
+    if len(same):
+        listed = "; ".join(f"`{r['candidate']}` ({_fmt(r)})" for _, r in same.iterrows())
+        lines.append(f"**Not a clear winner**: statistically indistinguishable from `{lead}` at this sample size: {listed}.")
+    if len(better):
+        listed = "; ".join(f"`{r['candidate']}` ({_fmt(r)})" for _, r in better.iterrows())
+        lines.append(f"**Not a clear winner**: pooled over all examples these are significantly better than `{lead}`: {listed}.")
+    if len(worse) and not (same.empty and better.empty):
+        lines.append("Significantly worse than it: " + ", ".join(f"`{c}`" for c in worse["candidate"]) + ".")
+    others = lead_rows[lead_rows["method"] != SWAP_METHOD]
+    said = []
+    for _, r in others.iterrows():
+        what = {"worse": "beats", "better": "is beaten by", "indistinguishable": "is indistinguishable from",
+                "undetermined": "cannot be compared (too few examples) with"}[r["verdict"]]
+        said.append(f"{what} the {_role(r['candidate'])} `{r['candidate']}` ({_fmt(r, flip=True)})")
+    if said:
+        lines.append(f"`{lead}` " + "; ".join(said) + ".")
+    return lines
