@@ -113,3 +113,24 @@ def file_hash(path: Path, st: os.stat_result | None = None) -> str:
             return hashlib.file_digest(fh, "sha256").hexdigest() if hasattr(hashlib, "file_digest") else hashlib.sha256(fh.read()).hexdigest()
     except OSError:
         return "(unreadable)"
+
+
+def hook_opens(monkeypatch, before: Callable[[object], None]) -> None:  # noqa: ANN001
+    """Call ``before(file)`` ahead of every Python-level open (``open``, ``io.open``, ``Path.open``,
+    ``os.open``); it may record the file or raise as the kernel would."""
+    import builtins
+    import io
+
+    real_open, real_os_open = io.open, os.open
+
+    def hooked_open(file, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        before(file)
+        return real_open(file, *a, **k)
+
+    def hooked_os_open(path, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        before(path)
+        return real_os_open(path, *a, **k)
+
+    monkeypatch.setattr(io, "open", hooked_open)
+    monkeypatch.setattr(builtins, "open", hooked_open)
+    monkeypatch.setattr(os, "open", hooked_os_open)

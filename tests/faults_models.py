@@ -172,42 +172,29 @@ def build(env: Env) -> None:
 # --- per-case inputs that could block a reader: made in the sandbox, never under env.root ----------
 
 
-def _fifo_model(env: Env) -> None:
-    d = _copy(env.math, env.sandbox / "fifo-model")
-    (d / ST).unlink()
-    os.mkfifo(d / ST)
+def _first_shard(folder: Path) -> str:
+    return sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))[0]
 
 
-def _fifo_shard(env: Env) -> None:
-    d = _copy(env.p("sharded"), env.sandbox / "fifo-shard")
-    index = json.loads((d / INDEX).read_text())
-    first = sorted(set(index["weight_map"].values()))[0]
-    (d / first).unlink()
-    os.mkfifo(d / first)
+def _fifo(source: Callable[[Env], Path], folder: str, file: str | Callable[[Path], str]) -> Callable[[Env], None]:
+    """A setup: copy ``source`` to ``sandbox/folder`` and replace ``file`` (a name, or a function of
+    the copy that names it) with a FIFO, which a reader that opens it would block on."""
+
+    def setup(env: Env) -> None:
+        d = _copy(source(env), env.sandbox / folder)
+        name = file if isinstance(file, str) else file(d)
+        (d / name).unlink()
+        os.mkfifo(d / name)
+
+    return setup
 
 
-def _fifo_config(env: Env) -> None:
-    d = _copy(env.math, env.sandbox / "fifo-config")
-    (d / "config.json").unlink()
-    os.mkfifo(d / "config.json")
-
-
-def _fifo_index(env: Env) -> None:
-    d = _copy(env.p("sharded"), env.sandbox / "fifo-index")
-    (d / INDEX).unlink()
-    os.mkfifo(d / INDEX)
-
-
-def _fifo_adapter(env: Env) -> None:
-    d = _copy(env.lora, env.sandbox / "fifo-adapter")
-    (d / "adapter_model.safetensors").unlink()
-    os.mkfifo(d / "adapter_model.safetensors")
-
-
-def _fifo_tokenizer(env: Env) -> None:
-    d = _copy(env.math, env.sandbox / "fifo-tokenizer")
-    (d / "tokenizer.json").unlink()
-    os.mkfifo(d / "tokenizer.json")
+_fifo_model = _fifo(lambda e: e.math, "fifo-model", ST)
+_fifo_shard = _fifo(lambda e: e.p("sharded"), "fifo-shard", _first_shard)
+_fifo_config = _fifo(lambda e: e.math, "fifo-config", "config.json")
+_fifo_index = _fifo(lambda e: e.p("sharded"), "fifo-index", INDEX)
+_fifo_adapter = _fifo(lambda e: e.lora, "fifo-adapter", "adapter_model.safetensors")
+_fifo_tokenizer = _fifo(lambda e: e.math, "fifo-tokenizer", "tokenizer.json")
 
 
 def _device_model(env: Env) -> None:

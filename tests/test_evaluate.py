@@ -489,52 +489,20 @@ def test_cli_errors(tiny_llama, tmp_path, capsys, data_dir):
     assert code == 6 and "0..8" in io.err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"q": "1+1?", "a": 2}\n{"a": 3}\n', encoding="utf-8")
-    code, io = _cli(
-        [
-            "evaluate",
-            str(tiny_llama),
-            "--task",
-            "custom",
-            "--data",
-            str(bad),
-            "--question-field",
-            "q",
-            "--answer-field",
-            "a",
-            "--lang",
-            "sw",
-            "--out",
-            out,
-        ],
-        capsys,
-    )
+    code, io = _cli(_custom_argv(tiny_llama, bad, out), capsys)
     assert code == 7 and "line 2" in io.err and not Path(out).exists()
+
+
+def _custom_argv(model: Path, data: Path, out: Path | str, *options: str) -> list[str]:
+    """``layerswap evaluate MODEL --task custom`` on ``data`` with fields q and a, in Swahili."""
+    return ["evaluate", str(model), "--task", "custom", "--data", str(data), "--question-field", "q", "--answer-field", "a", "--lang", "sw", *options, "--out", str(out)]
 
 
 def test_cli_custom_writes_outputs(tiny_llama, tmp_path, capsys):
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"q": f"{i} + 1 = ?", "a": str(i + 1)}) + "\n" for i in range(3)), encoding="utf-8")
     out = tmp_path / "run"
-    argv = [
-        "evaluate",
-        str(tiny_llama),
-        "--task",
-        "custom",
-        "--data",
-        str(data),
-        "--question-field",
-        "q",
-        "--answer-field",
-        "a",
-        "--lang",
-        "sw",
-        "--max-new-tokens",
-        "4",
-        "--batch-size",
-        "2",
-        "--out",
-        str(out),
-    ]
+    argv = _custom_argv(tiny_llama, data, out, "--max-new-tokens", "4", "--batch-size", "2")
     code, io = _cli(argv, capsys)
     assert code == 0, io.err
     records = [json.loads(x) for x in (out / "examples.jsonl").read_text().splitlines()]
@@ -562,7 +530,7 @@ def test_registry_lists_every_task_module_in_order():
 
     from layerswap.evaluate import tasks
 
-    modules = {m.name for m in pkgutil.iter_modules(tasks.__path__)} - {"registry", "spec"}
+    modules = {m.name for m in pkgutil.iter_modules(tasks.__path__) if not m.name.startswith("_")} - {"registry", "spec"}
     assert list(TASKS)[:6] == ["mgsm", "gsm8k", "flores", "sib200", "proxy", "custom"]
     assert set(TASKS) == modules  # one module per task, each found without a list to edit
     for name, spec in TASKS.items():

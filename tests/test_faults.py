@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from faults_catalogue import Case, Env, _copy, _vocab, _write_sd, snapshot
+from faults_catalogue import Case, Env, _copy, _vocab, _write_sd, hook_opens, snapshot
 
 from layerswap.errors import EXIT_CODES
 
@@ -235,9 +235,7 @@ def honour_file_modes(monkeypatch, under: Path) -> None:  # noqa: ANN001
     Root reads a mode-000 file, and CI runs as root: without this, the permission case would only
     ever be skipped. Every Python-level open (``open``, ``io.open``, ``Path.open``, ``os.open``) goes through it.
     """
-    import builtins
     import errno
-    import io
     import stat
 
     def refuse(file: object) -> None:
@@ -247,19 +245,7 @@ def honour_file_modes(monkeypatch, under: Path) -> None:  # noqa: ANN001
         if path.startswith(str(under)) and os.path.isfile(path) and not stat.S_IMODE(os.stat(path).st_mode) & 0o444:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
-    real_open, real_os_open = io.open, os.open
-
-    def guarded_open(file, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
-        refuse(file)
-        return real_open(file, *a, **k)
-
-    def guarded_os_open(path, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
-        refuse(path)
-        return real_os_open(path, *a, **k)
-
-    monkeypatch.setattr(io, "open", guarded_open)
-    monkeypatch.setattr(builtins, "open", guarded_open)
-    monkeypatch.setattr(os, "open", guarded_os_open)
+    hook_opens(monkeypatch, refuse)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

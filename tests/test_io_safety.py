@@ -4,8 +4,6 @@ stays cheap. The one-line errors themselves are in the catalogue (tests/faults_m
 
 from __future__ import annotations
 
-import builtins
-import io
 import json
 import os
 import shutil
@@ -15,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from faults_catalogue import hook_opens
 from faults_models import edit_header, make_hf_cache
 
 from layerswap.errors import CheckpointError, InputPathError
@@ -24,23 +23,12 @@ from layerswap.io import ModelFolder, read_safetensors_header
 def _record_opens(monkeypatch) -> list[str]:  # noqa: ANN001
     """Every path opened through os.open, io.open, open and os.stat-free Path.open, resolved."""
     opened: list[str] = []
-    real_open, real_os_open = io.open, os.open
 
     def note(file: object) -> None:
         if not isinstance(file, int):
             opened.append(os.path.realpath(os.fspath(file)))
 
-    def rec_open(file, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
-        note(file)
-        return real_open(file, *a, **k)
-
-    def rec_os_open(path, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
-        note(path)
-        return real_os_open(path, *a, **k)
-
-    monkeypatch.setattr(io, "open", rec_open)
-    monkeypatch.setattr(builtins, "open", rec_open)
-    monkeypatch.setattr(os, "open", rec_os_open)
+    hook_opens(monkeypatch, note)
     return opened
 
 

@@ -170,3 +170,9 @@ def make_task(lang: str, fmt: str = "native_cot", *, shots: int = 0, exemplars: 
         shots=shots,
         fmt=fmt,
     )
+
+
+def load_task(lang: str, fmt: str = "native_cot", *, shots: int = 0, data_dir: str | Path | None = None) -> GenerationTask:
+    """:func:`make_task` with the language's exemplars loaded when ``shots`` asks for any."""
+    exemplars = load_exemplars(lang, data_dir=data_dir) if shots else None
+    return make_task(lang, fmt, shots=shots, exemplars=exemplars)

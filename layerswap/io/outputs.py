@@ -187,6 +187,13 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
+def _plain_not_input(out: PathLike, inputs: Iterable[Any], option: str) -> Path:
+    """``out`` as a plain path, refused where it is, holds or lies inside one of ``inputs``."""
+    path = plain_output(out)
+    check_not_input(path, input_paths(inputs), option=option)
+    return path
+
+
 def check_output(
     out: PathLike,
     inputs: Iterable[Any] = (),
@@ -202,8 +209,7 @@ def check_output(
     is resumed, not replaced (the sweep), so it is not checked for provenance; but a folder that is
     not empty must hold ``resume_marker`` (the file the resumable command writes first).
     """
-    path = plain_output(out)
-    check_not_input(path, input_paths(inputs), option=option)
+    path = _plain_not_input(out, inputs, option)
     if path.is_symlink():
         target = os.readlink(path)
         state = "a dangling symbolic link" if not path.exists() else "a symbolic link"
@@ -241,8 +247,7 @@ def check_output_file(
     ``written_marker`` (the header layerswap writes); ``outputs`` are the command's other outputs,
     which the file must not be or contain (it may lie inside one: it is written after them).
     """
-    file = plain_output(path)
-    check_not_input(file, input_paths(inputs), option=option)
+    file = _plain_not_input(path, inputs, option)
     for other in outputs:
         where, folder = resolved(file), resolved(other)
         if where == folder or _inside(folder, where):  # inside the new output is fine: it is written after it

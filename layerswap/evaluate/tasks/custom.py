@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 from layerswap.errors import ConfigError, DataError, InputPathError
 from layerswap.evaluate.answers import gsm8k_gold
 from layerswap.evaluate.generation import Example
-from layerswap.evaluate.mgsm import check_language, check_shots, load_exemplars, make_task
+from layerswap.evaluate.mgsm import check_language, check_shots, load_task
+from layerswap.evaluate.tasks._common import request_runner
 from layerswap.evaluate.tasks.spec import EvalRequest, TaskSpec
 from layerswap.io import iter_jsonl, iter_tsv, require_fields
 
 if TYPE_CHECKING:
     from layerswap.evaluate.result import EvalResult, ModelLike
-    from layerswap.evaluate.runner import LoadedModel
 
 DEFAULT_SHOTS = 0
 
@@ -64,9 +64,7 @@ def evaluate_custom(
 
     check_language(lang)
     examples = load_custom(data, question_field=question_field, answer_field=answer_field, limit=limit)
-    exemplars = load_exemplars(lang, data_dir=data_dir) if shots else None
-    task = make_task(lang, fmt, shots=shots, exemplars=exemplars)
-    task = replace(task, name=f"custom_{fmt}_{lang}", family="custom")
+    task = replace(load_task(lang, fmt, shots=shots, data_dir=data_dir), name=f"custom_{fmt}_{lang}", family="custom")
     return run_generation_task(as_lm(model, tokenizer), task, examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
@@ -75,17 +73,10 @@ def _needs_data(req: EvalRequest) -> None:
         raise ConfigError("--task custom needs --data FILE (with --question-field, --answer-field and --lang)")
 
 
-def _run(lm: LoadedModel, req: EvalRequest) -> EvalResult:
-    return evaluate_custom(
-        lm, req.data, lang=req.langs[0], question_field=req.question_field, answer_field=req.answer_field, fmt=req.fmt,
-        shots=req.shots, limit=req.limit, batch_size=req.batch_size, max_new_tokens=req.max_new_tokens, data_dir=req.data_dir,
-    )
-
-
 TASK = TaskSpec(
     name="custom",
     summary="your JSONL/TSV questions (--data), scored like MGSM in --lang",
-    run=_run,
+    run=request_runner(evaluate_custom, lang=lambda req: req.langs[0]),
     metric="exact_match",
     default_shots=DEFAULT_SHOTS,
     check_language=check_language,

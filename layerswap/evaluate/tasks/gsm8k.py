@@ -9,15 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from layerswap.errors import InputPathError
 from layerswap.evaluate.answers import flexible_extractor, gsm8k_gold, strict_extractor
 from layerswap.evaluate.generation import Example, GenerationTask
-from layerswap.evaluate.tasks.spec import EvalRequest, TaskSpec, nonnegative_shots
-from layerswap.io import iter_jsonl, require_fields, resolve_data_dir
+from layerswap.evaluate.tasks._common import hub_rows, local_rows, request_runner
+from layerswap.evaluate.tasks.spec import TaskSpec, nonnegative_shots
+from layerswap.io import iter_jsonl, resolve_data_dir
 
 if TYPE_CHECKING:
     from layerswap.evaluate.result import EvalResult, ModelLike
-    from layerswap.evaluate.runner import LoadedModel
 
 GSM8K_STOP = ("Question:", "</s>", "<|im_end|>")
 DEFAULT_SHOTS = 5
@@ -43,19 +42,10 @@ def gsm8k_task(shots: int, train: list[tuple[str, str]]) -> GenerationTask:
 def load_rows(split: str, data_dir: str | Path | None) -> list[tuple[str, str]]:
     """(question, worked answer) pairs of a split, from ``<data>/gsm8k/<split>.jsonl`` or the Hub."""
     root = resolve_data_dir(data_dir)
+    fields = ("question", "answer")
     if root is not None:
-        path = root / "gsm8k" / f"{split}.jsonl"
-        rows = []
-        for lineno, rec in iter_jsonl(path):
-            require_fields(rec, ["question", "answer"], path=path, lineno=lineno)
-            rows.append((rec["question"], rec["answer"]))
-        return rows
-    try:
-        import datasets
-
-        return [(d["question"], d["answer"]) for d in datasets.load_dataset("openai/gsm8k", "main", split=split)]
-    except Exception as exc:
-        raise InputPathError(f"no local data folder and openai/gsm8k could not be loaded ({exc}): pass --data-dir") from exc
+        return local_rows(iter_jsonl, root / "gsm8k" / f"{split}.jsonl", fields, fields)
+    return hub_rows("openai/gsm8k", lambda d: (d["question"], d["answer"]), "openai/gsm8k", "main", split=split)
 
 
 def evaluate_gsm8k(
@@ -80,16 +70,10 @@ def evaluate_gsm8k(
     return run_generation_task(lm, gsm8k_task(shots, train), examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
-def _run(lm: LoadedModel, req: EvalRequest) -> EvalResult:
-    return evaluate_gsm8k(
-        lm, shots=req.shots, limit=req.limit, batch_size=req.batch_size, max_new_tokens=req.max_new_tokens, data_dir=req.data_dir
-    )
-
-
 TASK = TaskSpec(
     name="gsm8k",
     summary="GSM8K test exact match (English), lm-eval's gsm8k prompt",
-    run=_run,
+    run=request_runner(evaluate_gsm8k),
     metric="exact_match",
     default_shots=DEFAULT_SHOTS,
     training_refused=("gsm8k:test",),

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from layerswap.evaluate.mgsm import check_format, check_language, check_shots, load_examples, load_exemplars, make_task
-from layerswap.evaluate.tasks.spec import EvalRequest, TaskSpec
+from layerswap.evaluate.mgsm import check_format, check_language, check_shots, load_examples, load_task
+from layerswap.evaluate.tasks._common import per_language, request_runner
+from layerswap.evaluate.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
     from layerswap.evaluate.result import EvalResult, ModelLike
@@ -31,33 +32,25 @@ def evaluate_mgsm(
 ) -> EvalResult:
     """MGSM exact match per language in lm-eval's ``direct`` or ``native_cot`` format."""
     from layerswap.evaluate.generation import run_generation_task
-    from layerswap.evaluate.result import EvalResult, as_lm, take
+    from layerswap.evaluate.result import take
 
     check_format(fmt)
     check_shots(shots)
     for lang in langs:
         check_language(lang)
-    lm = as_lm(model, tokenizer)
-    result = EvalResult()
-    for lang in langs:
-        exemplars = load_exemplars(lang, data_dir=data_dir) if shots else None
-        task = make_task(lang, fmt, shots=shots, exemplars=exemplars)
+
+    def one(lm: LoadedModel, lang: str) -> EvalResult:
+        task = load_task(lang, fmt, shots=shots, data_dir=data_dir)
         examples = take(load_examples(lang, data_dir=data_dir, limit=limit), limit)
-        result.extend(run_generation_task(lm, task, examples, batch_size=batch_size, max_new_tokens=max_new_tokens))
-    return result
+        return run_generation_task(lm, task, examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
-
-def _run(lm: LoadedModel, req: EvalRequest) -> EvalResult:
-    return evaluate_mgsm(
-        lm, req.langs, fmt=req.fmt, shots=req.shots, limit=req.limit, batch_size=req.batch_size,
-        max_new_tokens=req.max_new_tokens, data_dir=req.data_dir,
-    )
+    return per_language(model, tokenizer, langs, one)
 
 
 TASK = TaskSpec(
     name="mgsm",
     summary="MGSM exact match, lm-eval's direct or native_cot prompt (11 languages)",
-    run=_run,
+    run=request_runner(evaluate_mgsm),
     metric="exact_match",
     default_shots=DEFAULT_SHOTS,
     training_refused=("mgsm",),

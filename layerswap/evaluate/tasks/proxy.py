@@ -6,14 +6,14 @@ cue, skipping the reasoning. Use it to rank sweep candidates, then confirm with 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layerswap.evaluate.generation import GenerationTask
-from layerswap.evaluate.mgsm import MGSM_LANGUAGES, check_language, check_shots, load_examples, load_exemplars, make_task
-from layerswap.evaluate.tasks.spec import EvalRequest, TaskSpec
+from layerswap.evaluate.mgsm import MGSM_LANGUAGES, check_language, check_shots, load_examples, load_task
+from layerswap.evaluate.tasks._common import one_row, per_language, request_runner, timed
+from layerswap.evaluate.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,30 +46,26 @@ def evaluate_proxy(
     the cue, skipping the reasoning. Use it to rank sweep candidates, then confirm with MGSM.
     """
     from layerswap.evaluate.loglik import loglikelihood, summarise_logprobs
-    from layerswap.evaluate.result import EvalResult, as_lm, take
+    from layerswap.evaluate.result import take
     from layerswap.evaluate.uncertainty import mean_columns, with_uncertainty
 
     check_shots(shots)
     for lang in langs:
         check_language(lang)
-    lm = as_lm(model, tokenizer)
-    result = EvalResult()
-    for lang in langs:
-        exemplars = load_exemplars(lang, data_dir=data_dir) if shots else None
-        task = make_task(lang, "native_cot", shots=shots, exemplars=exemplars)
+
+    def one(lm: LoadedModel, lang: str) -> EvalResult:
+        task = load_task(lang, "native_cot", shots=shots, data_dir=data_dir)
         examples = take(load_examples(lang, data_dir=data_dir, limit=limit), limit)
         pairs = [proxy_pair(task, lang, ex.question, ex.gold) for ex in examples]
-        t0 = time.perf_counter()
-        scored = loglikelihood(lm, pairs, batch_size=batch_size, desc=f"proxy_{lang}")
-        seconds = time.perf_counter() - t0
-        for ex, (_, cont), s in zip(examples, pairs, scored, strict=True):
-            result.records.append(
-                {"task": "proxy", "lang": lang, "id": ex.id, "continuation": cont, "gold": ex.gold, "logprob": s.logprob, "tokens": s.n_tokens, "greedy": s.greedy}
-            )
-        row = {"task": "proxy", "format": "native_cot", "lang": lang, "shots": shots, **summarise_logprobs(scored), "seconds": round(seconds, 2)}
-        row = with_uncertainty(row, "gold_logprob", mean_columns([s.logprob for s in scored]))
-        result.extend(EvalResult.of([], [row]))
-    return result
+        scored, seconds = timed(lambda: loglikelihood(lm, pairs, batch_size=batch_size, desc=f"proxy_{lang}"))
+        records = [
+            {"task": "proxy", "lang": lang, "id": ex.id, "continuation": cont, "gold": ex.gold, "logprob": s.logprob, "tokens": s.n_tokens, "greedy": s.greedy}
+            for ex, (_, cont), s in zip(examples, pairs, scored, strict=True)
+        ]
+        row = {"task": "proxy", "format": "native_cot", "lang": lang, "shots": shots, **summarise_logprobs(scored), "seconds": seconds}
+        return one_row(records, with_uncertainty(row, "gold_logprob", mean_columns([s.logprob for s in scored])))
+
+    return per_language(model, tokenizer, langs, one)
 
 
 def next_to_mgsm(summary: pd.DataFrame) -> pd.DataFrame:
@@ -82,14 +78,10 @@ def next_to_mgsm(summary: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def _run(lm: LoadedModel, req: EvalRequest) -> EvalResult:
-    return evaluate_proxy(lm, req.langs, shots=req.shots, limit=req.limit, batch_size=req.batch_size, data_dir=req.data_dir)
-
-
 TASK = TaskSpec(
     name="proxy",
     summary="log p(gold answer sentence | 2-shot native CoT prompt), the sweep's fast MGSM proxy",
-    run=_run,
+    run=request_runner(evaluate_proxy),
     metric="gold_logprob",
     default_shots=DEFAULT_SHOTS,
     score_field="logprob",

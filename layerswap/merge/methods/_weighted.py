@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from layerswap.config import StrictModel
 from layerswap.errors import ConfigError
@@ -29,6 +29,22 @@ class WeightedParams(StrictModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
     weights: dict[str, float] | None = None
+
+
+class TaskVectorParams(WeightedParams):
+    """Base of the task-vector methods' params: ``lambda`` scales the merged delta; ``normalize``
+    divides by the summed weights (of the agreeing entries under sign election)."""
+
+    lambda_: float = Field(1.0, alias="lambda")
+    normalize: bool = False
+
+
+class SparseParams(WeightedParams):
+    """Base of the sparsifying methods' params: ``density``, the share of each delta kept (one float
+    or ``{label: float}``). Listed before a :class:`TaskVectorParams` base (``class P(TaskVectorParams,
+    SparseParams)``), so ``density`` comes right after ``weights`` in the valid-parameter list."""
+
+    density: float | dict[str, float] = 0.5
 
 
 def non_layer_note(plan: MergePlan) -> list[str]:

@@ -11,22 +11,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
-
 from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, baseline, register
-from layerswap.merge.methods._weighted import TaskVectorMethod, WeightedParams
+from layerswap.merge.methods._weighted import SparseParams, TaskVectorMethod, TaskVectorParams
 from layerswap.merge.ops import Combine
 
 if TYPE_CHECKING:
     import torch
 
 
-class DareParams(WeightedParams):
+class DareParams(TaskVectorParams, SparseParams):
     """Drop each delta entry with probability ``1 - density`` and rescale the survivors."""
 
-    density: float | dict[str, float] = 0.5
-    lambda_: float = Field(1.0, alias="lambda")
-    normalize: bool = False
     rescale: Literal["density", "l1", "none"] = "density"
     seed: int = 0
 

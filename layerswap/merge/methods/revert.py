@@ -7,22 +7,17 @@ Disjoint ``keep`` sets are a selection (bytes copied); where they overlap the de
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerswap.config import StrictModel
 from layerswap.errors import ConfigError
 from layerswap.io import parse_layer_spec
 from layerswap.merge.methods._export import model_path, slices
-from layerswap.merge.methods._registry import (
-    BaselineCandidate,
-    BaselineContext,
-    Layout,
-    MergeMethod,
-    MergeSpec,
-    baseline,
-    register,
-)
+from layerswap.merge.methods._registry import Layout, MergeMethod, baseline, register
 from layerswap.merge.ops import BASE, Combine, MergePlan, Op, Select
+
+if TYPE_CHECKING:
+    from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, MergeSpec
 
 
 class RevertParams(StrictModel):

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, baseline, register
-from layerswap.merge.methods._weighted import TaskVectorMethod, WeightedParams
+from layerswap.merge.methods._weighted import TaskVectorMethod, TaskVectorParams
 
 
-class TaskArithmeticParams(WeightedParams):
+class TaskArithmeticParams(TaskVectorParams):
     """``base + lambda * sum_i w_i * delta_i``."""
-
-    lambda_: float = Field(1.0, alias="lambda")
-    normalize: bool = False
 
 
 @register

@@ -8,17 +8,14 @@ PEFT divides by their count, the same when every weight is 1).
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, baseline, register
-from layerswap.merge.methods._weighted import TaskVectorMethod, WeightedParams
+from layerswap.merge.methods._weighted import SparseParams, TaskVectorMethod, TaskVectorParams
 
 
-class TiesParams(WeightedParams):
+class TiesParams(TaskVectorParams, SparseParams):
     """Trim each delta to ``density`` by magnitude, elect the sign by total mass, disjoint mean."""
 
     density: float | dict[str, float] = 0.2
-    lambda_: float = Field(1.0, alias="lambda")
     normalize: bool = True
 
 
