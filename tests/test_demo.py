@@ -69,3 +69,25 @@ def test_demo_report_states_the_paired_verdict(tmp_path):
     assert "Not a clear winner" in report and "`swap-b3-u1`" in report  # the planted twin
     assert "beats the baseline `base`" in report and "beats the expert `math`" in report and "beats the expert `lang`" in report
     assert "Language check (FLORES-sw" in report and "lower (better) than `math`" in report
+
+
+def test_demo_options_come_from_its_config_and_quick_keeps_what_was_given(monkeypatch, tmp_path):
+    """Every DemoConfig field is a flag (written once, in the config); --quick shrinks only the budgets not given."""
+    import layerswap.sweep.demo as demo
+    from layerswap.cli import main
+    from layerswap.cli.options import flags_of
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda config, out: seen.update(config=config, out=out))
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--quick", "--limit", "5", "--baselines", "base", "--baselines", "ties", "--out", str(tmp_path / "d")])
+    assert exc.value.code == 0
+    config = seen["config"]
+    assert config.limit == 5 and config.baselines == ["base", "ties"]  # given: kept
+    assert config.steps == demo.DemoConfig.quick_config().steps == 2  # not given: the quick budget
+    from typer.main import get_command
+
+    from layerswap.cli import app
+
+    params = {p.name for p in get_command(app).commands["demo"].params}
+    assert {f.field for f in flags_of(demo.DemoConfig)} <= params

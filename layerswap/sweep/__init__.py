@@ -10,26 +10,32 @@
 - :mod:`~layerswap.sweep.demo`: the whole pipeline on the embedded default model
 
 The report and the demo are submodules, not re-exported here (``from layerswap.sweep import
-report``), so loading a sweep config does not pull in matplotlib.
+report``), so loading a sweep config does not pull in matplotlib; the names below load on first use.
 """
 
 from __future__ import annotations
 
-from layerswap.sweep.candidates import build_candidates
-from layerswap.sweep.config import Candidate, CandidatesSpec, GridSpec, SweepConfig, load_sweep_config, validate_sweep_dict
-from layerswap.sweep.loop import run_candidates, run_sweep
-from layerswap.sweep.store import ResultStore, settings_key
+import importlib
+from typing import Any
 
-__all__ = [
-    "Candidate",
-    "CandidatesSpec",
-    "GridSpec",
-    "ResultStore",
-    "SweepConfig",
-    "build_candidates",
-    "load_sweep_config",
-    "run_candidates",
-    "run_sweep",
-    "settings_key",
-    "validate_sweep_dict",
-]
+#: Public names, loaded on first use so that the CLI can read the configs without pandas or torch.
+_LAZY: dict[str, str] = {
+    "Candidate": "layerswap.sweep.config",
+    "CandidatesSpec": "layerswap.sweep.config",
+    "GridSpec": "layerswap.sweep.config",
+    "SweepConfig": "layerswap.sweep.config",
+    "load_sweep_config": "layerswap.sweep.config",
+    "validate_sweep_dict": "layerswap.sweep.config",
+    "build_candidates": "layerswap.sweep.candidates",
+    "run_candidates": "layerswap.sweep.loop",
+    "run_sweep": "layerswap.sweep.loop",
+    "ResultStore": "layerswap.sweep.store",
+    "settings_key": "layerswap.sweep.store",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'layerswap.sweep' has no attribute {name!r}")

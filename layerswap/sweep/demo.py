@@ -26,19 +26,24 @@ from layerswap.sweep.config import SweepConfig
 class DemoConfig(StrictModel):
     """Budgets of the demo; ``quick`` shrinks them to a CI smoke run of a few minutes."""
 
-    base: str = "gemma3-270m"
-    data_dir: str | None = None
-    language: str = "sw"
-    method: Literal["full", "lora"] = "full"
-    steps: int = Field(12, ge=1)
-    batch_size: int = Field(4, ge=1)
-    seq_len: int = Field(128, ge=16)
-    lr: float | None = None
-    importance_examples: int = Field(16, ge=1)
-    limit: int = Field(12, ge=1)
-    top_n: int = Field(4, ge=1)
-    baselines: list[str] = Field(default_factory=lambda: ["base", "math", "lang", "linear", "ties", "dare_ties", "revert"])
-    figures: str | None = None
+    base: str = Field("gemma3-270m", description="Base model folder or embedded name.")
+    data_dir: str | None = Field(
+        None, description="Data folder laid out like ../shared/data (else $LAYERSWAP_DATA_DIR, ./shared/data, ../shared/data, or the Hub)."
+    )
+    language: str = Field("sw", description="Target language code.")
+    method: Literal["full", "lora"] = Field("full", description="full or lora fine-tuning of the experts.")
+    steps: int = Field(12, ge=1, description="Training steps per expert.")
+    batch_size: int = Field(4, ge=1, description="Training batch size of the experts.")
+    seq_len: int = Field(128, ge=16, description="Training sequence length of the experts (tokens).")
+    lr: float | None = Field(None, description="Learning rate of the experts (default: the fine-tuning default for the method).")
+    importance_examples: int = Field(16, ge=1, description="Examples per task for the base's diagonal Fisher.")
+    limit: int = Field(12, ge=1, description="Examples per evaluation task in the sweep.")
+    top_n: int = Field(4, ge=1, description="Recommended swap candidates to evaluate.")
+    baselines: list[str] = Field(
+        default_factory=lambda: ["base", "math", "lang", "linear", "ties", "dare_ties", "revert"],
+        description="Baselines of the sweep (repeat the flag).",
+    )
+    figures: str | None = Field(None, description="Also copy the headline figures into this folder (the repo's figures/).")
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> "DemoConfig":
