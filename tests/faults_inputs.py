@@ -112,4 +112,9 @@ CASES: list[Case] = [
     Case("finetune-lr-negative", "finetune --lr -1e-4", lambda e: _finetune(e, str(e.p(GOOD_JSONL)), "--lr=-1e-4"), "ConfigError", "--lr -0.0001 is out of range", "a positive number"),
     Case("finetune-dropout-one", "finetune --method lora --lora-dropout 1", lambda e: _finetune(e, str(e.p(GOOD_JSONL)), "--method", "lora", "--lora-dropout", "1"), "ConfigError", "--lora-dropout 1.0 is out of range", "[0, 1)"),
     Case("finetune-grad-norm-inf", "finetune --max-grad-norm inf", lambda e: _finetune(e, str(e.p(GOOD_JSONL)), "--max-grad-norm", "inf"), "ConfigError", "--max-grad-norm inf is out of range", "0 (no clipping)"),
+    # --- usage mistakes caught by the option parser (click, inside typer): one line too, exit 2
+    Case("usage-missing-option", "swap --math MATH --bottom 1 --top 1 --out OUT (no --lang)", lambda e: ["swap", "--math", str(e.math), "--bottom", "1", "--top", "1", "--out", e.out], "LayerswapError", "missing option '--lang'", "see layerswap swap --help"),
+    Case("usage-unknown-option", "swap ... --bottomm 1", lambda e: ["swap", "--math", str(e.math), "--lang", str(e.lang), "--bottomm", "1", "--top", "1", "--out", e.out], "LayerswapError", "no such option: --bottomm", "see layerswap swap --help"),
+    Case("usage-not-an-integer", "swap ... --bottom five", lambda e: ["swap", "--math", str(e.math), "--lang", str(e.lang), "--bottom", "five", "--top", "1", "--out", e.out], "LayerswapError", "invalid value for '--bottom'", "see layerswap swap --help"),
+    Case("usage-missing-argument", "evaluate --task proxy --out OUT (no model)", lambda e: ["evaluate", "--task", "proxy", "--out", e.out], "LayerswapError", "missing argument 'model'", "see layerswap evaluate --help"),
 ]

@@ -55,6 +55,28 @@ def test_data_file_and_spec_options_are_inputs(layout: Path):
     assert input_paths(["gsm8k", None, "hf:x/y", {"a": spec}]) == [(layout / "ex" / "data.jsonl").resolve()]
 
 
+def test_embedded_model_names_are_their_cache_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``--math gemma3-270m`` reads cache/models/gemma3-270m: an output inside it is refused, prepared or not."""
+    from layerswap.io.embedded import DEFAULT_MODEL
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LAYERSWAP_CACHE", str(cache))
+    folder = cache / "models" / DEFAULT_MODEL
+    assert input_paths([DEFAULT_MODEL]) == [folder.resolve()]  # not prepared yet: still the folder preparing would create
+    assert not cache.exists()
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert input_paths([DEFAULT_MODEL, "gsm8k"]) == [folder.resolve()]
+    before = _tree(cache)
+    for overwrite in (False, True):
+        with pytest.raises(InputPathError, match="lies inside the input"):
+            check_output(folder / "merged", [DEFAULT_MODEL, DEFAULT_MODEL], overwrite=overwrite)
+    with pytest.raises(InputPathError, match="contains the input"):
+        check_output(cache, {"math": DEFAULT_MODEL}, overwrite=True)
+    assert _tree(cache) == before
+    check_output(tmp_path / "elsewhere", [DEFAULT_MODEL])  # anywhere else is fine
+
+
 def test_targets_of_a_folders_links_are_inputs(tmp_path: Path):
     blobs, snap = tmp_path / "blobs", tmp_path / "snapshots" / "rev"
     blobs.mkdir()

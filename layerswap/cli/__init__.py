@@ -11,10 +11,14 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-import click
 import typer
 
 from layerswap.errors import ConfigError, LayerswapError
+
+try:  # typer 0.2x carries its own copy of click, whose exceptions are not the standalone click's
+    from typer._click.exceptions import ClickException
+except ImportError:  # older typer runs on the click package
+    from click.exceptions import ClickException
 
 app = typer.Typer(
     name="layerswap",
@@ -98,12 +102,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except ClickException as exc:  # usage errors: unknown or missing options, bad values
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command: its help, not an error
+            exc.show()
+        else:
+            where = getattr(getattr(exc, "ctx", None), "command_path", None) or "layerswap"
+            print(f"error: {exc.format_message().rstrip('.')}: see {where} --help", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted: no partial output was kept", file=sys.stderr)
         sys.exit(130)
     sys.exit(result if isinstance(result, int) else 0)

@@ -97,6 +97,18 @@ def check_settings(langs: Sequence[str], *, batch_size: int, max_new_tokens: int
     check_device(device)
 
 
+def _inputs(model: Any, data: Any, data_dir: Any, base: Any) -> list[str | Path]:
+    """What an evaluation reads from disk, so that its output can never land on it: with an adapter, its base too."""
+    from layerswap.io import is_adapter_folder, load_json
+
+    inputs = [x for x in (model, data, data_dir, base) if isinstance(x, (str, Path))]
+    if isinstance(model, (str, Path)) and is_adapter_folder(model):
+        adapter_base = load_json(Path(model) / "adapter_config.json", "adapter config").get("base_model_name_or_path")
+        if isinstance(adapter_base, str) and adapter_base:
+            inputs.append(adapter_base)
+    return inputs
+
+
 def evaluate(
     model: ModelLike,
     tasks: str | Sequence[str] = ("mgsm",),
@@ -138,8 +150,7 @@ def evaluate(
     if out is not None:
         from layerswap.io import prepare_output_dir
 
-        inputs = [x for x in (model, data, data_dir, base) if isinstance(x, (str, Path))]
-        prepare_output_dir(out, overwrite, inputs=inputs)  # fail before the minutes of evaluation, not after
+        prepare_output_dir(out, overwrite, inputs=_inputs(model, data, data_dir, base))  # fail before the minutes of evaluation
     lm = model if isinstance(model, LoadedModel) else as_lm(model, tokenizer, device=device, dtype=dtype, base=base)
     result = EvalResult()
     for spec in specs:
@@ -150,6 +161,6 @@ def evaluate(
             result.summary = TASKS[name].finish(result.summary)
     if out is not None:
         settings = {"tasks": tasks, "langs": langs, "format": fmt, "shots": shots, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
-        inputs = [x for x in (model, data, data_dir, base) if isinstance(x, (str, Path))]
+        inputs = _inputs(model, data, data_dir, base)
         save_result(result, out, overwrite=overwrite, provenance={"kind": "evaluation", "model": lm.info or lm.name, **settings}, inputs=inputs)
     return result

@@ -48,7 +48,9 @@ def plain_output(out: PathLike) -> Path:
 def input_paths(*inputs: Any) -> list[Path]:
     """The resolved paths of whatever names an input: paths, strings, None, and lists or dicts of them.
 
-    Strings that are not paths on disk (short model names, ``gsm8k``, ``hf:NAME``) are skipped; a data
+    An embedded model's short name (``gemma3-270m``) stands for its cache folder
+    (``cache_dir()/models/NAME``, as :func:`~layerswap.io.resolve.resolve_model` uses it; nothing is
+    prepared here). Other strings that are not paths on disk (``gsm8k``, ``hf:NAME``) are skipped; a data
     spec's ``?key=value`` options are dropped. A folder also brings the targets of its own links (the
     Hugging Face cache links ``snapshots/REV/*`` to ``blobs/``), so an output cannot replace those either.
     """
@@ -73,6 +75,9 @@ def input_paths(*inputs: Any) -> list[Path]:
         text = os.path.expanduser(os.fspath(item))
         if not os.path.lexists(text) and "?" in text:
             text = text.split("?", 1)[0]
+        if not os.path.lexists(text) and isinstance(item, str) and (cached := _embedded_folder(text)) is not None:
+            found.append(resolved(cached))  # an input even before it is prepared: preparing would create it
+            text = cached
         if not os.path.lexists(text):
             return
         path = resolved(text)
@@ -88,6 +93,13 @@ def input_paths(*inputs: Any) -> list[Path]:
 
     add(list(inputs))
     return list(dict.fromkeys(found))
+
+
+def _embedded_folder(name: str) -> str | None:
+    """The cache folder an embedded model's short name (``gemma3-270m``) resolves to, else None (nothing prepared)."""
+    from layerswap.io.embedded import EMBEDDED, cache_dir
+
+    return os.fspath(cache_dir() / "models" / name) if name in EMBEDDED else None
 
 
 def _inside(child: Path, parent: Path) -> bool:

@@ -13,13 +13,16 @@ A difference counts only when the adjusted p-value is below 0.05; otherwise the 
 ``comparisons.csv`` columns: task, metric, language (``all``: every language's examples pooled;
 per-language rows, against the leader and the best swap, when the sweep has several), reference, role (leader, best swap, expert,
 baseline), candidate, method (the candidate's), diff, ci_low, ci_high, p_value, p_holm, test, n, verdict (better, worse,
-indistinguishable: the candidate against the reference; ``undetermined`` below two examples).
+indistinguishable: the candidate against the reference; ``undetermined`` below two examples), dropped (example pairs
+left out because either side's score is NaN or infinite, e.g. a candidate whose weights overflow; also warned about).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import pandas as pd
 
 from layerswap.evaluate.tasks import higher_is_better
@@ -30,7 +33,7 @@ ALPHA = 0.05
 EXPERTS = ("math", "lang")
 COMPARISON_COLUMNS = [
     "task", "metric", "language", "reference", "role", "candidate", "method",
-    "diff", "ci_low", "ci_high", "p_value", "p_holm", "test", "n", "verdict",
+    "diff", "ci_low", "ci_high", "p_value", "p_holm", "test", "n", "verdict", "dropped",
 ]
 
 
@@ -47,14 +50,25 @@ def leader(results: pd.DataFrame, task: str, metric: str, language: str = ALL, *
     return str(means.idxmax() if higher_is_better(metric) else means.idxmin())
 
 
+def _finite(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return frame[np.isfinite(frame[columns].to_numpy(dtype=np.float64)).all(axis=1)]
+
+
 def _paired(a: pd.DataFrame, b: pd.DataFrame):
+    """The paired comparison of ``a`` with ``b`` on their shared examples, and how many pairs were
+    left out because a score (or a ratio's bits or bytes) is NaN or infinite."""
     from layerswap.stats import paired_difference, paired_ratio_difference
 
-    m = a.merge(b, on=["lang", "id"], suffixes=("_a", "_b")).dropna(subset=["score_a", "score_b"])
-    ratio = m[["num_a", "den_a", "num_b", "den_b"]].notna().all().all() and len(m) > 0
+    merged = a.merge(b, on=["lang", "id"], suffixes=("_a", "_b"))
+    m = _finite(merged, ["score_a", "score_b"])
+    ratio_cols = ["num_a", "den_a", "num_b", "den_b"]
+    ratio = m[ratio_cols].notna().all().all() and len(m) > 0
     if ratio:
-        return paired_ratio_difference(m["num_a"].to_numpy(), m["den_a"].to_numpy(), m["num_b"].to_numpy(), m["den_b"].to_numpy())
-    return paired_difference(m["score_a"].to_numpy(), m["score_b"].to_numpy())
+        m = _finite(m, ratio_cols)
+    dropped = len(merged) - len(m)
+    if ratio:
+        return paired_ratio_difference(m["num_a"].to_numpy(), m["den_a"].to_numpy(), m["num_b"].to_numpy(), m["den_b"].to_numpy()), dropped
+    return paired_difference(m["score_a"].to_numpy(), m["score_b"].to_numpy()), dropped
 
 
 def _verdict(diff: float, p_holm: float, metric: str, alpha: float) -> str:
@@ -89,6 +103,15 @@ def compare_candidates(
             refs = [(lead, "leader")] + ([(swap, "best swap")] if swap not in (None, lead) else [])
             if scope == ALL:  # per language: the leader and the best swap only (the heatmap's marks)
                 refs += [(str(c), _role(str(c))) for c, m in methods.items() if m != SWAP_METHOD and c != lead]
+            bad = {str(c): int((~np.isfinite(s["score"].to_numpy(dtype=np.float64))).sum()) for c, s in scoped.items()}
+            bad = {c: k for c, k in bad.items() if k}
+            if bad:
+                warnings.warn(
+                    f"{task} ({'all languages' if scope == ALL else scope}): NaN or infinite scores of "
+                    + ", ".join(f"{c} ({k} examples)" for c, k in bad.items())
+                    + " are left out of their paired comparisons (column 'dropped' of comparisons.csv)",
+                    stacklevel=2,
+                )
             for ref, role in refs:
                 if ref not in scoped:
                     continue
@@ -96,10 +119,10 @@ def compare_candidates(
                 for cand in methods.index:
                     if cand == ref or cand not in scoped:
                         continue
-                    p = _paired(scoped[cand], scoped[ref])
+                    p, dropped = _paired(scoped[cand], scoped[ref])
                     block.append({"task": task, "metric": metric, "language": scope, "reference": ref, "role": role,
                                   "candidate": str(cand), "method": methods[cand], "diff": p.diff, "ci_low": p.low, "ci_high": p.high,
-                                  "p_value": p.p_value, "test": p.test, "n": p.n})
+                                  "p_value": p.p_value, "test": p.test, "n": p.n, "dropped": dropped})
                 out += _adjust(block, metric, alpha)
     return pd.DataFrame(out, columns=COMPARISON_COLUMNS)
 

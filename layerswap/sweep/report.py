@@ -232,12 +232,21 @@ def _paired_rows(comparisons: pd.DataFrame | None, task: str, metric: str, best_
     return rows.set_index("candidate") if len(rows) else None
 
 
+#: The colour of a paired verdict in the figures; anything else (indistinguishable, undetermined, none) is grey.
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red"}
+
+
+def verdict_colour(verdict: object) -> str:
+    """Green only for "better", red only for "worse": an undetermined verdict is no evidence either way."""
+    return VERDICT_COLOURS.get(verdict, "tab:gray") if isinstance(verdict, str) else "tab:gray"
+
+
 def _paired_panel(ax: plt.Axes, paired: pd.DataFrame, names: list[str], metric: str, best: str) -> None:
     """Each candidate minus ``best`` with its paired 95% interval; the verdict and Holm p as labels."""
     sub = paired.reindex(names)
     x = np.arange(len(names))
     yerr = np.vstack([(sub["diff"] - sub["ci_low"]).fillna(0).clip(lower=0), (sub["ci_high"] - sub["diff"]).fillna(0).clip(lower=0)])
-    colors = ["tab:gray" if v == "indistinguishable" else "tab:red" if v == "worse" else "tab:green" for v in sub["verdict"]]
+    colors = [verdict_colour(v) for v in sub["verdict"]]
     for i in range(len(names)):
         ax.errorbar(x[i], sub["diff"].iloc[i], yerr=yerr[:, i : i + 1], fmt="s", color=colors[i], capsize=4)
         if pd.notna(sub["p_holm"].iloc[i]):
@@ -245,7 +254,7 @@ def _paired_panel(ax: plt.Axes, paired: pd.DataFrame, names: list[str], metric: 
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel(f"{metric}: candidate minus {best}")
-    ax.set_title("Paired difference (95% CI, Holm p)\nred worse, green better, grey indistinguishable", fontsize=9)
+    ax.set_title("Paired difference (95% CI, Holm p)\nred worse, green better, grey indistinguishable/undetermined", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
 
 
