@@ -1,6 +1,7 @@
 """Outputs that would harm an input or leave something half-written (issue 14, classes 1 and 6, output parts of 5).
 
-Inputs are sacred: an output (``--out``, ``--work-dir``, ``--emit-mergekit``, the sweep's folder) that
+Inputs are sacred: an output (``--out``, ``--work-dir``, ``--emit-mergekit``, the sweep's and the demo's
+folders, the demo's ``--figures``) that
 is, contains or lies inside an input is refused with or without ``--overwrite``; ``--overwrite``
 replaces only a folder layerswap wrote; a work folder is deleted only if layerswap created it; and
 nothing (no parent folder, no ``sweep.yaml``, no hidden temporary sibling) is left by a refusal.
@@ -55,6 +56,11 @@ def _sweep(env: Env, out: str, math: str | None = None) -> list[str]:
     return ["sweep", env.yaml("sweep.yaml", body), "--out", out]
 
 
+def _demo(env: Env, out: str, *extra: str) -> list[str]:
+    """The demo on the tiny base: every case must be refused before any model work (no training, no download)."""
+    return ["demo", "--quick", "--base", _ex(env, "base"), "--out", out, *extra]
+
+
 def _sweep_with_foreign_best(env: Env) -> None:
     folder = env.sandbox / "sw"
     (folder / "best-model").mkdir(parents=True)
@@ -94,6 +100,11 @@ CASES: list[Case] = [
     Case("out-is-lora-adapter", "swap --math ex/lora --base ex/base ... --out ex/lora --overwrite", lambda e: ["swap", "--math", _ex(e, "lora"), "--lang", _ex(e, "lang"), "--base", _ex(e, "base"), "--bottom", "1", "--top", "1", "--out", _ex(e, "lora"), "--overwrite"], "InputPathError", "is the input", ANOTHER),
     Case("finetune-work-dir-inside-base", "finetune --base ex/base ... --work-dir ex/base/ckpt", lambda e: _finetune(e, "--out", e.out, "--work-dir", _ex(e, "base") + "/ckpt"), "InputPathError", "lies inside the input", ANOTHER),
     Case("sweep-out-contains-experts", "sweep cfg.yaml --out ex", lambda e: _sweep(e, _ex(e)), "InputPathError", "contains the input", ANOTHER),
+    Case("demo-out-is-base", "demo --base ex/base --out ex/base --quick", lambda e: _demo(e, _ex(e, "base")), "InputPathError", "is the input", ANOTHER),
+    Case("demo-out-inside-base", "demo --base ex/base --out ex/base/demo --quick", lambda e: _demo(e, _ex(e, "base") + "/demo"), "InputPathError", "lies inside the input", ANOTHER),
+    Case("demo-out-is-data-dir", "demo --base ex/base --data-dir DATA --out DATA --quick", lambda e: _demo(e, str(e.p("user-folder")), "--data-dir", str(e.p("user-folder"))), "InputPathError", "is the input", ANOTHER),
+    Case("demo-figures-inside-base", "demo --base ex/base --out OUT --figures ex/base/figures --quick", lambda e: _demo(e, e.out, "--figures", _ex(e, "base") + "/figures"), "InputPathError", "lies inside the input", ANOTHER),
+    Case("demo-figures-is-data-dir", "demo --base ex/base --data-dir DATA --out OUT --figures DATA --quick", lambda e: _demo(e, e.out, "--data-dir", str(e.p("user-folder")), "--figures", str(e.p("user-folder"))), "InputPathError", "is the input", ANOTHER),
     # --- --overwrite replaces only what layerswap wrote; a work folder is deleted only if layerswap made it
     Case("overwrite-foreign-folder", "swap ... --out USER-FOLDER --overwrite (no layerswap.json)", lambda e: _swap(e, str(e.p("user-folder")), "--overwrite"), "OutputExistsError", "was not written by layerswap", "remove it yourself"),
     Case("overwrite-a-file", "analyze ... --out notes.txt --overwrite", lambda e: _analyze(e, str(e.p("a-file.txt")), "--overwrite"), "OutputExistsError", "is a file", "remove it yourself"),
@@ -105,6 +116,8 @@ CASES: list[Case] = [
     Case("sweep-out-foreign-folder", "sweep cfg.yaml --out USER-FOLDER (not a sweep's folder)", lambda e: _sweep(e, str(e.p("user-folder"))), "OutputExistsError", "folder of something else", "choose a new or empty folder"),
     Case("sweep-best-model-foreign", "sweep cfg.yaml (save_best) --out SWEEP (best-model/ not layerswap's)", lambda e: ["sweep", e.yaml("sweep.yaml", f"base: {_ex(e, 'base')}\nmath: {_ex(e, 'math')}\nlang: {_ex(e, 'lang')}\nsave_best: true\n"), "--out", str(e.sandbox / "sw")], "OutputExistsError", "was not written by layerswap", "remove it yourself", setup=_sweep_with_foreign_best),
     Case("sweep-out-is-file", "sweep cfg.yaml --out notes.txt", lambda e: _sweep(e, str(e.p("a-file.txt"))), "OutputExistsError", "is a file", ANOTHER),
+    Case("demo-out-foreign-folder", "demo --base ex/base --out USER-FOLDER --quick (not a demo's folder)", lambda e: _demo(e, str(e.p("user-folder"))), "OutputExistsError", "folder of something else", "choose a new or empty folder"),
+    Case("demo-figures-is-file", "demo --base ex/base --out OUT --figures notes.txt --quick", lambda e: _demo(e, e.out, "--figures", str(e.p("a-file.txt"))), "OutputExistsError", "is a file", ANOTHER),
     # --- class 6 and the output part of class 5: refused before anything (parents, temp siblings) exists
     Case("out-dangling-link", "swap ... --out LINK (-> nowhere)", lambda e: _swap(e, str(e.sandbox / "link")), "InputPathError", "dangling symbolic link", "remove the link", setup=_dangling),
     Case("emit-mergekit-folder", "swap ... --emit-mergekit DIR", lambda e: _swap(e, e.out, "--emit-mergekit", str(e.sandbox / "mk")), "InputPathError", "is a folder", "pass a file path", setup=_folder),

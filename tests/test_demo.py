@@ -91,3 +91,49 @@ def test_demo_options_come_from_its_config_and_quick_keeps_what_was_given(monkey
 
     params = {p.name for p in get_command(app).commands["demo"].params}
     assert {f.field for f in flags_of(demo.DemoConfig)} <= params
+
+
+def test_demo_output_guard_resumes_only_a_demo_folder(tmp_path, monkeypatch):
+    """check_demo_outputs: a new, empty or earlier demo folder passes (reruns resume); anything else,
+    an input, or --figures in an input is refused before run_demo creates anything."""
+    from layerswap.errors import InputPathError, OutputExistsError
+    from layerswap.io import write_provenance
+    from layerswap.sweep.demo import DemoConfig, check_demo_outputs, run_demo
+
+    monkeypatch.setenv("LAYERSWAP_CACHE", str(tmp_path / "cache"))
+    base, data = tmp_path / "base", tmp_path / "data"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    data.mkdir()
+    config = DemoConfig(base=str(base), data_dir=str(data), figures=str(tmp_path / "figures"))
+    assert check_demo_outputs(config, tmp_path / "new", data) == tmp_path / "new" and not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    check_demo_outputs(config, tmp_path / "empty", data)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "demo.yaml").write_text("base: x\n")
+    (earlier / "report.md").write_text("done\n")
+    check_demo_outputs(config, earlier, data)
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "report.md").write_text("done\n")
+    write_provenance(finished, {"kind": "demo"})
+    check_demo_outputs(config, finished, data)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine\n")
+    with pytest.raises(OutputExistsError, match="folder of something else"):
+        check_demo_outputs(config, foreign, data)
+    write_provenance(foreign, {"kind": "merge"})  # a layerswap output, but not a demo's
+    with pytest.raises(OutputExistsError, match="folder of something else"):
+        check_demo_outputs(config, foreign, data)
+    with pytest.raises(InputPathError, match="is the input"):
+        run_demo(config, base)
+    assert sorted(p.name for p in base.iterdir()) == ["config.json"]  # no demo.yaml written into the input
+    with pytest.raises(InputPathError, match="lies inside the input"):
+        run_demo(config.model_copy(update={"figures": str(data / "figs")}), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (data / "figs").exists()
+    embedded = DemoConfig(data_dir=str(data))  # the default base: its cache folder is an input
+    with pytest.raises(InputPathError, match="lies inside the input"):
+        run_demo(embedded, tmp_path / "cache" / "models" / embedded.base / "demo")
+    assert not (tmp_path / "cache").exists()

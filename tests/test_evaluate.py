@@ -452,6 +452,50 @@ def test_sib200_and_proxy(tiny_lm, tmp_path, data_dir):
         assert_uncertainty_from_example_scores(result, name)
 
 
+def test_non_finite_scores_warn_and_keep_the_results(tiny_llama, tmp_path, data_dir):
+    """An expert with one Inf weight scores NaN/Inf: each row keeps its metric as computed, with NaN
+    stderr and interval and one warning naming task, language and count, instead of an exception."""
+    from layerswap.io import write_tensors
+    from layerswap.testing import state_dict_of
+
+    tensors = dict(state_dict_of(tiny_llama))
+    name = next(n for n in tensors if "layers.1.mlp.down_proj" in n)
+    tensors[name] = tensors[name].clone()
+    tensors[name][0, 0] = float("inf")
+    broken = write_tensors(tmp_path / "inf", tensors, donor=tiny_llama)
+    lm = load_model(broken, device="cpu")
+    for name, run in (("proxy", api.evaluate_proxy), ("flores", api.evaluate_flores)):
+        with pytest.warns(RuntimeWarning, match=rf"{name} sw\w*: 3 of 3 examples have a NaN or infinite score"):
+            res = run(lm, ["sw"], limit=3, data_dir=data_dir)
+        row = res.summary.iloc[0]
+        assert row["n"] == 3 and len(res.records) == 3, name
+        assert all(math.isnan(row[c]) for c in ("stderr", "ci_low", "ci_high")), name
+        assert not math.isfinite(row[get_task(name).metric]), name  # the metric as computed, not hidden
+
+
+def test_non_finite_synthetic_records_fill_nan_uncertainty():
+    """fill_uncertainty (plugin tasks) and the column helpers on synthetic scores with NaN and +-Inf."""
+    import pandas as pd
+
+    from layerswap.evaluate import fill_uncertainty
+    from layerswap.evaluate.result import EvalResult
+    from layerswap.evaluate.uncertainty import mean_columns, ratio_columns
+
+    with pytest.warns(RuntimeWarning, match="toy xx: 2 of 4 examples"):
+        cols = mean_columns([1.0, float("inf"), float("nan"), 2.0], task="toy", lang="xx")
+    assert all(math.isnan(v) for v in cols.values())
+    with pytest.warns(RuntimeWarning, match="flores sw: 1 of 3 examples"):
+        cols = ratio_columns([1.0, 2.0, float("-inf")], [10, 10, 10], task="flores", lang="sw")
+    assert all(math.isnan(v) for v in cols.values())
+    assert mean_columns([1.0, 0.0, 1.0])["stderr"] > 0  # finite scores: as before
+    records = [{"task": "proxy", "lang": "sw", "id": str(i), "logprob": v} for i, v in enumerate([-1.0, -float("inf"), -2.0])]
+    result = EvalResult.of(records, [{"task": "proxy", "lang": "sw", "gold_logprob": -float("inf")}])
+    with pytest.warns(RuntimeWarning, match="proxy sw: 1 of 3 examples"):
+        fill_uncertainty(result, "proxy")
+    row = result.summary.iloc[0]
+    assert row["n"] == 3 and pd.isna(row["stderr"]) and pd.isna(row["ci_low"]) and pd.isna(row["ci_high"])
+
+
 # --- custom data, package entry, CLI ---------------------------------------------------------
 
 

@@ -278,3 +278,56 @@ def test_verdict_wording_for_every_case():
     assert "No per-example scores" in verdict_lines(comps.iloc[:0], "flores", "bits_per_byte")[0]
     only_worse = pd.DataFrame([row("base", "identity", "worse", 1.0)])
     assert "`swap-b1-u1` is the winner: every other candidate is significantly worse." in verdict_lines(only_worse, "flores", "bits_per_byte")
+
+
+def test_an_overflowing_candidate_does_not_stop_the_sweep(tmp_path):
+    """A candidate with NaN/Inf scores (an expert with an Inf weight) keeps its rows, with NaN stderr
+    and interval and a warning; the paired comparisons drop its non-finite pairs and count them."""
+    cfg = _config(tmp_path, candidates={"grid": {"bottom": [2, 3], "top": [2], "transition": [0]}, "baselines": ["base", "math"]})
+    cands = build_candidates(cfg, num_layers=12)
+    fake = _fake_eval()
+
+    def evaluate(cand):
+        summary, scores = fake(cand)
+        if cand.name == "math":  # overflowed on 3 of its 24 examples per language
+            bad = scores.groupby("lang").head(3).index
+            scores.loc[bad, "score"] = [float("inf"), -float("inf"), float("nan")] * 2
+            summary["value"] = scores.groupby("lang", sort=False)["score"].mean().to_numpy()
+        return summary, scores
+
+    store = ResultStore(tmp_path, settings_key(cfg))
+    with pytest.warns(RuntimeWarning, match=r"proxy (sw|bn): 3 of 24 examples have a NaN or infinite score"):
+        results = run_candidates(cands, store, lambda c: 0.0, evaluate)
+    math_rows = results[results["candidate"] == "math"]
+    assert len(math_rows) == 2 and math_rows[["stderr", "ci_low", "ci_high"]].isna().all().all() and (math_rows["n"] == 24).all()
+    others = results[results["candidate"] != "math"]
+    assert others[["stderr", "ci_low", "ci_high"]].notna().all().all()
+    with pytest.warns(RuntimeWarning, match=r"proxy \(all languages\): NaN or infinite scores of math \(6 examples\)"):
+        comps = compare_candidates(results, _scores(store, cands), [("proxy", "gold_logprob")])
+    vs_math = comps[(comps["candidate"] == "math") | (comps["reference"] == "math")]
+    assert len(vs_math) and (vs_math.loc[vs_math["language"] == "all", "dropped"] == 6).all()
+    assert (vs_math.loc[vs_math["language"] == "all", "n"] == 42).all() and vs_math["diff"].map(np.isfinite).all()
+    assert (comps.loc[(comps["candidate"] != "math") & (comps["reference"] != "math"), "dropped"] == 0).all()
+    write_figures(results, tmp_path / "fig", [("proxy", "gold_logprob")], comps)
+    report_markdown(results, select(results, "proxy", "gold_logprob"), {}, root=tmp_path, comparisons=comps)
+
+
+def test_verdict_colours_in_the_paired_panel():
+    """Only "better" is green and only "worse" red: undetermined (or missing) is grey, like indistinguishable."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from layerswap.sweep.report import _paired_panel, verdict_colour
+
+    assert [verdict_colour(v) for v in ("better", "worse", "indistinguishable", "undetermined", float("nan"))] == [
+        "tab:green", "tab:red", "tab:gray", "tab:gray", "tab:gray"]
+    verdicts = {"a": "better", "b": "worse", "c": "indistinguishable", "d": "undetermined"}
+    paired = pd.DataFrame([{"candidate": c, "diff": 0.1, "ci_low": 0.0, "ci_high": 0.2, "p_holm": float("nan") if v == "undetermined" else 0.01,
+                            "verdict": v} for c, v in verdicts.items()]).set_index("candidate")
+    fig, ax = plt.subplots()
+    try:
+        _paired_panel(ax, paired, list(verdicts), "gold_logprob", "best")
+        drawn = [to_hex(line.get_color()) for line in ax.lines if line.get_marker() == "s"]
+    finally:
+        plt.close(fig)
+    assert drawn == [to_hex(c) for c in ("tab:green", "tab:red", "tab:gray", "tab:gray")]

@@ -101,7 +101,7 @@ def run_generation_task(
         "shots": task.shots,
         "n": n,
         "exact_match": sum(r["correct"] for r in records) / n,
-        **mean_columns([r["correct"] for r in records]),
+        **mean_columns([r["correct"] for r in records], task=task.family, lang=task.lang),
     }
     for ex in task.extractors:
         row[f"em_{ex.name}"] = sum(r[f"em_{ex.name}"] for r in records) / n

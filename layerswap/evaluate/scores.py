@@ -81,9 +81,9 @@ def fill_uncertainty(result: Any, task: TaskSpec | str) -> Any:
         if sub.empty:
             continue
         if spec.ratio_fields is not None:
-            cols = ratio_columns(sub["num"].tolist(), sub["den"].tolist())
+            cols = ratio_columns(sub["num"].tolist(), sub["den"].tolist(), task=spec.name, lang=str(summary.at[i, "lang"]))
         else:
-            cols = mean_columns(sub["score"].tolist())
+            cols = mean_columns(sub["score"].tolist(), task=spec.name, lang=str(summary.at[i, "lang"]))
         for col, value in cols.items():
             summary.at[i, col] = value
         if summary.at[i, "n"] != summary.at[i, "n"]:  # NaN: the runner did not count

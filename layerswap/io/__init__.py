@@ -36,7 +36,7 @@ from layerswap.io.dtypes import (
     parse_dtype_code,
     torch_dtype_of,
 )
-from layerswap.io.embedded import DEFAULT_MODEL, EMBEDDED, EmbeddedModel, cache_dir, prepare_model
+from layerswap.io.embedded import DEFAULT_MODEL, EMBEDDED, EmbeddedModel, cache_dir
 from layerswap.io.languages import LANGUAGES, Language, language, parse_languages
 from layerswap.io.lora import LoraAdapter, LoraModule, is_adapter_folder
 from layerswap.io.model_folder import INDEX_NAME, PICKLE_SUFFIXES, ModelFolder
@@ -50,7 +50,7 @@ from layerswap.io.provenance import (
     write_provenance,
 )
 from layerswap.io.reader import TensorInfo, load_json, read_safetensors_header, read_tensor, read_tensor_into
-from layerswap.io.resolve import open_checkpoint, open_model, resolve_model
+from layerswap.io.resolve import open_checkpoint, open_model, prepare_model, resolve_model
 from layerswap.io.summary import describe, format_description, parameter_table
 from layerswap.io.writer import ShardedWriter, TensorSpec, parse_size, write_tensors
 

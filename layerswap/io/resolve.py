@@ -1,6 +1,6 @@
 """Short model names and paths -> an opened checkpoint.
 
-Resolution imports only what it needs (the embedded models and the two checkpoint views), so the
+Resolution imports only what it needs (the embedded models, the atomic writer that prepares them into the cache, and the two checkpoint views), so the
 core has no circle: ``embedded`` knows nothing of checkpoints, and checkpoints nothing of names.
 """
 
@@ -10,9 +10,24 @@ import os
 from pathlib import Path
 
 from layerswap.errors import InputPathError
-from layerswap.io.embedded import EMBEDDED, prepare_model
+from layerswap.io.atomic import AtomicDir
+from layerswap.io.embedded import DEFAULT_MODEL, EMBEDDED, cache_dir
 from layerswap.io.lora import LoraAdapter, is_adapter_folder
 from layerswap.io.model_folder import ModelFolder
+
+
+def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False, quiet: bool = False) -> Path:
+    """Prepare an embedded model once into the cache and return its folder (reused afterwards)."""
+    if name not in EMBEDDED:
+        raise InputPathError(f"unknown model name {name!r}: known names are {', '.join(EMBEDDED)}, or pass a folder")
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists() and not force:
+        return target
+    if not quiet:
+        print(f"preparing {name} into {target} (once; about a minute on 2 CPU cores)", flush=True)
+    with AtomicDir(target, overwrite=True, replace_any=True) as tmp:
+        EMBEDDED[name].prepare(tmp)
+    return target
 
 
 def resolve_model(path_or_name: str | os.PathLike[str]) -> Path:

@@ -110,6 +110,7 @@ def compare_candidates(
                     f"{task} ({'all languages' if scope == ALL else scope}): NaN or infinite scores of "
                     + ", ".join(f"{c} ({k} examples)" for c, k in bad.items())
                     + " are left out of their paired comparisons (column 'dropped' of comparisons.csv)",
+                    RuntimeWarning,
                     stacklevel=2,
                 )
             for ref, role in refs:

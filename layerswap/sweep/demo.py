@@ -117,16 +117,55 @@ def train_experts(
     return experts, timings
 
 
+#: The file a demo folder holds from its start (a rerun resumes only in such a folder).
+DEMO_MARKER = "demo.yaml"
+
+
+def check_demo_outputs(config: DemoConfig, out: str | Path, data_dir: Path | None) -> Path:
+    """Refuse, before anything is created, a demo folder or ``--figures`` folder that would harm an input.
+
+    ``out`` passes :func:`~layerswap.io.outputs.check_output` against the base (a folder, or an
+    embedded name's cache folder) and the data folder; it may exist only as an earlier demo's folder
+    (its ``demo.yaml``, or a ``layerswap.json`` of kind demo), which a rerun resumes, or empty.
+    ``--figures`` may exist (its ``demo_*`` figures are replaced) but must not be, or lie inside, an input.
+    """
+    from layerswap.errors import InputPathError, OutputExistsError
+    from layerswap.io.outputs import check_location, check_output, input_paths, resolved, written_by_layerswap
+
+    inputs = [config.base, data_dir]
+    previous = written_by_layerswap(out) if Path(out).is_dir() and not Path(out).is_symlink() else None
+    marker = None if previous is not None and previous.get("kind") == "demo" else DEMO_MARKER
+    path = check_output(out, inputs, may_exist=True, resume_marker=marker)
+    if config.figures:
+        figures = Path(config.figures).expanduser()
+        where = resolved(figures)
+        for item in input_paths(inputs):
+            if where == item or item in where.parents:
+                how = "is the input" if where == item else "lies inside the input"
+                raise InputPathError(
+                    f"--figures {config.figures} {how} {item}: layerswap never writes over, into or around an input; choose another path"
+                )
+        if figures.exists() and not figures.is_dir():
+            raise OutputExistsError(f"--figures {config.figures} is a file, not a folder: choose another path")
+        if not figures.exists():
+            check_location(figures, option="--figures")
+    return path
+
+
 def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the pipeline into ``out``; returns the stage timings and the sweep's selection."""
+    """Run the pipeline into ``out``; returns the stage timings and the sweep's selection.
+
+    ``out`` and ``config.figures`` are checked first (:func:`check_demo_outputs`): nothing is
+    created when either would write over, into or around the base or the data folder.
+    """
     from layerswap.analysis import analyze
     from layerswap.analysis.importance import importance
     from layerswap.io import resolve_model, write_provenance
     from layerswap.sweep.loop import run_sweep
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     data_dir = resolve_data_dir(config.data_dir)
+    out = check_demo_outputs(config, out, data_dir)
+    out.mkdir(parents=True, exist_ok=True)
     data_arg = str(data_dir) if data_dir is not None else None
     if data_dir is None:
         log("no data folder found: datasets come from the Hugging Face Hub (needs network); pass --data-dir to run offline")

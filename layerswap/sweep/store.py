@@ -146,7 +146,10 @@ def metric_estimate(scores: pd.DataFrame | None, task: str, language: str) -> di
 
     A mean (``score``): the standard error of the mean and the normal interval; a ratio (``num``
     and ``den`` present, bits per byte): a percentile bootstrap over examples (2000 resamples, seed 0).
+    NaN or infinite scores (a candidate that overflows) give NaN standard error and interval, the
+    examples' count as ``n`` and a one-line warning, so one such candidate cannot stop a sweep.
     """
+    from layerswap.evaluate.uncertainty import NAN_COLUMNS, count_non_finite, warn_non_finite
     from layerswap.stats import mean_estimate, ratio_estimate
 
     empty = {"stderr": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": float("nan")}
@@ -155,7 +158,13 @@ def metric_estimate(scores: pd.DataFrame | None, task: str, language: str) -> di
     sub = scores[(scores["task"] == task) & (scores["lang"] == language)]
     if sub.empty:
         return empty
-    if sub["num"].notna().all() and sub["den"].notna().all():
+    ratio = sub["num"].notna().all() and sub["den"].notna().all()
+    columns = [sub["num"].tolist(), sub["den"].tolist()] if ratio else [sub["score"].tolist()]
+    bad = count_non_finite(*columns)
+    if bad:
+        warn_non_finite(bad, len(sub), task, language)
+        return {**NAN_COLUMNS, "n": len(sub)}
+    if ratio:
         est = ratio_estimate(sub["num"].to_numpy(), sub["den"].to_numpy())
     else:
         est = mean_estimate(sub["score"].to_numpy())

@@ -61,7 +61,7 @@ def evaluate_flores(
             "lang": lg.code,
             "n": len(lines),
             "bits_per_byte": bits_per_byte(total, sum(n_bytes)),
-            **ratio_columns([-s.logprob / math.log(2) for s in scored], n_bytes),
+            **ratio_columns([-s.logprob / math.log(2) for s in scored], n_bytes, task="flores", lang=lg.code),
             "tokens_per_byte": sum(s.n_tokens for s in scored) / sum(n_bytes),
             "seconds": seconds,
         }

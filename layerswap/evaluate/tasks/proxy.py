@@ -63,7 +63,7 @@ def evaluate_proxy(
             for ex, (_, cont), s in zip(examples, pairs, scored, strict=True)
         ]
         row = {"task": "proxy", "format": "native_cot", "lang": lang, "shots": shots, **summarise_logprobs(scored), "seconds": seconds}
-        return one_row(records, with_uncertainty(row, "gold_logprob", mean_columns([s.logprob for s in scored])))
+        return one_row(records, with_uncertainty(row, "gold_logprob", mean_columns([s.logprob for s in scored], task="proxy", lang=lang)))
 
     return per_language(model, tokenizer, langs, one)
 

@@ -55,7 +55,7 @@ def evaluate_sib200(
             pred = SIB_LABELS[max(range(len(scores)), key=scores.__getitem__)]
             hits.append(pred == gold)
             records.append({"task": "sib200", "lang": lg.code, "id": f"{lg.flores}-{i}", "text": text, "gold": gold, "answer": pred, "correct": pred == gold})
-        row = {"task": "sib200", "lang": lg.code, "n": len(rows), "accuracy": sum(hits) / len(rows), **mean_columns(hits), "seconds": seconds}
+        row = {"task": "sib200", "lang": lg.code, "n": len(rows), "accuracy": sum(hits) / len(rows), **mean_columns(hits, task="sib200", lang=lg.code), "seconds": seconds}
         return one_row(records, row)
 
     return per_data_language(model, tokenizer, langs, data_dir, one)
