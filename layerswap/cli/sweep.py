@@ -21,6 +21,4 @@ def sweep_command(
     from layerswap.sweep import load_sweep_config, run_sweep
 
     cfg = load_sweep_config(config, {"limit": limit, "save_best": save_best, "data_dir": data_dir})
-    # The config is an input, except the copy the sweep saved in its own folder (rerunning from it resumes).
-    saved_copy = config.resolve() == (out / "sweep.yaml").resolve()
-    run_sweep(cfg, out, inputs=[] if saved_copy else [config])
+    run_sweep(cfg, out, inputs=[config])

@@ -147,10 +147,11 @@ def evaluate(
     check_request(specs, request)
     if "custom" in tasks and data is not None:  # read the questions now: a bad file fails before the model loads
         load_custom(data, question_field=question_field, answer_field=answer_field, limit=limit)
+    inputs = _inputs(model, data, data_dir, base) if out is not None else []
     if out is not None:
         from layerswap.io import prepare_output_dir
 
-        prepare_output_dir(out, overwrite, inputs=_inputs(model, data, data_dir, base))  # fail before the minutes of evaluation
+        prepare_output_dir(out, overwrite, inputs=inputs)  # fail before the minutes of evaluation
     lm = model if isinstance(model, LoadedModel) else as_lm(model, tokenizer, device=device, dtype=dtype, base=base)
     result = EvalResult()
     for spec in specs:
@@ -161,6 +162,5 @@ def evaluate(
             result.summary = TASKS[name].finish(result.summary)
     if out is not None:
         settings = {"tasks": tasks, "langs": langs, "format": fmt, "shots": shots, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
-        inputs = _inputs(model, data, data_dir, base)
         save_result(result, out, overwrite=overwrite, provenance={"kind": "evaluation", "model": lm.info or lm.name, **settings}, inputs=inputs)
     return result

@@ -106,15 +106,19 @@ def _inside(child: Path, parent: Path) -> bool:
     return child != parent and parent in child.parents
 
 
-def check_not_input(out: PathLike, inputs: Iterable[Path], *, option: str = "--out") -> None:
-    """Refuse an output that is, contains or lies inside one of ``inputs`` (resolved paths)."""
+def check_not_input(out: PathLike, inputs: Iterable[Path], *, option: str = "--out", contains: bool = True) -> None:
+    """Refuse an output that is, contains or lies inside one of ``inputs`` (resolved paths).
+
+    ``contains=False`` allows a folder around an input: for a folder that only receives named files
+    (``--figures``), never replaced as a whole.
+    """
     where = resolved(out)
     for path in inputs:
         if where == path:
             problem = f"is the input {path}"
         elif _inside(where, path):
             problem = f"lies inside the input {path}"
-        elif _inside(path, where):
+        elif contains and _inside(path, where):
             problem = f"contains the input {path}"
         else:
             continue

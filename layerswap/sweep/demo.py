@@ -129,8 +129,8 @@ def check_demo_outputs(config: DemoConfig, out: str | Path, data_dir: Path | Non
     (its ``demo.yaml``, or a ``layerswap.json`` of kind demo), which a rerun resumes, or empty.
     ``--figures`` may exist (its ``demo_*`` figures are replaced) but must not be, or lie inside, an input.
     """
-    from layerswap.errors import InputPathError, OutputExistsError
-    from layerswap.io.outputs import check_location, check_output, input_paths, resolved, written_by_layerswap
+    from layerswap.errors import OutputExistsError
+    from layerswap.io.outputs import check_location, check_not_input, check_output, input_paths, written_by_layerswap
 
     inputs = [config.base, data_dir]
     previous = written_by_layerswap(out) if Path(out).is_dir() and not Path(out).is_symlink() else None
@@ -138,13 +138,7 @@ def check_demo_outputs(config: DemoConfig, out: str | Path, data_dir: Path | Non
     path = check_output(out, inputs, may_exist=True, resume_marker=marker)
     if config.figures:
         figures = Path(config.figures).expanduser()
-        where = resolved(figures)
-        for item in input_paths(inputs):
-            if where == item or item in where.parents:
-                how = "is the input" if where == item else "lies inside the input"
-                raise InputPathError(
-                    f"--figures {config.figures} {how} {item}: layerswap never writes over, into or around an input; choose another path"
-                )
+        check_not_input(figures, input_paths(inputs), option="--figures", contains=False)
         if figures.exists() and not figures.is_dir():
             raise OutputExistsError(f"--figures {config.figures} is a file, not a folder: choose another path")
         if not figures.exists():

@@ -205,10 +205,14 @@ def write_report(
 
 def check_sweep_output(config: SweepConfig, out: str | Path, inputs: Any = ()) -> Path:
     """The sweep's folder, checked before anything is written (:mod:`layerswap.io.outputs`): not an
-    input, a new or empty folder or a sweep's own (``sweep.yaml``), its best model layerswap's own."""
-    from layerswap.io.outputs import check_output, check_replaceable
+    input, a new or empty folder or a sweep's own (``sweep.yaml``), its best model layerswap's own.
 
-    reads = [config.base, config.math, config.lang, config.data_dir, config.candidates.boundaries, inputs]
+    The ``sweep.yaml`` the sweep saved in ``out`` is not an input to protect: rerunning from it resumes."""
+    from layerswap.io.outputs import check_output, check_replaceable, input_paths, resolved
+
+    saved = resolved(Path(out).expanduser() / "sweep.yaml")
+    own = [path for path in input_paths(inputs) if path != saved]
+    reads = [config.base, config.math, config.lang, config.data_dir, config.candidates.boundaries, own]
     folder = check_output(out, reads, may_exist=True, resume_marker="sweep.yaml")
     for name in ("figures", "candidates", "best-model"):
         if (folder / name).is_symlink():

@@ -149,8 +149,7 @@ def metric_estimate(scores: pd.DataFrame | None, task: str, language: str) -> di
     NaN or infinite scores (a candidate that overflows) give NaN standard error and interval, the
     examples' count as ``n`` and a one-line warning, so one such candidate cannot stop a sweep.
     """
-    from layerswap.evaluate.uncertainty import NAN_COLUMNS, count_non_finite, warn_non_finite
-    from layerswap.stats import mean_estimate, ratio_estimate
+    from layerswap.evaluate.uncertainty import mean_columns, ratio_columns
 
     empty = {"stderr": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": float("nan")}
     if scores is None or scores.empty:
@@ -158,17 +157,11 @@ def metric_estimate(scores: pd.DataFrame | None, task: str, language: str) -> di
     sub = scores[(scores["task"] == task) & (scores["lang"] == language)]
     if sub.empty:
         return empty
-    ratio = sub["num"].notna().all() and sub["den"].notna().all()
-    columns = [sub["num"].tolist(), sub["den"].tolist()] if ratio else [sub["score"].tolist()]
-    bad = count_non_finite(*columns)
-    if bad:
-        warn_non_finite(bad, len(sub), task, language)
-        return {**NAN_COLUMNS, "n": len(sub)}
-    if ratio:
-        est = ratio_estimate(sub["num"].to_numpy(), sub["den"].to_numpy())
+    if sub["num"].notna().all() and sub["den"].notna().all():
+        columns = ratio_columns(sub["num"].tolist(), sub["den"].tolist(), task=task, lang=language)
     else:
-        est = mean_estimate(sub["score"].to_numpy())
-    return {"stderr": est.stderr, "ci_low": est.low, "ci_high": est.high, "n": est.n}
+        columns = mean_columns(sub["score"].tolist(), task=task, lang=language)
+    return {**columns, "n": len(sub)}
 
 
 def rows_for(
