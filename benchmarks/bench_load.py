@@ -9,6 +9,12 @@ the 1e9 run, so that "memory does not grow with the model" is a ratio, not a cla
 
 Inputs come from ``benchmarks/synthetic.py --params N --out /work/synth/N``. Outputs are written
 under ``--work`` and deleted after each run (a 3e9 merge is 6 GB).
+
+Each size also runs two floors, the fastest plain way to do the same work, and every run's wall
+time is shown against its floor: reading every tensor of base, math and lang once into float32
+with ``safetensors.safe_open(...).get_tensor(k).float()`` (the floor of ``analyze``), and a durable
+copy of one model's weight files (``shutil.copyfile`` of each, then ``fsync``: the floor of a swap
+or merge, which writes one model).
 """
 
 from __future__ import annotations
@@ -50,6 +56,23 @@ def _env() -> dict:
     return env
 
 
+READ_FLOOR = "read floor: safe_open(...).get_tensor(k).float(), every tensor of base+math+lang"
+COPY_FLOOR = "copy floor: durable copy of one model (copyfile + fsync)"
+_READ = (
+    "import glob,sys\nfrom safetensors import safe_open\nfor p in sys.argv[1:]:\n for f in sorted(glob.glob(p+'/*.safetensors')):\n"
+    "  with safe_open(f,framework='pt') as st:\n   for k in st.keys():\n    st.get_tensor(k).float()"
+)
+_COPY = (
+    "import os,shutil,sys,pathlib;d=pathlib.Path(sys.argv[2]);d.mkdir(parents=True);"
+    "fs=[shutil.copyfile(p,d/p.name) for p in sorted(pathlib.Path(sys.argv[1]).glob('*.safetensors'))];"
+    "[os.fsync(f.fileno()) for f in [open(p,'rb') for p in fs]]"
+)
+
+
+def floor_of(label: str) -> str:
+    return READ_FLOOR if label.startswith("analyze") else COPY_FLOOR
+
+
 def commands(models: Path, work: Path) -> list[tuple[str, list[str], Path]]:
     base, math, lang = (models / r for r in ("base", "math", "lang"))
     py = [sys.executable, "-m", "layerswap"]
@@ -58,9 +81,22 @@ def commands(models: Path, work: Path) -> list[tuple[str, list[str], Path]]:
         f"method: ties\nbase: {base}\nexperts: {{math: {math}, lang: {lang}}}\nparams: {{density: 0.2}}\n", encoding="utf-8"
     )
     return [
+        (READ_FLOOR, [sys.executable, "-c", _READ, str(base), str(math), str(lang)], models),
+        (COPY_FLOOR, [sys.executable, "-c", _COPY, str(math), str(work / "copy")], work / "copy"),
         (
             "analyze (deltas, exact top-1/5% overlap, boundaries, plots)",
-            [*py, "analyze", "--base", str(base), "--expert", f"math={math}", "--expert", f"lang={lang}", "--out", str(work / "analysis")],
+            [
+                *py,
+                "analyze",
+                "--base",
+                str(base),
+                "--expert",
+                f"math={math}",
+                "--expert",
+                f"lang={lang}",
+                "--out",
+                str(work / "analysis"),
+            ],
             work / "analysis",
         ),
         (
@@ -70,10 +106,29 @@ def commands(models: Path, work: Path) -> list[tuple[str, list[str], Path]]:
         ),
         (
             "swap b=3 u=2 t=1 (2 blended layers)",
-            [*py, "swap", "--math", str(math), "--lang", str(lang), "--bottom", "3", "--top", "2", "--transition", "1", "--out", str(work / "swap-t1")],
+            [
+                *py,
+                "swap",
+                "--math",
+                str(math),
+                "--lang",
+                str(lang),
+                "--bottom",
+                "3",
+                "--top",
+                "2",
+                "--transition",
+                "1",
+                "--out",
+                str(work / "swap-t1"),
+            ],
             work / "swap-t1",
         ),
-        ("merge ties density 0.2 (every tensor in float32)", [*py, "merge", str(ties), "--out", str(work / "ties")], work / "ties"),
+        (
+            "merge ties density 0.2 (every tensor in float32)",
+            [*py, "merge", str(ties), "--out", str(work / "ties")],
+            work / "ties",
+        ),
     ]
 
 
@@ -108,7 +163,8 @@ def main() -> None:
             res.update(size=size, label=label, model_gb=model_bytes / 1e9, ok=ok, cmd=" ".join(shlex.quote(c) for c in cmd[1:]))
             print(json.dumps(res), flush=True)
             rows.append(res)
-            shutil.rmtree(out, ignore_errors=True)
+            if out != models:
+                shutil.rmtree(out, ignore_errors=True)
             write_markdown(rows, Path(args.out), " ".join(shlex.quote(a) for a in sys.argv), args.only)  # kept current run by run
         shutil.rmtree(work, ignore_errors=True)
     write_markdown(rows, Path(args.out), " ".join(shlex.quote(a) for a in sys.argv), args.only)
@@ -125,14 +181,20 @@ def write_markdown(rows: list[dict], path: Path, argv: str, only: str = "") -> N
         "`/usr/bin/time -v` (peak RSS = maximum resident set size), one at a time, on 2 CPU cores shared with other jobs; "
         "outputs on the same disk, deleted after each run.",
         "",
-        f"| params | run | model GB | wall s | peak RSS MiB | RSS / model size | RSS vs 1e9 | under {LIMIT_GIB:g} GiB | finished |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        "Floors (the fastest plain way to do the same work): for `analyze`, reading every tensor of the three "
+        "checkpoints once into float32 with `safe_open(...).get_tensor(k).float()`; for a swap or merge, a durable copy "
+        "of one model's weight files (`shutil.copyfile`, then `fsync`). Same size, same session, one after the other.",
+        "",
+        f"| params | run | model GB | wall s | wall vs floor | peak RSS MiB | RSS / model size | RSS vs 1e9 | under {LIMIT_GIB:g} GiB | finished |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         small = by.get(("1e9", r["label"]))
         vs = f"{r['rss_mib'] / small['rss_mib']:.2f}x" if small and r["size"] != "1e9" else ""
+        floor = by.get((r["size"], floor_of(r["label"])))
+        vs_floor = "" if r["label"] in (READ_FLOOR, COPY_FLOOR) or floor is None else f"{r['wall_s'] / floor['wall_s']:.2f}x"
         lines.append(
-            f"| {r['size']} | {r['label']} | {r['model_gb']:.2f} | {r['wall_s']:.1f} | {r['rss_mib']:.0f} | "
+            f"| {r['size']} | {r['label']} | {r['model_gb']:.2f} | {r['wall_s']:.1f} | {vs_floor} | {r['rss_mib']:.0f} | "
             f"{r['rss_mib'] * 2**20 / (r['model_gb'] * 1e9):.2f} | {vs} | {'yes' if r['rss_mib'] < LIMIT_GIB * 1024 else 'NO'} | "
             f"{'yes' if r['ok'] else 'NO: ' + (r['error'] or 'rc ' + str(r['rc']))} |"
         )

@@ -47,12 +47,17 @@ def _layer_deltas(base: Path, expert: Path) -> torch.Tensor:
     return torch.cat(parts)
 
 
-@pytest.mark.parametrize("cap", [1 << 24, 0], ids=["kept-boundary", "refining-pass"])
-def test_threshold_and_overlap_are_exact(tiny_experts, tiny_lora, cap):
+@pytest.mark.parametrize(
+    ("candidate_cap", "boundary_cap"),
+    [(1 << 27, 1 << 24), (0, 1 << 24), (0, 0)],
+    ids=["one-pass", "kept-boundary", "refining-pass"],
+)
+def test_threshold_and_overlap_are_exact(tiny_experts, tiny_lora, candidate_cap, boundary_cap):
     experts = {"math": tiny_experts["math"], "lang": tiny_experts["lang"], "lora": tiny_lora}
     ks = [0.5, 1, 5, 37.5]
-    result = analyze(tiny_experts["base"], experts, top_k=ks, boundary_cap=cap)
-    assert result.info["threshold_refined"] == (cap == 0)
+    result = analyze(tiny_experts["base"], experts, top_k=ks, boundary_cap=boundary_cap, candidate_cap=candidate_cap)
+    assert result.info["top_k_method"] == ("one pass" if candidate_cap else "multi-pass")
+    assert result.info["threshold_refined"] == (boundary_cap == 0 and candidate_cap == 0)
     ref = {name: _layer_deltas(tiny_experts["base"], path) for name, path in experts.items()}
     thresholds = result.thresholds.set_index(["expert", "k_percent"])
     for (expert, k), row in thresholds.iterrows():
@@ -154,7 +159,12 @@ def test_boundary_rule_on_synthetic_shares():
     lang[[0, 1, 2, 3, 16, 17]] = 1.0
     math_ = np.full(n, 0.001)
     math_[5:15] = 1.0
-    rows = [{"expert": e, "layer": i, "module": m, "sumsq": v[i]} for e, v in (("lang", lang), ("math", math_)) for i in range(n) for m in ("q_proj", "down_proj")]
+    rows = [
+        {"expert": e, "layer": i, "module": m, "sumsq": v[i]}
+        for e, v in (("lang", lang), ("math", math_))
+        for i in range(n)
+        for m in ("q_proj", "down_proj")
+    ]
     cells = pd.DataFrame(rows)
     bd = recommend(contrast_table(cells, "lang", "math", n), cells, "lang", "math", BoundaryRule())
     assert (bd["bottom"], bd["top"]) == (4, 2)
@@ -283,7 +293,18 @@ def test_roles_from_options_and_language_codes(tiny_experts):
 def test_outputs_and_plots_are_written(tiny_experts, tmp_path):
     out = tmp_path / "analysis"
     result = analyze(tiny_experts["base"], {"math": tiny_experts["math"], "lang": tiny_experts["lang"]}, top_k=[1, 5], out=out)
-    for name in ("deltas.csv", "layers.csv", "overlap.csv", "cosine.csv", "topk.csv", "thresholds.csv", "contrast.csv", "boundaries.yaml", "summary.md", "layerswap.json"):
+    for name in (
+        "deltas.csv",
+        "layers.csv",
+        "overlap.csv",
+        "cosine.csv",
+        "topk.csv",
+        "thresholds.csv",
+        "contrast.csv",
+        "boundaries.yaml",
+        "summary.md",
+        "layerswap.json",
+    ):
         assert (out / name).is_file(), name
     for stem in ("heatmap_math", "heatmap_lang", "overlap_math_lang_top1", "overlap_math_lang_top5", "shares"):
         for ext in ("png", "svg"):
@@ -296,7 +317,19 @@ def test_outputs_and_plots_are_written(tiny_experts, tmp_path):
     import pandas as pd
 
     overlap = pd.read_csv(out / "overlap.csv")
-    for col in ("expert_a", "expert_b", "k_percent", "layer", "module", "n_a", "n_b", "n_both", "jaccard", "expected_jaccard", "sign_agree"):
+    for col in (
+        "expert_a",
+        "expert_b",
+        "k_percent",
+        "layer",
+        "module",
+        "n_a",
+        "n_b",
+        "n_both",
+        "jaccard",
+        "expected_jaccard",
+        "sign_agree",
+    ):
         assert col in overlap.columns
     assert not list(tmp_path.glob(".analysis.tmp-*"))
 
@@ -305,7 +338,12 @@ def test_notebook_plot_methods_return_figures(tiny_experts):
     from matplotlib.figure import Figure
 
     result = analyze(tiny_experts["base"], {"math": tiny_experts["math"], "lang": tiny_experts["lang"]}, top_k=[5])
-    for fig in (result.plot_heatmap("lang"), result.plot_overlap(), result.plot_overlap(5, ("lang", "math")), result.plot_shares()):
+    for fig in (
+        result.plot_heatmap("lang"),
+        result.plot_overlap(),
+        result.plot_overlap(5, ("lang", "math")),
+        result.plot_shares(),
+    ):
         assert isinstance(fig, Figure)
         assert fig.axes[0].get_title()
 
@@ -326,14 +364,38 @@ def _cli(args: list[str]) -> int:
 
 def test_cli_analyze(tiny_experts, tmp_path, capsys):
     base, out = str(tiny_experts["base"]), tmp_path / "cli"
-    args = ["analyze", "--base", base, "--expert", f"math={tiny_experts['math']}", "--expert", f"lang={tiny_experts['lang']}", "--out", str(out), "--no-plots"]
+    args = [
+        "analyze",
+        "--base",
+        base,
+        "--expert",
+        f"math={tiny_experts['math']}",
+        "--expert",
+        f"lang={tiny_experts['lang']}",
+        "--out",
+        str(out),
+        "--no-plots",
+    ]
     assert _cli(args) == 0
     assert "bottom=2 top=1" in capsys.readouterr().out
     assert (out / "boundaries.yaml").exists() and not (out / "figures").exists()
     assert _cli(args) == 8  # output exists
     assert _cli(args + ["--overwrite", "--top-k", "0"]) == 6
     assert _cli(args + ["--overwrite", "--top-k", "1,abc"]) == 6
-    assert _cli(["analyze", "--base", str(tmp_path / "missing"), "--expert", f"math={tiny_experts['math']}", "--out", str(tmp_path / "x")]) == 3
+    assert (
+        _cli(
+            [
+                "analyze",
+                "--base",
+                str(tmp_path / "missing"),
+                "--expert",
+                f"math={tiny_experts['math']}",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 3
+    )
     assert _cli(["analyze", "--base", base, "--expert", "math", "--out", str(tmp_path / "y")]) == 6
     err = capsys.readouterr().err
     assert "Traceback" not in err and "error:" in err
@@ -355,3 +417,169 @@ def test_atomic_output_on_failure(tiny_llama, tiny_experts, tmp_path, monkeypatc
     with pytest.raises(RuntimeError):
         analyze(tiny_llama, {"math": tiny_experts["math"], "lang": tiny_experts["lang"]}, out=tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the one-pass exact top-k (overlap.TopKStream) against sorting everything ------------------------
+
+
+def _stream_case(case: str, gen: torch.Generator) -> dict[str, dict[str, torch.Tensor]]:
+    """Per expert, per tensor, flat float32 values (tensors of several sizes, including 0 and 1)."""
+    sizes = {"t0": 5000, "t1": 1, "t2": 0, "t3": 777, "t4": 20000, "t5": 3}
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for j, e in enumerate(["a", "b", "c"]):
+        out[e] = {}
+        for i, (t, n) in enumerate(sizes.items()):
+            if case == "continuous":
+                v = torch.randn(n, generator=gen) * (1 + i + j)
+            elif case == "ties":  # few distinct magnitudes, many exact ties and zeros (like bf16 Adam deltas)
+                v = torch.randint(-3, 4, (n,), generator=gen).float() * 0.25
+            elif case == "sparse":  # mostly zeros and float32 denormals (which count as zero)
+                v = torch.randn(n, generator=gen) * (torch.rand(n, generator=gen) < 0.002)
+                v[torch.rand(n, generator=gen) < 0.01] = 1e-42
+            else:  # "zero": expert c never changes anything, a and b only in one tensor
+                v = torch.zeros(n)
+                if e != "c" and t == "t3":
+                    v = torch.randn(n, generator=gen)
+            out[e][t] = v.float()
+    return out
+
+
+def _run_stream(data, ks, *, start=None, cap=1 << 27, slack=None, signed=True):
+    from layerswap.analysis.deltas import SMALLEST_COUNTED, Pass1, TensorStat, Workspace
+    from layerswap.analysis.overlap import TopKStream
+
+    experts = list(data)
+    tensors = list(data[experts[0]])
+    population = sum(data[experts[0]][t].numel() for t in tensors)
+    stats = {(e, t): TensorStat(nnz=int((data[e][t].abs() >= SMALLEST_COUNTED).sum())) for e in experts for t in tensors}
+    p1 = Pass1(
+        experts,
+        tensors,
+        dict.fromkeys(tensors, 0),
+        dict.fromkeys(tensors, "m"),
+        {t: data[experts[0]][t].numel() for t in tensors},
+        {},
+        stats,
+        {},
+    )
+    stream = TopKStream(experts, ks, population, signed=signed, cap=cap, start=start)
+    if slack is not None:
+        stream.PRUNE_SLACK = slack
+    ws = Workspace()
+    for t in tensors:
+        values = {e: data[e][t].clone() for e in experts}
+        stream.observe(t, values, {e: v.abs() for e, v in values.items()}, ws)
+    return stream, stream.finish(p1)
+
+
+def _reference(data, ks):
+    """Thresholds and per-tensor counts by sorting all values (the brute force the stream must equal)."""
+    from layerswap.analysis.deltas import SMALLEST_COUNTED
+    from layerswap.analysis.overlap import k_count_of
+
+    experts = list(data)
+    tensors = list(data[experts[0]])
+    flat = {e: torch.cat([data[e][t] for t in tensors]) for e in experts}
+    out = {}
+    for e in experts:
+        a = flat[e].abs()
+        nonzero = int((a >= SMALLEST_COUNTED).sum())
+        for k in ks:
+            kc = k_count_of(k, a.numel())
+            if nonzero == 0:
+                out[(e, k)] = ("empty", math.inf, math.inf)
+            elif nonzero < kc:
+                out[(e, k)] = ("all_nonzero", 0.0, SMALLEST_COUNTED)
+            else:
+                t = float(torch.sort(a, descending=True).values[kc - 1])
+                assert t == float(torch.kthvalue(a, a.numel() - kc + 1).values)
+                out[(e, k)] = ("exact", t, t)
+    return out
+
+
+@pytest.mark.parametrize("case", ["continuous", "ties", "sparse", "zero"])
+@pytest.mark.parametrize("mode", ["no-guess", "good-guess", "prune-often"])
+def test_topk_stream_equals_sorting(case, mode):
+    gen = torch.Generator().manual_seed(10 * len(case) + len(mode))
+    data = _stream_case(case, gen)
+    ks = [0.5, 1, 5, 37.5, 100]
+    start = None
+    if mode == "good-guess":  # a bound just below the true 100% threshold would be the best; use the 37.5% one's bin minus a few
+        ref = _reference(data, [37.5])
+        start = {
+            e: max(1, (int(torch.tensor(ref[(e, 37.5)][1]).view(torch.int32)) >> 16) - 3) if ref[(e, 37.5)][0] == "exact" else 1
+            for e in data
+        }
+        ks = [0.5, 1, 5, 37.5]
+    stream, p2 = _run_stream(data, ks, start=start, slack=0 if mode == "prune-often" else None)
+    assert p2 is not None
+    ref = _reference(data, ks)
+    tensors = list(data["a"])
+    for (e, k), (mode_, threshold, member) in ref.items():
+        cut = p2.cuts[(e, k)]
+        assert (cut.mode, cut.threshold) == (mode_, threshold), (e, k)
+        for t in tensors:
+            assert p2.n[(e, k, t)] == int((data[e][t].abs() >= member).sum()) if mode_ != "empty" else p2.n[(e, k, t)] == 0
+    for a, b in [("a", "b"), ("a", "c"), ("b", "c")]:
+        for k in ks:
+            for t in tensors:
+                ma = (
+                    data[a][t].abs() >= ref[(a, k)][2]
+                    if ref[(a, k)][0] != "empty"
+                    else torch.zeros(data[a][t].numel(), dtype=torch.bool)
+                )
+                mb = (
+                    data[b][t].abs() >= ref[(b, k)][2]
+                    if ref[(b, k)][0] != "empty"
+                    else torch.zeros(data[b][t].numel(), dtype=torch.bool)
+                )
+                both = ma & mb
+                same = torch.signbit(data[a][t]) == torch.signbit(data[b][t])
+                assert p2.both[(a, b, k, t)] == int(both.sum())
+                assert p2.agree[(a, b, k, t)] == int((both & same).sum())
+
+
+def test_topk_stream_gives_up_rather_than_guess():
+    """A guessed bound above the threshold, or more candidates than the cap: no answer (the multi-pass method runs)."""
+    data = _stream_case("continuous", torch.Generator().manual_seed(3))
+    too_high = {e: (int(torch.tensor(100.0).view(torch.int32)) >> 16) for e in data}
+    assert _run_stream(data, [5], start=too_high)[1] is None
+    assert _run_stream(data, [5], cap=100)[1] is None
+    sparse = _stream_case("sparse", torch.Generator().manual_seed(4))  # fewer non-zeros than K, but not all of them kept
+    assert _run_stream(sparse, [37.5], start={e: 30000 for e in sparse})[1] is None
+
+
+def test_one_pass_and_multi_pass_tables_are_identical(tiny_experts, tiny_lora):
+    experts = {"math": tiny_experts["math"], "lang": tiny_experts["lang"], "lora": tiny_lora}
+    one = analyze(tiny_experts["base"], experts, top_k=[1, 5])
+    multi = analyze(tiny_experts["base"], experts, top_k=[1, 5], candidate_cap=0)
+    assert (one.info["top_k_method"], multi.info["top_k_method"]) == ("one pass", "multi-pass")
+    for name in ("deltas", "layers", "overlap", "cosine", "topk", "thresholds"):
+        assert getattr(one, name).equals(getattr(multi, name)), name
+
+
+def test_reductions_keep_torch_bits():
+    """The one-thread reductions give exactly what torch's own (threaded) dot and sum give on this machine."""
+    from layerswap.analysis.deltas import Reductions
+
+    gen = torch.Generator().manual_seed(5)
+    cases = [torch.randn(n, generator=gen) for n in (0, 1, 2048, 8191, 8192, 32768, 32769, 65537, 1 << 20)]
+    native = [(float(torch.dot(x, x.flip(0))), float(x.sum())) for x in cases]
+    red = Reductions()
+    with red:
+        ours = [(red.dot(x, x.flip(0)), red.sum(x)) for x in cases]
+    assert ours == native
+    assert torch.get_num_threads() == red.threads
+
+
+def test_one_pass_giving_up_falls_back_to_the_same_tables(tiny_experts, monkeypatch):
+    """When the one pass cannot decide (a guess too high, too many candidates), a histogram pass and pass 2 give the same tables."""
+    from layerswap.analysis import overlap
+
+    experts = {"math": tiny_experts["math"], "lang": tiny_experts["lang"]}
+    one = analyze(tiny_experts["base"], experts, top_k=[1, 5])
+    monkeypatch.setattr(overlap.TopKStream, "finish", lambda self, p1: None)
+    fallback = analyze(tiny_experts["base"], experts, top_k=[1, 5])
+    assert fallback.info["top_k_method"] == "multi-pass"
+    for name in ("deltas", "overlap", "topk", "thresholds"):
+        assert getattr(one, name).equals(getattr(fallback, name)), name

@@ -39,6 +39,7 @@ def test_listing_reads_no_tensor_data(tiny_llama, monkeypatch):
         raise AssertionError("tensor data was read while listing")
 
     monkeypatch.setattr(reader, "_read_bytes", forbidden)
+    monkeypatch.setattr(reader, "mapped_tensor", forbidden)
     folder = ModelFolder(tiny_llama)
     names = folder.names()
     assert "model.layers.0.self_attn.q_proj.weight" in names
@@ -73,10 +74,21 @@ def test_lora_delta_equals_merge_and_unload(tmp_path, tiny_llama, use_rslora):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    adapter_dir = make_lora_adapter(tiny_llama, tmp_path / "lora", layers=[1, 3], target_modules=["q_proj", "down_proj"], r=4, alpha=16, use_rslora=use_rslora, seed=7)
+    adapter_dir = make_lora_adapter(
+        tiny_llama,
+        tmp_path / "lora",
+        layers=[1, 3],
+        target_modules=["q_proj", "down_proj"],
+        r=4,
+        alpha=16,
+        use_rslora=use_rslora,
+        seed=7,
+    )
     adapter = LoraAdapter(adapter_dir)
     base = ModelFolder(tiny_llama)
-    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter_dir).merge_and_unload().state_dict()
+    merged = (
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), adapter_dir).merge_and_unload().state_dict()
+    )
     assert sorted(adapter.modules) == sorted(
         f"model.layers.{layer}.{m}.weight" for layer in (1, 3) for m in ("self_attn.q_proj", "mlp.down_proj")
     )
@@ -159,3 +171,42 @@ def test_unknown_architecture_warns_and_uses_generic_rule(copy_model, tiny_llama
     with pytest.warns(UserWarning, match="generic"):
         m = ModelFolder(folder)
     assert m.architecture.classify("model.layers.2.mlp.up_proj.weight").layer == 2
+
+
+def test_reads_map_only_while_reading_and_match_safetensors(tmp_path):
+    """``get`` and ``read_tensor_into`` convert straight from a map of the tensor's own bytes, which is gone afterwards."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        "bf16": torch.randn(300, 7).bfloat16(),
+        "f16": torch.randn(5000).half(),
+        "f32": torch.randn(3, 3),
+        "empty": torch.zeros(0, 4),
+        "one": torch.ones(1, dtype=torch.bfloat16),
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    infos, _ = reader.read_safetensors_header(path)
+    for name, ref in tensors.items():
+        got = reader.read_tensor(infos[name])
+        assert got.dtype == ref.dtype and torch.equal(got, ref)
+        assert torch.equal(reader.read_tensor(infos[name], torch.float32), ref.float())
+        buf = torch.full((ref.numel() + 3,), 7.0)
+        assert torch.equal(reader.read_tensor_into(infos[name], buf), ref.float())
+        got[...] = 0 if got.numel() else got  # a private copy: writable, and the file is untouched
+    maps = open("/proc/self/maps").read() if sys.platform.startswith("linux") else ""
+    assert str(path) not in maps
+    assert torch.equal(reader.read_tensor(infos["bf16"]), tensors["bf16"])
+
+
+def test_file_truncated_after_opening_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({"a": torch.randn(4096), "b": torch.randn(4096)}, str(path))
+    infos, _ = reader.read_safetensors_header(path)
+    with open(path, "r+b") as f:
+        f.truncate(infos["b"].offset + 8)
+    with pytest.raises(CheckpointError, match="truncated"):
+        reader.read_tensor(infos["b"])
+    assert torch.equal(reader.read_tensor(infos["a"]).view(-1)[:4], reader.read_tensor(infos["a"]).view(-1)[:4])

@@ -1,7 +1,8 @@
 """``analyze``: experts against their base, streamed, into an :class:`Analysis` (and a folder).
 
 One machinery serves deltas and importance: a list of :class:`ValueSource` (one per expert or
-data set) goes through pass 1 (magnitudes, dots, histograms) and pass 2 (exact top-k% overlap);
+data set) goes through one pass (magnitudes, dots, and the candidates for the exact top-k% sets,
+``overlap.TopKStream``), or where that cannot decide, the multi-pass method (histogram, pass 2);
 the boundary rule reads the per-layer shares. See ``docs/analysis.md``.
 """
 
@@ -15,7 +16,21 @@ from pathlib import Path
 
 from layerswap.analysis.boundaries import BoundaryRule, contrast_table, recommend
 from layerswap.analysis.deltas import DeltaSource, ValueSource, cell_sumsq, cosine_table, deltas_table, layers_table, run_pass1
-from layerswap.analysis.overlap import DEFAULT_BOUNDARY_CAP, check_top_k, overlap_table, run_pass2, thresholds_table, topk_table
+from layerswap.analysis.overlap import (
+    DEFAULT_BOUNDARY_CAP,
+    DEFAULT_CANDIDATE_CAP,
+    GUESS_MARGIN,
+    HistogramObserver,
+    TopKStream,
+    check_top_k,
+    guess_bounds,
+    histogram_pass,
+    k_count_of,
+    overlap_table,
+    run_pass2,
+    thresholds_table,
+    topk_table,
+)
 from layerswap.analysis.report import Analysis
 from layerswap.errors import ConfigError, DataError
 from layerswap.io import Checkpoint, DeltaView, ModelFolder, language, open_checkpoint, open_model
@@ -41,7 +56,9 @@ def resolve_roles(names: Sequence[str], lang: str | None = None, math: str | Non
     """
     for role, value in (("lang", lang), ("math", math)):
         if value is not None and value not in names:
-            raise ConfigError(f"--{role}-expert {value!r} is not one of the experts ({', '.join(names)}): pass one of their names")
+            raise ConfigError(
+                f"--{role}-expert {value!r} is not one of the experts ({', '.join(names)}): pass one of their names"
+            )
     lang = lang or next((n for n in names if _is_language_name(n) and n != math), None)
     math = math or next((n for n in names if n.lower() == "math" and n != lang), None)
     if lang is None or math is None or lang == math:
@@ -60,15 +77,38 @@ def build_analysis(
     math: str | None = None,
     rule: BoundaryRule | None = None,
     boundary_cap: int = DEFAULT_BOUNDARY_CAP,
+    candidate_cap: int = DEFAULT_CANDIDATE_CAP,
 ) -> Analysis:
-    """Run both passes over ``sources`` and assemble the tables and the boundary recommendation."""
+    """Stream ``sources`` (one pass, or the multi-pass method where needed) and assemble the tables and the recommendation.
+
+    ``candidate_cap`` bounds the values the one-pass top-k keeps (0: always the multi-pass method);
+    ``boundary_cap`` the values the multi-pass method keeps before it adds its refining pass.
+    """
     top_k = check_top_k(top_k)
     names = [s.name for s in sources]
     roles = resolve_roles(names, lang, math)
     started = time.perf_counter()
-    p1 = run_pass1(base, sources, desc=f"{kind}: magnitudes")
+    arch = base.architecture
+    layer_tensors = [t for t in base.names() if arch.classify(t).layer is not None]
+    population = sum(base.info(t).numel for t in layer_tensors)
+    k_max = max(k_count_of(k, population) for k in top_k)
+    stream = histograms = None
+    if 0 < GUESS_MARGIN * k_max * len(sources) <= candidate_cap:  # the candidates should fit: one pass
+        start = guess_bounds(base, sources, layer_tensors, k_max)
+        stream = TopKStream(names, top_k, population, signed=all(s.signed for s in sources), cap=candidate_cap, start=start)
+    else:  # they would not: pass 1 takes the histograms of the multi-pass method, as it always did
+        histograms = HistogramObserver(base, names)
+    observer = stream.observe if stream else histograms.observe
+    p1 = run_pass1(base, sources, desc=f"{kind}: magnitudes and top-k", observer=observer)
     t1 = time.perf_counter()
-    p2 = run_pass2(base, sources, p1, top_k, boundary_cap=boundary_cap)
+    p2 = stream.finish(p1) if stream else None
+    one_pass = p2 is not None
+    if p2 is None:
+        if histograms is not None:
+            p1.hist = histograms.hist
+        else:  # the one pass could not decide after all
+            histogram_pass(base, sources, p1)
+        p2 = run_pass2(base, sources, p1, top_k, boundary_cap=boundary_cap)
     t2 = time.perf_counter()
     notes = list(p1.warnings)
     for cut in p2.cuts.values():
@@ -115,6 +155,7 @@ def build_analysis(
         warnings=notes,
         info={
             "seconds": {"magnitudes": round(t1 - started, 2), "overlap": round(t2 - t1, 2)},
+            "top_k_method": "one pass" if one_pass else "multi-pass",
             "threshold_refined": p2.refined,
             "boundary_values_kept": p2.kept_boundary,
         },
@@ -133,6 +174,7 @@ def analyze(
     rule: BoundaryRule | None = None,
     plots: bool = True,
     boundary_cap: int = DEFAULT_BOUNDARY_CAP,
+    candidate_cap: int = DEFAULT_CANDIDATE_CAP,
 ) -> Analysis:
     """Analyse named experts (model folders or LoRA adapters) against ``base``.
 
@@ -164,8 +206,8 @@ def analyze(
         math=math_expert,
         rule=rule,
         boundary_cap=boundary_cap,
+        candidate_cap=candidate_cap,
     )
     if out is not None:
         result.save(Path(out), overwrite=overwrite, plots_too=plots)
     return result
-

@@ -1,17 +1,19 @@
-"""Pass 1 of the analysis: per-tensor magnitudes, dot products and |value| histograms, streamed.
+"""Pass 1 of the analysis: per-tensor magnitudes and dot products, streamed, with a hook for the top-k sets.
 
 Each base tensor is read once, and every expert's value for it (its delta, or the square root of
 its Fisher importance) is computed while that base tensor is in memory. Per tensor and expert we
-keep a handful of numbers (l2, mean/max |value|, non-finite count), the pairwise dot products
-(for cosines), and a 65,536-bin histogram of the top 16 bits of |value| over all transformer-layer
-parameters. Those bits order non-negative float32 numbers exactly, so pass 2 (``overlap.py``) can
-find the exact global top-k% threshold by looking only inside one bin.
+keep a handful of numbers (l2, mean/max |value|, non-finite count, number of counted non-zeros)
+and the pairwise dot products (for cosines). The transformer-layer values are handed, while in
+memory, to an observer: ``overlap.TopKStream`` keeps the few candidates for the exact top-k% sets
+there, so that one pass over the files usually does everything (see ``overlap.py``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,40 +22,109 @@ import pandas as pd
 import torch
 
 from layerswap.io import DeltaView, ModelFolder, TensorInfo, module_sort_key, read_tensor_into
-from layerswap.progress import progress
+from layerswap.io.reader import mapped_tensor
+from layerswap.progress import bar
 
 #: Number of histogram bins: every value of the top 16 bits of a non-negative float32.
 NBINS = 1 << 16
+#: |values| below this (float32 denormals under 9.2e-41, histogram bin 0) count as unchanged.
+SMALLEST_COUNTED = float(np.array([1 << 16], dtype=np.int32).view(np.float32)[0])
 
 
 class Workspace:
-    """Flat buffers reused for every tensor of a pass (allocated once, sized to the largest tensor).
+    """Flat buffers reused for every tensor of a pass (grown to the largest tensor seen, released on demand).
 
     Fresh multi-hundred-MB tensors cost more in page faults than the arithmetic on them, so the
     passes read and compute into these buffers instead.
     """
 
-    def __init__(self, numel: int, nbytes: int) -> None:
-        self.numel = numel
-        self.scratch = bytearray(nbytes)
+    def __init__(self) -> None:
         self._bufs: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
     def buf(self, key: str, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The first ``n`` elements of buffer ``key`` (flat)."""
+        """The first ``n`` elements of buffer ``key`` (flat), grown if it is smaller."""
         tensor = self._bufs.get((key, dtype))
-        if tensor is None:
-            tensor = self._bufs[(key, dtype)] = torch.empty(self.numel, dtype=dtype)
+        if tensor is None or tensor.numel() < n:
+            self._bufs.pop((key, dtype), None)
+            tensor = self._bufs[(key, dtype)] = torch.empty(n, dtype=dtype)
         return tensor[:n]
+
+    def release(self) -> None:
+        """Drop every buffer (before a phase whose tensors are much smaller)."""
+        self._bufs.clear()
 
     def read(self, info: TensorInfo, key: str) -> torch.Tensor:
         """Read a tensor as flat float32 into buffer ``key``."""
-        return read_tensor_into(info, self.buf(key, self.numel), self.scratch).reshape(-1)
+        return read_tensor_into(info, self.buf(key, info.numel)).reshape(-1)
+
+    def read_minus(self, info: TensorInfo, minus: torch.Tensor, key: str) -> torch.Tensor:
+        """``tensor - minus`` as flat float32 in buffer ``key`` (read into float32, then subtracted in place)."""
+        out = self.read(info, key)
+        np.subtract(out.numpy(), minus.numpy(), out=out.numpy())  # one thread: exact, and no thread-pool stalls
+        return out
 
     @classmethod
     def for_tensors(cls, folders: Sequence[ModelFolder], names: Sequence[str]) -> Workspace:
-        numel = max((folders[0].info(n).numel for n in names), default=0)
-        nbytes = max((f.info(n).nbytes for f in folders for n in names if n in f), default=0)
-        return cls(numel, nbytes)
+        """A workspace (buffers are sized on first use; the arguments are kept for callers)."""
+        return cls()
+
+
+class Reductions:
+    """Float32 ``dot`` and ``sum`` with the bits of torch's own (two-thread) reductions, computed on one thread.
+
+    Torch splits a reduction over its threads (a sum above 32,768 elements, MKL's dot from 8,192
+    on) and adds the halves, so the bits of a float32 sum depend on the thread count. On two
+    threads (this project's machines) the pass runs every op on one thread, where shared cores do
+    not stall a thread pool, and reproduces the two-way split exactly: each half reduced, the two
+    halves added in float32. A probe checks that on the machine at hand first; where it does not
+    hold (other thread counts, another BLAS), the pass keeps torch's threads and calls them as they are.
+    """
+
+    SUM_SPLIT, DOT_SPLIT = 32768, 8192  # above / from these sizes the two-thread reductions split
+
+    def __init__(self) -> None:
+        self.threads = torch.get_num_threads()
+        self.emulate = False
+        if self.threads == 2:
+            self.emulate = self._probe()
+
+    def _probe(self) -> bool:
+        gen = torch.Generator().manual_seed(0)
+        cases = [
+            (n, torch.randn(n, generator=gen), torch.randn(n, generator=gen))
+            for n in (5000, 8191, 8192, 32768, 32769, 100003, 1 << 20)
+        ]
+        native = [(torch.dot(x, y), x.sum()) for _, x, y in cases]
+        torch.set_num_threads(1)
+        try:
+            self.emulate = True
+            ours = [(self.dot(x, y), self.sum(x)) for _, x, y in cases]
+        finally:
+            torch.set_num_threads(self.threads)
+        return all(float(a) == b and float(c) == d for (a, c), (b, d) in zip(native, ours, strict=True))
+
+    def __enter__(self) -> Reductions:
+        if self.emulate:
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.emulate:
+            torch.set_num_threads(self.threads)
+
+    def dot(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        n = x.numel()
+        if not self.emulate or n < self.DOT_SPLIT:
+            return float(torch.dot(x, y))
+        h = (n + 1) // 2
+        return float(torch.dot(x[:h], y[:h]) + torch.dot(x[h:], y[h:]))
+
+    def sum(self, x: torch.Tensor) -> float:
+        n = x.numel()
+        if not self.emulate or n <= self.SUM_SPLIT:
+            return float(x.sum())
+        h = (n + 1) // 2
+        return float(x[:h].sum() + x[h:].sum())
 
 
 class ValueSource(Protocol):
@@ -73,6 +144,12 @@ class ValueSource(Protocol):
 
     def values(self, tensor: str, base_flat: torch.Tensor | None, ws: Workspace, key: str) -> torch.Tensor | None:
         """Flat float32 values of one tensor (in ``ws`` buffer ``key`` or fresh), or None for all zero."""
+
+    def sample(self, tensor: str, spans: Sequence[tuple[int, int]]) -> torch.Tensor | None:
+        """Float32 values at the flat index ranges ``spans`` (concatenated), or None where sampling is not offered.
+
+        Only used to guess where the top-k% thresholds lie before the pass; the result never depends on it.
+        """
 
 
 class DeltaSource:
@@ -104,8 +181,14 @@ class DeltaSource:
             shape = self.view.base.info(tensor).shape
             delta = self.view.delta(tensor, base_flat.view(shape) if base_flat is not None else None)
             return None if delta is None else delta.reshape(-1)
-        v = ws.read(self.view.expert.info(tensor), key)
-        return v.sub_(base_flat) if base_flat is not None else v.sub_(self.view.base.get(tensor, torch.float32).reshape(-1))
+        if base_flat is None:
+            base_flat = self.view.base.get(tensor, torch.float32).reshape(-1)
+        return ws.read_minus(self.view.expert.info(tensor), base_flat, key)
+
+    def sample(self, tensor: str, spans: Sequence[tuple[int, int]]) -> torch.Tensor | None:
+        if self.view.is_lora:
+            return None
+        return _sampled(self.view.expert.info(tensor), spans) - _sampled(self.view.base.info(tensor), spans)
 
 
 class FisherSource:
@@ -141,6 +224,22 @@ class FisherSource:
             v = ws.buf(key, f.numel()).copy_(f.reshape(-1))
         return v.clamp_min_(0).sqrt_()
 
+    def sample(self, tensor: str, spans: Sequence[tuple[int, int]]) -> torch.Tensor | None:
+        if tensor not in self.fisher:
+            return None
+        if isinstance(self.fisher, ModelFolder):
+            f = _sampled(self.fisher.info(tensor), spans)
+        else:
+            flat = self.fisher[tensor].reshape(-1)
+            f = torch.cat([flat[a:b] for a, b in spans]).float()
+        return f.clamp_min(0).sqrt_()
+
+
+def _sampled(info: TensorInfo, spans: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Float32 values of a stored tensor at flat index ranges (only their pages are read)."""
+    with mapped_tensor(info, populate=False) as src:
+        return torch.cat([src[a:b] for a, b in spans]).float()
+
 
 @dataclass
 class TensorStat:
@@ -165,7 +264,9 @@ class Pass1:
     base_sumsq: dict[str, float]  # NaN where the base tensor was not read (no expert changes it)
     stats: dict[tuple[str, str], TensorStat]  # (expert, tensor)
     dots: dict[tuple[str, str, str], float]  # (expert_a, expert_b, tensor)
-    hist: dict[str, np.ndarray]  # expert -> int64[NBINS] over transformer-layer parameters
+    hist: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # expert -> int64[NBINS] of top-16 bits (only if a histogram pass ran)
     population: int = 0  # number of transformer-layer parameters
     signed: bool = True
     warnings: list[str] = field(default_factory=list)
@@ -190,8 +291,19 @@ def reading_order(base: ModelFolder, names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda n: (str(base.info(n).file), base.info(n).offset))
 
 
-def run_pass1(base: ModelFolder, sources: Sequence[ValueSource], *, desc: str = "magnitudes") -> Pass1:
-    """Stream every base tensor once and measure all sources on it (see module docstring)."""
+#: Called with (tensor, values, |values|, workspace) for every transformer-layer tensor, while they are in memory.
+Observer = Callable[[str, Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], Workspace], None]
+
+
+def run_pass1(
+    base: ModelFolder, sources: Sequence[ValueSource], *, desc: str = "magnitudes", observer: Observer | None = None
+) -> Pass1:
+    """Stream every base tensor once and measure all sources on it (see module docstring).
+
+    The tensors outside the transformer layers (embeddings, head: the largest) are visited first and
+    their buffers released, so the layer phase (whose observer may keep top-k candidates) runs with
+    small buffers. Tables list the tensors in file order regardless.
+    """
     arch = base.architecture
     names = reading_order(base, base.names())
     experts = [s.name for s in sources]
@@ -204,53 +316,42 @@ def run_pass1(base: ModelFolder, sources: Sequence[ValueSource], *, desc: str = 
         base_sumsq={},
         stats={},
         dots={},
-        hist={e: np.zeros(NBINS, dtype=np.int64) for e in experts},
         signed=all(s.signed for s in sources),
     )
-    ws = Workspace.for_tensors([base] + [f for s in sources for f in s.folders()], names)
-    for name in progress(names, desc=desc, unit="tensor"):
+    for name in names:
         role = arch.classify(name)
-        numel = base.info(name).numel
-        result.layer[name], result.module[name], result.numel[name] = role.layer, role.module, numel
-        in_layer = role.layer is not None
-        if in_layer:
-            result.population += numel
-        touched = [s for s in sources if s.changes(name)]
-        base_flat = None
-        if in_layer or touched:
-            base_flat = ws.read(base.info(name), "base")
-            result.base_sumsq[name] = float(torch.dot(base_flat, base_flat))
+        result.layer[name], result.module[name], result.numel[name] = role.layer, role.module, base.info(name).numel
+    result.population = sum(result.numel[t] for t in result.layer_tensors)
+    outside = [t for t in names if result.layer[t] is None]
+    layer_tensors = result.layer_tensors
+    red = Reductions()
+    with red, bar(total=len(names), desc=desc, unit="tensor") as shown:
+        ws = Workspace()
+        for name in outside:
+            _measure(base, sources, name, result, ws, red, observer)
+            shown.update(1)
+        ws.release()  # the embedding-sized buffers: the layer phase needs far smaller ones
+        if red.emulate and len(layer_tensors) > 1:
+            # every op runs on one thread here, so two tensors at a time use both cores (results do not depend on it)
+            lock = threading.Lock()
+            local = threading.local()
+
+            def locked(*args: object) -> None:
+                with lock:
+                    observer(*args)
+
+            def work(name: str) -> None:
+                if not hasattr(local, "ws"):
+                    local.ws = Workspace()
+                _measure(base, sources, name, result, local.ws, red, locked if observer is not None else None)
+
+            with ThreadPoolExecutor(max_workers=red.threads) as pool:
+                for _ in pool.map(work, layer_tensors):
+                    shown.update(1)
         else:
-            result.base_sumsq[name] = float("nan")
-        values: dict[str, torch.Tensor] = {}
-        for i, src in enumerate(sources):
-            stat = result.stats[(src.name, name)] = TensorStat()
-            v = src.values(name, base_flat if src.needs_base(name) else None, ws, f"value{i}") if any(src is t for t in touched) else None
-            if v is None:
-                if in_layer:
-                    result.hist[src.name][0] += numel
-                continue
-            stat.sumsq = float(torch.dot(v, v))
-            if not math.isfinite(stat.sumsq):  # NaN/Inf somewhere (or an overflow): count and zero them
-                v, stat.nonfinite = clean_nonfinite(v)
-                stat.sumsq = float(torch.dot(v, v))
-            a = torch.abs(v, out=ws.buf("abs", numel))
-            stat.sum_abs = float(a.sum())
-            stat.max_abs = float(a.max()) if numel else 0.0
-            if in_layer:
-                bins = torch.bitwise_right_shift(a.view(torch.int32), 16, out=ws.buf("bins", numel, torch.int32))
-                counts = torch.bincount(bins, minlength=NBINS).numpy()
-                result.hist[src.name] += counts
-                # bin 0 holds 0 and float32 denormals below 9.2e-41, which count as unchanged
-                stat.nnz = numel - int(counts[0])
-            elif stat.sumsq > 0:
-                stat.nnz = int(torch.count_nonzero(a))
-            values[src.name] = v
-        for i, ea in enumerate(experts):
-            for eb in experts[i + 1 :]:
-                both = ea in values and eb in values
-                result.dots[(ea, eb, name)] = float(torch.dot(values[ea], values[eb])) if both else 0.0
-        del values, base_flat
+            for name in layer_tensors:
+                _measure(base, sources, name, result, ws, red, observer)
+                shown.update(1)
     for src in sources:
         bad = sum(result.stats[(src.name, t)].nonfinite for t in names)
         if bad:
@@ -259,15 +360,90 @@ def run_pass1(base: ModelFolder, sources: Sequence[ValueSource], *, desc: str = 
                 f"{src.name} has {bad} NaN/Inf values (first in {first}): they are counted in the 'nonfinite' column and treated as 0"
             )
         if all(result.stats[(src.name, t)].sumsq == 0 for t in names):
-            result.warnings.append(f"{src.name} is identical to the base: every value is zero, so its shares and overlaps are undefined")
+            result.warnings.append(
+                f"{src.name} is identical to the base: every value is zero, so its shares and overlaps are undefined"
+            )
     return result
+
+
+def _measure(
+    base: ModelFolder,
+    sources: Sequence[ValueSource],
+    name: str,
+    result: Pass1,
+    ws: Workspace,
+    red: Reductions,
+    observer: Observer | None,
+) -> None:
+    """Pass 1 on one tensor: every source's values, their magnitudes and dot products (float32, whole-tensor reductions)."""
+    numel = result.numel[name]
+    in_layer = result.layer[name] is not None
+    touched = [s for s in sources if s.changes(name)]
+    base_flat = None
+    if in_layer or touched:
+        base_flat = ws.read(base.info(name), "base")
+        result.base_sumsq[name] = red.dot(base_flat, base_flat)
+    else:
+        result.base_sumsq[name] = float("nan")
+    values: dict[str, torch.Tensor] = {}
+    slots: dict[str, int] = {}
+    for i, src in enumerate(sources):
+        result.stats[(src.name, name)] = TensorStat()
+        v = (
+            src.values(name, base_flat if src.needs_base(name) else None, ws, f"value{i}")
+            if any(src is t for t in touched)
+            else None
+        )
+        if v is not None:
+            values[src.name], slots[src.name] = v, i
+    del base_flat  # its buffer holds |values| of the tensors outside the layers from here on
+    absvals: dict[str, torch.Tensor] = {}
+    first = next(iter(values), None)
+    for e, v in values.items():
+        stat = result.stats[(e, name)]
+        stat.sumsq = red.dot(v, v)
+        if not math.isfinite(stat.sumsq):  # NaN/Inf somewhere (or an overflow): count and zero them
+            v, stat.nonfinite = clean_nonfinite(v)
+            values[e] = v
+            stat.sumsq = red.dot(v, v)
+        # the base buffer is free now: it takes the first |values| (all of them outside the layers, where they are not kept)
+        a = ws.buf("base" if not in_layer or e == first else f"abs{slots[e]}", numel)
+        a_np = a.numpy()
+        np.abs(v.numpy(), out=a_np)  # elementwise and exact: numpy's one thread (torch's pool stalls on shared cores)
+        stat.sum_abs = red.sum(a)  # torch's reduction bits (see Reductions)
+        stat.max_abs = float(a_np.max()) if numel else 0.0
+        if in_layer:
+            # counted non-zeros: |value| >= 9.2e-41 (float32 denormals below it count as unchanged)
+            counted = ws.buf("counted", numel, torch.bool).numpy()
+            stat.nnz = int(np.count_nonzero(np.greater_equal(a_np, np.float32(SMALLEST_COUNTED), out=counted)))
+            absvals[e] = a
+    experts = result.experts
+    for i, ea in enumerate(experts):
+        for eb in experts[i + 1 :]:
+            both = ea in values and eb in values
+            result.dots[(ea, eb, name)] = red.dot(values[ea], values[eb]) if both else 0.0
+    if in_layer and observer is not None:
+        observer(name, values, absvals, ws)
 
 
 # ---------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------
 
-DELTA_COLUMNS = ["expert", "tensor", "layer", "module", "numel", "l2", "rel_l2", "rms", "mean_abs", "max_abs", "base_l2", "nonfinite"]
+DELTA_COLUMNS = [
+    "expert",
+    "tensor",
+    "layer",
+    "module",
+    "numel",
+    "l2",
+    "rel_l2",
+    "rms",
+    "mean_abs",
+    "max_abs",
+    "base_l2",
+    "nonfinite",
+]
 
 
 def _ratio(num: float, den: float) -> float:
@@ -308,7 +484,14 @@ def deltas_table(p1: Pass1) -> pd.DataFrame:
 def cell_sumsq(p1: Pass1) -> pd.DataFrame:
     """Squared magnitude per expert x layer x module (transformer layers only): ``expert, layer, module, sumsq, base_sumsq, numel``."""
     rows = [
-        {"expert": e, "layer": p1.layer[t], "module": p1.module[t], "sumsq": p1.stats[(e, t)].sumsq, "base_sumsq": p1.base_sumsq[t], "numel": p1.numel[t]}
+        {
+            "expert": e,
+            "layer": p1.layer[t],
+            "module": p1.module[t],
+            "sumsq": p1.stats[(e, t)].sumsq,
+            "base_sumsq": p1.base_sumsq[t],
+            "numel": p1.numel[t],
+        }
         for e in p1.experts
         for t in p1.layer_tensors
     ]
@@ -326,7 +509,11 @@ def layers_table(p1: Pass1) -> pd.DataFrame:
         by_layer["rel_l2"] = np.where(by_layer["base_sumsq"] > 0, by_layer["l2"] / np.sqrt(by_layer["base_sumsq"]), np.nan)
         by_layer["share"] = np.where(totals > 0, by_layer["sumsq"] / totals.where(totals > 0, 1), np.nan)
     by_layer["layer"] = by_layer["layer"].astype(int)
-    return by_layer[["expert", "layer", "numel", "l2", "rel_l2", "share"]].sort_values(["expert", "layer"], kind="stable").reset_index(drop=True)
+    return (
+        by_layer[["expert", "layer", "numel", "l2", "rel_l2", "share"]]
+        .sort_values(["expert", "layer"], kind="stable")
+        .reset_index(drop=True)
+    )
 
 
 def cosine_table(p1: Pass1) -> pd.DataFrame:
@@ -336,7 +523,17 @@ def cosine_table(p1: Pass1) -> pd.DataFrame:
     for i, a in enumerate(experts):
         for b in experts[i + 1 :]:
             for t in p1.layer_tensors:
-                rows.append({"expert_a": a, "expert_b": b, "layer": p1.layer[t], "module": p1.module[t], "dot": p1.dots[(a, b, t)], "sq_a": p1.stats[(a, t)].sumsq, "sq_b": p1.stats[(b, t)].sumsq})
+                rows.append(
+                    {
+                        "expert_a": a,
+                        "expert_b": b,
+                        "layer": p1.layer[t],
+                        "module": p1.module[t],
+                        "dot": p1.dots[(a, b, t)],
+                        "sq_a": p1.stats[(a, t)].sumsq,
+                        "sq_b": p1.stats[(b, t)].sumsq,
+                    }
+                )
     cols = ["expert_a", "expert_b", "layer", "module", "cosine"]
     if not rows:
         return pd.DataFrame(columns=cols)

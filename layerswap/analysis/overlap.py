@@ -5,39 +5,61 @@ the K-th largest |value| over all P transformer-layer parameters, with ``K = cei
 (ties at ``t`` are all included; zeros never are, so an expert that changed fewer than K
 parameters has all of them as its set).
 
-Finding ``t`` exactly while streaming:
+Finding ``t`` exactly while streaming, in the one pass that also measures magnitudes (``TopKStream``):
 
-1. Pass 1 (``deltas.py``) histograms the top 16 bits of every |value|. Those bits order
-   non-negative floats exactly, so the histogram names the bin B that holds the K-th largest
-   value and how many values lie above it; everything above B is surely in the set.
-2. Pass 2 reads the layer tensors again and counts, per tensor, the sure members of each expert
-   and of each pair (and their sign agreement). The few parameters whose |value| falls inside
-   some expert's bin B are kept (all experts' values at those positions). At the end ``t`` is the
-   exact rank-r value among the kept ones, and the kept positions are resolved against it.
-3. When the bins are too crowded to keep (an Adam fine-tune whose deltas are nearly all ±lr),
-   a refining pass histograms the low 16 bits inside B instead, which gives ``t`` bit-exactly,
-   and pass 2 then counts against ``t`` directly.
+1. Before the pass, a few thousand values of every layer tensor are sampled (a few pages each)
+   to guess, per expert, a bound a little below its threshold. The guess only saves memory; it is
+   checked at the end, and the result never depends on it.
+2. During the pass every |value| at or above the expert's current bound is kept (with, for each
+   pair, both experts' values where both reach their bounds), and the kept values are histogrammed
+   by their top 16 bits, which order non-negative floats exactly. As soon as at least K kept
+   values lie above the bound, the bin holding the K-th largest so far becomes the new bound: the
+   K-th largest over everything can only be higher, so nothing dropped below it can ever belong
+   to a set. The kept values are pruned to the bound now and then.
+3. At the end ``t`` is the exact rank-r value inside its bin among the kept values, and every
+   count per tensor (members, shared members, sign agreement) is counted among them.
+
+If the guess was too high (fewer than K values above it), or the kept values would exceed
+``candidate_cap``, the exact multi-pass method is used instead: a histogram pass over the layer
+tensors names the bin holding the K-th value; pass 2 reads them again, counts the sure members of
+each expert and pair per tensor, and keeps the few values inside a threshold bin, resolved at the
+end; when those bins are too crowded to keep (deltas that are nearly all ±lr, after a few Adam
+steps), a refining pass histograms the low 16 bits inside the bin, giving ``t`` bit-exactly.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from layerswap.analysis.deltas import NBINS, Pass1, ValueSource, Workspace, _order_key, clean_nonfinite, reading_order
+from layerswap.analysis.deltas import (
+    NBINS,
+    SMALLEST_COUNTED,
+    Pass1,
+    ValueSource,
+    Workspace,
+    _order_key,
+    clean_nonfinite,
+    reading_order,
+)
 from layerswap.errors import ConfigError
 from layerswap.io import ModelFolder
 from layerswap.progress import progress
 
 #: Boundary values kept in memory before the refining pass is used instead (about 4 bytes each per expert).
 DEFAULT_BOUNDARY_CAP = 1 << 24
-#: |values| below this (float32 denormals under 9.2e-41, histogram bin 0) count as unchanged.
-_SMALLEST_COUNTED = float(np.array([1 << 16], dtype=np.int32).view(np.float32)[0])
+#: Candidate values (4 bytes each; a pair entry counts 2) the one-pass top-k may keep before the multi-pass method is used.
+DEFAULT_CANDIDATE_CAP = 1 << 27
+#: Sampled spans per layer tensor for the first guess of the bounds, and their length.
+SAMPLE_SPANS, SAMPLE_WIDTH = 64, 256
+#: The guessed bound is where the sampled count from the top reaches this many times K.
+GUESS_MARGIN = 1.25
+_SMALLEST_COUNTED = SMALLEST_COUNTED
 
 
 def bits_to_float(bits: int) -> float:
@@ -87,9 +109,14 @@ class Cut:
         return a >= (self.threshold if self.bnd_lo is not None else self.sure_at)
 
 
+def k_count_of(k: float, population: int) -> int:
+    """K = ceil(k/100 * P), at least 1."""
+    return max(1, math.ceil(k / 100.0 * population - 1e-9))
+
+
 def find_cut(expert: str, k: float, hist: np.ndarray, population: int, nonzero: int) -> Cut:
     """Locate the bin of the K-th largest |value| from the pass-1 histogram."""
-    k_count = max(1, math.ceil(k / 100.0 * population - 1e-9))
+    k_count = k_count_of(k, population)
     cut = Cut(expert, k, k_count, population, nonzero, mode="exact")
     if nonzero == 0:
         cut.mode, cut.sure_at, cut.threshold = "empty", math.inf, math.inf
@@ -141,7 +168,9 @@ def _refine(base: ModelFolder, sources: Sequence[ValueSource], p1: Pass1, cuts: 
         c.sure_at, c.bnd_lo = c.threshold, None
 
 
-def _read_values(base: ModelFolder, sources: Sequence[ValueSource], name: str, ws: Workspace, p1: Pass1) -> dict[str, torch.Tensor]:
+def _read_values(
+    base: ModelFolder, sources: Sequence[ValueSource], name: str, ws: Workspace, p1: Pass1
+) -> dict[str, torch.Tensor]:
     """Flat float32 values of the given sources on one tensor (zeros where a source does not change it).
 
     NaN/Inf (found and counted in pass 1) are zeroed again, as pass 1 did.
@@ -230,7 +259,9 @@ def run_pass2(
                 if ca.bnd_lo is not None or cb.bnd_lo is not None:
                     open_ = (abs_a >= ca.lower) & (abs_b >= cb.lower) & ~both
                     if bool(open_.any()):
-                        kept_pair.setdefault((a, b, k), []).append((name, abs_a[open_], abs_b[open_], same[open_] if same is not None else None))
+                        kept_pair.setdefault((a, b, k), []).append(
+                            (name, abs_a[open_], abs_b[open_], same[open_] if same is not None else None)
+                        )
         del values, mask
     result.kept_boundary = sum(v.numel() for chunks in kept_single.values() for _, v in chunks)
     _resolve(result, pending, kept_single, kept_pair)
@@ -259,6 +290,238 @@ def _resolve(result: Pass2, pending: list[Cut], kept_single: dict, kept_pair: di
 
 
 # ---------------------------------------------------------------------------------------------
+# One pass: candidates above a rising bound (module docstring, steps 1-3)
+# ---------------------------------------------------------------------------------------------
+
+
+def _spans(numel: int) -> list[tuple[int, int]]:
+    """Evenly spread flat index ranges to sample a tensor at (all of it when small)."""
+    if numel <= 4 * SAMPLE_SPANS * SAMPLE_WIDTH:
+        return [(0, numel)] if numel else []
+    step = numel // SAMPLE_SPANS
+    return [(i * step, i * step + SAMPLE_WIDTH) for i in range(SAMPLE_SPANS)]
+
+
+def guess_bounds(base: ModelFolder, sources: Sequence[ValueSource], tensors: Sequence[str], k_max: int) -> dict[str, int]:
+    """Per expert, a histogram bin a little below where its K-th largest |value| probably lies (1: no guess).
+
+    Weighted samples of every layer tensor estimate how many values lie above each bin; the bin
+    where that estimate reaches ``GUESS_MARGIN * K`` is the guess. Never trusted: checked at the end.
+    """
+    hist = {s.name: np.zeros(NBINS, dtype=np.float64) for s in sources}
+    usable = {s.name: True for s in sources}
+    for name in tensors:
+        numel = base.info(name).numel
+        spans = _spans(numel)
+        taken = sum(b - a for a, b in spans)
+        for src in sources:
+            if not usable[src.name] or not src.changes(name) or not taken:
+                continue
+            v = src.sample(name, spans)
+            if v is None:
+                usable[src.name] = False
+                continue
+            a = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).abs_()
+            counts = np.bincount((a.view(torch.int32) >> 16).numpy(), minlength=NBINS)
+            hist[src.name] += counts * (numel / taken)
+    out: dict[str, int] = {}
+    for e, h in hist.items():
+        from_top = np.cumsum(h[:0:-1])  # bins NBINS-1 .. 1 (bin 0 never counts)
+        want = GUESS_MARGIN * k_max
+        if not usable[e] or from_top[-1] < want:
+            out[e] = 1
+            continue
+        out[e] = max(1, NBINS - 1 - int(np.searchsorted(from_top, want)))
+    return out
+
+
+class TopKStream:
+    """Keeps, during pass 1, every |value| that can still be in a top-k% set; then counts exactly.
+
+    Use ``observe`` as pass 1's observer and ``finish`` after it; ``finish`` returns None when the
+    one-pass method could not decide (see the module docstring), and the multi-pass method is used.
+    """
+
+    #: Kept values beyond the needed ones before a prune is worth its pass over them.
+    PRUNE_SLACK = 1 << 20
+
+    def __init__(self, experts: Sequence[str], top_k: Sequence[float], population: int, *, signed: bool,
+                 cap: int = DEFAULT_CANDIDATE_CAP, start: dict[str, int] | None = None) -> None:  # fmt: skip
+        self.experts = list(experts)
+        self.top_k = list(top_k)
+        self.population = population
+        self.signed = signed
+        self.cap = cap
+        self.k_max = max(k_count_of(k, population) for k in top_k)
+        self.pairs = [(a, b) for i, a in enumerate(self.experts) for b in self.experts[i + 1 :]]
+        self.bound = {e: max(1, (start or {}).get(e, 1)) for e in self.experts}  # a histogram bin: |v| >= its lower edge is kept
+        self.hist = {e: np.zeros(NBINS, dtype=np.int64) for e in self.experts}  # exact for bins >= bound
+        self.kept: dict[str, list[tuple[str, np.ndarray]]] = {e: [] for e in self.experts}
+        self.kept_pair: dict[tuple[str, str], list[tuple[str, np.ndarray, np.ndarray]]] = {p: [] for p in self.pairs}
+        self.size = dict.fromkeys(self.experts, 0)
+        self.pair_size = 0
+        self.pruned_at = dict.fromkeys(self.experts, 0)
+        self.pair_pruned_at = 0
+        self.overflow = False
+        self.peak = 0
+
+    def _edge(self, e: str) -> float:
+        return bits_to_float(self.bound[e] << 16)
+
+    def _counted(self, e: str) -> int:
+        """Values seen so far at or above the bound (exact)."""
+        return int(self.hist[e][self.bound[e] :].sum())
+
+    def observe(self, name: str, values: Mapping[str, torch.Tensor], absvals: Mapping[str, torch.Tensor], ws: Workspace) -> None:
+        if self.overflow:
+            return
+        where: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for i, e in enumerate(self.experts):
+            if e not in absvals:
+                continue
+            a = absvals[e]
+            mask = np.greater_equal(a.numpy(), np.float32(self._edge(e)), out=ws.buf(f"cand{i}", a.numel(), torch.bool).numpy())
+            idx = np.flatnonzero(mask)
+            where[e] = (idx, mask)
+            if idx.size:
+                sel = a.numpy()[idx]
+                self.hist[e] += np.bincount(sel.view(np.int32) >> 16, minlength=NBINS)
+                self.kept[e].append((name, sel))
+                self.size[e] += sel.size
+        for a, b in self.pairs:
+            if a in where and b in where:
+                idx_a, mask_b = where[a][0], where[b][1]
+                idx = idx_a[mask_b[idx_a]]
+                if idx.size:
+                    self.kept_pair[(a, b)].append((name, values[a].numpy()[idx], values[b].numpy()[idx]))
+                    self.pair_size += idx.size
+        for e in where:
+            self._raise(e)
+        self._prune()
+
+    def _raise(self, e: str) -> None:
+        """Move the bound up to the bin of the K-th largest value seen so far (once K values are above it)."""
+        h = self.hist[e]
+        from_top = np.cumsum(h[::-1])
+        if from_top[NBINS - 1 - self.bound[e]] >= self.k_max:
+            self.bound[e] = max(self.bound[e], NBINS - 1 - int(np.searchsorted(from_top, self.k_max)))
+
+    def _prune(self) -> None:
+        total = sum(self.size.values()) + 2 * self.pair_size
+        self.peak = max(self.peak, total)
+        pruned = False
+        for e in self.experts:
+            if self.size[e] > 1.5 * self._counted(e) + self.PRUNE_SLACK and self.size[e] > 1.25 * self.pruned_at[e]:
+                edge = np.float32(self._edge(e))
+                chunks = self.kept[e]
+                for j, (t, v) in enumerate(chunks):  # chunk by chunk: the old one goes as its pruned copy comes
+                    chunks[j] = (t, v[v >= edge])
+                self.kept[e] = [(t, v) for t, v in chunks if v.size]
+                self.size[e] = self.pruned_at[e] = sum(v.size for _, v in self.kept[e])
+                pruned = True
+        if self.pair_size and (pruned or self.pair_size > 2 * self.pair_pruned_at + self.PRUNE_SLACK):
+            for a, b in self.pairs:
+                ea, eb = np.float32(self._edge(a)), np.float32(self._edge(b))
+                chunks = self.kept_pair[(a, b)]
+                for j, (t, va, vb) in enumerate(chunks):
+                    keep = (np.abs(va) >= ea) & (np.abs(vb) >= eb)
+                    chunks[j] = (t, va[keep], vb[keep])
+                self.kept_pair[(a, b)] = [c for c in chunks if c[1].size]
+            self.pair_size = self.pair_pruned_at = sum(va.size for p in self.pairs for _, va, _ in self.kept_pair[p])
+        if sum(self.size.values()) + 2 * self.pair_size > self.cap:
+            self.overflow = True
+            self.kept = {e: [] for e in self.experts}
+            self.kept_pair = {p: [] for p in self.pairs}
+
+    def finish(self, p1: Pass1) -> Pass2 | None:
+        """Exact thresholds and counts from the kept values, or None (multi-pass needed)."""
+        if self.overflow:
+            return None
+        tensors = p1.layer_tensors
+        cuts: dict[tuple[str, float], Cut] = {}
+        member: dict[tuple[str, float], float] = {}  # |v| >= this is in the set
+        for e in self.experts:
+            nonzero = sum(p1.stats[(e, t)].nnz for t in tensors)
+            h = self.hist[e]
+            from_top = np.cumsum(h[::-1])
+            counted = int(from_top[NBINS - 1 - self.bound[e]])
+            for k in self.top_k:
+                cut = Cut(e, k, k_count_of(k, self.population), self.population, nonzero, mode="exact")
+                if nonzero == 0:
+                    cut.mode, cut.sure_at, cut.threshold = "empty", math.inf, math.inf
+                elif nonzero < cut.k_count:
+                    if self.bound[e] != 1:  # not every non-zero value was kept
+                        return None
+                    cut.mode, cut.sure_at, cut.threshold = "all_nonzero", _SMALLEST_COUNTED, 0.0
+                else:
+                    if counted < cut.k_count:  # the guess was too high
+                        return None
+                    i = int(np.searchsorted(from_top, cut.k_count))
+                    b = NBINS - 1 - i
+                    above = int(from_top[i] - h[b])
+                    cut.bin, cut.rank_in_bin = b, cut.k_count - above
+                    lo, hi = bits_to_float(b << 16), bits_to_float((b + 1) << 16)
+                    inside = [v[(v >= lo) & (v < hi)] for _, v in self.kept[e]]
+                    values = torch.from_numpy(np.concatenate(inside)) if inside else torch.empty(0)
+                    if values.numel() < cut.rank_in_bin:  # cannot happen: the histogram counted them
+                        raise RuntimeError(f"top-k bin of {e} holds {values.numel()} values, expected >= {cut.rank_in_bin}")
+                    cut.threshold = float(torch.kthvalue(values, values.numel() - cut.rank_in_bin + 1).values)
+                    cut.sure_at = cut.threshold
+                cuts[(e, k)] = cut
+                member[(e, k)] = cut.sure_at
+        result = Pass2(cuts)
+        for k in self.top_k:
+            for t in tensors:
+                for e in self.experts:
+                    result.n[(e, k, t)] = 0
+                for a, b in self.pairs:
+                    result.both[(a, b, k, t)] = result.agree[(a, b, k, t)] = 0
+        for e in self.experts:
+            for t, v in self.kept[e]:
+                for k in self.top_k:
+                    result.n[(e, k, t)] += int(np.count_nonzero(v >= member[(e, k)]))
+        for a, b in self.pairs:
+            for t, va, vb in self.kept_pair[(a, b)]:
+                abs_a, abs_b = np.abs(va), np.abs(vb)
+                same = np.signbit(va) == np.signbit(vb) if self.signed else None
+                for k in self.top_k:
+                    both = (abs_a >= member[(a, k)]) & (abs_b >= member[(b, k)])
+                    result.both[(a, b, k, t)] += int(np.count_nonzero(both))
+                    if same is not None:
+                        result.agree[(a, b, k, t)] += int(np.count_nonzero(both & same))
+        result.kept_boundary = self.peak
+        return result
+
+
+class HistogramObserver:
+    """Pass 1's observer for the multi-pass method: the top-16-bit histogram of every expert's |values|."""
+
+    def __init__(self, base: ModelFolder, experts: Sequence[str]) -> None:
+        self.base = base
+        self.hist = {e: np.zeros(NBINS, dtype=np.int64) for e in experts}
+
+    def observe(self, name: str, values: Mapping[str, torch.Tensor], absvals: Mapping[str, torch.Tensor], ws: Workspace) -> None:
+        for e, h in self.hist.items():
+            if e in absvals:
+                a = absvals[e]
+                h += torch.bincount(torch.bitwise_right_shift(a.view(torch.int32), 16), minlength=NBINS).numpy()
+            else:  # unchanged here: all zeros
+                h[0] += self.base.info(name).numel
+
+
+def histogram_pass(base: ModelFolder, sources: Sequence[ValueSource], p1: Pass1) -> None:
+    """Fill ``p1.hist``: the top-16-bit histogram of every expert's |values| over the layer tensors (for the multi-pass method)."""
+    tensors = reading_order(base, p1.layer_tensors)
+    p1.hist = {s.name: np.zeros(NBINS, dtype=np.int64) for s in sources}
+    ws = Workspace()
+    for name in progress(tensors, desc="top-k histogram", unit="tensor"):
+        values = _read_values(base, sources, name, ws, p1)
+        for src in sources:
+            a = torch.abs(values[src.name], out=ws.buf("abs", p1.numel[name]))
+            p1.hist[src.name] += torch.bincount(torch.bitwise_right_shift(a.view(torch.int32), 16), minlength=NBINS).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------
 
@@ -274,7 +537,14 @@ def expected_jaccard(n_a: np.ndarray | float, n_b: np.ndarray | float, total: np
 
 def _cells(p1: Pass1) -> pd.DataFrame:
     tensors = p1.layer_tensors
-    return pd.DataFrame({"tensor": tensors, "layer": [p1.layer[t] for t in tensors], "module": [p1.module[t] for t in tensors], "numel": [p1.numel[t] for t in tensors]})
+    return pd.DataFrame(
+        {
+            "tensor": tensors,
+            "layer": [p1.layer[t] for t in tensors],
+            "module": [p1.module[t] for t in tensors],
+            "numel": [p1.numel[t] for t in tensors],
+        }
+    )
 
 
 def _with_levels(df: pd.DataFrame, keys: list[str], sums: list[str]) -> pd.DataFrame:
@@ -328,13 +598,19 @@ def overlap_table(p1: Pass1, p2: Pass2, top_k: Sequence[float]) -> pd.DataFrame:
                 frames.append(f)
     if not frames:
         return pd.DataFrame(columns=OVERLAP_COLUMNS)
-    out = _with_levels(pd.concat(frames, ignore_index=True), ["expert_a", "expert_b", "k_percent"], ["numel", "n_a", "n_b", "n_both", "n_agree"])
+    out = _with_levels(
+        pd.concat(frames, ignore_index=True), ["expert_a", "expert_b", "k_percent"], ["numel", "n_a", "n_b", "n_both", "n_agree"]
+    )
     union = out["n_a"] + out["n_b"] - out["n_both"]
     with np.errstate(divide="ignore", invalid="ignore"):
         out["jaccard"] = np.where(union > 0, out["n_both"] / union.where(union > 0, 1), np.nan)
         out["expected_jaccard"] = expected_jaccard(out["n_a"], out["n_b"], out["numel"])
         out["jaccard_ratio"] = out["jaccard"] / out["expected_jaccard"]
-        out["sign_agree"] = np.where(out["n_both"] > 0, out["n_agree"] / out["n_both"].where(out["n_both"] > 0, 1), np.nan) if p1.signed else np.nan
+        out["sign_agree"] = (
+            np.where(out["n_both"] > 0, out["n_agree"] / out["n_both"].where(out["n_both"] > 0, 1), np.nan)
+            if p1.signed
+            else np.nan
+        )
     out["jaccard_ratio"] = out["jaccard_ratio"].replace([np.inf, -np.inf], np.nan)
     return out[OVERLAP_COLUMNS]
 

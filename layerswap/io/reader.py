@@ -2,18 +2,24 @@
 
 Why not ``safe_open`` or ``from_pretrained``: every question the toolkit asks is about one tensor
 at a time (its delta, its norm, its bytes), and the checkpoints of real users are 16 GB and more.
-So headers are parsed once (no tensor data read), a tensor is read with one ``pread`` of its byte
-range (no memory map whose pages would pile up in resident memory), and a layer swap can copy a
-tensor's raw bytes from source file to output file without decoding them (see ``writer``).
+So headers are parsed once (no tensor data read), a tensor is read through a memory map of its own
+byte range only, converted straight from the mapped pages into its result (one copy, as
+``safe_open(...).get_tensor(k).to(dtype)`` minus safetensors' intermediate copy) and unmapped at
+once (so mapped pages never pile up in resident memory), and a layer swap can copy a tensor's raw
+bytes from source file to output file without decoding them (see ``writer``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import re
 import stat
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,7 +152,9 @@ def _parse_header(raw: bytes, path: Path, size: int) -> tuple[dict[str, TensorIn
     ints, offsets inside the data and not overlapping, byte count = shape x dtype size, bounded nesting."""
     corrupted = f"{path} has a corrupted safetensors header: re-download or re-save the checkpoint"
     if not _nesting_ok(raw):
-        raise CheckpointError(f"{path} has a corrupted safetensors header (JSON nested too deeply): re-download or re-save the checkpoint")
+        raise CheckpointError(
+            f"{path} has a corrupted safetensors header (JSON nested too deeply): re-download or re-save the checkpoint"
+        )
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -157,7 +165,9 @@ def _parse_header(raw: bytes, path: Path, size: int) -> tuple[dict[str, TensorIn
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise CheckpointError(f"{path} has a malformed safetensors header (__metadata__ must map strings to strings): re-save the checkpoint")
+        raise CheckpointError(
+            f"{path} has a malformed safetensors header (__metadata__ must map strings to strings): re-save the checkpoint"
+        )
     data_start = 8 + len(raw)
     data_len = size - data_start
     infos: dict[str, TensorInfo] = {}
@@ -168,14 +178,18 @@ def _parse_header(raw: bytes, path: Path, size: int) -> tuple[dict[str, TensorIn
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             shown = f" {dtype}" if isinstance(dtype, str) and re.fullmatch(r"[A-Za-z0-9_]{1,16}", dtype) else ""
-            raise CheckpointError(f"tensor {_show(name)} in {path} has unsupported dtype{shown}: re-save it in one of {', '.join(DTYPE_SIZES)}")
+            raise CheckpointError(
+                f"tensor {_show(name)} in {path} has unsupported dtype{shown}: re-save it in one of {', '.join(DTYPE_SIZES)}"
+            )
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise CheckpointError(f"{bad} (shape must be a list of non-negative integers): re-save the checkpoint")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(x) is int for x in offsets):
             raise CheckpointError(f"{bad} (data_offsets must be two integers): re-save the checkpoint")
         begin, end = offsets
         if not 0 <= begin <= end or end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
-            raise CheckpointError(f"tensor {_show(name)} in {path} has a byte range that does not match its shape: the file is corrupted; re-save the checkpoint")
+            raise CheckpointError(
+                f"tensor {_show(name)} in {path} has a byte range that does not match its shape: the file is corrupted; re-save the checkpoint"
+            )
         if end > data_len:
             raise CheckpointError(
                 f"{path} is truncated: tensor {_show(name)} ends at byte {data_start + end} but the file has {size}; "
@@ -185,7 +199,9 @@ def _parse_header(raw: bytes, path: Path, size: int) -> tuple[dict[str, TensorIn
     ranges = sorted((i.offset, i.offset + i.nbytes, i.name) for i in infos.values() if i.nbytes)
     for (_, prev_end, prev), (begin, _, name) in zip(ranges, ranges[1:], strict=False):
         if begin < prev_end:
-            raise CheckpointError(f"tensors {_show(prev)} and {_show(name)} in {path} overlap: the file is corrupted; re-save the checkpoint")
+            raise CheckpointError(
+                f"tensors {_show(prev)} and {_show(name)} in {path} overlap: the file is corrupted; re-save the checkpoint"
+            )
     return infos, dict(metadata)
 
 
@@ -240,43 +256,85 @@ def _read_bytes(info: TensorInfo) -> bytearray:
     return buf
 
 
+_PAGE = mmap.ALLOCATIONGRANULARITY
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # populate: one fault-in for the whole range
+
+
+@contextmanager
+def mapped_tensor(info: TensorInfo, *, populate: bool = True) -> Iterator[torch.Tensor]:
+    """A flat, read-only tensor over the file bytes of one tensor (a memory map of its range only).
+
+    Use it inside the ``with`` block only and copy or convert what you need there: the map is
+    closed on exit (or, if a view is still referenced, as soon as the last one goes). ``populate``
+    maps every page at once (for whole reads; False for a few samples). A range whose start is not
+    aligned to its element size (never written by safetensors' writers) is read with ``pread`` instead.
+    """
+    import torch
+
+    dtype = info.torch_dtype
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if info.nbytes == 0 or info.offset % itemsize:
+        if info.nbytes == 0:
+            yield torch.empty(0, dtype=dtype)
+        else:
+            yield torch.frombuffer(_read_bytes(info), dtype=dtype)
+        return
+    start = info.offset - info.offset % _PAGE
+    fd = os.open(info.file, _READ_FLAGS)
+    try:
+        if os.fstat(fd).st_size < info.offset + info.nbytes:  # truncated since the header was read: never map past the end
+            raise CheckpointError(f"{info.file} ended while reading tensor {info.name!r}: the file is truncated")
+        flags = _MAP_FLAGS if populate else mmap.MAP_SHARED
+        mapping = mmap.mmap(fd, info.offset - start + info.nbytes, flags=flags, prot=mmap.PROT_READ, offset=start)
+    except OSError as exc:
+        raise InputPathError(f"cannot read {info.file}: {exc.strerror or exc}; pass a complete model folder") from exc
+    finally:
+        os.close(fd)
+    view = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": it is only ever read
+            view = torch.frombuffer(mapping, dtype=dtype, count=info.numel, offset=info.offset - start)
+        yield view
+    finally:
+        del view
+        try:
+            mapping.close()
+        except BufferError:  # the caller still holds the view: unmapped when it is dropped
+            pass
+
+
 def read_tensor_into(info: TensorInfo, out: torch.Tensor, scratch: bytearray | None = None) -> torch.Tensor:
     """Read one tensor into the front of a preallocated flat buffer ``out`` (converting to its dtype).
 
     Returns a view of ``out`` shaped like the tensor. Streaming passes reuse the same buffers for
     every tensor, because page-faulting a fresh buffer of hundreds of MB costs more than the read
-    and the conversion. ``scratch`` (at least ``info.nbytes``) holds the raw bytes when the dtypes differ.
+    and the conversion. The bytes are converted straight from the mapped file pages (``scratch``
+    is accepted for compatibility and unused).
     """
-    import torch
-
     n = info.numel
     if out.dim() != 1 or out.numel() < n or not out.is_contiguous():
         raise ValueError(f"buffer of {out.numel()} elements cannot hold tensor {info.name!r} ({n})")
     view = out[:n]
     if n:
-        if info.torch_dtype == out.dtype:
-            target = memoryview(view.view(torch.uint8).numpy())
-        else:
-            if scratch is None or len(scratch) < info.nbytes:
-                scratch = bytearray(info.nbytes)
-            target = memoryview(scratch)[: info.nbytes]
-        _pread_into(info, target)
-        if info.torch_dtype != out.dtype:
-            view.copy_(torch.frombuffer(scratch, dtype=info.torch_dtype, count=n))
+        with mapped_tensor(info) as src:
+            view.copy_(src)
     return view.view(info.shape)
 
 
 def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Read one tensor from its byte range (a private copy, not a memory map)."""
+    """Read one tensor (a private copy, never a view of a memory map), converted to ``dtype`` if given.
+
+    One copy from the mapped file pages into the result, converting on the way.
+    """
     import torch
 
-    if info.nbytes == 0:
-        tensor = torch.empty(info.shape, dtype=info.torch_dtype)
-    else:
-        tensor = torch.frombuffer(_read_bytes(info), dtype=info.torch_dtype).reshape(info.shape)
-    if dtype is not None and tensor.dtype != dtype:
-        tensor = tensor.to(dtype)
-    return tensor
+    target = dtype if dtype is not None else info.torch_dtype
+    out = torch.empty(info.shape, dtype=target)
+    if info.numel:
+        with mapped_tensor(info) as src:
+            out.view(-1).copy_(src)
+    return out
 
 
 def load_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
