@@ -2,11 +2,14 @@
 
 lm-eval runs its own ``mgsm_<format>_<lang>`` task YAMLs, pointed at the same local MGSM files
 (``layerswap.evaluate.lm_eval_config``) with the ``first_n`` few-shot sampler; both tools get the
-same in-memory model. Checks: at batch size 1 the outputs, extracted answers and accuracies are
-identical; at each tool's best batch size, the wall-clock ratio (target >= 1.5x).
+same in-memory model. The floor is lm-eval 0.4.13's HF backend at its best batch size (the fastest
+of those tried, by median wall clock). Checks: at batch size 1 the outputs, extracted answers and
+accuracies are identical; batched runs give each tool's own batch-1 outputs; at each tool's best
+batch size, the ratio of median wall clocks over ``--repeats`` interleaved runs (target >= 2x).
+Batch size 1 runs once (it is the identity check, not a contender).
 
-    python benchmarks/bench_evaluate.py --langs sw,te --limit 6 --shots 2 --max-new-tokens 24 \
-        --lm-eval-batch-sizes 1,3,6 --our-batch-sizes 1,6
+    nice -n 5 python benchmarks/bench_evaluate.py --langs sw,te --limit 16 --shots 2 --max-new-tokens 24 \
+        --lm-eval-batch-sizes 1,8,16 --our-batch-sizes 1,8,16 --repeats 3
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -82,6 +86,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--lm-eval-batch-sizes", default="1,8,16")
     ap.add_argument("--our-batch-sizes", default="1,8,16")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each batched setting (medians reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both tools (1 is fastest on a shared 2-core box)")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evaluate.md"))
@@ -97,29 +102,35 @@ def main() -> int:
     lm = load_model(args.model, device="cpu")
     filters = ["strict-match", "flexible-extract"] if args.fmt == "native_cot" else ["remove_whitespace", "flexible-extract"]
     common = {"shots": args.shots, "limit": args.limit, "max_new_tokens": args.max_new_tokens}
-    rows, runs = [], {}
+    runs: dict = {}  # (tool, batch size) -> list of ((wall, cpu), result)
     with tempfile.TemporaryDirectory() as task_dir:
         names = write_lm_eval_tasks(task_dir, langs, args.fmt, data_dir=args.data_dir)
         lm_bs = [int(x) for x in args.lm_eval_batch_sizes.split(",")]
         our_bs = [int(x) for x in args.our_batch_sizes.split(",")]
-        for bs in sorted(set(lm_bs) | set(our_bs)):  # interleave the tools at each batch size
-            if bs in lm_bs:
-                sec, res = run_lm_eval(lm, task_dir, names, batch_size=bs, **common)
-                runs[("lm-eval", bs)] = (sec, res)
-                rows.append(("lm-eval", bs, *sec))
-                print(f"lm-eval   bs={bs:<3} {sec[0]:7.1f} s wall {sec[1]:7.1f} s cpu", flush=True)
-            if bs in our_bs:
-                sec, res = run_ours(lm, langs, fmt=args.fmt, batch_size=bs, data_dir=args.data_dir, **common)
-                runs[("layerswap", bs)] = (sec, res)
-                rows.append(("layerswap", bs, *sec))
-                print(f"layerswap bs={bs:<3} {sec[0]:7.1f} s wall {sec[1]:7.1f} s cpu", flush=True)
+        for rep in range(args.repeats):
+            for bs in sorted(set(lm_bs) | set(our_bs)):  # interleave the tools at each batch size
+                if bs == 1 and rep > 0:
+                    continue
+                if bs in lm_bs:
+                    sec, res = run_lm_eval(lm, task_dir, names, batch_size=bs, **common)
+                    runs.setdefault(("lm-eval", bs), []).append((sec, res))
+                    print(f"run {rep + 1} lm-eval   bs={bs:<3} {sec[0]:7.1f} s wall {sec[1]:7.1f} s cpu", flush=True)
+                if bs in our_bs:
+                    sec, res = run_ours(lm, langs, fmt=args.fmt, batch_size=bs, data_dir=args.data_dir, **common)
+                    runs.setdefault(("layerswap", bs), []).append((sec, res))
+                    print(f"run {rep + 1} layerswap bs={bs:<3} {sec[0]:7.1f} s wall {sec[1]:7.1f} s cpu", flush=True)
     n = args.limit * len(langs)
-    best_lm = min((r for r in rows if r[0] == "lm-eval"), key=lambda r: r[2])
-    best_ours = min((r for r in rows if r[0] == "layerswap"), key=lambda r: r[2])
-    speedup = best_lm[2] / best_ours[2]
-    best_lm_cpu = min((r for r in rows if r[0] == "lm-eval"), key=lambda r: r[3])
-    best_ours_cpu = min((r for r in rows if r[0] == "layerswap"), key=lambda r: r[3])
-    cpu_speedup = best_lm_cpu[3] / best_ours_cpu[3]
+    med = {key: (statistics.median(s[0] for s, _ in v), statistics.median(s[1] for s, _ in v)) for key, v in runs.items()}
+
+    def best(tool: str, col: int) -> tuple[int, float]:
+        batched = [k for k in med if k[0] == tool and (k[1] != 1 or len([b for t, b in med if t == tool]) == 1)]
+        key = min(batched, key=lambda k: med[k][col])
+        return key[1], med[key][col]
+
+    (lm_b, lm_w), (our_b, our_w) = best("lm-eval", 0), best("layerswap", 0)
+    (lm_bc, lm_c), (our_bc, our_c) = best("lm-eval", 1), best("layerswap", 1)
+    speedup, cpu_speedup = lm_w / our_w, lm_c / our_c
+    paired = [a[0][0] / b[0][0] for a, b in zip(runs[("lm-eval", lm_b)], runs[("layerswap", our_b)], strict=False)]
     lines = [
         "# Evaluation: layerswap vs lm-evaluation-harness (MGSM)",
         "",
@@ -130,19 +141,28 @@ def main() -> int:
         f"Model {args.model} (float32, CPU, {torch.get_num_threads()} threads; 2 cores shared with other jobs), "
         f"`mgsm_{args.fmt}_<lang>` for {', '.join(langs)}, {args.shots}-shot (first_n), limit {args.limit} per language "
         f"({n} questions), max new tokens {args.max_new_tokens}, greedy. Both tools get the same in-memory model; "
-        "lm-eval 0.4.13 runs its own task YAMLs pointed at the same local MGSM files.",
+        "lm-eval 0.4.13 runs its own task YAMLs pointed at the same local MGSM files. "
+        f"Batched settings ran {args.repeats} times, interleaved (lm-eval, then layerswap, at each batch size); batch size 1 once.",
         "",
-        "| tool | batch size | wall s | CPU s (this process) | questions/s (wall) |",
-        "|---|---|---|---|---|",
+        "The floor: lm-eval's HF backend (`HFLM`, `model.generate` with its stop strings) at its best batch size of those "
+        "tried, by median wall clock.",
+        "",
+        "| tool | batch size | runs | median wall s | median CPU s (this process) | questions/s (median wall) | wall s of each run |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {tool} | {bs} | {sec:.1f} | {cpu:.1f} | {n / sec:.2f} |" for tool, bs, sec, cpu in rows]
+    for (tool, bs), v in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        w, c = med[(tool, bs)]
+        lines.append(f"| {tool} | {bs} | {len(v)} | {w:.1f} | {c:.1f} | {n / w:.2f} | {', '.join(f'{s[0]:.1f}' for s, _ in v)} |")
     lines += [
         "",
-        f"**Best batch size by wall clock: lm-eval {best_lm[1]} ({best_lm[2]:.1f} s), layerswap {best_ours[1]} ({best_ours[2]:.1f} s): {speedup:.2f}x faster.**",
-        f"**By CPU time of the process (robust to other jobs on the box): lm-eval {best_lm_cpu[1]} ({best_lm_cpu[3]:.1f} s), "
-        f"layerswap {best_ours_cpu[1]} ({best_ours_cpu[3]:.1f} s): {cpu_speedup:.2f}x.**",
+        f"**Best batch size by median wall clock: lm-eval {lm_b} ({lm_w:.1f} s, {n / lm_w:.2f} questions/s), "
+        f"layerswap {our_b} ({our_w:.1f} s, {n / our_w:.2f} questions/s): {speedup:.2f}x faster.**",
+        f"Run by run at those batch sizes (paired, interleaved): {', '.join(f'{r:.2f}x' for r in paired)} (median {statistics.median(paired):.2f}x).",
+        f"**By median CPU time of the process (robust to other jobs on the box): lm-eval {lm_bc} ({lm_c:.1f} s), "
+        f"layerswap {our_bc} ({our_c:.1f} s): {cpu_speedup:.2f}x.**",
         "",
     ]
+    runs = {key: v[0] for key, v in runs.items()}  # the identity checks compare the first run of each setting
     verdict = 0
     if ("lm-eval", 1) in runs and ("layerswap", 1) in runs:
         a, b = runs[("lm-eval", 1)][1], runs[("layerswap", 1)][1]
@@ -159,23 +179,25 @@ def main() -> int:
         lines += [f"    {d}" for d in diffs[:20]]
         verdict |= bool(diffs) or not same_acc
     lines += ["## Batched outputs vs batch size 1", ""]
-    for tool, bs, *_ in rows:
+    for tool, bs in sorted(runs, key=lambda k: (k[0], k[1])):
         if bs != 1 and (tool, 1) in runs:
             diffs = compare(runs[(tool, 1)][1], runs[(tool, bs)][1], filters)
             lines.append(f"- {tool} batch {bs}: {len(diffs)} fields differ from its own batch-1 run")
             lines += [f"    - {d}" for d in diffs[:6]]
     lines += [
         "",
-        "Where layerswap saves time (see docs/evaluate.md): the few-shot prefix shared by a language's prompts is",
-        "prefilled once and its KV cache reused, and a row leaves the batch when it stops, whereas lm-eval's",
-        "`model.generate` prefills every full prompt and runs each batch until its slowest row stops. Any batched",
-        "output that differs from batch size 1 (listed above, for either tool) comes from padding changing the",
-        "floating-point reduction order and flipping a near-tie greedy step.",
+        "Where layerswap saves time (see docs/evaluate.md): the 262k-token output layer is screened in bfloat16",
+        "with a rigorous error bound and only its candidates computed in float32 (a near tie takes the full float32",
+        "layer), the few-shot prefix shared by a language's prompts is prefilled once and its KV cache reused, each",
+        "question is prefilled without padding, and a row leaves the batch when it stops, whereas lm-eval's",
+        "`model.generate` computes the full output layer at every step, prefills every full prompt, padded, and runs",
+        "each batch until its slowest row stops. Any batched output that differs from batch size 1 (listed above, for",
+        "either tool) comes from padding changing the floating-point reduction order and flipping a near-tie greedy step.",
         "",
     ]
     Path(args.out).write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
-    return int(verdict or speedup < 1.5)
+    return int(verdict or speedup < 2.0)
 
 
 if __name__ == "__main__":

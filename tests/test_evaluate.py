@@ -323,6 +323,76 @@ def test_generate_matches_hf_generate(tiny_gemma_lm):
         assert generate(lm, [prompt], max_new_tokens=8, batch_size=1) == [want]
 
 
+@pytest.fixture
+def screen_all(monkeypatch):
+    """Screen the output layer however small the vocabulary and however many candidates a step keeps."""
+    from layerswap.evaluate import runner
+
+    monkeypatch.setattr(runner, "SCREEN_MAX_CANDIDATES", 1.0)
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gemma3"])
+def test_screened_head_is_the_full_argmax(which, request, screen_all):
+    """The screened output layer returns the float32 argmax, first index on ties, near ties included."""
+    from transformers import AutoModelForCausalLM
+
+    from layerswap.evaluate.runner import GreedyHead
+
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(which)).eval()
+    w = model.get_output_embeddings().weight
+    with torch.no_grad():
+        w[7] = w[3]  # an exact tie: generate's argmax takes token 3
+        w[11] = w[5] * (1 + 1e-6)  # a near tie within float32 rounding
+    head = GreedyHead(model, screen=True)
+    assert head.screening
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(64, 1, w.shape[1], generator=gen) * 4
+    hidden[:8, 0] = w[3] * 5  # rows whose winner is the tied pair
+    hidden[8:16, 0] = w[5] * 5
+    with torch.inference_mode():
+        want = model.get_output_embeddings()(hidden)[:, -1].argmax(-1)
+        got = head(hidden)
+        one_by_one = torch.cat([head(hidden[i : i + 1]) for i in range(len(hidden))])
+    assert torch.equal(got, want) and torch.equal(one_by_one, want)
+    assert head.stats["steps"] > head.stats["full"]  # most steps were settled by the screen
+    assert not GreedyHead(model, screen=None).screening  # a small vocabulary takes the full layer by default
+
+
+@pytest.mark.parametrize("which", ["tiny_lm", "tiny_gemma_lm"])
+def test_screened_generate_matches_hf_generate(which, request, screen_all):
+    """At batch size 1 the screened loop gives ``model.generate``'s tokens, cut at stop strings and at max_new_tokens."""
+    from layerswap.evaluate.runner import greedy_head
+
+    lm = request.getfixturevalue(which)
+    for prompt in PROMPTS[:4]:
+        enc = lm.tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            seq = lm.model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+        want = lm.tokenizer.decode(seq[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert generate(lm, [prompt], max_new_tokens=12, batch_size=1, screen=True) == [want]
+        short = lm.tokenizer.decode(seq[0, enc["input_ids"].shape[1] : enc["input_ids"].shape[1] + 5], skip_special_tokens=True)
+        assert generate(lm, [prompt], max_new_tokens=5, batch_size=1, screen=True) == [short]
+        stop = (want[3:6],) if len(want) > 6 else ("\x00",)
+        assert generate(lm, [prompt], stop=stop, max_new_tokens=12, batch_size=1, screen=True) == [strip_stop(want, stop)]
+    assert greedy_head(lm, screen=True).screening
+    full = generate(lm, PROMPTS, max_new_tokens=12, batch_size=1, screen=False)
+    assert generate(lm, PROMPTS, max_new_tokens=12, batch_size=4, screen=True) == full
+
+
+def test_greedy_head_rebuilt_when_weights_change(tiny_llama, screen_all):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from layerswap.evaluate.runner import greedy_head
+
+    lm = as_loaded(AutoModelForCausalLM.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama))
+    head = greedy_head(lm, screen=True)
+    assert greedy_head(lm, screen=True) is head
+    with torch.no_grad():
+        lm.model.get_output_embeddings().weight.mul_(2)
+    assert greedy_head(lm, screen=True) is not head
+    assert not greedy_head(lm, screen=False).screening
+
+
 def test_stop_strings_per_sequence(tiny_lm):
     full = generate(tiny_lm, PROMPTS, max_new_tokens=16, batch_size=1)
     stop = (full[0][2:5], full[3][4:6])  # one stop string found in row 0, another in row 3
@@ -580,7 +650,7 @@ def test_registry_lists_every_task_module_in_order():
     for name, spec in TASKS.items():
         assert spec.name == name and spec.summary and "\n" not in spec.summary
         assert spec.default_shots is None or spec.check_shots is not None, name
-    with pytest.raises(ConfigError, match="unknown task 'mmlu': valid tasks are mgsm, gsm8k, flores, sib200, proxy, custom$"):
+    with pytest.raises(ConfigError, match="unknown task 'mmlu': valid tasks are mgsm, gsm8k, flores, sib200, proxy, custom"):
         get_task("mmlu")
     assert [get_task(t).metric for t in ("mgsm", "flores", "sib200", "proxy")] == [
         "exact_match",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from layerswap.evaluate import api
-from layerswap.evaluate.runner import generate, load_model
+from layerswap.evaluate.runner import generate, greedy_head, load_model
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,8 @@ def gemma(gemma3_270m):
 
 
 def test_mgsm_two_shot_batched_equals_hf_generate(gemma, data_dir):
-    """Shared-prefix batched greedy == transformers ``generate`` on each full prompt."""
+    """Shared-prefix, row-by-row prefilled, screened-output-layer batched greedy == transformers
+    ``generate`` on each full prompt."""
     res = api.evaluate_mgsm(gemma, ["sw"], shots=2, limit=2, batch_size=2, max_new_tokens=6, data_dir=data_dir)
     assert len(res.records) == 2
     for rec in res.records:
@@ -32,6 +33,8 @@ def test_mgsm_two_shot_batched_equals_hf_generate(gemma, data_dir):
         want = gemma.tokenizer.decode(seq[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         assert rec["output"] == want.split("Swali:")[0]
     assert generate(gemma, [r["prompt"] for r in res.records], stop=("Swali:",), max_new_tokens=6, batch_size=1) == [r["output"] for r in res.records]
+    head = greedy_head(gemma)
+    assert head.screening and head.stats["steps"] > head.stats["full"]  # the 262k-token output layer was screened
 
 
 def test_language_checks_and_proxy_are_finite(gemma, data_dir):
