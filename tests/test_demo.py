@@ -19,9 +19,12 @@ def test_demo_quick_runs_end_to_end(tmp_path, data_dir, capsys):
         main(["demo", "--quick", "--data-dir", str(data_dir), "--out", str(out), "--figures", str(figures)])
     assert exc.value.code == 0
     report = (out / "report.md").read_text()
+    opening = report.split("\n")[2:4]  # after the title: the experts' checks, math then language
+    assert "math expert" in opening[0] and "over the base" in opening[0] and "language expert" in opening[1], opening
+    assert (out / "checks" / "checks.json").exists() and (out / "checks" / "scores.csv").exists()
     assert "not a replication" in report and "Best mean on the proxy" in report and "Paired comparison with" in report
     assert "Language check (FLORES-sw bits per byte" in report and (out / "sweep" / "comparisons.csv").exists()
-    for stage in ("experts/math", "experts/lang", "analysis", "importance"):
+    for stage in ("experts/math", "experts/lang", "checks", "analysis", "importance"):
         assert (out / stage / "layerswap.json").exists(), stage
     assert (out / "analysis" / "boundaries.yaml").exists()
     results = pd.read_csv(out / "sweep" / "results.csv")
@@ -39,8 +42,16 @@ def test_demo_report_states_the_paired_verdict(tmp_path):
     from layerswap.sweep.demo import DemoConfig, _demo_report
     from layerswap.sweep.report import select
 
-    cfg = validate_sweep_dict({"base": "b", "math": "m", "lang": "l", "languages": ["sw"], "tasks": ["proxy", "flores"],
-                               "candidates": {"grid": {"bottom": [2, 3], "top": [1], "transition": [0]}, "baselines": ["base", "math", "lang"]}})
+    cfg = validate_sweep_dict(
+        {
+            "base": "b",
+            "math": "m",
+            "lang": "l",
+            "languages": ["sw"],
+            "tasks": ["proxy", "flores"],
+            "candidates": {"grid": {"bottom": [2, 3], "top": [1], "transition": [0]}, "baselines": ["base", "math", "lang"]},
+        }
+    )
     cands = build_candidates(cfg, 12)
     shared = np.random.default_rng(0).normal(size=12)
     nbytes = np.random.default_rng(1).integers(50, 150, size=12).astype(float)
@@ -52,19 +63,65 @@ def test_demo_report_states_the_paired_verdict(tmp_path):
         own = own[::-1] if cand.name == "swap-b3-u1" else own if cand.name == "swap-b2-u1" else rng.normal(scale=0.2, size=12)
         logprob = offset + shared + own  # the twin: the same noise in another order, 0.001 lower
         bits = nbytes * (1.5 if cand.name == "math" else 1.0) + rng.normal(scale=2, size=12)
-        scores = pd.concat([
-            pd.DataFrame({"task": "proxy", "lang": "sw", "id": [f"p{i}" for i in range(12)], "score": logprob}),
-            pd.DataFrame({"task": "flores", "lang": "swh", "id": [f"f{i}" for i in range(12)], "score": bits / nbytes, "num": bits, "den": nbytes}),
-        ])
-        summary = pd.DataFrame([{"task": "proxy", "language": "sw", "metric": "gold_logprob", "value": logprob.mean()},
-                                {"task": "flores", "language": "swh", "metric": "bits_per_byte", "value": bits.sum() / nbytes.sum()}])
+        scores = pd.concat(
+            [
+                pd.DataFrame({"task": "proxy", "lang": "sw", "id": [f"p{i}" for i in range(12)], "score": logprob}),
+                pd.DataFrame(
+                    {
+                        "task": "flores",
+                        "lang": "swh",
+                        "id": [f"f{i}" for i in range(12)],
+                        "score": bits / nbytes,
+                        "num": bits,
+                        "den": nbytes,
+                    }
+                ),
+            ]
+        )
+        summary = pd.DataFrame(
+            [
+                {"task": "proxy", "language": "sw", "metric": "gold_logprob", "value": logprob.mean()},
+                {"task": "flores", "language": "swh", "metric": "bits_per_byte", "value": bits.sum() / nbytes.sum()},
+            ]
+        )
         return summary, scores
 
     store = ResultStore(tmp_path, settings_key(cfg))
     results = run_candidates(cands, store, lambda c: 0.0, evaluate)
-    comps = compare_candidates(results, {c.name: store.load_scores(c) for c in cands}, [("proxy", "gold_logprob"), ("flores", "bits_per_byte")])
+    comps = compare_candidates(
+        results, {c.name: store.load_scores(c) for c in cands}, [("proxy", "gold_logprob"), ("flores", "bits_per_byte")]
+    )
     sweep = {"results": results, "comparisons": comps, "selection": select(results, "proxy", "gold_logprob")}
-    report = _demo_report(DemoConfig(), tmp_path, {"sweep": 1.0}, sweep)
+    checks = {
+        "math": {
+            "diff": 0.21,
+            "low": 0.15,
+            "high": 0.27,
+            "p_value": 1e-4,
+            "n": 60,
+            "learned": True,
+            "base": -1.2,
+            "expert": -0.99,
+            "data": "GSM8K test",
+        },
+        "lang": {
+            "diff": 0.01,
+            "low": -0.02,
+            "high": 0.04,
+            "p_value": 0.5,
+            "n": 60,
+            "learned": False,
+            "base": 2.3,
+            "expert": 2.31,
+            "data": "FLORES",
+        },
+    }
+    report = _demo_report(DemoConfig(), tmp_path, {"sweep": 1.0}, sweep, checks)
+    first, second = report.split("\n")[2:4]
+    assert first.startswith("math expert: +0.210 nats per token [95% CI +0.150, +0.270] over the base")
+    assert second.startswith(
+        "**the language expert did not measurably learn**: language expert: +0.010 [95% CI -0.020, +0.040] bits per byte"
+    )
     assert "Best mean on the proxy" in report and "95% CI" in report and "Winner" not in report
     assert "Not a clear winner" in report and "`swap-b3-u1`" in report  # the planted twin
     assert "beats the baseline `base`" in report and "beats the expert `math`" in report and "beats the expert `lang`" in report
@@ -137,3 +194,33 @@ def test_demo_output_guard_resumes_only_a_demo_folder(tmp_path, monkeypatch):
     with pytest.raises(InputPathError, match="lies inside the input"):
         run_demo(embedded, tmp_path / "cache" / "models" / embedded.base / "demo")
     assert not (tmp_path / "cache").exists()
+
+
+def test_expert_checks_pair_each_expert_with_the_base_on_its_own_skill(tiny_experts, data_dir, tmp_path):
+    """check_experts: GSM8K test questions after MGSM's 250 (math) and FLORES (language), same examples on both sides."""
+    import json
+
+    from layerswap.sweep.demo import MGSM_QUESTIONS, DemoConfig, check_experts, math_check_pairs
+
+    pairs = math_check_pairs(3, data_dir)
+    assert [i for i, _, _ in pairs] == [f"gsm8k-test-{MGSM_QUESTIONS + k}" for k in range(3)]
+    assert (
+        pairs[0][1].startswith("Question: ") and pairs[0][1].endswith("\nStep-by-Step Answer:") and "The answer is" in pairs[0][2]
+    )
+    config = DemoConfig(base=str(tiny_experts["base"]), data_dir=str(data_dir), check_examples=4)
+    experts = {"math": tiny_experts["math"], "lang": tiny_experts["lang"]}
+    said = []
+    checks = check_experts(config, tiny_experts["base"], experts, tmp_path / "checks", log=said.append)
+    assert checks["math"]["n"] == 4 and checks["lang"]["n"] == 4 and checks["lang"]["higher_is_better"] is False
+    assert json.loads((tmp_path / "checks" / "checks.json").read_text()) == checks
+    scores = pd.read_csv(tmp_path / "checks" / "scores.csv")
+    assert set(zip(scores["model"], scores["task"], strict=True)) == {
+        ("base", "math"),
+        ("base", "flores"),
+        ("math", "math"),
+        ("lang", "flores"),
+    }
+    base_math = scores[(scores["model"] == "base") & (scores["task"] == "math")]["score"].to_numpy()
+    math_math = scores[(scores["model"] == "math") & (scores["task"] == "math")]["score"].to_numpy()
+    assert checks["math"]["diff"] == pytest.approx(float((math_math - base_math).mean()))
+    assert any(line.startswith(("math expert", "**the math expert")) for line in said)

@@ -71,7 +71,8 @@ def test_completion_only_loss_masks_prompt(tiny_tokenizer):
     assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
     assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
     assert ex["input_ids"][-1] == tok.eos_token_id
-    assert tok.decode(ex["input_ids"][n_prompt:], skip_special_tokens=True).strip() == completion.strip()
+    # trained as MGSM's English CoT answer: "3 + 2 = 5 The answer is 5." (the data module's answer_sentence)
+    assert tok.decode(ex["input_ids"][n_prompt:], skip_special_tokens=True).strip() == "3 + 2 = 5 The answer is 5."
 
 
 def test_text_is_packed(tiny_tokenizer, text_file):

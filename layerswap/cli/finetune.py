@@ -18,5 +18,8 @@ from layerswap.finetune.config import FinetuneConfig
 def finetune_cmd(config: FinetuneConfig) -> None:
     """Fine-tune a model (full or LoRA) on chosen layers; simultaneous and mixed multi-data modes."""
     from layerswap.finetune.recipe import finetune
+    from layerswap.finetune.workdir import is_main_process
 
-    print(finetune(config))
+    out = finetune(config)
+    if is_main_process():  # under accelerate launch, one line for the run, not one per process
+        print(out)

@@ -16,9 +16,10 @@ def sweep_command(
     limit: int | None = typer.Option(None, help="Override: examples per task and language."),
     save_best: bool | None = typer.Option(None, "--save-best/--no-save-best", help="Override: write the winner as a model folder."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Override: data folder laid out like ../shared/data."),
+    search: str | None = typer.Option(None, "--search", help="Override candidates.search: exhaustive or halving (successive halving on the screen task)."),
 ) -> None:
     """Merge each candidate in memory, evaluate it, and write results.csv, figures and report.md."""
     from layerswap.sweep import load_sweep_config, run_sweep
 
-    cfg = load_sweep_config(config, {"limit": limit, "save_best": save_best, "data_dir": data_dir})
+    cfg = load_sweep_config(config, {"limit": limit, "save_best": save_best, "data_dir": data_dir}, search=search)
     run_sweep(cfg, out, inputs=[config])

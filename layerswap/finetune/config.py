@@ -87,6 +87,9 @@ class FinetuneConfig(StrictModel):
     save_steps: int = Field(100, description="Checkpoint every N steps into OUT.work (default 100).")
     save_total_limit: int = Field(2, description="Checkpoints kept (default 2).")
     log_steps: int = Field(1, description="Log the loss every N steps (default 1).")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field(
+        "none", description="Also send the loss curve to tensorboard (kept in OUT/runs) or wandb (default none)."
+    )
     work_dir: str | None = Field(None, description="Checkpoint folder (default OUT.work).")
     keep_checkpoints: bool = Field(False, description="Keep OUT.work after success.")
     resume: bool = Field(False, description="Continue an interrupted run from its last checkpoint.")
@@ -161,7 +164,9 @@ class FinetuneConfig(StrictModel):
                 )
             absent = [n for n in named if n not in self.partition]
             if absent:
-                raise ConfigError(f"mode simultaneous: data set {absent[0]!r} has no --partition {absent[0]}=LAYERS (e.g. 0-5,16-17)")
+                raise ConfigError(
+                    f"mode simultaneous: data set {absent[0]!r} has no --partition {absent[0]}=LAYERS (e.g. 0-5,16-17)"
+                )
             extra = [n for n in self.partition if n not in named]
             if extra:
                 raise ConfigError(f"--partition {extra[0]!r} names no data set: data sets are {', '.join(named)}")
@@ -199,6 +204,17 @@ class FinetuneConfig(StrictModel):
         if mode == "simultaneous" and n < 2:
             raise ConfigError("mode simultaneous needs two or more named data sets: --data math=SPEC --data lang=SPEC")
         return mode
+
+    def check_reporting(self) -> None:
+        """Refuse ``report_to`` whose package is not installed (the Trainer would fail after the work folder exists)."""
+        import importlib.util
+
+        packages = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.get(self.report_to, ())
+        if packages and not any(importlib.util.find_spec(p) is not None for p in packages):
+            raise ConfigError(
+                f"--report-to {self.report_to} needs the {packages[0]} package, which is not installed: "
+                f"pip install {packages[0]}, or use --report-to none"
+            )
 
     def learning_rate(self) -> float:
         """``lr``, else the usual peak for the method (5e-5 full, 2e-4 LoRA)."""

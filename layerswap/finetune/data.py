@@ -3,12 +3,14 @@
 Specs and records are the core's (:mod:`layerswap.io.records`: ``parse_spec``, ``load_records``,
 the refusal of evaluation sets); this module is what fine-tuning adds to them. Prompt/completion
 examples carry labels -100 on the prompt so the loss is on the completion only; the model's chat
-template wraps them when it has one. Text is packed into ``seq_len`` blocks.
+template wraps them when it has one. Math worked solutions are written as MGSM's English
+chain-of-thought answers (:func:`answer_sentence`). Text is packed into ``seq_len`` blocks.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,26 @@ from layerswap.errors import ConfigError, DataError
 from layerswap.io.records import Records, load_records, parse_spec
 
 IGNORE_INDEX = -100
+
+
+def answer_sentence(completion: str) -> str:
+    """A GSM8K worked solution as MGSM's English CoT exemplars write it, the format its evaluation reads.
+
+    ``"... 48/2 = 24 clips in May.\\n...\\n#### 72"`` -> ``"... 48/2 = 24 clips in May. ... The answer is 72."``:
+    the steps joined on one line and the ``#### N`` line replaced by the answer sentence that MGSM's
+    strict pattern (``The answer is N``) and the CoT proxy read (the same text as
+    ``layerswap.evaluate.tasks.proxy_cot.en_cot_solution``, tested). A completion without ``#### N``
+    is returned unchanged.
+    """
+    head, sep, tail = completion.rpartition("####")
+    if not sep or not tail.strip():
+        return completion
+    number = tail.strip().replace("$", "").replace(",", "").rstrip(".")
+    if re.fullmatch(r"-?\d+\.0+", number):
+        number = number.split(".")[0]
+    steps = " ".join(line.strip() for line in head.splitlines() if line.strip())
+    lead = " " if completion.startswith(" ") else ""
+    return lead + f"{steps} The answer is {number}.".strip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,6 +146,8 @@ def tokenize_records(
     else:
         chat = _use_chat_template(tokenizer, chat_template)
         for prompt, completion in records.pairs:
+            if records.format == "math":
+                completion = answer_sentence(completion)
             p, c = _prompt_completion_ids(tokenizer, prompt, completion, chat)
             if len(p) >= seq_len:
                 dropped += 1
@@ -270,4 +294,3 @@ class AlternatingBatchSampler(torch.utils.data.Sampler[list[int]]):
             group = self.schedule[step % len(self.schedule)]
             for _ in range(self.grad_accum * self.num_processes):
                 yield take(group)
-

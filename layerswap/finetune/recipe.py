@@ -1,7 +1,9 @@
 """The fine-tuning recipe, top to bottom: inputs -> model setup -> data -> train -> save.
 
 Built on the Hugging Face ``Trainer`` so ``accelerate launch -m layerswap finetune ...`` runs the
-same recipe with DDP, FSDP or DeepSpeed. Three modes:
+same recipe with DDP, FSDP or DeepSpeed: every process checks the inputs and trains, only the main
+one creates the work folder and writes the output, and the others wait for it (tested with two CPU
+processes, ``tests/test_finetune_distributed.py``; see ``docs/scale-out.md``). Three modes:
 
 - ``single``: one data set, one partition (``train_layers``/``freeze_layers``/``train_modules``).
 - ``simultaneous``: several named data sets, each with its own partition (``partition``);
@@ -18,6 +20,7 @@ tokenizer, model), :mod:`~layerswap.finetune.data` (tokenized data), :mod:`~laye
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import warnings
@@ -33,7 +36,16 @@ from layerswap.finetune.freezing import apply_partition
 from layerswap.finetune.model import check_seq_len, load_tokenizer, resolve_partitions, setup_model
 from layerswap.finetune.save import save_output
 from layerswap.finetune.trainer import build_trainer, plan_steps, precision_flags, training_arguments
-from layerswap.finetune.workdir import check_work_dir, prepare_work_dir, remove_work_dir, step_of, work_dir_of
+from layerswap.finetune.workdir import (
+    check_launch,
+    check_log_dirs,
+    check_work_dir,
+    is_main_process,
+    prepare_work_dir,
+    remove_work_dir,
+    step_of,
+    work_dir_of,
+)
 from layerswap.io import ModelFolder, prepare_output_dir
 from layerswap.progress import is_quiet, set_quiet
 
@@ -53,8 +65,8 @@ def finetune(config: FinetuneConfig | dict[str, Any] | None = None, *, callbacks
     elif kwargs:
         config = validate_config(FinetuneConfig, {**config.model_dump(), **kwargs}, source="finetune()")
     previous_quiet = is_quiet()
-    if config.quiet:
-        set_quiet(True)
+    if config.quiet or not is_main_process():
+        set_quiet(True)  # under accelerate launch only the main process draws a progress bar
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated.*")
@@ -66,7 +78,10 @@ def finetune(config: FinetuneConfig | dict[str, Any] | None = None, *, callbacks
 def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
     from layerswap.io import resolve_model
 
-    # 1. Inputs, output and partitions: everything that can fail does so before anything loads.
+    # 1. Inputs, output and partitions: everything that can fail does so before anything loads
+    #    (every process checks; none writes anything yet).
+    check_launch(cfg)
+    cfg.check_reporting()
     mode = cfg.resolved_mode()
     base_path = resolve_model(cfg.base)
     base = ModelFolder(base_path)
@@ -74,6 +89,7 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
     out = prepare_output_dir(Path(cfg.out).expanduser(), cfg.overwrite, inputs=inputs)
     work = work_dir_of(cfg, out)
     check_work_dir(work, out, inputs, resume=cfg.resume)
+    check_log_dirs(cfg.report_to, inputs)
     arch = base.architecture
     present = {r.module for r in map(arch.classify, base.names()) if r.layer is not None}
     partitions = resolve_partitions(cfg, arch, present, mode)
@@ -103,14 +119,19 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
     # 3. Model, with only the partition trainable (or LoRA adapters on its layers).
     trainable = setup_model(cfg, base_path, arch, present, partitions, names)
 
-    # 4. Steps and the Trainer; only now, every check passed, is OUT.work created.
-    if resume_from is None:
-        prepare_work_dir(cfg, work)
+    # 4. Steps and the Trainer; only now, every check passed, is OUT.work created, by the main
+    #    process. Starting the process group (main_process_first) waits for every process, so all
+    #    have finished the checks of step 1 before the main one clears or creates the folder.
     plan = plan_steps(cfg, mode, names, len(train_set))
     args = training_arguments(cfg, work, plan, precision)
-    trainer, meter = build_trainer(
-        cfg, args, trainable, train_set, tokenizer.pad_token_id, plan, work / "loss_running.csv", extra_callbacks
-    )
+    main = is_main_process()
+    with args.main_process_first(local=False, desc="work folder"):
+        if resume_from is None:
+            prepare_work_dir(cfg, work)  # a no-op but for the main process
+    if main and cfg.report_to == "wandb":
+        os.environ.setdefault("WANDB_DIR", str(work))  # W&B's local files in the work folder, not the current one
+    running_log = work / "loss_running.csv" if main else Path(os.devnull)  # one writer of the running log
+    trainer, meter = build_trainer(cfg, args, trainable, train_set, tokenizer.pad_token_id, plan, running_log, extra_callbacks)
 
     # 5. Train.
     started = time.perf_counter()
@@ -118,40 +139,54 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
     if mode == "simultaneous" and cfg.method == "full":
         apply_partition(trainable.model, arch, partitions.union)  # restore the union (the last step left one group active)
     runtime = time.perf_counter() - started
-    if not trainer.is_world_process_zero():
-        return out
 
-    # 6. Output, atomically, with provenance.
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    step_times = meter.step_times[1:] or meter.step_times
-    provenance: dict[str, Any] = {
-        "kind": "finetune",
-        "method": cfg.method,
-        "mode": mode,
-        "base": str(base_path),
-        "num_layers": arch.num_layers,
-        "partition": partitions.union.to_json(),
-        "partitions": {n: partitions.by_data[n].to_json() for n in names},
-        "data": {p.name: p.summary() for p in parts},
-        "ratio": plan.ratio(),
-        "hyperparameters": cfg.model_dump(mode="json"),
-        "learning_rate": cfg.learning_rate(),
-        "steps": int(trainer.state.global_step),
-        "resumed_from_step": step_of(resume_from),
-        "examples_per_step": plan.examples_per_step,
-        "final_loss": losses[-1] if losses else None,
-        "train_seconds": round(runtime, 2),
-        "seconds_per_step_median": round(statistics.median(step_times), 4) if step_times else None,
-        "train_loss": getattr(result, "training_loss", None),
-        **trainable.counts,
-    }
-    if trainable.lora:
-        provenance["lora"] = trainable.lora
-    save_output(
-        cfg, out, trainable.model, tokenizer, base, trainable.trainable_names, provenance, trainer.state.log_history, plan.group_of_step
-    )
-    if not cfg.keep_checkpoints:
-        remove_work_dir(work)  # only if layerswap created it
+    # 6. Output, atomically, with provenance: the main process writes it, the others wait for it.
+    #    Under FSDP or DeepSpeed ZeRO-3 the weights are sharded: every process takes part in gathering them.
+    sharded = bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
+    state = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
+    if main:
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        step_times = meter.step_times[1:] or meter.step_times
+        provenance: dict[str, Any] = {
+            "kind": "finetune",
+            "method": cfg.method,
+            "mode": mode,
+            "base": str(base_path),
+            "num_layers": arch.num_layers,
+            "partition": partitions.union.to_json(),
+            "partitions": {n: partitions.by_data[n].to_json() for n in names},
+            "data": {p.name: p.summary() for p in parts},
+            "ratio": plan.ratio(),
+            "hyperparameters": cfg.model_dump(mode="json"),
+            "learning_rate": cfg.learning_rate(),
+            "steps": int(trainer.state.global_step),
+            "resumed_from_step": step_of(resume_from),
+            "examples_per_step": plan.examples_per_step,
+            "processes": plan.world,
+            "final_loss": losses[-1] if losses else None,
+            "train_seconds": round(runtime, 2),
+            "seconds_per_step_median": round(statistics.median(step_times), 4) if step_times else None,
+            "train_loss": getattr(result, "training_loss", None),
+            **trainable.counts,
+        }
+        if trainable.lora:
+            provenance["lora"] = trainable.lora
+        save_output(
+            cfg,
+            out,
+            trainable.model,
+            tokenizer,
+            base,
+            trainable.trainable_names,
+            provenance,
+            trainer.state.log_history,
+            plan.group_of_step,
+            logs=work / "runs" if cfg.report_to == "tensorboard" else None,
+            state=state,
+        )
+        if not cfg.keep_checkpoints:
+            remove_work_dir(work)  # only if layerswap created it
+    trainer.accelerator.wait_for_everyone()  # every process returns once the output is complete
     return out
 
 

@@ -3,13 +3,15 @@
 A full fine-tune is a Hugging Face folder whose frozen tensors are byte copies of the base (so they
 are bit-identical by construction) and whose trained tensors keep the base's dtype; a LoRA run is a
 PEFT adapter (optionally plus ``merged/``). Both carry ``layerswap.json`` (partition, data,
-hyper-parameters) and ``loss.csv``/``loss.png``.
+hyper-parameters) and ``loss.csv``/``loss.png`` (and ``runs/`` with ``--report-to tensorboard``).
+Under ``accelerate launch`` only the main process calls this.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +30,22 @@ def save_output(
     provenance: dict[str, Any],
     log_history: Sequence[dict[str, Any]],
     group_of_step: Callable[[int], str],
+    *,
+    logs: Path | None = None,
+    state: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write ``out`` in one rename: the model or adapter, the tokenizer, provenance and loss curve."""
+    """Write ``out`` in one rename: the model or adapter, the tokenizer, provenance and loss curve.
+
+    ``logs``: a folder of the run's TensorBoard event files (``OUT.work/runs``), kept as ``OUT/runs``.
+    ``state``: the model's full state dict where it is sharded (FSDP, ZeRO-3: gathered by every
+    process); else the model's own ``state_dict()`` is read."""
     with AtomicDir(out, overwrite=cfg.overwrite) as tmp:
         if cfg.method == "full":
-            write_full(model, base, trainable_names, tmp, provenance)
+            write_full(model, base, trainable_names, tmp, provenance, state=state)
             if cfg.tokenizer or not (tmp / "tokenizer_config.json").exists():
                 tokenizer.save_pretrained(tmp)
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": dict(state)} if state is not None else {}))
             adapter_cfg = tmp / "adapter_config.json"
             data = json.loads(adapter_cfg.read_text())
             data["base_model_name_or_path"] = str(base.path)
@@ -48,11 +57,21 @@ def save_output(
                 write_full(merged, base, touched, tmp / "merged", {**provenance, "kind": "finetune-lora-merged"})
             write_provenance(tmp, provenance)
         write_loss(log_history, group_of_step, tmp)
+        if logs is not None and logs.is_dir():
+            shutil.copytree(logs, tmp / "runs")
 
 
-def write_full(model: Any, base: ModelFolder, trainable: set[str], out: Path, provenance: dict[str, Any]) -> None:
+def write_full(
+    model: Any,
+    base: ModelFolder,
+    trainable: set[str],
+    out: Path,
+    provenance: dict[str, Any],
+    *,
+    state: Mapping[str, Any] | None = None,
+) -> None:
     """Write the fine-tuned model: trained tensors in the base's dtype, frozen ones as byte copies of the base."""
-    state = dict(model.state_dict())
+    state = dict(state if state is not None else model.state_dict())
     missing = sorted(n for n in trainable if n not in base)
     if missing:
         raise CheckpointError(

@@ -1,5 +1,8 @@
 """The training loop: a Hugging Face ``Trainer`` that updates one partition per step, and its settings.
 
+The Trainer computes the causal-LM loss with the output layer applied only at the positions that
+carry a label (:mod:`layerswap.finetune.loss`), which on a large vocabulary is most of a step.
+
 In simultaneous mode every optimizer step draws all its micro-batches from one data set
 (:class:`~layerswap.finetune.data.AlternatingBatchSampler`) and only that set's partition has
 ``requires_grad`` during its backward, so the other partition gets no gradient (``None``) and
@@ -22,6 +25,7 @@ import torch
 from layerswap.errors import ConfigError
 from layerswap.finetune.config import FinetuneConfig, ratio_schedule
 from layerswap.finetune.data import AlternatingBatchSampler, Collator
+from layerswap.finetune.loss import enabled_by_env
 from layerswap.finetune.model import TrainableModel
 from layerswap.progress import bar
 
@@ -75,13 +79,29 @@ class TokenMeter:
         return self.tokens / max(time.perf_counter() - self.start, 1e-9)
 
 
+def cpu_bf16_is_fast() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), so bf16 autocast beats fp32.
+
+    On such a CPU (here: an AMD EPYC with AVX512-BF16) a bf16 matrix product takes less than half the
+    time of a float32 one; elsewhere bf16 is emulated and slower. ``benchmarks/results/finetune_gemma.md``.
+    """
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)
+        try:
+            if check is not None and check():
+                return True
+        except (RuntimeError, AttributeError):  # a private probe that moved or cannot run here
+            continue
+    return False
+
+
 def precision_flags(choice: str) -> tuple[bool, bool]:
     """``(bf16, fp16)`` for ``--precision``; ``auto`` is bf16 on a capable GPU, else fp32."""
     cuda = torch.cuda.is_available()
     if choice == "auto":
         return (cuda and torch.cuda.is_bf16_supported()), False
     if choice == "bf16":
-        return True, False  # bf16 autocast runs on CPU too, slowly: the user asked for it
+        return True, False  # bf16 autocast on CPU: fast where cpu_bf16_is_fast(), slow (emulated) elsewhere
     if choice == "fp16":
         if not cuda:
             raise ConfigError("precision fp16 needs a CUDA GPU: use fp32 or bf16 on CPU")
@@ -102,8 +122,15 @@ def _checkpointing_args(training_args_cls: Any, enabled: bool) -> dict[str, Any]
 
 
 def training_arguments(cfg: FinetuneConfig, work: Path, plan: StepPlan, precision: tuple[bool, bool]) -> Any:
-    """The ``TrainingArguments`` of the run: schedule, checkpoints into ``work``, no reporting."""
+    """The ``TrainingArguments`` of the run: schedule, checkpoints into ``work``, ``report_to`` (logs under ``work``).
+
+    Without a GPU (or other accelerator) the Trainer is told to use the CPU: under ``accelerate launch
+    --multi_gpu``/``torchrun`` that makes the processes one gloo DDP group (accelerate forms a CPU group
+    only when asked for the CPU), and it lets ``--precision bf16`` autocast on the CPU.
+    """
     from transformers import TrainingArguments
+
+    from layerswap.finetune.workdir import has_accelerator
 
     bf16, fp16 = precision
     return TrainingArguments(
@@ -125,7 +152,8 @@ def training_arguments(cfg: FinetuneConfig, work: Path, plan: StepPlan, precisio
         bf16=bf16,
         fp16=fp16,
         **_checkpointing_args(TrainingArguments, cfg.gradient_checkpointing),
-        report_to=[],
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        use_cpu=not has_accelerator(),
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -167,6 +195,7 @@ def build_trainer(
         groups=trainable.groups if simultaneous else None,
         batch_sampler=sampler,
         meter=meter,
+        masked_head=enabled_by_env(),
         callbacks=[progress, *extra_callbacks],
     )
     if trainer.is_world_process_zero() and trainer.callback_handler.callbacks:
@@ -189,13 +218,24 @@ def _trainer_class():
             groups: list[list[torch.nn.Parameter]] | None = None,
             batch_sampler: AlternatingBatchSampler | None = None,
             meter: TokenMeter | None = None,
+            masked_head: bool = True,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
             self.groups = groups
             self.alternating_sampler = batch_sampler
             self.meter = meter
+            self.masked_head = masked_head
+            self.masked_head_active = False
             self._active: int | None = None
+
+        def train(self, *args: Any, **kwargs: Any):  # noqa: ANN201
+            """Train with the loss computed at labelled positions only (:mod:`layerswap.finetune.loss`) where it applies."""
+            from layerswap.finetune.loss import masked_head
+
+            with masked_head(self.model, self.masked_head) as active:
+                self.masked_head_active = active
+                return super().train(*args, **kwargs)
 
         def get_train_dataloader(self):  # noqa: ANN201
             if self.alternating_sampler is None:

@@ -3,6 +3,8 @@
 The work folder holds the Trainer's ``checkpoint-N`` folders, the running loss log and
 ``run_config.json`` (the settings that must not change on ``--resume``). A stale folder is never
 reused silently: ``--resume`` continues it, ``--overwrite`` starts over, anything else is refused.
+Under ``accelerate launch`` only the main process (:func:`is_main_process`) creates or clears it, and
+:func:`check_launch` refuses launches that would not run as asked.
 """
 
 from __future__ import annotations
@@ -21,7 +23,70 @@ from layerswap.io.outputs import check_location, check_not_input, input_paths, r
 #: or ``false`` for an empty folder the user made, which is emptied but kept.
 MARKER = ".layerswap-work"
 #: Config keys that may change between an interrupted run and its ``--resume``.
-RESUME_FREE = {"resume", "overwrite", "quiet", "steps", "save_steps", "save_total_limit", "keep_checkpoints", "log_steps"}
+RESUME_FREE = {
+    "resume",
+    "overwrite",
+    "quiet",
+    "steps",
+    "save_steps",
+    "save_total_limit",
+    "keep_checkpoints",
+    "log_steps",
+    "report_to",
+}
+_TRUE = ("1", "true", "yes")
+
+
+def is_main_process() -> bool:
+    """False in processes 1.. of an ``accelerate launch``/``torchrun`` group (``RANK``), else True.
+
+    Every process checks the inputs and trains; only the main one creates the work folder, writes
+    the running loss log and the output, and prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_launch(cfg: FinetuneConfig) -> None:
+    """Refuse launches that would not run as asked: ``accelerate launch --cpu --num_processes N`` on
+    one machine (which starts one process), an FSDP config without a GPU (which runs DDP), and
+    ``--merge-lora`` under FSDP/DeepSpeed (``merge_and_unload`` needs the whole model in one process).
+
+    accelerate starts several CPU processes only through ``mpirun``; without it, ``--cpu`` runs the
+    command once (with ``MASTER_ADDR`` set but no ``WORLD_SIZE``), so the run would train at 1/N of
+    the global batch that was asked for, silently. ``--multi_gpu`` starts the N processes (through
+    torchrun), and the recipe trains them on the CPU where there is no GPU (gloo). accelerate (1.16)
+    turns an FSDP config into FSDP only on GPU-like devices; on CPU processes it silently trains DDP
+    (torch's ``fully_shard`` itself runs on CPU, accelerate does not route to it)."""
+    env = os.environ
+    started_alone = env.get("ACCELERATE_USE_CPU", "").lower() in _TRUE and "MASTER_ADDR" in env
+    group = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    if started_alone and not any(k in env for k in group):
+        raise ConfigError(
+            "accelerate launch --cpu started one process, not --num_processes N (on one machine it starts more "
+            "only through mpirun): use accelerate launch --multi_gpu --num_processes N, which trains on the CPU "
+            "(gloo) where there is no GPU"
+        )
+    sharded = [k for k in ("FSDP", "DEEPSPEED") if env.get(f"ACCELERATE_USE_{k}", "").lower() in _TRUE]
+    if sharded and cfg.merge_lora:
+        raise ConfigError(
+            f"--merge-lora under {sharded[0]}: the sharded model cannot be merged in place; drop --merge-lora "
+            "(the adapter is written, and layerswap's merges take it as an expert with --base)"
+        )
+    if env.get("ACCELERATE_USE_FSDP", "").lower() in _TRUE and not has_accelerator():
+        raise ConfigError(
+            "an FSDP accelerate config on a machine without a GPU: accelerate shards only on GPUs and would run "
+            "these CPU processes as plain DDP, each holding the whole model: use a DDP config "
+            "(examples/accelerate/ddp-2.yaml) or run on GPUs"
+        )
+
+
+def has_accelerator() -> bool:
+    """A GPU (or other torch accelerator) is present; else the Trainer is told to use the CPU."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "current_accelerator"):
+        return accelerator.current_accelerator() is not None
+    return torch.cuda.is_available() or torch.backends.mps.is_available()  # torch < 2.6
 
 
 def default_work_dir(out: Path) -> Path:
@@ -80,6 +145,13 @@ def check_work_dir(work: Path, out: Path, inputs: Any, *, resume: bool = False) 
         )
 
 
+def check_log_dirs(report_to: str, inputs: Any) -> None:
+    """A logging folder the user chose by environment (``TENSORBOARD_LOGGING_DIR``, ``WANDB_DIR``) must not be an input."""
+    variable = {"tensorboard": "TENSORBOARD_LOGGING_DIR", "wandb": "WANDB_DIR"}.get(report_to)
+    if variable and os.environ.get(variable):
+        check_not_input(Path(os.environ[variable]).expanduser(), input_paths(inputs), option=f"${variable}")
+
+
 def _marker(work: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((work / MARKER).read_text(encoding="utf-8"))
@@ -127,7 +199,7 @@ def prepare_work_dir(cfg: FinetuneConfig, work: Path, *, create: bool = True) ->
         raise OutputExistsError(
             f"{work} holds checkpoints of an interrupted run: pass --resume to continue or --overwrite to start over"
         )
-    if not create or int(os.environ.get("RANK", "0")) != 0:
+    if not create or not is_main_process():
         return None  # under accelerate launch only the main process clears and prepares the folder
     marker = _marker(work) if work.is_dir() else None
     if marker is not None:

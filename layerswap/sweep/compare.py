@@ -37,9 +37,15 @@ COMPARISON_COLUMNS = [
 ]
 
 
-def leader(results: pd.DataFrame, task: str, metric: str, language: str = ALL, *, method: str | None = None) -> str | None:
-    """The candidate with the best mean over languages (``language=all``) or in one language."""
+def leader(
+    results: pd.DataFrame, task: str, metric: str, language: str = ALL, *, method: str | None = None, among: list[str] | None = None
+) -> str | None:
+    """The candidate with the best mean over languages (``language=all``) or in one language; only
+    ``among`` these candidates when given (a halving sweep's survivors: an eliminated candidate's
+    mean is over fewer examples)."""
     rows = results[(results["task"] == task) & (results["metric"] == metric)]
+    if among is not None:
+        rows = rows[rows["candidate"].isin(among)]
     if language != ALL:
         rows = rows[rows["language"] == language]
     if method is not None:
@@ -89,8 +95,13 @@ def compare_candidates(
     tasks: list[tuple[str, str]],
     *,
     alpha: float = ALPHA,
+    among: dict[str, list[str]] | None = None,
 ) -> pd.DataFrame:
-    """Each candidate against the leader, the best swap and each baseline and expert, per task and scope."""
+    """Each candidate against the leader, the best swap and each baseline and expert, per task and scope.
+
+    ``among``: per task, the candidates that may lead (a halving sweep's survivors on its screen
+    task); every pair is compared on the examples both were scored on."""
+    among = among or {}
     methods = results.groupby("candidate", sort=False)["method"].first()
     out: list[dict] = []
     for task, metric in tasks:
@@ -98,8 +109,8 @@ def compare_candidates(
         langs = sorted(results.loc[(results["task"] == task) & (results["metric"] == metric), "language"].unique())
         for scope in [ALL] + (langs if len(langs) > 1 else []):
             scoped = task_scores if scope == ALL else {c: s[s["lang"] == scope] for c, s in task_scores.items()}
-            lead = leader(results, task, metric, scope)
-            swap = leader(results, task, metric, scope, method=SWAP_METHOD)
+            lead = leader(results, task, metric, scope, among=among.get(task))
+            swap = leader(results, task, metric, scope, method=SWAP_METHOD, among=among.get(task))
             refs = [(lead, "leader")] + ([(swap, "best swap")] if swap not in (None, lead) else [])
             if scope == ALL:  # per language: the leader and the best swap only (the heatmap's marks)
                 refs += [(str(c), _role(str(c))) for c, m in methods.items() if m != SWAP_METHOD and c != lead]

@@ -27,8 +27,29 @@ class GridSpec(StrictModel):
     transition: list[int] = Field(default_factory=lambda: [0])
 
 
+#: How the candidates are searched: every candidate on every example, or successive halving.
+SEARCH_MODES = ("exhaustive", "halving")
+
+
+class HalvingSpec(StrictModel):
+    """Successive halving over the screen task's examples (:mod:`layerswap.sweep.halving`).
+
+    Every surviving candidate is evaluated on the next ``block`` examples (per language, in the
+    data's fixed order), then each survivor whose paired upper confidence bound against the round's
+    leader lies below zero is dropped. ``max_examples`` caps a candidate's examples per language
+    (default: ``limit``); ``budget`` caps the screen's example-evaluations in all (candidates x
+    examples x languages); ``alpha`` is the family-wise error of eliminating the best candidate,
+    split evenly over the rounds and Holm-corrected within each round.
+    """
+
+    block: int = Field(24, ge=1)
+    max_examples: int | None = Field(None, ge=1)
+    budget: int | None = Field(None, ge=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
 class CandidatesSpec(StrictModel):
-    """Where candidates come from: an analysis ``boundaries.yaml``, a grid, and baselines."""
+    """Where candidates come from: an analysis ``boundaries.yaml``, a grid, and baselines; how they are searched."""
 
     boundaries: str | None = None
     top_n: int = Field(8, ge=1)
@@ -37,6 +58,9 @@ class CandidatesSpec(StrictModel):
     ties_density: float = Field(0.2, gt=0, le=1)
     dare_density: float = Field(0.5, gt=0, le=1)
     seed: int = 0
+    #: ``exhaustive``: every candidate on every task and example; ``halving``: successive halving on the screen task.
+    search: str = "exhaustive"
+    halving: HalvingSpec = Field(default_factory=HalvingSpec)
 
 
 class SweepConfig(StrictModel):
@@ -66,6 +90,24 @@ class SweepConfig(StrictModel):
     #: ``model`` holds them in the model's dtype (bf16 halves the memory for 7-8B experts).
     cache_dtype: Literal["float32", "model"] = "float32"
     save_best: bool = False
+    #: The cheap task halving runs on (default: ``select``, else the first task).
+    screen: str | None = None
+    #: The task that decides: evaluated on the finalists, the experts and the best baseline after halving.
+    target: str | None = None
+    #: How many of the last survivors of halving are evaluated on the target (and the other tasks).
+    finalists: int = 3
+
+    def screen_task(self) -> str:
+        """The task halving runs on: ``screen``, else ``select``, else the first task."""
+        return self.screen or self.select or self.tasks[0]
+
+    def decision_task(self) -> str:
+        """The task the leader is selected on: ``select``, else the target, else the screen."""
+        return self.select or self.target or self.screen_task()
+
+    def screen_examples(self) -> int | None:
+        """Examples per language halving may spend on one candidate: ``max_examples``, else ``limit``."""
+        return self.candidates.halving.max_examples or self.limit
 
 
 class Candidate(StrictModel):
@@ -86,9 +128,11 @@ class Candidate(StrictModel):
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
-    """A sweep YAML (with CLI overrides), checked against the registries."""
+def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None, *, search: str | None = None) -> SweepConfig:
+    """A sweep YAML (with CLI overrides; ``search`` replaces ``candidates.search``), checked against the registries."""
     config = load_config(SweepConfig, path, overrides)
+    if search is not None:
+        config = config.model_copy(update={"candidates": config.candidates.model_copy(update={"search": search})})
     check_config(config)
     return config
 
@@ -114,3 +158,34 @@ def check_config(config: SweepConfig) -> None:
     parse_languages(config.languages)
     if config.select is not None and config.select not in config.tasks:
         raise ConfigError(f"select {config.select!r} is not among the tasks ({', '.join(config.tasks)}): pick one of them")
+    check_search(config)
+
+
+def check_search(config: SweepConfig) -> None:
+    """The search mode, the screen and target tasks, the finalists and the halving budgets."""
+    spec = config.candidates
+    if spec.search not in SEARCH_MODES:
+        raise ConfigError(f"unknown search mode {spec.search!r}: valid modes are {', '.join(SEARCH_MODES)}")
+    for key in ("screen", "target"):
+        task = getattr(config, key)
+        if task is not None and task not in config.tasks:
+            raise ConfigError(f"{key} task {task!r} is not among the sweep's tasks ({', '.join(config.tasks)}): add it to tasks or pick one of them")
+    if isinstance(config.finalists, bool) or config.finalists < 1:
+        raise ConfigError(f"finalists {config.finalists!r} must be at least 1: the target needs a candidate to evaluate")
+    if spec.search != "halving":
+        return
+    halving = spec.halving
+    most = config.screen_examples()
+    if most is None:
+        raise ConfigError("halving needs a bound on the examples: set limit or candidates.halving.max_examples")
+    if most < halving.block:
+        raise ConfigError(
+            f"candidates.halving.max_examples {most} (else limit) is smaller than one block ({halving.block} examples): "
+            "lower candidates.halving.block or raise the limit"
+        )
+    one_block = halving.block * len(config.languages)
+    if halving.budget is not None and halving.budget < one_block:
+        raise ConfigError(
+            f"candidates.halving.budget {halving.budget} is smaller than one block ({halving.block} examples x "
+            f"{len(config.languages)} language(s) = {one_block}): raise the budget or lower the block"
+        )

@@ -1,8 +1,10 @@
 """The demo: the whole pipeline on the embedded default model and real data, end to end.
 
-prepare Gemma 3 270M -> fine-tune a math expert (GSM8K train) and a Swahili expert (NTREX) ->
-analyse their deltas and the base's importance on the same data -> sweep the recommended swaps
-and the baselines with the fast metrics (MGSM-sw proxy, FLORES-sw bits per byte) -> report.
+prepare Gemma 3 270M -> fine-tune a math expert (GSM8K train, written as MGSM's English CoT
+answers) and a Swahili expert (NTREX) -> check that each expert learned its own skill, against the
+base, with paired intervals (:func:`check_experts`) -> analyse their deltas and the base's
+importance on the same data -> sweep the recommended swaps and the baselines with the fast metrics
+(MGSM-sw proxy, FLORES-sw bits per byte) -> report, opening with the experts' checks.
 
 The budgets are small so that it runs on a laptop CPU; the same function with a larger base and
 budgets (``--base``, ``--steps``, ``--limit``) is the real experiment on a GPU. Every stage writes
@@ -11,6 +13,7 @@ into its own folder and is skipped when that folder is complete, so a rerun resu
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -22,20 +25,47 @@ from layerswap.config import StrictModel, dump_config, validate_config
 from layerswap.io import resolve_data_dir, write_text_atomic
 from layerswap.sweep.config import SweepConfig
 
+#: The experts' budgets (chosen in docs/finetune.md "The demo's experts": both measurably learn
+#: within the demo's time on 2 CPU cores).
+STEPS = 12
+SEQ_LEN = 128
+MATH_SEQ_LEN = 256
+LR = 5e-5
+CHECK_EXAMPLES = 24
+#: GSM8K test questions 0-249 are MGSM's; the math check scores the ones after them.
+MGSM_QUESTIONS = 250
+
 
 class DemoConfig(StrictModel):
     """Budgets of the demo; ``quick`` shrinks them to a CI smoke run of a few minutes."""
 
     base: str = Field("gemma3-270m", description="Base model folder or embedded name.")
     data_dir: str | None = Field(
-        None, description="Data folder laid out like ../shared/data (else $LAYERSWAP_DATA_DIR, ./shared/data, ../shared/data, or the Hub)."
+        None,
+        description="Data folder laid out like ../shared/data (else $LAYERSWAP_DATA_DIR, ./shared/data, ../shared/data, or the Hub).",
     )
     language: str = Field("sw", description="Target language code.")
     method: Literal["full", "lora"] = Field("full", description="full or lora fine-tuning of the experts.")
-    steps: int = Field(12, ge=1, description="Training steps per expert.")
+    steps: int = Field(STEPS, ge=1, description=f"Training steps per expert (default {STEPS}).")
     batch_size: int = Field(4, ge=1, description="Training batch size of the experts.")
-    seq_len: int = Field(128, ge=16, description="Training sequence length of the experts (tokens).")
-    lr: float | None = Field(None, description="Learning rate of the experts (default: the fine-tuning default for the method).")
+    seq_len: int = Field(
+        SEQ_LEN, ge=16, description=f"Training sequence length of the language expert's text blocks (default {SEQ_LEN})."
+    )
+    math_seq_len: int = Field(
+        MATH_SEQ_LEN,
+        ge=16,
+        description=f"Training sequence length of the math expert (default {MATH_SEQ_LEN}: 93% of GSM8K's worked solutions fit whole).",
+    )
+    lr: float | None = Field(LR, description=f"Learning rate of the experts (default {LR}).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Training precision of the experts; auto: bf16 autocast where the CPU multiplies bf16 natively (or a bf16 GPU), else fp32.",
+    )
+    check_examples: int = Field(
+        CHECK_EXAMPLES,
+        ge=2,
+        description=f"Examples of each expert's check against the base (GSM8K test beyond MGSM's 250; FLORES) (default {CHECK_EXAMPLES}).",
+    )
     importance_examples: int = Field(16, ge=1, description="Examples per task for the base's diagonal Fisher.")
     limit: int = Field(12, ge=1, description="Examples per evaluation task in the sweep.")
     top_n: int = Field(4, ge=1, description="Recommended swap candidates to evaluate.")
@@ -51,6 +81,8 @@ class DemoConfig(StrictModel):
             "steps": 2,
             "batch_size": 2,
             "seq_len": 64,
+            "math_seq_len": 96,
+            "check_examples": 4,
             "importance_examples": 2,
             "limit": 3,
             "top_n": 2,
@@ -102,19 +134,190 @@ def train_experts(
         batch_size=config.batch_size,
         seq_len=config.seq_len,
         lr=config.lr,
+        precision=training_precision(config.precision),
         data_dir=str(data_dir) if data_dir is not None else None,
         overwrite=True,
         quiet=False,
         save_steps=max(config.steps, 1),
+        # A short warm-up: Adam's first full-size step on all 18 layers at once spikes the loss (seen at 1e-4).
+        warmup_steps=max(config.steps // 6, 0),
         # Embeddings, final norm and LM head stay frozen (the paper's experts leave them to the
         # swap's non-layer policy; with a 262k vocabulary they are also most of the step time).
         train_global=["none"],
     )
     timings: dict[str, float] = {}
     for role in ("math", "lang"):
-        cfg = FinetuneConfig(data=[data[role]], out=str(experts[role]), **common)
-        timings[f"finetune_{role}"] = _stage(f"fine-tune {role} expert ({data[role]})", experts[role], log, lambda cfg=cfg: finetune(cfg))
+        seq_len = config.math_seq_len if role == "math" else config.seq_len
+        cfg = FinetuneConfig(data=[data[role]], out=str(experts[role]), **{**common, "seq_len": seq_len})
+        timings[f"finetune_{role}"] = _stage(
+            f"fine-tune {role} expert ({data[role]})", experts[role], log, lambda cfg=cfg: finetune(cfg)
+        )
     return experts, timings
+
+
+def training_precision(choice: str) -> str:
+    """``auto`` -> ``bf16`` on a CPU that multiplies bf16 natively (twice as fast as fp32 there), else
+    fine-tuning's own ``auto`` (bf16 on a capable GPU, fp32 on other CPUs)."""
+    import torch
+
+    from layerswap.finetune.trainer import cpu_bf16_is_fast
+
+    if choice == "auto" and not torch.cuda.is_available() and cpu_bf16_is_fast():
+        return "bf16"
+    return choice
+
+
+# --------------------------------------------------------------------------------------------
+# Did each expert learn its skill? Checked against the base before anything is merged.
+# --------------------------------------------------------------------------------------------
+
+
+def math_check_pairs(n: int, data_dir: str | Path | None) -> list[tuple[str, str, str]]:
+    """``(id, prompt, continuation)`` of GSM8K test questions 250..250+n-1 (MGSM uses 0-249), in the
+    format the math expert trains on: ``Question: ...\nStep-by-Step Answer:`` and the English worked
+    solution ending ``The answer is N.``."""
+    from layerswap.errors import DataError
+    from layerswap.evaluate.tasks.gsm8k import load_rows
+    from layerswap.evaluate.tasks.proxy_cot import en_cot_solution
+    from layerswap.io.records import MATH_PROMPT
+
+    rows = load_rows("test", data_dir)[MGSM_QUESTIONS : MGSM_QUESTIONS + n]
+    if len(rows) < 2:
+        raise DataError(f"GSM8K test has no questions beyond MGSM's first {MGSM_QUESTIONS}: the math check needs some")
+    return [
+        (f"gsm8k-test-{MGSM_QUESTIONS + i}", MATH_PROMPT.format(question=q.strip()), " " + en_cot_solution(a))
+        for i, (q, a) in enumerate(rows)
+    ]
+
+
+def _scores(model: str | Path, tasks: list[str], n: int, language: str, data_dir: str | Path | None) -> Any:
+    """Per-example scores of one model: ``math`` (log-likelihood per token of the gold worked solution)
+    and/or ``flores`` (bits and bytes of each FLORES devtest sentence), as a frame."""
+    import pandas as pd
+
+    from layerswap.evaluate.loglik import loglikelihood
+    from layerswap.evaluate.result import as_lm
+    from layerswap.evaluate.tasks.flores import evaluate_flores
+
+    lm = as_lm(str(model))
+    frames = []
+    if "math" in tasks:
+        pairs = math_check_pairs(n, data_dir)
+        scored = loglikelihood(lm, [(p, c) for _, p, c in pairs], batch_size=4, desc="math check")
+        frames.append(
+            pd.DataFrame(
+                {
+                    "task": "math",
+                    "id": [i for i, _, _ in pairs],
+                    "score": [s.logprob / s.n_tokens for s in scored],
+                    "num": [s.logprob for s in scored],
+                    "den": [float(s.n_tokens) for s in scored],
+                }
+            )
+        )
+    if "flores" in tasks:
+        records = evaluate_flores(lm, [language], limit=n, data_dir=data_dir).records
+        frames.append(
+            pd.DataFrame(
+                {
+                    "task": "flores",
+                    "id": [r["id"] for r in records],
+                    "score": [r["bits"] / r["bytes"] for r in records],
+                    "num": [r["bits"] for r in records],
+                    "den": [float(r["bytes"]) for r in records],
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def check_experts(
+    config: DemoConfig, base: str | Path, experts: dict[str, Path], out: str | Path, *, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Each expert against the base on its own skill, paired on the same examples; writes ``out`` and returns the checks.
+
+    - math: mean over GSM8K test questions 250.. (never MGSM's) of the per-token log-likelihood of
+      the gold worked solution (nats per token; higher is better), expert minus base;
+    - language: FLORES-<lang> devtest bits per byte (lower is better), expert minus base, the ratio
+      resampled with each sentence's bits and bytes together.
+
+    Each with a 95% paired-bootstrap interval and a paired permutation p-value (:mod:`layerswap.stats`).
+    An expert *learned* when the interval excludes zero on the right side.
+    """
+    import pandas as pd
+
+    from layerswap.io import write_provenance
+    from layerswap.stats import paired_difference, paired_ratio_difference
+
+    out = Path(out)
+    data_dir = resolve_data_dir(config.data_dir)
+    n = config.check_examples
+    wanted = {"base": ["math", "flores"], "math": ["math"], "lang": ["flores"]}
+    paths = {"base": Path(base), **experts}
+    frames = []
+    for role, tasks in wanted.items():
+        log(f"  scoring {role} on {' and '.join(tasks)} ({n} examples)")
+        frames.append(_scores(paths[role], tasks, n, config.language, data_dir).assign(model=role))
+    scores = pd.concat(frames, ignore_index=True)
+
+    def side(role: str, task: str) -> Any:
+        return scores[(scores["model"] == role) & (scores["task"] == task)].set_index("id").sort_index()
+
+    m_exp, m_base = side("math", "math"), side("base", "math")
+    math = paired_difference(m_exp["score"].to_numpy(), m_base.loc[m_exp.index, "score"].to_numpy())
+    l_exp, l_base = side("lang", "flores"), side("base", "flores").loc[side("lang", "flores").index]
+    lang = paired_ratio_difference(
+        l_exp["num"].to_numpy(), l_exp["den"].to_numpy(), l_base["num"].to_numpy(), l_base["den"].to_numpy()
+    )
+    checks = {
+        "math": {
+            **math.as_dict(),
+            "metric": "gold worked solution log-likelihood per token (nats)",
+            "higher_is_better": True,
+            "data": f"GSM8K test questions {MGSM_QUESTIONS}-{MGSM_QUESTIONS + len(m_exp) - 1} (after MGSM's {MGSM_QUESTIONS})",
+            "base": float(m_base["score"].mean()),
+            "expert": float(m_exp["score"].mean()),
+            "learned": bool(math.low > 0),
+        },
+        "lang": {
+            **lang.as_dict(),
+            "metric": "bits per byte",
+            "higher_is_better": False,
+            "data": f"FLORES-{config.language} devtest, first {len(l_exp)} sentences",
+            "base": float(l_base["num"].sum() / l_base["den"].sum()),
+            "expert": float(l_exp["num"].sum() / l_exp["den"].sum()),
+            "learned": bool(lang.high < 0),
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    scores.to_csv(out / "scores.csv", index=False)
+    write_text_atomic(out / "checks.json", json.dumps(checks, indent=2) + "\n")
+    write_text_atomic(out / "checks.md", "\n".join(check_lines(checks)) + "\n")
+    write_provenance(out, {"kind": "demo-checks", "examples": n, "checks": checks})
+    for line in check_lines(checks):
+        log(line)
+    return checks
+
+
+def check_lines(checks: dict[str, Any]) -> list[str]:
+    """The report's two opening lines: how much each expert gained on its own skill, or that it did not learn."""
+    m, g = checks["math"], checks["lang"]
+    math_said = (
+        f"math expert: {m['diff']:+.3f} nats per token [95% CI {m['low']:+.3f}, {m['high']:+.3f}] over the base on the "
+        f"log-likelihood of the gold worked solution ({m['data']}; n = {m['n']}, paired, permutation p = {m['p_value']:.2g}; "
+        f"base {m['base']:.3f}, expert {m['expert']:.3f})"
+    )
+    lang_said = (
+        f"language expert: {g['diff']:+.3f} [95% CI {g['low']:+.3f}, {g['high']:+.3f}] bits per byte against the base "
+        f"({g['data']}; n = {g['n']}, paired, permutation p = {g['p_value']:.2g}; base {g['base']:.3f}, expert {g['expert']:.3f}; lower is better)"
+    )
+    if not m["learned"]:
+        math_said = "**the math expert did not measurably learn**: " + math_said + " (the interval includes 0 or lies below it)"
+    if not g["learned"]:
+        lang_said = (
+            "**the language expert did not measurably learn**: " + lang_said + " (the interval includes 0 or lies above it)"
+        )
+    return [math_said + ";", lang_said + "."]
 
 
 #: The file a demo folder holds from its start (a rerun resumes only in such a folder).
@@ -171,6 +374,11 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
     lang = config.language
     experts, expert_timings = train_experts(config, out, base=base, log=log)
     timings.update(expert_timings)
+    checks_dir = out / "checks"
+    timings["check_experts"] = _stage(
+        "check each expert against the base", checks_dir, log, lambda: check_experts(config, base, experts, checks_dir, log=log)
+    )
+    checks = json.loads((checks_dir / "checks.json").read_text())
 
     analysis_dir = out / "analysis"
     timings["analyze"] = _stage(
@@ -194,22 +402,35 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
             overwrite=True,
         ),
     )
+    # Successive halving on the proxy (up to 2 x limit examples, in blocks of limit / 2); the two last
+    # survivors, the experts and the best baseline then get MGSM exact match (the target: generation,
+    # the slow part on a CPU, so only these few) and FLORES (the language check) on `limit` examples.
     sweep_cfg = SweepConfig(
         base=base,
         math=str(experts["math"]),
         lang=str(experts["lang"]),
         languages=[lang],
-        tasks=["proxy", "flores"],
+        tasks=["proxy", "flores", "mgsm"],
         select="proxy",
+        screen="proxy",
+        target="mgsm",
+        finalists=2,
         limit=config.limit,
         shots=2,
+        max_new_tokens=96,
         data_dir=data_arg,
-        candidates={"boundaries": str(analysis_dir / "boundaries.yaml"), "top_n": config.top_n, "baselines": config.baselines},
+        candidates={
+            "boundaries": str(analysis_dir / "boundaries.yaml"),
+            "top_n": config.top_n,
+            "baselines": config.baselines,
+            "search": "halving",
+            "halving": {"block": max(1, config.limit // 2), "max_examples": 2 * config.limit},
+        },
     )
     t0 = time.perf_counter()
     sweep = run_sweep(sweep_cfg, out / "sweep", log=log)
     timings["sweep"] = time.perf_counter() - t0
-    report = _demo_report(config, out, timings, sweep)
+    report = _demo_report(config, out, timings, sweep, checks)
     write_text_atomic(out / "report.md", report)
     write_provenance(out, {"kind": "demo", "config": config.model_dump(mode="json"), "timings_s": timings})
     if config.figures:
@@ -257,28 +478,48 @@ def _interval(sweep: dict[str, Any], sel: Any) -> str:
 def _language_check(sweep: dict[str, Any], sel: Any, language: str) -> list[str]:
     """Did the proxy's leader keep the language? Its FLORES bits per byte against each baseline, paired."""
     comps = sweep["comparisons"]
-    rows = comps[(comps["task"] == "flores") & (comps["language"] == "all") & (comps["candidate"] == sel.winner) & comps["role"].isin(["expert", "baseline"])]
+    rows = comps[
+        (comps["task"] == "flores")
+        & (comps["language"] == "all")
+        & (comps["candidate"] == sel.winner)
+        & comps["role"].isin(["expert", "baseline"])
+    ]
     if rows.empty:
         return []
-    words = {"better": "lower (better) than", "worse": "higher (worse) than", "indistinguishable": "indistinguishable from", "undetermined": "not comparable with"}
-    said = "; ".join(f"{words[r['verdict']]} `{r['reference']}` (diff {r['diff']:+.3g}, 95% CI [{r['ci_low']:.3g}, {r['ci_high']:.3g}], Holm p = {r['p_holm']:.2g})" for _, r in rows.iterrows())
+    words = {
+        "better": "lower (better) than",
+        "worse": "higher (worse) than",
+        "indistinguishable": "indistinguishable from",
+        "undetermined": "not comparable with",
+    }
+    said = "; ".join(
+        f"{words[r['verdict']]} `{r['reference']}` (diff {r['diff']:+.3g}, 95% CI [{r['ci_low']:.3g}, {r['ci_high']:.3g}], Holm p = {r['p_holm']:.2g})"
+        for _, r in rows.iterrows()
+    )
     return [f"Language check (FLORES-{language} bits per byte, paired, lower is better): `{sel.winner}` is {said}."]
 
 
-def _demo_report(config: DemoConfig, out: Path, timings: dict[str, float], sweep: dict[str, Any]) -> str:
+def _demo_report(
+    config: DemoConfig, out: Path, timings: dict[str, float], sweep: dict[str, Any], checks: dict[str, Any] | None = None
+) -> str:
     from layerswap.sweep.compare import verdict_lines
 
     sel = sweep["selection"]
     lines = [
         "# layerswap demo",
         "",
-        f"Base `{config.base}`, {config.method} fine-tuning for {config.steps} steps of {config.batch_size} x {config.seq_len} tokens per expert, "
-        f"target language `{config.language}`.",
+        *(check_lines(checks) if checks else ["The experts were not checked against the base."]),
+        "",
+        f"Base `{config.base}`, {config.method} fine-tuning for {config.steps} steps per expert, batch {config.batch_size}, "
+        f"{config.math_seq_len} tokens (math) and {config.seq_len} (language) per example "
+        f"(learning rate {config.lr if config.lr is not None else 'default'}, precision {training_precision(config.precision)}), target language `{config.language}`. "
+        "The math expert learns GSM8K train written as MGSM's English CoT answers (loss on the answer only); the language "
+        "expert learns NTREX text. [Expert checks](checks/checks.md).",
         "",
         "**What this can and cannot show.** A 270M-parameter base and minutes of CPU training are a working "
-        "demonstration of the pipeline, not a replication of the paper's gains: the experts barely learn, so "
-        "differences between candidates are small and the analysis may report no clear separation between the "
-        "experts. The same command with a 7-8B base and real budgets on a GPU (`--base`, `--steps`, `--limit`) "
+        "demonstration of the pipeline, not a replication of the paper's gains: the experts learn a little (the lines "
+        "above), so differences between merged candidates are small and the analysis may report no clear separation "
+        "between the experts. The same command with a 7-8B base and real budgets on a GPU (`--base`, `--steps`, `--limit`) "
         "is the real experiment.",
         "",
         f"Best mean on the proxy (MGSM-{config.language} gold-answer log-likelihood, {config.limit} examples): "

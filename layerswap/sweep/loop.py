@@ -22,6 +22,8 @@ from layerswap.merge.methods.identity import identity_merge
 from layerswap.progress import bar
 from layerswap.sweep.candidates import build_candidates, merge_config_for
 from layerswap.sweep.config import Candidate, SweepConfig
+from layerswap.sweep.halving import HalvingPlan, HalvingResult, Unit, UnitStore, run_halving
+from layerswap.sweep.shard import Shard
 from layerswap.sweep.store import RESULT_COLUMNS, ResultStore, rows_for, settings_key
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ def run_candidates(
     store: ResultStore,
     merge_into_model: MergeFn,
     evaluate_model: EvalFn,
+    *,
+    sharding: Shard | None = None,
 ) -> pd.DataFrame:
     """Merge and evaluate each candidate not yet stored; return all rows as a DataFrame.
 
@@ -47,12 +51,18 @@ def run_candidates(
     injected so the loop is testable on its own. The scores are stored first and each headline
     metric's standard error and interval computed from them as read back, so a resumed sweep's
     statistics are identical to an uninterrupted one's.
+
+    ``sharding``: this process's place among several (:class:`~layerswap.sweep.shard.Shard`): it runs
+    every ``world``-th candidate, waits for the others, then reads every candidate's rows from the
+    store, so each process returns the same table as one process alone would.
     """
+    sharding = sharding or Shard()
     headline = {task: spec.metric for task, spec in TASKS.items()}
     rows: list[dict[str, Any]] = []
-    progress = bar(desc="sweep", total=len(candidates), unit="candidate")
+    mine = sharding.mine(candidates)
+    progress = _bar(sharding, "sweep", len(mine), "candidate")
     try:
-        for cand in candidates:
+        for cand in mine:
             done = store.load(cand)
             if done is not None:
                 rows += done
@@ -67,15 +77,35 @@ def run_candidates(
             digest = None
             if scores is not None:
                 scores, digest = store.save_scores(cand, scores)
-            new = rows_for(cand, summary, eval_seconds=eval_seconds, merge_seconds=merge_seconds, scores=scores, headline=headline)
+            new = rows_for(
+                cand, summary, eval_seconds=eval_seconds, merge_seconds=merge_seconds, scores=scores, headline=headline
+            )
             store.save(cand, new, digest)
             rows += new
             progress.update(1)
     finally:
         progress.close()
+    if sharding.world > 1:
+        sharding.wait()  # every candidate is stored: read them all, in the candidates' order
+        rows = []
+        for cand in candidates:
+            done = store.load(cand)
+            if done is None:
+                raise RuntimeError(f"candidate {cand.name} is not stored after every process finished its share")
+            rows += done
     table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     table["n"] = pd.to_numeric(table["n"]).round().astype("Int64")
     return table
+
+
+def _bar(sharding: Shard, desc: str, total: int, unit: str) -> Any:
+    """A progress bar on the main process (labelled with its share when there are several); none elsewhere."""
+    if not sharding.is_main:
+        from tqdm import tqdm
+
+        return tqdm(total=total, disable=True)
+    label = desc if sharding.world == 1 else f"{desc} ({sharding.describe()}, its share)"
+    return bar(desc=label, total=total, unit=unit)
 
 
 def tidy_summary(summary: pd.DataFrame) -> pd.DataFrame:
@@ -116,6 +146,8 @@ class InMemorySweep:
         self.cache = TensorCache(self.experts, config.base, dtype=torch.float32, device="cpu")
         self.num_layers = self.cache.num_layers
         self.candidates = build_candidates(config, self.num_layers)
+        if config.candidates.search == "halving":
+            check_first_round(config, len(self.candidates))
         log(f"{len(self.candidates)} candidates: {', '.join(c.name for c in self.candidates)}")
         log(f"loading {config.base} once for all candidates")
         self.lm = load_model(config.base, device=config.device, dtype=config.dtype)
@@ -136,13 +168,15 @@ class InMemorySweep:
 
         return apply_merge(self.lm.model, self.cache, self.merge_config(cand)).seconds
 
-    def evaluate_model(self, cand: Candidate) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def evaluate_model(self, cand: Candidate, tasks: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``cand`` (already merged into the model) on ``tasks`` (default: the sweep's) with the sweep's settings."""
         from layerswap.evaluate import evaluate, example_scores
 
         c = self.config
+        tasks = tasks or c.tasks
         result = evaluate(
             self.lm,
-            c.tasks,
+            tasks,
             c.languages,
             fmt=c.format,
             shots=c.shots,
@@ -151,8 +185,47 @@ class InMemorySweep:
             max_new_tokens=c.max_new_tokens,
             data_dir=c.data_dir,
         )
-        scores = [example_scores(result.records, task) for task in c.tasks]  # task, lang, id, score[, num, den]
+        scores = [example_scores(result.records, task) for task in tasks]  # task, lang, id, score[, num, den]
         return tidy_summary(result.summary), pd.concat(scores, ignore_index=True)
+
+    def evaluate_block(self, cand: Candidate, unit: Unit) -> pd.DataFrame:
+        """``cand`` on the screen task's examples ``unit.start`` to ``unit.stop`` of each language.
+
+        A task whose function takes ``offset`` (the proxies) scores only those examples; any other
+        task is run on the first ``unit.stop`` examples and the block's are kept (correct, but the
+        earlier examples are scored again)."""
+        from layerswap.evaluate import evaluate, example_scores
+        from layerswap.evaluate.tasks.proxy import evaluate_proxy
+        from layerswap.evaluate.tasks.proxy_cot import evaluate_proxy_cot
+
+        c = self.config
+        task = c.screen_task()
+        blockwise = {"proxy": evaluate_proxy, "proxy_cot": evaluate_proxy_cot}
+        if task in blockwise:
+            result = blockwise[task](
+                self.lm,
+                c.languages,
+                shots=get_task(task).shots_for(c.shots),
+                limit=unit.stop,
+                offset=unit.start,
+                batch_size=c.batch_size,
+                data_dir=c.data_dir,
+            )
+            return example_scores(result.records, task)
+        result = evaluate(
+            self.lm,
+            [task],
+            c.languages,
+            fmt=c.format,
+            shots=c.shots,
+            limit=unit.stop,
+            batch_size=c.batch_size,
+            max_new_tokens=c.max_new_tokens,
+            data_dir=c.data_dir,
+        )
+        scores = example_scores(result.records, task)
+        position = scores.groupby("lang", sort=False).cumcount()
+        return scores[(position >= unit.start) & (position < unit.stop)].reset_index(drop=True)
 
     def save(self, name: str, out: Path) -> None:
         """Write candidate ``name`` to disk as a model folder in the loaded model's dtype."""
@@ -163,6 +236,136 @@ class InMemorySweep:
         merge_to_disk(self.merge_config(winner).model_copy(update={"dtype": dtype}), out, overwrite=True)
 
 
+def halving_plan(config: SweepConfig) -> HalvingPlan:
+    """The race's settings from a halving sweep's config (screen task, block, budgets, alpha)."""
+    spec = config.candidates.halving
+    task = config.screen_task()
+    most = config.screen_examples()
+    assert most is not None  # check_search refuses a halving sweep without a bound
+    return HalvingPlan(
+        task=task,
+        block=spec.block,
+        max_examples=most,
+        languages=len(config.languages),
+        budget=spec.budget,
+        alpha=spec.alpha,
+        higher_is_better=get_task(task).higher_is_better,
+    )
+
+
+def check_first_round(config: SweepConfig, n_candidates: int) -> None:
+    """A budget that cannot pay for the first round (every candidate on one block) is refused before any loading."""
+    from layerswap.errors import ConfigError
+
+    plan = halving_plan(config)
+    first = n_candidates * (plan.span(0)[1] - plan.span(0)[0]) * plan.languages
+    if plan.budget is not None and plan.budget < first:
+        raise ConfigError(
+            f"candidates.halving.budget {plan.budget} cannot pay for the first round ({n_candidates} candidates x {plan.block} examples x "
+            f"{plan.languages} language(s) = {first}): raise the budget, lower the block or evaluate fewer candidates"
+        )
+
+
+def finalists(result: HalvingResult, candidates: list[Candidate], k: int) -> list[str]:
+    """What the target sees after halving: the last ``k`` survivors (by the race's ranking), the experts
+    (``math``, ``lang``) and the best baseline (the baseline that lasted longest, then by its mean)."""
+    from layerswap.sweep.compare import EXPERTS, SWAP_METHOD
+
+    ranking = result.ranking()
+    chosen = ranking[:k]
+    by_name = {c.name: c for c in candidates}
+    chosen += [e for e in EXPERTS if e in by_name and e not in chosen]
+    baselines = [n for n in ranking if by_name[n].method != SWAP_METHOD and n not in EXPERTS]
+    if baselines and baselines[0] not in chosen:
+        chosen.append(baselines[0])
+    return [c.name for c in candidates if c.name in chosen]
+
+
+def screen_summary(scores: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The headline metric per language from per-example scores (a mean, or a ratio of sums)."""
+    spec = get_task(task)
+    rows = []
+    for lang, sub in scores.groupby("lang", sort=False):
+        if spec.ratio_fields is not None and sub["num"].notna().all():
+            value = float(sub["num"].sum() / sub["den"].sum())
+        else:
+            value = float(sub["score"].mean())
+        rows.append({"task": task, "language": str(lang), "metric": spec.metric, "value": value})
+    return pd.DataFrame(rows, columns=["task", "language", "metric", "value"])
+
+
+def run_halving_sweep(
+    config: SweepConfig,
+    candidates: list[Candidate],
+    out: Path,
+    merge_into_model: MergeFn,
+    evaluate_block: Callable[[Candidate, Unit], pd.DataFrame],
+    evaluate_tasks: Callable[[Candidate, list[str]], Any],
+    *,
+    log: Callable[[str], None] = print,
+    sharding: Shard | None = None,
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame | None], HalvingResult]:
+    """Halving on the screen task, then the finalists on the other tasks (the target first).
+
+    The race's units and rounds go to ``out/halving`` (:class:`~layerswap.sweep.halving.UnitStore`), the
+    finalists' results to ``out/finals`` (:class:`~layerswap.sweep.store.ResultStore`): a rerun resumes
+    both and ends with identical results. Returns the results table (screen rows for every candidate,
+    over the examples it was scored on; other tasks for the finalists), each candidate's per-example
+    scores, and the race. ``sharding``: the race's units and the finalists are shared out among
+    processes (:func:`~layerswap.sweep.halving.run_halving`, :func:`run_candidates`); every process
+    returns the same, and only the main one writes ``rounds.csv`` and the rounds."""
+    sharding = sharding or Shard()
+    plan = halving_plan(config)
+    unit_key = settings_key(config.model_copy(update={"tasks": [plan.task], "limit": None}))
+    race = run_halving(
+        candidates, plan, UnitStore(out / "halving", unit_key), merge_into_model, evaluate_block, log=log, sharding=sharding
+    )
+    if sharding.is_main:
+        write_text_atomic(out / "halving" / "rounds.csv", race.table().to_csv(index=False))
+    headline = {task: spec.metric for task, spec in TASKS.items()}
+    rows: list[dict[str, Any]] = []
+    scores: dict[str, pd.DataFrame | None] = {}
+    for cand in candidates:
+        own = race.scores.get(cand.name)
+        if own is None:
+            continue
+        rows += rows_for(
+            cand,
+            screen_summary(own, plan.task),
+            eval_seconds=race.seconds.get(cand.name, 0.0),
+            merge_seconds=race.merge_seconds.get(cand.name, 0.0),
+            scores=own,
+            headline=headline,
+        )
+        scores[cand.name] = own
+    rest = [t for t in ([config.target] if config.target else []) + config.tasks if t != plan.task]
+    rest = list(dict.fromkeys(rest))
+    if rest:
+        chosen = finalists(race, candidates, config.finalists)
+        log(f"finalists on {', '.join(rest)}: {', '.join(chosen)}")
+        store = ResultStore(out / "finals", settings_key(config.model_copy(update={"tasks": rest})))
+        final = run_candidates(
+            [c for c in candidates if c.name in chosen],
+            store,
+            merge_into_model,
+            lambda c: evaluate_tasks(c, rest),
+            sharding=sharding,
+        )
+        rows += final.to_dict("records")
+        for cand in candidates:
+            if cand.name in chosen:
+                more = store.load_scores(cand)
+                if more is not None:
+                    scores[cand.name] = pd.concat([s for s in (scores.get(cand.name), more) if s is not None], ignore_index=True)
+    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    table["n"] = pd.to_numeric(table["n"]).round().astype("Int64")
+    return table, scores, race
+
+
+def _silent(_: str) -> None:
+    """The log of a process other than the main one: the main process speaks for all."""
+
+
 def resolve_models(config: SweepConfig) -> SweepConfig:
     """``config`` with the base and the experts as resolved folders (short names expanded)."""
     from layerswap.io import resolve_model
@@ -171,19 +374,33 @@ def resolve_models(config: SweepConfig) -> SweepConfig:
 
 
 def write_report(
-    results: pd.DataFrame, config: SweepConfig, n_candidates: int, out: Path, scores: dict[str, pd.DataFrame | None] | None = None
+    results: pd.DataFrame,
+    config: SweepConfig,
+    n_candidates: int,
+    out: Path,
+    scores: dict[str, pd.DataFrame | None] | None = None,
+    race: HalvingResult | None = None,
 ) -> dict[str, Any]:
     """Select the leader, compare the candidates paired (``comparisons.csv``), draw the figures and
-    write ``report.md``; returns what was written. ``scores``: each candidate's per-example scores."""
+    write ``report.md``; returns what was written. ``scores``: each candidate's per-example scores;
+    ``race``: the halving rounds (a halving sweep), whose survivors alone may lead on the screen task."""
     from layerswap.sweep.compare import compare_candidates
-    from layerswap.sweep.report import report_markdown, select, write_figures
+    from layerswap.sweep.report import halving_section, report_markdown, screen_target_section, select, write_figures
 
-    task = config.select or config.tasks[0]
-    selection = select(results, task, get_task(task).metric)
+    task = config.decision_task()
+    among = {race.plan.task: race.survivors} if race is not None else {}
+    eligible = results if task not in among else results[(results["task"] != task) | results["candidate"].isin(among[task])]
+    selection = select(eligible, task, get_task(task).metric)
     headline = [(t, get_task(t).metric) for t in config.tasks]
-    comparisons = compare_candidates(results, scores or {}, headline)
+    comparisons = compare_candidates(results, scores or {}, headline, among=among)
     write_text_atomic(out / "comparisons.csv", comparisons.to_csv(index=False))
     figures = write_figures(results, out / "figures", headline, comparisons)
+    sections: list[str] = []
+    if race is not None:
+        sections += halving_section(race, n_candidates, out / "figures", root=out)
+    screen, target = (race.plan.task if race is not None else config.screen), config.target
+    if screen is not None and target is not None and screen != target:
+        sections += screen_target_section(results, scores or {}, screen, target, out / "figures", root=out)
     notes = [f"{n_candidates} candidates, each merged in memory into one loaded model (no model folder per candidate)."]
     overhead = merge_overhead(results)
     if overhead:
@@ -192,7 +409,10 @@ def write_report(
             + "; ".join(f"{method} up to {share:.1%}" for method, share in overhead.items())
             + "."
         )
-    write_text_atomic(out / "report.md", report_markdown(results, selection, figures, root=out, notes=notes, comparisons=comparisons))
+    write_text_atomic(
+        out / "report.md",
+        report_markdown(results, selection, figures, root=out, notes=notes, comparisons=comparisons, sections=sections),
+    )
     return {
         "results": results,
         "selection": selection,
@@ -214,7 +434,7 @@ def check_sweep_output(config: SweepConfig, out: str | Path, inputs: Any = ()) -
     own = [path for path in input_paths(inputs) if path != saved]
     reads = [config.base, config.math, config.lang, config.data_dir, config.candidates.boundaries, own]
     folder = check_output(out, reads, may_exist=True, resume_marker="sweep.yaml")
-    for name in ("figures", "candidates", "best-model"):
+    for name in ("figures", "candidates", "halving", "finals", "best-model"):
         if (folder / name).is_symlink():
             raise InputPathError(f"--out {folder}: {name} is a symbolic link: remove it or choose another folder")
     if config.save_best and (folder / "best-model").exists():
@@ -222,31 +442,81 @@ def check_sweep_output(config: SweepConfig, out: str | Path, inputs: Any = ()) -
     return folder
 
 
-def run_sweep(config: SweepConfig, out: str | Path, *, log: Callable[[str], None] = print, inputs: Any = ()) -> dict[str, Any]:
+def run_sweep(
+    config: SweepConfig,
+    out: str | Path,
+    *,
+    log: Callable[[str], None] = print,
+    inputs: Any = (),
+    sharding: Shard | None = None,
+) -> dict[str, Any]:
     """Merge every candidate in memory into one loaded model, evaluate it, store, plot and report.
 
     Returns a dict with the results DataFrame, the :class:`~layerswap.sweep.report.Selection` and
     the paths written. Rerunning with the same config and ``out`` resumes where it stopped. Inputs
     (models, data folder, boundaries file, and ``inputs`` such as the config file) are checked first:
     nothing is written before they are (:func:`check_sweep_output`).
+
+    Under ``accelerate launch`` (``sharding``: by default :meth:`Shard.from_environment`) every
+    process checks the inputs and loads the model once, then runs its share of the candidates (or of
+    each halving round's units) into the same store; the main process alone creates the folder and
+    writes ``sweep.yaml``, the rounds, ``results.csv``, the figures, the report and the best model.
+    The other processes return ``{"results": ..., "halving": ...}`` (the same table) and log nothing.
     """
+    sharding = sharding or Shard.from_environment()
+    if not sharding.is_main:
+        log = _silent
     given = config
     config = resolve_models(config)
+    device = getattr(sharding.state, "device", None)
+    if config.device in (None, "auto") and device is not None and device.type != "cpu":
+        config = config.model_copy(update={"device": str(device)})  # this process's own GPU (cuda:LOCAL_RANK)
     out = check_sweep_output(config, out, inputs)
+    sharding.wait()  # every process has checked the folder before the main one writes into it
     sweep = InMemorySweep(config, log=log)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "sweep.yaml", dump_config(given))
-    store = ResultStore(out, settings_key(config))
-    results = run_candidates(sweep.candidates, store, sweep.merge_into_model, sweep.evaluate_model)
+    if sharding.world > 1:
+        log(f"{sharding.world} processes share the candidates ({len(sweep.candidates)} in all)")
+    elif Shard.launched_alone():
+        log(
+            "note: accelerate launch --cpu started one process (on one machine it starts more only through mpirun): "
+            "this sweep runs alone; launch with --config_file examples/accelerate/ddp-2.yaml or --multi_gpu --num_processes N"
+        )
+    if sharding.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "sweep.yaml", dump_config(given))
+    sharding.wait()  # the folder exists before any process stores a result in it
+    race = None
+    if config.candidates.search == "halving":
+        results, scores, race = run_halving_sweep(
+            config,
+            sweep.candidates,
+            out,
+            sweep.merge_into_model,
+            sweep.evaluate_block,
+            sweep.evaluate_model,
+            log=log,
+            sharding=sharding,
+        )
+    else:
+        store = ResultStore(out, settings_key(config))
+        results = run_candidates(sweep.candidates, store, sweep.merge_into_model, sweep.evaluate_model, sharding=sharding)
+        scores = {c.name: store.load_scores(c) for c in sweep.candidates}
+    if not sharding.is_main:
+        return {"results": results, "halving": race}
     write_text_atomic(out / "results.csv", results.to_csv(index=False))
-    scores = {c.name: store.load_scores(c) for c in sweep.candidates}
-    written = write_report(results, config, len(sweep.candidates), out, scores)
+    written = write_report(results, config, len(sweep.candidates), out, scores, race)
+    written["halving"] = race
     selection = written["selection"]
     if config.save_best:
         written["best_model"] = out / "best-model"
         sweep.save(selection.winner, written["best_model"])
     comps = written["comparisons"]
-    tied = comps[(comps["role"] == "leader") & (comps["task"] == selection.task) & (comps["language"] == "all") & (comps["verdict"] != "worse")]
+    tied = comps[
+        (comps["role"] == "leader")
+        & (comps["task"] == selection.task)
+        & (comps["language"] == "all")
+        & (comps["verdict"] != "worse")
+    ]
     log(
         f"best mean {selection.winner} ({selection.task} {selection.metric} = {selection.value:.4g}); "
         f"{len(tied)} other candidate(s) statistically indistinguishable from it; report: {out / 'report.md'}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -359,8 +359,10 @@ def report_markdown(
     title: str = "layerswap sweep report",
     notes: Iterable[str] = (),
     comparisons: pd.DataFrame | None = None,
+    sections: Iterable[str] = (),
 ) -> str:
-    """The report: the leader and the paired verdict, per-language tables with intervals, the figures."""
+    """The report: the leader and the paired verdict, per-language tables with intervals, the figures;
+    ``sections``: more markdown lines after the notes (the halving rounds, screen against target)."""
     lines = [f"# {title}", ""]
     direction = "higher" if higher_is_better(selection.metric) else "lower"
     lead = per_candidate(results, selection.task, selection.metric).set_index("candidate").loc[selection.winner]
@@ -379,6 +381,7 @@ def report_markdown(
         lines.append(f"> {note}")
         lines.append("")
     lines += [f"> {STATISTICS_NOTE}", ""]
+    lines += list(sections)
     for (task, metric), group in results.groupby(["task", "metric"], sort=False):
         lines += [f"## {task}: {metric}", "", _with_interval(group).to_markdown(), ""]
         paired = _paired_table(comps, str(task), str(metric))
@@ -400,3 +403,139 @@ def report_markdown(
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _rel(path: Path, root: Path) -> Path:
+    return path.relative_to(root) if path.is_relative_to(root) else path
+
+
+def halving_figure(race: Any) -> plt.Figure:
+    """One panel per round: each candidate that entered it, minus the round's leader (oriented so that
+    negative is worse), with its paired interval from the two-sided bound at the level it was tested
+    at; red: dropped in that round, grey: survives, green: the leader."""
+    rounds = race.rounds
+    names = list(dict.fromkeys(row["candidate"] for dec in rounds for row in dec.rows))
+    cols = min(4, max(1, len(rounds)))
+    nrows = math.ceil(len(rounds) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols + 1.2, 0.22 * len(names) * nrows + 1.6 * nrows), squeeze=False, sharey=True)
+    y = {name: i for i, name in enumerate(names)}
+    for ax, dec in zip(axes.ravel(), rounds, strict=False):
+        for row in dec.rows:
+            colour = {"leader": "tab:green", "eliminated": "tab:red"}.get(row["status"], "tab:gray")
+            diff, bound = row["diff"], row["bound"]
+            half = (bound - diff) if bound == bound and diff == diff else 0.0
+            ax.errorbar(diff, y[row["candidate"]], xerr=[[half], [half]], fmt="o", color=colour, capsize=3, ms=4)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(f"round {dec.round}: {len(dec.entered)} on {dec.examples} ex.", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("minus leader (neg. = worse)", fontsize=8)
+    for ax in axes.ravel()[len(rounds):]:
+        ax.set_visible(False)
+    axes[0, 0].set_yticks(range(len(names)), names, fontsize=7)
+    axes[0, 0].invert_yaxis()
+    fig.suptitle(f"Halving on {race.plan.task}: paired difference with the round's leader (Holm-level interval); red dropped", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def halving_section(race: Any, n_candidates: int, fig_dir: Path, *, root: Path) -> list[str]:
+    """The race in the report: one line per round, the stop reason, the evaluations spent, the figure."""
+    plan = race.plan
+    full = n_candidates * plan.max_examples * plan.languages
+    lines = [
+        f"## Successive halving on {plan.task}",
+        "",
+        f"Blocks of {plan.block} examples per language (at most {plan.max_examples}); a candidate is dropped when its paired "
+        f"one-sided upper bound against the round's leader lies below zero, at family-wise alpha = {plan.alpha} split over "
+        f"{plan.rounds} rounds (alpha = {plan.alpha_round:.3g} per round) and Holm-corrected within each round "
+        "(Student's t on the per-example differences). Every unit and round is in `halving/` (`rounds.csv`).",
+        "",
+        "| round | examples | candidates | leader | dropped |",
+        "|---|---|---|---|---|",
+    ]
+    for dec in race.rounds:
+        lines.append(f"| {dec.round} | {dec.examples} | {len(dec.entered)} | `{dec.leader}` | {', '.join(f'`{c}`' for c in dec.eliminated) or '-'} |")
+    last = race.rounds[-1] if race.rounds else None
+    stop = last.stop if last is not None and last.stop else "every round was run"
+    lines += [
+        "",
+        f"Stopped: {stop}. Survivors: {', '.join(f'`{c}`' for c in race.survivors)}. "
+        f"Example-evaluations: {race.spent} of the {full} an exhaustive sweep would spend ({race.spent / full:.0%}).",
+        "",
+    ]
+    if race.rounds:
+        path = save_figure(halving_figure(race), fig_dir / f"halving_rounds_{plan.task}")[0]
+        lines += [f"![halving rounds]({_rel(path, root)})", ""]
+    return lines
+
+
+def screen_target_correlation(results: pd.DataFrame, scores: dict[str, Any], screen: str, target: str) -> dict[str, Any]:
+    """Spearman's rho (95% bootstrap interval over candidates) between the screen and the target over
+    the candidates evaluated on both. The screen is averaged over the examples all of them share (a
+    halving sweep scored some on fewer), the target is its headline metric (mean over languages)."""
+    from layerswap.evaluate.tasks import get_task
+    from layerswap.stats import spearman_ci
+
+    smetric, tmetric = get_task(screen).metric, get_task(target).metric
+    tvals = per_candidate(results, target, tmetric).dropna(subset=["value"]).set_index("candidate")["value"]
+    names = [c for c in tvals.index if scores.get(c) is not None and (scores[c]["task"] == screen).any()]
+    svals: dict[str, float] = {}
+    if names:
+        keys = None
+        for c in names:
+            s = scores[c][scores[c]["task"] == screen]
+            ids = set(zip(s["lang"], s["id"], strict=True))
+            keys = ids if keys is None else keys & ids
+        for c in names:
+            s = scores[c][scores[c]["task"] == screen]
+            s = s[[k in (keys or set()) for k in zip(s["lang"], s["id"], strict=True)]]
+            svals[c] = float(s.groupby("lang")["score"].mean().mean()) if len(s) else math.nan
+    names = [c for c in names if svals.get(c) == svals.get(c)]
+    out: dict[str, Any] = {"screen": screen, "target": target, "candidates": names, "n": len(names), "rho": None, "low": math.nan, "high": math.nan,
+                           "screen_values": svals, "target_values": {c: float(tvals[c]) for c in names}}
+    if len(names) >= 3:
+        x = np.array([svals[c] for c in names]) * (1 if higher_is_better(smetric) else -1)
+        yv = np.array([tvals[c] for c in names]) * (1 if higher_is_better(tmetric) else -1)
+        rho, low, high = spearman_ci(x, yv)
+        out.update(rho=None if rho != rho else rho, low=low, high=high)
+    return out
+
+
+#: Below this rho (oriented so that positive means "better on the screen, better on the target"), or
+#: with an interval reaching zero, the report warns that the screen does not predict the target.
+WEAK_RHO = 0.5
+
+
+def screen_target_section(results: pd.DataFrame, scores: dict[str, Any], screen: str, target: str, fig_dir: Path, *, root: Path) -> list[str]:
+    """Does the screen predict the target? Spearman's rho with its interval, a warning when it is weak, a scatter."""
+    corr = screen_target_correlation(results, scores, screen, target)
+    lines = [f"## Screen ({screen}) against target ({target})", ""]
+    if corr["rho"] is None:
+        lines.append(
+            f"**Warning: the screen's agreement with the target is unknown**: {corr['n']} candidate(s) were evaluated on both "
+            "(or one side is constant), too few for a rank correlation; the screen's ranking is not confirmed by the target."
+        )
+    else:
+        weak = corr["rho"] < WEAK_RHO or not corr["low"] > 0
+        text = (f"Spearman's rho between {screen} and {target} over the {corr['n']} candidates evaluated on both: "
+                f"{corr['rho']:.2f} (95% bootstrap CI {_ci(corr['low'], corr['high'])}; oriented so that positive means better on both).")
+        if weak:
+            text = "**Warning: the screen is a weak predictor of the target**: " + text + (
+                " The candidates the screen dropped may be good on the target: confirm the decision on the target.")
+        lines.append(text)
+    lines.append("")
+    if corr["n"]:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        xs = [corr["screen_values"][c] for c in corr["candidates"]]
+        ys = [corr["target_values"][c] for c in corr["candidates"]]
+        ax.plot(xs, ys, "o", color="tab:blue")
+        for c, x, yv in zip(corr["candidates"], xs, ys, strict=True):
+            ax.annotate(str(c).removeprefix("swap-"), (x, yv), fontsize=7, alpha=0.8)
+        ax.set_xlabel(f"{screen} (on the examples all share)")
+        ax.set_ylabel(f"{target} (mean over languages)")
+        rho = "n/a" if corr["rho"] is None else f"{corr['rho']:.2f} {_ci(corr['low'], corr['high'])}"
+        ax.set_title(f"Screen vs target: Spearman rho = {rho}", fontsize=10)
+        fig.tight_layout()
+        path = save_figure(fig, fig_dir / f"screen_vs_target_{screen}_{target}")[0]
+        lines += [f"![screen vs target]({_rel(path, root)})", ""]
+    return lines

@@ -39,11 +39,13 @@ def evaluate_proxy(
     batch_size: int = 8,
     data_dir: str | Path | None = None,
     tokenizer: Any = None,
+    offset: int = 0,
 ) -> EvalResult:
     """The sweep's fast proxy: ``log p(gold answer sentence | native CoT prompt)``, one forward each.
 
     A proxy, not accuracy: it rewards a model that would state the right number straight after
     the cue, skipping the reasoning. Use it to rank sweep candidates, then confirm with MGSM.
+    ``offset`` skips the first examples of the ``limit`` (a halving sweep scores one block at a time).
     """
     from layerswap.evaluate.loglik import loglikelihood, summarise_logprobs
     from layerswap.evaluate.result import take
@@ -55,7 +57,7 @@ def evaluate_proxy(
 
     def one(lm: LoadedModel, lang: str) -> EvalResult:
         task = load_task(lang, "native_cot", shots=shots, data_dir=data_dir)
-        examples = take(load_examples(lang, data_dir=data_dir, limit=limit), limit)
+        examples = take(load_examples(lang, data_dir=data_dir, limit=limit), limit)[offset:]
         pairs = [proxy_pair(task, lang, ex.question, ex.gold) for ex in examples]
         scored, seconds = timed(lambda: loglikelihood(lm, pairs, batch_size=batch_size, desc=f"proxy_{lang}"))
         records = [

@@ -1,0 +1,188 @@
+"""The causal-LM loss with the output layer applied only where a label is.
+
+A causal LM's training forward multiplies every position's hidden state by the output layer and
+then throws most of the result away: prompt tokens (label -100) and padding carry no loss. With
+Gemma 3's 262,144-token vocabulary that output layer (and the float32 logits, softmax and their
+gradient, ``positions x vocabulary`` each) is the largest single cost of a step. Here the model
+body runs as usual, the hidden states of the positions whose *shifted* label is not -100 are
+gathered, and only those go through the output layer (with Gemma's final logit soft-capping when
+the config has one) into the same cross-entropy: ``sum / num_items_in_batch`` when the Trainer
+passes that count (gradient accumulation), else the mean over label tokens, exactly as
+``transformers``' ``ForCausalLMLoss``. The loss and every gradient equal the standard path's up to
+float rounding (``tests/test_finetune_speed.py``).
+
+It is installed for the length of ``Trainer.train`` by replacing the core causal LM's ``forward``
+(the instance attribute; PEFT's LoRA wrapper and accelerate's DDP/FSDP/autocast wrappers all end
+up calling it), so the Trainer's own loss scaling, gradient accumulation and distributed wrappers
+are untouched. The fast path is taken only in training mode with labels and plain inputs; anything
+else (evaluation, ``inputs_embeds``, requests for hidden states or attentions, a cache) calls the
+original ``forward``. Architectures whose forward does anything else between the output layer and
+the loss (Granite's logit scaling, Cohere's logit scale, ...) are not in :data:`SUPPORTED` and keep
+the standard path. ``LAYERSWAP_MASKED_HEAD=0`` turns it off (benchmarks compare both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+
+#: Causal-LM classes whose ``forward`` is body -> ``lm_head`` (-> final logit soft-capping) ->
+#: ``ForCausalLMLoss``, checked against their transformers source.
+SUPPORTED = frozenset(
+    {
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "Phi3ForCausalLM",
+        "GemmaForCausalLM",
+        "Gemma2ForCausalLM",
+        "Gemma3ForCausalLM",
+        "Olmo2ForCausalLM",
+    }
+)
+#: Forward keywords the fast path accepts when they are None/False/0 (PEFT passes some as None).
+_NEUTRAL = (
+    "inputs_embeds",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "cache",
+    "past_key_values",
+    "use_cache",
+    "logits_to_keep",
+)
+_MARK = "_layerswap_masked_head"
+
+
+def enabled_by_env() -> bool:
+    """``LAYERSWAP_MASKED_HEAD=0`` (or ``off``/``no``/``false``) keeps the standard loss path."""
+    return os.environ.get("LAYERSWAP_MASKED_HEAD", "1").strip().lower() not in ("0", "off", "no", "false")
+
+
+def core_causal_lm(model: Any) -> Any:
+    """The transformers causal LM inside ``model`` (itself, or the model a PEFT wrapper holds)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def why_not(model: Any) -> str | None:
+    """Why the masked-head loss cannot replace ``model``'s loss, or None when it can."""
+    lm = core_causal_lm(model)
+    name = type(lm).__name__
+    if name not in SUPPORTED:
+        return f"{name} is not among the architectures whose loss path is known ({', '.join(sorted(SUPPORTED))})"
+    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+
+    if LOSS_MAPPING.get(getattr(lm, "loss_type", None) or "ForCausalLM") is not ForCausalLMLoss:
+        return f"{name} uses the loss {getattr(lm, 'loss_type', None)!r}, not ForCausalLMLoss"
+    if "loss_function" in vars(lm):
+        return f"{name} has its own loss_function"
+    if lm.get_output_embeddings() is None or not hasattr(lm, "get_decoder"):
+        return f"{name} exposes no output layer or decoder"
+    return None
+
+
+def _softcap(lm: Any, logits: torch.Tensor) -> torch.Tensor:
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap is None:
+        return logits
+    return torch.tanh(logits / cap) * cap  # the order of operations of Gemma 2/3's forward
+
+
+def masked_head_loss(
+    lm: Any,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    **body_kwargs: Any,
+) -> torch.Tensor:
+    """``ForCausalLMLoss`` of ``lm`` on ``labels``, with the output layer only at labelled positions.
+
+    Position ``t`` predicts ``labels[t + 1]``; the rows whose target is not -100 are the only ones
+    that reach the output layer. Reduction: sum over targets divided by ``num_items_in_batch``
+    when given, else the mean over targets (NaN when there are none, as the standard path).
+    """
+    hidden = lm.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **body_kwargs
+    ).last_hidden_state
+    targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].to(hidden.device)
+    keep = targets != IGNORE_INDEX
+    logits = _softcap(lm, lm.get_output_embeddings()(hidden[keep])).float()
+    if num_items_in_batch is None:
+        return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="mean")
+    total = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+def _fast_forward(original: Any):  # noqa: ANN202
+    """A ``forward`` that takes the masked-head path when it can and calls ``original`` otherwise."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None, **kwargs):  # noqa: ANN001, ANN202
+        plain = (
+            self.training
+            and labels is not None
+            and input_ids is not None
+            and torch.is_grad_enabled()
+            and all(not kwargs.get(k) for k in _NEUTRAL)
+            and set(kwargs) <= {*_NEUTRAL, "num_items_in_batch"}
+        )
+        if not plain:
+            return original(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, labels=labels, **kwargs
+            )
+        loss = masked_head_loss(
+            self,
+            input_ids,
+            labels,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            num_items_in_batch=kwargs.get("num_items_in_batch"),
+        )
+        return CausalLMOutputWithPast(loss=loss)
+
+    setattr(forward, _MARK, True)
+    return forward
+
+
+def install(model: Any) -> bool:
+    """Give ``model``'s core causal LM the masked-head ``forward``; False (and nothing changed) when it cannot apply."""
+    lm = core_causal_lm(model)
+    if why_not(model) is not None:
+        return False
+    if getattr(getattr(lm.forward, "__func__", lm.forward), _MARK, False):
+        return True
+    lm.forward = types.MethodType(_fast_forward(lm.forward), lm)
+    return True
+
+
+def uninstall(model: Any) -> None:
+    """Restore the class's ``forward`` if ours is still the one in place (a wrapper added on top stays)."""
+    lm = core_causal_lm(model)
+    current = vars(lm).get("forward")
+    if current is not None and getattr(getattr(current, "__func__", current), _MARK, False):
+        del lm.forward
+
+
+@contextlib.contextmanager
+def masked_head(model: Any, enabled: bool = True) -> Iterator[bool]:
+    """The masked-head loss for the length of the block; yields whether it applies."""
+    active = enabled and install(model)
+    try:
+        yield active
+    finally:
+        if active:
+            uninstall(model)

@@ -1,0 +1,427 @@
+"""Successive halving (racing) over a sweep's candidates on the screen task.
+
+Every candidate is scored on the first block of examples; a candidate whose paired upper confidence
+bound against the round's leader lies below zero is dropped; the survivors are scored on the next
+block (the same fixed example order for all, so every comparison stays paired and earlier scores are
+reused); the race stops when one candidate is left, the survivors are indistinguishable on all the
+examples allowed (``max_examples``, or the data runs out), or the next round would overspend the
+budget of example-evaluations.
+
+The work is explicit: a round is a list of :class:`Unit` (candidate x block), enumerated in one place
+(:func:`round_units`), and a round ends in one place (:func:`end_round`), whose decision is a pure
+function of the scores as stored (:func:`decide`). So a killed race rerun with the same command
+reuses every stored unit and takes identical decisions; and the units of a round can be shared out
+among processes (:func:`shard`) with a barrier before :func:`end_round`, which every process may
+compute (each gets the same answer) or one writes.
+
+**The statistics of an elimination.** In round ``r`` every survivor has the same examples. For each
+survivor ``c`` other than the leader ``L`` (the best mean), the per-example differences
+``d_i = s_c,i - s_L,i`` (sign flipped for a lower-is-better metric, so ``d < 0`` means worse) give the
+mean ``d``, its standard error ``se`` and the one-sided upper bound ``d + t_{1-a}(n-1) * se``
+(Student's t). ``c`` is dropped when that bound lies below zero. Multiplicity: the race may look at
+the data once per round, so the family-wise error ``alpha`` is split evenly over the rounds
+(``alpha_r = alpha / rounds``, Bonferroni over rounds: the leader is data dependent, and a union bound
+over the looks holds regardless); within a round the ``m`` comparisons with the leader are
+Holm-corrected (step-down: the ``k``-th smallest one-sided p-value is tested at ``alpha_r / (m - k)``;
+the bound reported for each candidate is at the level it was tested at). The probability that the
+truly best candidate is ever dropped is then at most about ``alpha`` (normal approximation of the
+mean of paired differences; for a ratio metric such as bits per byte the per-example ratios are
+compared, an approximation of the ratio of sums).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from layerswap.io import write_text_atomic
+from layerswap.sweep.config import Candidate
+from layerswap.sweep.shard import Shard
+from layerswap.sweep.store import read_scores, scores_csv
+
+#: Why a race stopped.
+ONE_LEFT = "one candidate left"
+FULL_SET = "survivors indistinguishable on every example allowed"
+DATA_END = "survivors indistinguishable on every example of the data"
+BUDGET = "the budget of example-evaluations is spent"
+
+#: ``evaluate_block(candidate, unit)``: the candidate's per-example scores (``task, lang, id, score[,
+#: num, den]``) on the unit's examples (positions ``unit.start`` to ``unit.stop`` of each language, in
+#: the screen task's fixed order). Fewer rows than asked for means the data has ended.
+BlockFn = Callable[[Candidate, "Unit"], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class HalvingPlan:
+    """The race's settings: examples per block and at most per candidate (per language), the budget
+    of example-evaluations (all languages), the family-wise alpha and the metric's direction."""
+
+    task: str
+    block: int
+    max_examples: int
+    languages: int = 1
+    budget: int | None = None
+    alpha: float = 0.05
+    higher_is_better: bool = True
+
+    @property
+    def rounds(self) -> int:
+        """The most rounds the race can take (one block each)."""
+        return math.ceil(self.max_examples / self.block)
+
+    @property
+    def alpha_round(self) -> float:
+        return self.alpha / self.rounds
+
+    def span(self, round_: int) -> tuple[int, int]:
+        """Example positions (per language) of round ``round_``'s block."""
+        start = round_ * self.block
+        return start, min(start + self.block, self.max_examples)
+
+    def key(self) -> str:
+        """What the decisions depend on besides the scores (stored with each round)."""
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work: one candidate on one block of examples."""
+
+    candidate: str
+    round: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.candidate}.{self.start}-{self.stop}"
+
+
+@dataclass
+class RoundDecision:
+    """The end of a round: who was compared with whom, who was dropped, whether the race stops."""
+
+    round: int
+    examples: int  # per language, every survivor of the round
+    leader: str
+    entered: list[str]
+    survivors: list[str]
+    eliminated: list[str]
+    rows: list[dict[str, Any]]  # one per entered candidate: n, mean, diff, se, bound, level, p, status
+    spent: int  # example-evaluations of the screen so far
+    stop: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class HalvingResult:
+    """Every round, each candidate's scores (all its units), and the final ranking."""
+
+    plan: HalvingPlan
+    rounds: list[RoundDecision]
+    scores: dict[str, pd.DataFrame]
+    seconds: dict[str, float] = field(default_factory=dict)
+    merge_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def survivors(self) -> list[str]:
+        return self.rounds[-1].survivors if self.rounds else []
+
+    @property
+    def spent(self) -> int:
+        return self.rounds[-1].spent if self.rounds else 0
+
+    def ranking(self) -> list[str]:
+        """Candidates by the last round they entered (later first), then by their mean in that round."""
+        last: dict[str, tuple[int, float]] = {}
+        sign = 1.0 if self.plan.higher_is_better else -1.0
+        for dec in self.rounds:
+            for row in dec.rows:
+                mean = row["mean"] if row["mean"] == row["mean"] else -math.inf
+                last[row["candidate"]] = (dec.round, sign * mean if math.isfinite(mean) else -math.inf)
+        order = list(last)
+        return sorted(order, key=lambda c: (-last[c][0], -last[c][1], order.index(c)))
+
+    def table(self) -> pd.DataFrame:
+        """One row per round and candidate entered: the statistics of :func:`decide`."""
+        return pd.DataFrame(
+            [{"round": d.round, "examples": d.examples, "leader": d.leader, **row} for d in self.rounds for row in d.rows]
+        )
+
+
+def round_units(plan: HalvingPlan, round_: int, survivors: Sequence[str]) -> list[Unit]:
+    """The one place the work of a round is enumerated: each survivor on the round's block."""
+    start, stop = plan.span(round_)
+    return [Unit(name, round_, start, stop) for name in survivors]
+
+
+def shard(units: Sequence[Unit], rank: int = 0, world: int = 1) -> list[Unit]:
+    """The units process ``rank`` of ``world`` runs (round robin, so every process gets a similar share)."""
+    return [u for i, u in enumerate(units) if i % world == rank]
+
+
+class UnitStore:
+    """Per unit a JSON (``DIR/units/CANDIDATE.START-STOP.json``, atomic) holding its scores as CSV text;
+    per round the decision (``DIR/round-R.json``). A unit is reused only when the candidate's merge
+    and the evaluation settings are unchanged."""
+
+    def __init__(self, folder: Path, settings_key: str) -> None:
+        self.dir = folder
+        self.units = folder / "units"
+        self.units.mkdir(parents=True, exist_ok=True)
+        self.settings_key = settings_key
+
+    def _path(self, unit: Unit) -> Path:
+        return self.units / f"{unit.name}.json"
+
+    def load(self, candidate: Candidate, unit: Unit) -> tuple[pd.DataFrame, float, float] | None:
+        path = self._path(unit)
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return None
+        if record.get("fingerprint") != candidate.fingerprint() or record.get("settings") != self.settings_key:
+            return None
+        return read_scores(record["scores"]), float(record.get("seconds", 0.0)), float(record.get("merge_seconds", 0.0))
+
+    def save(self, candidate: Candidate, unit: Unit, scores: pd.DataFrame, seconds: float, merge_seconds: float) -> None:
+        record = {
+            "fingerprint": candidate.fingerprint(),
+            "settings": self.settings_key,
+            "unit": asdict(unit),
+            "seconds": round(seconds, 3),
+            "merge_seconds": round(merge_seconds, 4),
+            "scores": scores_csv(scores),
+        }
+        write_text_atomic(self._path(unit), json.dumps(record, indent=1))
+
+    def save_round(self, decision: RoundDecision, plan: HalvingPlan) -> None:
+        write_text_atomic(
+            self.dir / f"round-{decision.round}.json",
+            json.dumps({"plan": plan.key(), **decision.as_dict()}, indent=1, default=float),
+        )
+
+
+def _paired_bound(d: np.ndarray, level: float) -> tuple[float, float, float, float]:
+    """Mean, standard error, one-sided upper bound at ``1 - level`` and the one-sided p-value of ``mean(d) >= 0``."""
+    from scipy import stats
+
+    n = d.size
+    mean = float(d.mean()) if n else math.nan
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan
+    se = float(d.std(ddof=1) / math.sqrt(n))
+    if se == 0.0:
+        return mean, 0.0, mean, 0.0 if mean < 0 else (0.5 if mean == 0 else 1.0)
+    return mean, se, mean + float(stats.t.ppf(1.0 - level, n - 1)) * se, float(stats.t.cdf(mean / se, n - 1))
+
+
+def _aligned(scores: dict[str, pd.DataFrame], names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """An examples x candidates matrix of the scores every candidate in ``names`` has (by language and id)."""
+    keys = None
+    for name in names:
+        ids = set(zip(scores[name]["lang"], scores[name]["id"], strict=True))
+        keys = ids if keys is None else keys & ids
+    first = scores[names[0]]
+    order = [k for k in zip(first["lang"], first["id"], strict=True) if k in (keys or set())]
+    cols = []
+    for name in names:
+        s = scores[name].set_index(["lang", "id"])["score"]
+        cols.append(s.loc[order].to_numpy(dtype=np.float64) if order else np.zeros(0))
+    return (np.column_stack(cols) if cols else np.zeros((0, 0))), [f"{lang}:{i}" for lang, i in order]
+
+
+def decide(
+    plan: HalvingPlan, round_: int, entered: Sequence[str], scores: dict[str, pd.DataFrame], spent: int, data_ended: bool
+) -> RoundDecision:
+    """The round's verdict from the scores alone (deterministic): the leader, each candidate's paired
+    bound against it, who is dropped (Holm within the round at ``alpha / rounds``) and whether to stop."""
+    sign = 1.0 if plan.higher_is_better else -1.0
+    matrix, _ = _aligned(scores, entered)
+    finite = np.isfinite(matrix).all(axis=1) if matrix.size else np.zeros(0, dtype=bool)
+    matrix = matrix[finite] if matrix.size else matrix
+    n = int(matrix.shape[0])
+    means = sign * matrix.mean(axis=0) if n else np.full(len(entered), -np.inf)
+    lead_i = int(np.argmax(np.where(np.isnan(means), -np.inf, means)))
+    leader = entered[lead_i]
+    diffs = {
+        name: sign * (matrix[:, i] - matrix[:, lead_i]) if n else np.zeros(0) for i, name in enumerate(entered) if i != lead_i
+    }
+    pvals = {name: _paired_bound(d, plan.alpha_round)[3] for name, d in diffs.items()}
+    order = sorted(diffs, key=lambda c: (math.inf if math.isnan(pvals[c]) else pvals[c], entered.index(c)))
+    dropped: set[str] = set()
+    stats: dict[str, tuple[float, float, float, float, float]] = {}
+    holding = False  # Holm step-down: once one comparison holds, every later (larger p) one holds too
+    for k, name in enumerate(order):
+        level = plan.alpha_round / (len(order) - k)
+        mean, se, bound, p = _paired_bound(diffs[name], level)
+        stats[name] = (mean, se, bound, p, level)
+        if not holding and bound == bound and bound < 0:
+            dropped.add(name)
+        else:
+            holding = True
+    rows = []
+    for i, name in enumerate(entered):
+        mean_raw = float(matrix[:, i].mean()) if n else math.nan
+        if name == leader:
+            rows.append(
+                {
+                    "candidate": name,
+                    "n": n,
+                    "mean": mean_raw,
+                    "diff": 0.0,
+                    "se": 0.0,
+                    "bound": 0.0,
+                    "level": math.nan,
+                    "p": math.nan,
+                    "status": "leader",
+                }
+            )
+            continue
+        d, se, bound, p, level = stats[name]
+        rows.append(
+            {
+                "candidate": name,
+                "n": n,
+                "mean": mean_raw,
+                "diff": d,
+                "se": se,
+                "bound": bound,
+                "level": level,
+                "p": p,
+                "status": "eliminated" if name in dropped else "survives",
+            }
+        )
+    survivors = [c for c in entered if c not in dropped]
+    start, stop = plan.span(round_)
+    decision = RoundDecision(round_, stop, leader, list(entered), survivors, [c for c in entered if c in dropped], rows, spent)
+    next_start, next_stop = plan.span(round_ + 1)
+    if len(survivors) == 1:
+        decision.stop = ONE_LEFT
+    elif data_ended:
+        decision.stop = DATA_END
+    elif next_start >= plan.max_examples:
+        decision.stop = FULL_SET
+    elif plan.budget is not None and spent + len(survivors) * (next_stop - next_start) * plan.languages > plan.budget:
+        decision.stop = BUDGET
+    return decision
+
+
+def end_round(
+    plan: HalvingPlan,
+    store: UnitStore,
+    round_: int,
+    entered: Sequence[str],
+    candidates: dict[str, Candidate],
+    spent_before: int,
+    *,
+    write: bool = True,
+) -> tuple[RoundDecision, dict[str, pd.DataFrame]]:
+    """The one place a round ends: read every unit of the round's survivors from the store (this
+    round's and earlier ones'), decide, store the decision (``write``: the main process only, so no
+    two processes ever write one file). Every process computes the same decision."""
+    scores: dict[str, pd.DataFrame] = {}
+    spent = spent_before
+    data_ended = False
+    for name in entered:
+        parts = []
+        for r in range(round_ + 1):
+            unit = Unit(name, r, *plan.span(r))
+            loaded = store.load(candidates[name], unit)
+            if loaded is None:
+                raise RuntimeError(f"unit {unit.name} is not stored: round {round_} cannot end before all its units are done")
+            parts.append(loaded[0])
+            if r == round_:
+                spent += len(loaded[0])
+                per_lang = loaded[0].groupby("lang").size()
+                data_ended = data_ended or per_lang.empty or int(per_lang.min()) < unit.stop - unit.start
+        scores[name] = pd.concat(parts, ignore_index=True)
+    decision = decide(plan, round_, entered, scores, spent, data_ended)
+    if write:
+        store.save_round(decision, plan)
+    return decision, scores
+
+
+def run_units(
+    units: Sequence[Unit],
+    store: UnitStore,
+    candidates: dict[str, Candidate],
+    merge: Callable[[Candidate], float],
+    evaluate_block: BlockFn,
+) -> int:
+    """Run the units not stored yet (merge the candidate, score the block, store); returns how many ran."""
+    ran = 0
+    for unit in units:
+        cand = candidates[unit.candidate]
+        if store.load(cand, unit) is not None:
+            continue
+        merge_seconds = merge(cand)
+        t0 = time.perf_counter()
+        scores = evaluate_block(cand, unit)
+        store.save(cand, unit, scores, time.perf_counter() - t0, merge_seconds)
+        ran += 1
+    return ran
+
+
+def run_halving(
+    candidates: Sequence[Candidate],
+    plan: HalvingPlan,
+    store: UnitStore,
+    merge: Callable[[Candidate], float],
+    evaluate_block: BlockFn,
+    *,
+    log: Callable[[str], None] = print,
+    sharding: Shard | None = None,
+) -> HalvingResult:
+    """Race ``candidates`` on the screen task until one is left, the examples or the budget run out.
+
+    ``merge(candidate)`` puts the candidate into the evaluated model (returns seconds);
+    ``evaluate_block(candidate, unit)`` scores it on the unit's examples (:data:`BlockFn`). Both are
+    injected, so the race runs on replayed scores too (``benchmarks/bench_halving.py``).
+
+    ``sharding``: this process's place among several (:class:`~layerswap.sweep.shard.Shard`); each
+    runs its share of every round's units, all wait for each other, then each reads the whole round
+    from the store and takes the same decision (only the main process writes ``round-R.json``)."""
+    sharding = sharding or Shard()
+    by_name = {c.name: c for c in candidates}
+    entered = [c.name for c in candidates]
+    rounds: list[RoundDecision] = []
+    spent = 0
+    scores: dict[str, pd.DataFrame] = {}
+    for round_ in range(plan.rounds):
+        units = round_units(plan, round_, entered)
+        run_units(shard(units, sharding.rank, sharding.world), store, by_name, merge, evaluate_block)
+        sharding.wait()  # every unit of the round is stored before anyone ends it
+        decision, round_scores = end_round(plan, store, round_, entered, by_name, spent, write=sharding.is_main)
+        scores.update(round_scores)
+        rounds.append(decision)
+        spent = decision.spent
+        log(
+            f"halving round {round_}: {len(entered)} candidates on {decision.examples} examples per language, leader {decision.leader}; "
+            f"dropped {len(decision.eliminated)}" + (f"; stop: {decision.stop}" if decision.stop else "")
+        )
+        if decision.stop:
+            break
+        entered = decision.survivors
+    seconds: dict[str, float] = {}
+    merges: dict[str, float] = {}
+    for dec in rounds:
+        for name in dec.entered:
+            loaded = store.load(by_name[name], Unit(name, dec.round, *plan.span(dec.round)))
+            if loaded is not None:
+                seconds[name] = seconds.get(name, 0.0) + loaded[1]
+                merges[name] = max(merges.get(name, 0.0), loaded[2])
+    return HalvingResult(plan, rounds, scores, seconds, merges)

@@ -1,0 +1,374 @@
+"""Successive halving over sweep candidates, the screen against the target, and the CoT proxy.
+
+The race runs on injected merge and evaluation functions (planted per-example scores), so every
+test here is fast; one end-to-end test runs the real loop on the tiny models.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from layerswap.errors import ConfigError
+from layerswap.sweep import build_candidates, validate_sweep_dict
+from layerswap.sweep.halving import (
+    BUDGET,
+    FULL_SET,
+    ONE_LEFT,
+    HalvingPlan,
+    Unit,
+    UnitStore,
+    decide,
+    end_round,
+    round_units,
+    run_halving,
+    shard,
+)
+from layerswap.sweep.loop import check_first_round, finalists, run_halving_sweep, write_report
+
+N = 240
+
+
+def _config(**kw):
+    data = {
+        "base": "b",
+        "math": "m",
+        "lang": "l",
+        "languages": ["sw"],
+        "tasks": ["proxy", "mgsm"],
+        "limit": 96,
+        "screen": "proxy",
+        "target": "mgsm",
+        "candidates": {
+            "search": "halving",
+            "halving": {"block": 16},
+            "grid": {"bottom": [1, 2, 3, 4], "top": [1, 2], "transition": [0, 1]},
+            "baselines": ["base", "math", "lang", "linear"],
+        },
+    }
+    data.update(kw)
+    return validate_sweep_dict(data)
+
+
+def _offset(cand) -> float:
+    """Planted: swap (3, 2) best, with its transition twin equal to it; others worse by distance."""
+    if cand.method == "layer_swap":
+        return -0.4 * (abs(cand.bottom - 3) + abs(cand.top - 2))
+    return -1.5
+
+
+SHARED = np.random.default_rng(0).normal(size=N)  # example difficulty, shared by every candidate (paired)
+
+
+def _block(cand, unit):
+    own = np.random.default_rng(zlib.crc32(cand.name.encode())).normal(scale=0.4, size=N)
+    values = _offset(cand) + SHARED + own
+    ids = [f"sw-{i}" for i in range(unit.start, unit.stop)]
+    return pd.DataFrame({"task": "proxy", "lang": "sw", "id": ids, "score": values[unit.start : unit.stop]})
+
+
+def _target(cand, tasks):
+    rng = np.random.default_rng(zlib.crc32(cand.name.encode()) + 7)
+    correct = (rng.random(96) < 0.4 + 0.1 * _offset(cand)).astype(float)
+    summary = pd.DataFrame([{"task": "mgsm", "language": "sw", "metric": "exact_match", "value": correct.mean()}])
+    return summary, pd.DataFrame({"task": "mgsm", "lang": "sw", "id": [f"sw-{i}" for i in range(96)], "score": correct})
+
+
+def _cands(cfg):
+    return build_candidates(cfg, num_layers=12)
+
+
+def test_halving_keeps_the_planted_twin_and_spends_less(tmp_path):
+    cfg = _config()
+    cands = _cands(cfg)
+    results, scores, race = run_halving_sweep(cfg, cands, tmp_path, lambda c: 0.0, _block, _target, log=lambda s: None)
+    assert race.rounds[0].entered == [c.name for c in cands]
+    assert {"swap-b3-u2", "swap-b3-u2-t1"} <= set(race.survivors)
+    assert {"base", "math", "lang", "soup", "swap-b1-u1"} <= set(race.rounds[0].eliminated)
+    assert race.rounds[-1].stop in (FULL_SET, ONE_LEFT)
+    assert race.spent < len(cands) * 96 * 0.6
+    # Each candidate's screen row is over the examples it was scored on; the finalists have the target too.
+    screen = results[results["task"] == "proxy"].set_index("candidate")
+    assert screen.loc["base", "n"] == 16 and screen.loc["swap-b3-u2", "n"] == race.rounds[-1].examples
+    chosen = finalists(race, cands, cfg.finalists)
+    assert {"math", "lang"} <= set(chosen) and "swap-b3-u2" in chosen and len(chosen) == 3 + 2 + 1
+    assert set(results.loc[results["task"] == "mgsm", "candidate"]) == set(chosen)
+    rounds = pd.read_csv(tmp_path / "halving" / "rounds.csv")
+    assert set(rounds["status"]) == {"leader", "eliminated", "survives"}
+
+
+SMALL = {
+    "search": "halving",
+    "halving": {"block": 16},
+    "grid": {"bottom": [2, 3], "top": [2], "transition": [0, 1]},
+    "baselines": ["math", "lang"],
+}
+
+
+def test_the_report_shows_rounds_and_screen_against_target(tmp_path):
+    cfg = _config(candidates=SMALL, finalists=1)
+    cands = _cands(cfg)
+    results, scores, race = run_halving_sweep(cfg, cands, tmp_path, lambda c: 0.0, _block, _target, log=lambda s: None)
+    written = write_report(results, cfg, len(cands), tmp_path, scores, race)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Successive halving on proxy" in report and "## Screen (proxy) against target (mgsm)" in report
+    assert (tmp_path / "figures" / "halving_rounds_proxy.png").exists() and (
+        tmp_path / "figures" / "halving_rounds_proxy.svg"
+    ).exists()
+    assert (tmp_path / "figures" / "screen_vs_target_proxy_mgsm.svg").exists()
+    assert written["selection"].task == "mgsm" and "Example-evaluations:" in report
+
+
+def test_an_eliminated_candidate_never_leads_the_screen(tmp_path):
+    """Eliminated candidates' means are over fewer examples: only the survivors may lead on the screen."""
+    cfg = _config(target=None, tasks=["proxy"], candidates=SMALL)
+    cands = _cands(cfg)
+    results, scores, race = run_halving_sweep(cfg, cands, tmp_path, lambda c: 0.0, _block, _target, log=lambda s: None)
+    boosted = results.copy()
+    assert "math" in race.rounds[0].eliminated
+    boosted.loc[boosted["candidate"] == "math", "value"] = 99.0
+    written = write_report(boosted, cfg, len(cands), tmp_path, scores, race)
+    assert written["selection"].winner in race.survivors
+    lead = written["comparisons"][(written["comparisons"]["role"] == "leader")]
+    assert set(lead["reference"]) <= set(race.survivors)
+
+
+def test_killed_mid_round_resumes_with_identical_results(tmp_path):
+    cfg = _config()
+    cands = _cands(cfg)
+    full, full_scores, race = run_halving_sweep(cfg, cands, tmp_path / "a", lambda c: 0.0, _block, _target, log=lambda s: None)
+    assert len(race.rounds) >= 2
+    kill_at = len(cands) + 2  # the third unit of round 1
+    calls = {"n": 0}
+
+    def dying(cand, unit):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise KeyboardInterrupt
+        return _block(cand, unit)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_halving_sweep(cfg, cands, tmp_path / "b", lambda c: 0.0, dying, _target, log=lambda s: None)
+    stored = sorted(p.name for p in (tmp_path / "b" / "halving" / "units").glob("*.json"))
+    assert len(stored) == kill_at - 1
+    ran: list[str] = []
+
+    def counting(cand, unit):
+        ran.append(unit.name)
+        return _block(cand, unit)
+
+    again, again_scores, race_b = run_halving_sweep(
+        cfg, cands, tmp_path / "b", lambda c: 0.0, counting, _target, log=lambda s: None
+    )
+    assert not set(ran) & {p.removesuffix(".json") for p in stored}
+    assert len(ran) + len(stored) == sum(len(d.entered) for d in race.rounds)
+    pd.testing.assert_frame_equal(race.table(), race_b.table())
+    cols = ["candidate", "task", "language", "metric", "value", "stderr", "ci_low", "ci_high", "n"]
+    pd.testing.assert_frame_equal(full[cols], again[cols])
+    for r in range(len(race.rounds)):
+        assert (tmp_path / "a" / "halving" / f"round-{r}.json").read_text() == (
+            tmp_path / "b" / "halving" / f"round-{r}.json"
+        ).read_text()
+    # A third run does no work at all.
+    ran.clear()
+    run_halving_sweep(cfg, cands, tmp_path / "b", lambda c: 0.0, counting, _target, log=lambda s: None)
+    assert ran == []
+
+
+def test_units_are_enumerated_once_and_shard_cleanly(tmp_path):
+    plan = HalvingPlan(task="proxy", block=10, max_examples=25)
+    assert plan.rounds == 3 and plan.span(2) == (20, 25)
+    units = round_units(plan, 1, ["a", "b", "c", "d", "e"])
+    assert [u.name for u in units] == ["a.10-20", "b.10-20", "c.10-20", "d.10-20", "e.10-20"]
+    parts = [shard(units, rank, 2) for rank in range(2)]
+    assert sorted(u.name for p in parts for u in p) == sorted(u.name for u in units) and not set(parts[0]) & set(parts[1])
+    cfg = _config()
+    cands = {c.name: c for c in _cands(cfg)[:2]}
+    store = UnitStore(tmp_path, "key")
+    with pytest.raises(RuntimeError, match="cannot end before all its units are done"):
+        end_round(plan, store, 0, list(cands), cands, 0)
+
+
+def test_budget_and_direction():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=60)
+    scores = {
+        name: pd.DataFrame(
+            {
+                "task": "flores",
+                "lang": "sw",
+                "id": [str(i) for i in range(60)],
+                "score": base + shift + rng.normal(scale=0.01, size=60),
+            }
+        )
+        for name, shift in (("good", -1.0), ("bad", 0.0), ("twin", -1.0))
+    }
+    lower = HalvingPlan(task="flores", block=20, max_examples=60, budget=90, higher_is_better=False)
+    dec = decide(lower, 0, ["good", "bad", "twin"], {k: v.iloc[:20] for k, v in scores.items()}, spent=60, data_ended=False)
+    assert dec.leader in ("good", "twin") and dec.eliminated == ["bad"]
+    assert dec.stop == BUDGET  # 60 spent + 2 survivors x 20 > 90
+    row = next(r for r in dec.rows if r["candidate"] == "bad")
+    assert row["diff"] < 0 and row["bound"] < 0 and row["level"] == pytest.approx(0.05 / 3 / 2)
+    # Deterministic: the same scores give the same decision.
+    assert (
+        decide(lower, 0, ["good", "bad", "twin"], {k: v.iloc[:20] for k, v in scores.items()}, 60, False).as_dict()
+        == dec.as_dict()
+    )
+
+
+def test_run_halving_alone_on_replayed_scores(tmp_path):
+    cfg = _config()
+    cands = _cands(cfg)
+    plan = HalvingPlan(task="proxy", block=24, max_examples=N)
+    race = run_halving(cands, plan, UnitStore(tmp_path, "k"), lambda c: 0.0, _block, log=lambda s: None)
+    assert race.ranking()[0] in ("swap-b3-u2", "swap-b3-u2-t1") and race.rounds[-1].examples <= N
+    assert Unit("x", 0, 0, 24).name == "x.0-24"
+
+
+def test_bad_halving_configs():
+    with pytest.raises(ConfigError, match="unknown search mode 'greedy': valid modes are exhaustive, halving"):
+        _config(candidates={"search": "greedy"})
+    with pytest.raises(ConfigError, match="screen task 'flores' is not among the sweep's tasks"):
+        _config(screen="flores")
+    with pytest.raises(ConfigError, match="target task 'gsm8k' is not among the sweep's tasks"):
+        _config(target="gsm8k")
+    with pytest.raises(ConfigError, match="finalists 0 must be at least 1"):
+        _config(finalists=0)
+    with pytest.raises(ConfigError, match="smaller than one block"):
+        _config(candidates={"search": "halving", "halving": {"block": 200}})
+    with pytest.raises(ConfigError, match="budget 10 is smaller than one block"):
+        _config(candidates={"search": "halving", "halving": {"block": 16, "budget": 10}})
+    cfg = _config(candidates={"search": "halving", "halving": {"block": 16, "budget": 100}})
+    with pytest.raises(ConfigError, match="cannot pay for the first round"):
+        check_first_round(cfg, 14)
+    # Exhaustive sweeps take screen and target too (the report then correlates them over every candidate).
+    assert _config(candidates={"search": "exhaustive"}).candidates.search == "exhaustive"
+
+
+def test_exhaustive_report_correlates_screen_and_target(tmp_path):
+    from layerswap.sweep import ResultStore, run_candidates, settings_key
+
+    cfg = _config(candidates={"grid": {"bottom": [1, 2, 3], "top": [2], "transition": [0]}, "baselines": ["base"]})
+    cands = _cands(cfg)
+
+    def evaluate(cand):
+        s = _block(cand, Unit(cand.name, 0, 0, 48))
+        summary, target = _target(cand, ["mgsm"])
+        summary = pd.concat(
+            [summary, pd.DataFrame([{"task": "proxy", "language": "sw", "metric": "gold_logprob", "value": s["score"].mean()}])]
+        )
+        return summary, pd.concat([s, target], ignore_index=True)
+
+    store = ResultStore(tmp_path, settings_key(cfg))
+    results = run_candidates(cands, store, lambda c: 0.0, evaluate)
+    write_report(results, cfg, len(cands), tmp_path, {c.name: store.load_scores(c) for c in cands})
+    report = (tmp_path / "report.md").read_text()
+    assert "## Screen (proxy) against target (mgsm)" in report and "over the 4 candidates evaluated on both" in report
+    assert "Successive halving" not in report
+
+
+def test_weak_screen_is_flagged(tmp_path):
+    from layerswap.sweep.report import screen_target_section
+
+    names = [f"c{i}" for i in range(6)]
+    rng = np.random.default_rng(3)
+    rows, scores = [], {}
+    for i, name in enumerate(names):
+        target = float(rng.random())
+        rows.append(
+            {
+                "candidate": name,
+                "method": "layer_swap",
+                "task": "mgsm",
+                "language": "sw",
+                "metric": "exact_match",
+                "value": target,
+                "stderr": 0.1,
+                "ci_low": target - 0.2,
+                "ci_high": target + 0.2,
+                "bottom": 1,
+                "top": 1,
+                "transition": 0,
+                "analysis_score": None,
+            }
+        )
+        scores[name] = pd.DataFrame({"task": "proxy", "lang": "sw", "id": ["1", "2"], "score": [float(i), float(i)]})
+    lines = screen_target_section(pd.DataFrame(rows), scores, "proxy", "mgsm", tmp_path, root=tmp_path)
+    assert lines[2].startswith("**Warning: the screen is a weak predictor of the target**")
+    two = screen_target_section(pd.DataFrame(rows[:2]), scores, "proxy", "mgsm", tmp_path, root=tmp_path)
+    assert "**Warning: the screen's agreement with the target is unknown**" in two[2]
+
+
+def test_en_cot_proxy_format():
+    from layerswap.evaluate.mgsm import Exemplar
+    from layerswap.evaluate.tasks.proxy_cot import en_cot_prompt, en_cot_solution
+
+    answer = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18"
+    assert (
+        en_cot_solution(answer)
+        == "Janet sells 16 - 3 - 4 = 9 duck eggs a day. She makes 9 * 2 = $18 every day. The answer is 18."
+    )
+    assert en_cot_prompt("sw", "Swali?") == "Swali: Swali?\nStep-by-Step Answer:"
+    shot = Exemplar("Swali: Q1", "Jibu la Hatua kwa Hatua: Kwanza 1. Jibu ni 1.", "1")
+    assert (
+        en_cot_prompt("sw", "Q2", [shot], 1)
+        == "Swali: Q1\nStep-by-Step Answer: Kwanza 1. Jibu ni 1.\n\nSwali: Q2\nStep-by-Step Answer:"
+    )
+
+
+def test_en_cot_proxy_on_real_data(tiny_experts, data_dir):
+    """MGSM's questions are GSM8K test's first 250, in order; the proxy scores blocks with an offset."""
+    from layerswap.evaluate import evaluate, example_scores
+    from layerswap.evaluate.tasks.gsm8k import load_rows
+    from layerswap.evaluate.tasks.proxy_cot import evaluate_proxy_cot
+
+    gsm = load_rows("test", data_dir)[:250]
+    en = [line.split("\t") for line in (Path(data_dir) / "mgsm" / "mgsm_en.tsv").read_text(encoding="utf-8").splitlines()]
+    assert [q.strip() for q, _ in gsm] == [row[0].strip() for row in en]
+    result = evaluate(str(tiny_experts["base"]), ["proxy_cot"], ["sw"], limit=3, data_dir=str(data_dir))
+    row = result.summary.iloc[0]
+    assert row["task"] == "proxy_cot" and row["n"] == 3 and row["solution_logprob"] < 0 and row["stderr"] > 0
+    whole = example_scores(result.records, "proxy_cot")
+    part = example_scores(
+        evaluate_proxy_cot(str(tiny_experts["base"]), ["sw"], limit=3, offset=1, data_dir=str(data_dir)), "proxy_cot"
+    )
+    assert list(part["id"]) == ["sw-1", "sw-2"]
+    np.testing.assert_allclose(part["score"].to_numpy(), whole["score"].to_numpy()[1:], rtol=1e-4)
+
+
+def test_halving_sweep_end_to_end_on_tiny_models(tmp_path, tiny_experts, data_dir):
+    """The real loop: halving on the proxy (blocks of 2), the finalists on FLORES; a rerun resumes identically."""
+    from conftest import tiny_sweep_config
+
+    from layerswap.sweep import run_sweep
+
+    cfg = validate_sweep_dict(
+        tiny_sweep_config(
+            tiny_experts,
+            data_dir,
+            limit=4,
+            screen="proxy",
+            target="flores",
+            finalists=1,
+            candidates={
+                "search": "halving",
+                "halving": {"block": 2},
+                "grid": {"bottom": [1], "top": [1], "transition": [0]},
+                "baselines": ["base", "math"],
+            },
+        )
+    )
+    out = tmp_path / "sweep"
+    first = run_sweep(cfg, out, log=lambda s: None)
+    race = first["halving"]
+    assert race.rounds and (out / "halving" / "round-0.json").exists() and (out / "report.md").exists()
+    flores = first["results"][first["results"]["task"] == "flores"]
+    assert set(flores["candidate"]) == set(finalists(race, build_candidates(cfg, 6), 1))
+    again = run_sweep(cfg, out, log=lambda s: None)
+    pd.testing.assert_frame_equal(race.table(), again["halving"].table())
+    cols = ["candidate", "task", "language", "metric", "value", "stderr", "ci_low", "ci_high", "n"]
+    pd.testing.assert_frame_equal(first["results"][cols], again["results"][cols])
