@@ -155,6 +155,11 @@ def _fmt(row: pd.Series, *, flip: bool = False) -> str:
     return f"diff {sign * row['diff']:+.3g}, 95% CI [{lo:.3g}, {hi:.3g}], Holm p = {row['p_holm']:.2g}"
 
 
+def _fewer(row: pd.Series, n: int) -> str:
+    """``, on only 6 examples`` where a candidate shares fewer examples with the leader than the most."""
+    return f", on only {int(row['n'])} examples" if pd.notna(row["n"]) and int(row["n"]) < n else ""
+
+
 def verdict_lines(comparisons: pd.DataFrame, task: str, metric: str, *, alpha: float = ALPHA) -> list[str]:
     """The verdict in words: which candidates the leader cannot be separated from, and whether it
     beats each expert and baseline (pooled over languages)."""
@@ -168,18 +173,21 @@ def verdict_lines(comparisons: pd.DataFrame, task: str, metric: str, *, alpha: f
     same = lead_rows[lead_rows["verdict"].isin(["indistinguishable", "undetermined"])]
     worse = lead_rows[lead_rows["verdict"] == "worse"]
     better = lead_rows[lead_rows["verdict"] == "better"]  # possible for a ratio: the leader is by mean over languages
-    intro = (f"Paired comparison with `{lead}` on the same {n} examples ({tests}; 95% paired-bootstrap intervals; "
+    fewest = int(lead_rows["n"].min())
+    # After a halving race, a candidate dropped early shares only its first blocks with the leader.
+    shared = f"the same {n} examples" if fewest == n else f"the examples each shares with it ({fewest} to {n}: a candidate dropped early by halving has fewer)"
+    intro = (f"Paired comparison with `{lead}` on {shared} ({tests}; 95% paired-bootstrap intervals; "
              f"p-values Holm-adjusted across the {len(lead_rows)} other candidates, alpha = {alpha}).")
     lines = [intro]
-    if n < 10:
+    if fewest < 10:
         lines.append(
-            f"With {n} examples a bootstrap interval understates the uncertainty (it cannot be wider than the observed "
+            f"With {fewest} examples a bootstrap interval understates the uncertainty (it cannot be wider than the observed "
             "differences) and the permutation test cannot reach small p-values: the verdict follows the test, not the interval."
         )
     if same.empty and better.empty:
         lines.append(f"`{lead}` is the winner: every other candidate is significantly worse.")
     if len(same):
-        listed = "; ".join(f"`{r['candidate']}` ({_fmt(r)})" for _, r in same.iterrows())
+        listed = "; ".join(f"`{r['candidate']}` ({_fmt(r)}{_fewer(r, n)})" for _, r in same.iterrows())
         lines.append(f"**Not a clear winner**: statistically indistinguishable from `{lead}` at this sample size: {listed}.")
     if len(better):
         listed = "; ".join(f"`{r['candidate']}` ({_fmt(r)})" for _, r in better.iterrows())

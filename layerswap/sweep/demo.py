@@ -450,6 +450,8 @@ PUBLISHED = {
     "sweep/figures/swap_heatmap_proxy-gold_logprob.png": "demo_swap_heatmap_proxy.png",
     "sweep/figures/score_vs_metric_proxy-gold_logprob.png": "demo_score_vs_proxy.png",
     "sweep/figures/best_vs_baselines_flores-bits_per_byte.png": "demo_best_vs_baselines_flores.png",
+    "sweep/figures/halving_rounds_proxy.png": "demo_halving_rounds.png",
+    "sweep/figures/screen_vs_target_proxy_mgsm.png": "demo_screen_vs_target.png",
 }
 
 
