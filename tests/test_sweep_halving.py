@@ -20,6 +20,7 @@ from layerswap.sweep.halving import (
     FULL_SET,
     ONE_LEFT,
     HalvingPlan,
+    HalvingResult,
     Unit,
     UnitStore,
     decide,
@@ -372,3 +373,34 @@ def test_halving_sweep_end_to_end_on_tiny_models(tmp_path, tiny_experts, data_di
     pd.testing.assert_frame_equal(race.table(), again["halving"].table())
     cols = ["candidate", "task", "language", "metric", "value", "stderr", "ci_low", "ci_high", "n"]
     pd.testing.assert_frame_equal(first["results"][cols], again["results"][cols])
+
+
+def _binary(values: dict[str, list[float]]) -> dict[str, pd.DataFrame]:
+    return {
+        name: pd.DataFrame({"task": "mgsm", "lang": "sw", "id": [str(i) for i in range(len(v))], "score": v})
+        for name, v in values.items()
+    }
+
+
+def test_equal_differences_use_the_exact_sign_test():
+    """Two 0/1 examples, the candidate wrong on both where the leader is right: Student's t would say p = 0;
+    the exact sign test says 0.25, far from any round's level, so nobody is dropped."""
+    plan = HalvingPlan(task="mgsm", block=2, max_examples=20)
+    dec = decide(plan, 0, ["lead", "other"], _binary({"lead": [1, 1], "other": [0, 0]}), spent=4, data_ended=False)
+    row = next(r for r in dec.rows if r["candidate"] == "other")
+    assert dec.eliminated == [] and row["p"] == pytest.approx(0.25)
+    # Twelve such examples: p = 0.5**12 clears the level (0.05 / 10 rounds), and the candidate is dropped.
+    dec = decide(plan, 0, ["lead", "other"], _binary({"lead": [1] * 12, "other": [0] * 12}), spent=24, data_ended=False)
+    assert dec.eliminated == ["other"]
+
+
+def test_survivors_of_the_last_round_rank_before_those_it_dropped():
+    """B is consistently a little worse than A (dropped); C is worse on average but noisy (survives): the
+    finalists are the survivors, so C ranks before B although B's mean is better."""
+    rng = np.random.default_rng(0)
+    a, small, large = rng.normal(size=40), rng.normal(scale=0.05, size=40), rng.normal(scale=3.0, size=40)
+    scores = _binary({"A": list(a), "B": list(a - 0.3 + small - small.mean()), "C": list(a - 0.5 + large - large.mean())})
+    plan = HalvingPlan(task="proxy", block=40, max_examples=40)
+    dec = decide(plan, 0, ["A", "B", "C"], scores, spent=120, data_ended=True)
+    assert dec.eliminated == ["B"] and "C" in dec.survivors
+    assert HalvingResult(plan, [dec], scores).ranking() == ["A", "C", "B"]

@@ -60,6 +60,10 @@ _NEUTRAL = (
     "logits_to_keep",
 )
 _MARK = "_layerswap_masked_head"
+#: Set on the model while the masked head is wanted: a wrapper that accelerate puts on top of our
+#: ``forward`` (``convert_outputs_to_fp32`` under mixed precision) cannot be removed, so after
+#: training the patched ``forward`` must behave as the original on its own.
+_ON = "_layerswap_masked_head_on"
 
 
 def enabled_by_env() -> bool:
@@ -134,6 +138,7 @@ def _fast_forward(original: Any):  # noqa: ANN202
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None, **kwargs):  # noqa: ANN001, ANN202
         plain = (
             self.training
+            and getattr(self, _ON, False)
             and labels is not None
             and input_ids is not None
             and torch.is_grad_enabled()
@@ -163,6 +168,7 @@ def install(model: Any) -> bool:
     lm = core_causal_lm(model)
     if why_not(model) is not None:
         return False
+    setattr(lm, _ON, True)
     if getattr(getattr(lm.forward, "__func__", lm.forward), _MARK, False):
         return True
     lm.forward = types.MethodType(_fast_forward(lm.forward), lm)
@@ -170,8 +176,10 @@ def install(model: Any) -> bool:
 
 
 def uninstall(model: Any) -> None:
-    """Restore the class's ``forward`` if ours is still the one in place (a wrapper added on top stays)."""
+    """Restore the class's ``forward`` if ours is still the one in place; where a wrapper was added on
+    top (it stays), ours inside it is switched off and calls the original."""
     lm = core_causal_lm(model)
+    setattr(lm, _ON, False)
     current = vars(lm).get("forward")
     if current is not None and getattr(getattr(current, "__func__", current), _MARK, False):
         del lm.forward

@@ -128,14 +128,21 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
     with args.main_process_first(local=False, desc="work folder"):
         if resume_from is None:
             prepare_work_dir(cfg, work)  # a no-op but for the main process
-    if main and cfg.report_to == "wandb":
-        os.environ.setdefault("WANDB_DIR", str(work))  # W&B's local files in the work folder, not the current one
+    wandb_dir = os.environ.get("WANDB_DIR")
+    if main and cfg.report_to == "wandb" and wandb_dir is None:
+        os.environ["WANDB_DIR"] = str(work)  # W&B's local files in this run's work folder (restored below)
     running_log = work / "loss_running.csv" if main else Path(os.devnull)  # one writer of the running log
     trainer, meter = build_trainer(cfg, args, trainable, train_set, tokenizer.pad_token_id, plan, running_log, extra_callbacks)
 
     # 5. Train.
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if main and cfg.report_to == "wandb":
+            _finish_wandb()  # flush the run's files before they are copied into the output
+            if wandb_dir is None:
+                os.environ.pop("WANDB_DIR", None)  # a second run in this process gets its own folder
     if mode == "simultaneous" and cfg.method == "full":
         apply_partition(trainable.model, arch, partitions.union)  # restore the union (the last step left one group active)
     runtime = time.perf_counter() - started
@@ -181,13 +188,22 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
             provenance,
             trainer.state.log_history,
             plan.group_of_step,
-            logs=work / "runs" if cfg.report_to == "tensorboard" else None,
+            logs={"tensorboard": work / "runs", "wandb": work / "wandb"}.get(cfg.report_to),
             state=state,
         )
         if not cfg.keep_checkpoints:
             remove_work_dir(work)  # only if layerswap created it
     trainer.accelerator.wait_for_everyone()  # every process returns once the output is complete
     return out
+
+
+def _finish_wandb() -> None:
+    """End the active W&B run, if any (the Trainer leaves it open), so its local files are complete."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def _load_data(cfg: FinetuneConfig, tokenizer: Any) -> list[TokenizedData]:

@@ -36,7 +36,9 @@ def save_output(
 ) -> None:
     """Write ``out`` in one rename: the model or adapter, the tokenizer, provenance and loss curve.
 
-    ``logs``: a folder of the run's TensorBoard event files (``OUT.work/runs``), kept as ``OUT/runs``.
+    ``logs``: the run's local logging folder, kept under its own name: TensorBoard's event files
+    (``OUT.work/runs`` -> ``OUT/runs``) or W&B's run files (``OUT.work/wandb`` -> ``OUT/wandb``; with
+    ``WANDB_MODE=offline`` the only copy, so it must survive the work folder's removal).
     ``state``: the model's full state dict where it is sharded (FSDP, ZeRO-3: gathered by every
     process); else the model's own ``state_dict()`` is read."""
     with AtomicDir(out, overwrite=cfg.overwrite) as tmp:
@@ -58,7 +60,7 @@ def save_output(
             write_provenance(tmp, provenance)
         write_loss(log_history, group_of_step, tmp)
         if logs is not None and logs.is_dir():
-            shutil.copytree(logs, tmp / "runs")
+            shutil.copytree(logs, tmp / logs.name)
 
 
 def write_full(

@@ -268,6 +268,8 @@ def mapped_tensor(info: TensorInfo, *, populate: bool = True) -> Iterator[torch.
     closed on exit (or, if a view is still referenced, as soon as the last one goes). ``populate``
     maps every page at once (for whole reads; False for a few samples). A range whose start is not
     aligned to its element size (never written by safetensors' writers) is read with ``pread`` instead.
+    A file truncated in place *while* it is mapped ends the process with SIGBUS, as it does under
+    safetensors' own ``safe_open`` (which maps too); truncation before the map is a one-line error.
     """
     import torch
 
@@ -288,6 +290,8 @@ def mapped_tensor(info: TensorInfo, *, populate: bool = True) -> Iterator[torch.
         mapping = mmap.mmap(fd, info.offset - start + info.nbytes, flags=flags, prot=mmap.PROT_READ, offset=start)
     except OSError as exc:
         raise InputPathError(f"cannot read {info.file}: {exc.strerror or exc}; pass a complete model folder") from exc
+    except ValueError as exc:  # truncated between the size check and the map ("mmap length is greater than file size")
+        raise CheckpointError(f"{info.file} ended while reading tensor {info.name!r}: the file is truncated") from exc
     finally:
         os.close(fd)
     view = None

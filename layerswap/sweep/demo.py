@@ -324,6 +324,10 @@ def check_lines(checks: dict[str, Any]) -> list[str]:
 DEMO_MARKER = "demo.yaml"
 
 
+#: The folders the demo's stages write inside its output folder.
+STAGE_FOLDERS = ("experts", "checks", "analysis", "importance", "sweep")
+
+
 def check_demo_outputs(config: DemoConfig, out: str | Path, data_dir: Path | None) -> Path:
     """Refuse, before anything is created, a demo folder or ``--figures`` folder that would harm an input.
 
@@ -332,13 +336,16 @@ def check_demo_outputs(config: DemoConfig, out: str | Path, data_dir: Path | Non
     (its ``demo.yaml``, or a ``layerswap.json`` of kind demo), which a rerun resumes, or empty.
     ``--figures`` may exist (its ``demo_*`` figures are replaced) but must not be, or lie inside, an input.
     """
-    from layerswap.errors import OutputExistsError
+    from layerswap.errors import InputPathError, OutputExistsError
     from layerswap.io.outputs import check_location, check_not_input, check_output, input_paths, written_by_layerswap
 
     inputs = [config.base, data_dir]
     previous = written_by_layerswap(out) if Path(out).is_dir() and not Path(out).is_symlink() else None
     marker = None if previous is not None and previous.get("kind") == "demo" else DEMO_MARKER
     path = check_output(out, inputs, may_exist=True, resume_marker=marker)
+    for stage in STAGE_FOLDERS:  # a stage folder that is a link would send the stage's writes elsewhere
+        if (path / stage).is_symlink():
+            raise InputPathError(f"{path / stage} is a symbolic link: remove it or choose another --out")
     if config.figures:
         figures = Path(config.figures).expanduser()
         check_not_input(figures, input_paths(inputs), option="--figures", contains=False)

@@ -143,15 +143,17 @@ class HalvingResult:
         return self.rounds[-1].spent if self.rounds else 0
 
     def ranking(self) -> list[str]:
-        """Candidates by the last round they entered (later first), then by their mean in that round."""
-        last: dict[str, tuple[int, float]] = {}
+        """Candidates by the last round they entered (later first), survivors of that round before those it
+        dropped, then by their mean in that round."""
+        last: dict[str, tuple[int, bool, float]] = {}
         sign = 1.0 if self.plan.higher_is_better else -1.0
         for dec in self.rounds:
             for row in dec.rows:
                 mean = row["mean"] if row["mean"] == row["mean"] else -math.inf
-                last[row["candidate"]] = (dec.round, sign * mean if math.isfinite(mean) else -math.inf)
+                dropped = row.get("status") == "eliminated"
+                last[row["candidate"]] = (dec.round, dropped, sign * mean if math.isfinite(mean) else -math.inf)
         order = list(last)
-        return sorted(order, key=lambda c: (-last[c][0], -last[c][1], order.index(c)))
+        return sorted(order, key=lambda c: (-last[c][0], last[c][1], -last[c][2], order.index(c)))
 
     def table(self) -> pd.DataFrame:
         """One row per round and candidate entered: the statistics of :func:`decide`."""
@@ -225,7 +227,13 @@ def _paired_bound(d: np.ndarray, level: float) -> tuple[float, float, float, flo
         return mean, math.nan, math.nan, math.nan
     se = float(d.std(ddof=1) / math.sqrt(n))
     if se == 0.0:
-        return mean, 0.0, mean, 0.0 if mean < 0 else (0.5 if mean == 0 else 1.0)
+        # Every difference equal: Student's t is degenerate (p = 0 after two 0/1 examples). The exact
+        # sign test instead: n equal negative differences happen with probability 0.5**n under no
+        # difference; the bound is only finite (and below zero) where that p clears the level.
+        if mean < 0:
+            p = 0.5**n
+            return mean, 0.0, (mean if p < level else math.nan), p
+        return mean, 0.0, math.nan, (0.5 if mean == 0 else 1.0)
     return mean, se, mean + float(stats.t.ppf(1.0 - level, n - 1)) * se, float(stats.t.cdf(mean / se, n - 1))
 
 
@@ -347,7 +355,8 @@ def end_round(
             if r == round_:
                 spent += len(loaded[0])
                 per_lang = loaded[0].groupby("lang").size()
-                data_ended = data_ended or per_lang.empty or int(per_lang.min()) < unit.stop - unit.start
+                # A language with no rows at all in the block has ended too (groupby does not list it).
+                data_ended = data_ended or len(per_lang) < plan.languages or int(per_lang.min()) < unit.stop - unit.start
         scores[name] = pd.concat(parts, ignore_index=True)
     decision = decide(plan, round_, entered, scores, spent, data_ended)
     if write:
