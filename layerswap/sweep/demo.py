@@ -531,7 +531,7 @@ def _demo_report(
         "between the experts. The same command with a 7-8B base and real budgets on a GPU (`--base`, `--steps`, `--limit`) "
         "is the real experiment.",
         "",
-        f"Best mean on the proxy (MGSM-{config.language} gold-answer log-likelihood, {config.limit} examples): "
+        f"Best mean on the proxy (MGSM-{config.language} gold-answer log-likelihood, halving over up to {2 * config.limit} examples): "
         f"`{sel.winner}` = {sel.value:.4g}{_interval(sweep, sel)}. " + sel.comparison(),
         "",
         *verdict_lines(sweep["comparisons"], sel.task, sel.metric),
