@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from layerswap.io import ModelFolder
 from layerswap.testing import make_lora_adapter, make_tiny_model, make_tiny_tokenizer, planted_expert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,3 +144,39 @@ def copy_model(tmp_path):
         return dest
 
     return _copy
+
+
+# Fine-tuning helpers shared by test_finetune.py and test_finetune_distributed.py
+
+
+def raw_bytes(folder: ModelFolder, name: str) -> bytes:
+    """A tensor's bytes exactly as stored (for bit-identity checks of frozen tensors)."""
+    info = folder.info(name)
+    with open(info.file, "rb") as fh:
+        fh.seek(info.offset)
+        return fh.read(info.nbytes)
+
+
+def layer_of(name: str) -> int | None:
+    """The layer index in a tensor name, or None outside the layers."""
+    parts = name.split(".")
+    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
+
+
+@pytest.fixture(scope="module")
+def qa_file(tmp_path_factory) -> Path:
+    """A tiny, learnable math set (GSM8K format, calculator marks, '#### N')."""
+    path = tmp_path_factory.mktemp("ftdata") / "qa.jsonl"
+    rows = [
+        {"question": f"What is {i} plus {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
+        for i in range(6)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_file(qa_file) -> Path:
+    path = qa_file.parent / "sw.txt"
+    path.write_text("Habari za asubuhi. Leo ni siku nzuri sana kwa kusoma.\nJuma ana machungwa manne na ndizi tatu.\n" * 3)
+    return path

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import layer_of, raw_bytes  # noqa: E402  (qa_file, text_file: conftest fixtures)
 
 import layerswap
 from layerswap.errors import ConfigError, DataError, OutputExistsError
@@ -15,37 +16,6 @@ from layerswap.finetune.config import ratio_schedule
 from layerswap.finetune.data import IGNORE_INDEX, tokenize_records
 from layerswap.io import ModelFolder, read_provenance
 from layerswap.io.records import Records, load_records, math_pair, parse_spec
-
-
-def raw_bytes(folder: ModelFolder, name: str) -> bytes:
-    info = folder.info(name)
-    with open(info.file, "rb") as fh:
-        fh.seek(info.offset)
-        return fh.read(info.nbytes)
-
-
-def layer_of(name: str) -> int | None:
-    parts = name.split(".")
-    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
-
-
-@pytest.fixture(scope="module")
-def qa_file(tmp_path_factory) -> Path:
-    """A tiny, learnable math set (GSM8K format, calculator marks, '#### N')."""
-    path = tmp_path_factory.mktemp("ftdata") / "qa.jsonl"
-    rows = [
-        {"question": f"What is {i} plus {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
-        for i in range(6)
-    ]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def text_file(qa_file) -> Path:
-    path = qa_file.parent / "sw.txt"
-    path.write_text("Habari za asubuhi. Leo ni siku nzuri sana kwa kusoma.\nJuma ana machungwa manne na ndizi tatu.\n" * 3)
-    return path
 
 
 def cfg(base: Path, data, out: Path, **kw) -> FinetuneConfig:

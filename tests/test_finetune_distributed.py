@@ -44,34 +44,7 @@ DDP2 = ROOT / "examples" / "accelerate" / "ddp-2.yaml"
 CLOSE, MOST, WORST = 1e-6, 1e-3, 1e-3  # |diff| <= CLOSE for all but a MOST fraction of elements; none beyond WORST
 
 
-def raw_bytes(folder: ModelFolder, name: str) -> bytes:
-    info = folder.info(name)
-    with open(info.file, "rb") as fh:
-        fh.seek(info.offset)
-        return fh.read(info.nbytes)
-
-
-def layer_of(name: str) -> int | None:
-    parts = name.split(".")
-    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
-
-
-@pytest.fixture(scope="module")
-def qa_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("distdata") / "qa.jsonl"
-    rows = [
-        {"question": f"What is {i} plus {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
-        for i in range(6)
-    ]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def text_file(qa_file) -> Path:
-    path = qa_file.parent / "sw.txt"
-    path.write_text("Habari za asubuhi. Leo ni siku nzuri sana kwa kusoma.\nJuma ana machungwa manne na ndizi tatu.\n" * 3)
-    return path
+from conftest import layer_of, raw_bytes  # noqa: E402  (qa_file, text_file: conftest fixtures)
 
 
 def _free_port() -> int:

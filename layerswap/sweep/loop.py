@@ -168,8 +168,11 @@ class InMemorySweep:
 
         return apply_merge(self.lm.model, self.cache, self.merge_config(cand)).seconds
 
-    def evaluate_model(self, cand: Candidate, tasks: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """``cand`` (already merged into the model) on ``tasks`` (default: the sweep's) with the sweep's settings."""
+    def evaluate_model(
+        self, cand: Candidate, tasks: list[str] | None = None, *, limit: int | None = None
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``cand`` (already merged into the model) on ``tasks`` (default: the sweep's) with the sweep's
+        settings (``limit``: examples per task and language instead of the sweep's)."""
         from layerswap.evaluate import evaluate, example_scores
 
         c = self.config
@@ -180,7 +183,7 @@ class InMemorySweep:
             c.languages,
             fmt=c.format,
             shots=c.shots,
-            limit=c.limit,
+            limit=limit if limit is not None else c.limit,
             batch_size=c.batch_size,
             max_new_tokens=c.max_new_tokens,
             data_dir=c.data_dir,
@@ -194,7 +197,7 @@ class InMemorySweep:
         A task whose function takes ``offset`` (the proxies) scores only those examples; any other
         task is run on the first ``unit.stop`` examples and the block's are kept (correct, but the
         earlier examples are scored again)."""
-        from layerswap.evaluate import evaluate, example_scores
+        from layerswap.evaluate import example_scores
         from layerswap.evaluate.tasks.proxy import evaluate_proxy
         from layerswap.evaluate.tasks.proxy_cot import evaluate_proxy_cot
 
@@ -212,18 +215,7 @@ class InMemorySweep:
                 data_dir=c.data_dir,
             )
             return example_scores(result.records, task)
-        result = evaluate(
-            self.lm,
-            [task],
-            c.languages,
-            fmt=c.format,
-            shots=c.shots,
-            limit=unit.stop,
-            batch_size=c.batch_size,
-            max_new_tokens=c.max_new_tokens,
-            data_dir=c.data_dir,
-        )
-        scores = example_scores(result.records, task)
+        _, scores = self.evaluate_model(cand, [task], limit=unit.stop)
         position = scores.groupby("lang", sort=False).cumcount()
         return scores[(position >= unit.start) & (position < unit.stop)].reset_index(drop=True)
 
