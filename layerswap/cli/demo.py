@@ -15,7 +15,7 @@ from layerswap.sweep.demo import DemoConfig
 
 
 @app.command("demo")
-@command_from_config(DemoConfig, config_file=False)
+@command_from_config(DemoConfig)
 def demo_command(
     config: DemoConfig,
     out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (a rerun resumes finished stages)."),

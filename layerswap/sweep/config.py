@@ -96,6 +96,9 @@ class SweepConfig(StrictModel):
     target: str | None = None
     #: How many of the last survivors of halving are evaluated on the target (and the other tasks).
     finalists: int = 3
+    #: Baselines (names from ``candidates.baselines``, e.g. ``linear``, ``ties``) the target always sees after
+    #: halving, besides the finalists, the experts and the best baseline: the references a report must beat.
+    final_baselines: list[str] = Field(default_factory=list)
 
     def screen_task(self) -> str:
         """The task halving runs on: ``screen``, else ``select``, else the first task."""
@@ -172,6 +175,11 @@ def check_search(config: SweepConfig) -> None:
             raise ConfigError(f"{key} task {task!r} is not among the sweep's tasks ({', '.join(config.tasks)}): add it to tasks or pick one of them")
     if isinstance(config.finalists, bool) or config.finalists < 1:
         raise ConfigError(f"finalists {config.finalists!r} must be at least 1: the target needs a candidate to evaluate")
+    absent = [b for b in config.final_baselines if b not in spec.baselines]
+    if absent:
+        raise ConfigError(
+            f"final_baselines names {absent[0]!r}, which is not among candidates.baselines ({', '.join(spec.baselines)}): add it there or drop it"
+        )
     if spec.search != "halving":
         return
     halving = spec.halving

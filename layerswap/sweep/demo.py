@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from layerswap.config import StrictModel, dump_config, validate_config
 from layerswap.io import resolve_data_dir, write_text_atomic
@@ -67,13 +67,29 @@ class DemoConfig(StrictModel):
         description=f"Examples of each expert's check against the base (GSM8K test beyond MGSM's 250; FLORES) (default {CHECK_EXAMPLES}).",
     )
     importance_examples: int = Field(16, ge=1, description="Examples per task for the base's diagonal Fisher.")
-    limit: int = Field(12, ge=1, description="Examples per evaluation task in the sweep.")
+    limit: int = Field(12, ge=1, description="Examples per evaluation task in the sweep (the finals; halving blocks are half of it).")
+    screen_examples: int | None = Field(
+        None, ge=1, description="Most examples of the proxy (the screen) halving spends on one candidate (default 2 x limit)."
+    )
+    finalists: int = Field(2, ge=1, description="Last survivors of halving that get MGSM (the target) and FLORES.")
+    final_baselines: list[str] = Field(
+        default_factory=list,
+        description="Baselines that also get the target whatever halving did, e.g. linear and ties (repeat the flag).",
+    )
     top_n: int = Field(4, ge=1, description="Recommended swap candidates to evaluate.")
     baselines: list[str] = Field(
         default_factory=lambda: ["base", "math", "lang", "linear", "ties", "dare_ties", "revert"],
         description="Baselines of the sweep (repeat the flag).",
     )
     figures: str | None = Field(None, description="Also copy the headline figures into this folder (the repo's figures/).")
+
+    @model_validator(mode="after")
+    def _final_baselines_are_swept(self) -> "DemoConfig":
+        """A baseline the target must see has to be in the sweep (checked before anything is created)."""
+        absent = [b for b in self.final_baselines if b not in self.baselines]
+        if absent:
+            raise ValueError(f"final_baselines names {absent[0]!r}, which is not among the baselines ({', '.join(self.baselines)}): add it there or drop it")
+        return self
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> "DemoConfig":
@@ -409,9 +425,10 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
             overwrite=True,
         ),
     )
-    # Successive halving on the proxy (up to 2 x limit examples, in blocks of limit / 2); the two last
-    # survivors, the experts and the best baseline then get MGSM exact match (the target: generation,
-    # the slow part on a CPU, so only these few) and FLORES (the language check) on `limit` examples.
+    # Successive halving on the proxy (up to screen_examples, default 2 x limit, in blocks of limit / 2);
+    # the last `finalists` survivors, the experts, the best baseline and `final_baselines` then get MGSM
+    # exact match (the target: generation, the slow part on a CPU, so only these few) and FLORES (the
+    # language check) on `limit` examples.
     sweep_cfg = SweepConfig(
         base=base,
         math=str(experts["math"]),
@@ -421,7 +438,8 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
         select="proxy",
         screen="proxy",
         target="mgsm",
-        finalists=2,
+        finalists=config.finalists,
+        final_baselines=config.final_baselines,
         limit=config.limit,
         shots=2,
         max_new_tokens=96,
@@ -431,7 +449,7 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
             "top_n": config.top_n,
             "baselines": config.baselines,
             "search": "halving",
-            "halving": {"block": max(1, config.limit // 2), "max_examples": 2 * config.limit},
+            "halving": {"block": max(1, config.limit // 2), "max_examples": config.screen_examples or 2 * config.limit},
         },
     )
     t0 = time.perf_counter()
@@ -531,7 +549,7 @@ def _demo_report(
         "between the experts. The same command with a 7-8B base and real budgets on a GPU (`--base`, `--steps`, `--limit`) "
         "is the real experiment.",
         "",
-        f"Best mean on the proxy (MGSM-{config.language} gold-answer log-likelihood, halving over up to {2 * config.limit} examples): "
+        f"Best mean on the proxy (MGSM-{config.language} gold-answer log-likelihood, halving over up to {config.screen_examples or 2 * config.limit} examples): "
         f"`{sel.winner}` = {sel.value:.4g}{_interval(sweep, sel)}. " + sel.comparison(),
         "",
         *verdict_lines(sweep["comparisons"], sel.task, sel.metric),

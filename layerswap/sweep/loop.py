@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pandas as pd
 
@@ -258,9 +258,10 @@ def check_first_round(config: SweepConfig, n_candidates: int) -> None:
         )
 
 
-def finalists(result: HalvingResult, candidates: list[Candidate], k: int) -> list[str]:
+def finalists(result: HalvingResult, candidates: list[Candidate], k: int, always: Sequence[str] = ()) -> list[str]:
     """What the target sees after halving: the last ``k`` survivors (by the race's ranking), the experts
-    (``math``, ``lang``) and the best baseline (the baseline that lasted longest, then by its mean)."""
+    (``math``, ``lang``), the best baseline (the baseline that lasted longest, then by its mean) and the
+    baselines named in ``always`` (``candidates.baselines`` names: ``base``, or a merge method such as ``ties``)."""
     from layerswap.sweep.compare import EXPERTS, SWAP_METHOD
 
     ranking = result.ranking()
@@ -270,6 +271,7 @@ def finalists(result: HalvingResult, candidates: list[Candidate], k: int) -> lis
     baselines = [n for n in ranking if by_name[n].method != SWAP_METHOD and n not in EXPERTS]
     if baselines and baselines[0] not in chosen:
         chosen.append(baselines[0])
+    chosen += [c.name for c in candidates if c.source == "baseline" and (c.name in always or c.method in always)]
     return [c.name for c in candidates if c.name in chosen]
 
 
@@ -333,7 +335,7 @@ def run_halving_sweep(
     rest = [t for t in ([config.target] if config.target else []) + config.tasks if t != plan.task]
     rest = list(dict.fromkeys(rest))
     if rest:
-        chosen = finalists(race, candidates, config.finalists)
+        chosen = finalists(race, candidates, config.finalists, config.final_baselines)
         log(f"finalists on {', '.join(rest)}: {', '.join(chosen)}")
         store = ResultStore(out / "finals", settings_key(config.model_copy(update={"tasks": rest})))
         final = run_candidates(
