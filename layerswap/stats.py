@@ -6,13 +6,16 @@ returns plain floats or a small frozen dataclass, so evaluate, the sweep and the
 definition of every interval:
 
 - :func:`mean_stderr` / :func:`mean_estimate`: the mean and its standard error (``ddof=1``, as
-  lm-evaluation-harness's ``*_stderr``), with a normal-approximation interval.
+  lm-evaluation-harness's ``*_stderr``), with a normal-approximation interval; for 0/1 scores
+  (accuracy, exact match) Wilson's score interval (:func:`wilson_interval`), which stays honest at
+  0 or n correct (0 of 12 right: [0, 0.24], where the normal interval says [0, 0]).
 - :func:`bootstrap_ci` and :func:`ratio_estimate`: percentile bootstrap over examples
   (``scipy.stats.bootstrap``) with a fixed seed, for statistics without a closed-form error, such as
   bits per byte (total bits / total bytes).
 - :func:`mcnemar`, :func:`paired_difference`, :func:`paired_ratio_difference`: two candidates
-  scored on the same examples. The interval is a paired bootstrap (examples resampled together);
-  the p-value is McNemar's exact test for 0/1 scores (``scipy.stats.binomtest`` on the discordant
+  scored on the same examples. The interval is a paired bootstrap (examples resampled together),
+  for 0/1 scores Newcombe's hybrid score interval for paired proportions
+  (:func:`paired_binary_interval`: not degenerate when no example is discordant); the p-value is McNemar's exact test for 0/1 scores (``scipy.stats.binomtest`` on the discordant
   pairs) and otherwise a paired permutation test (``scipy.stats.permutation_test``,
   ``permutation_type="samples"``: each example's two scores swapped at random).
 - :func:`holm`: Holm's step-down correction for a family of p-values.
@@ -48,6 +51,8 @@ __all__ = [
     "paired_ratio_difference",
     "ratio_estimate",
     "spearman_ci",
+    "paired_binary_interval",
+    "wilson_interval",
     "unpaired_difference",
 ]
 
@@ -121,11 +126,49 @@ def mean_stderr(values: Scores) -> tuple[float, float]:
 
 
 def mean_estimate(values: Scores, *, confidence: float = 0.95) -> Estimate:
-    """The mean with its standard error and the normal interval ``mean +- z * stderr``."""
+    """The mean with its standard error and the normal interval ``mean +- z * stderr``; for 0/1
+    scores Wilson's score interval instead (the standard error stays lm-eval's)."""
     mean, se = mean_stderr(values)
     z = _z(confidence)
     n = int(np.asarray(values).size)
+    if n and is_binary(values):
+        low, high = wilson_interval(int(round(mean * n)), n, confidence=confidence)
+        return Estimate(mean, se, low, high, n)
     return Estimate(mean, se, mean - z * se, mean + z * se, n)
+
+
+def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval of a proportion (``scipy.stats.binomtest(...).proportion_ci``)."""
+    _z(confidence)
+    if n <= 0:
+        return NAN, NAN
+    ci = _st.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def paired_binary_interval(a: Scores, b: Scores, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Newcombe's hybrid score interval (1998, method 10) of ``mean(a) - mean(b)`` for paired 0/1 scores.
+
+    Built from each side's Wilson interval and the correlation ``phi`` of the 2x2 table, so it has
+    close to nominal coverage at small n and never collapses to a point: two candidates that agree on
+    all 12 examples get about [-0.24, +0.24], not the bootstrap's [0, 0].
+    """
+    x, y = _array(a, "a"), _array(b, "b")
+    _same_length(x, y)
+    n = int(x.size)
+    if n == 0:
+        return NAN, NAN
+    both, only_a = int(((x == 1) & (y == 1)).sum()), int(((x == 1) & (y == 0)).sum())
+    only_b, neither = int(((x == 0) & (y == 1)).sum()), int(((x == 0) & (y == 0)).sum())
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    l1, u1 = wilson_interval(both + only_a, n, confidence=confidence)
+    l2, u2 = wilson_interval(both + only_b, n, confidence=confidence)
+    den = float(both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = (both * neither - only_a * only_b) / math.sqrt(den) if den > 0 else 0.0
+    d = p1 - p2
+    low = d - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    high = d + math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
+    return max(-1.0, low), min(1.0, high)
 
 
 def _constant(*arrays: np.ndarray) -> bool:
@@ -222,10 +265,11 @@ def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def paired_difference(a: Scores, b: Scores, *, binary: bool | None = None, confidence: float = 0.95, n_resamples: int = 2000,
                       seed: int = 0, n_permutations: int = 9999) -> Paired:
-    """Mean of ``a - b`` over shared examples, a paired-bootstrap interval and a p-value.
+    """Mean of ``a - b`` over shared examples, a paired interval and a p-value.
 
     ``a[i]`` and ``b[i]`` must score the same example. The interval is the percentile bootstrap of
-    the per-example differences (``n_resamples``, ``seed``). ``binary`` (default: detected from the
+    the per-example differences (``n_resamples``, ``seed``), for 0/1 scores Newcombe's paired score
+    interval (:func:`paired_binary_interval`). ``binary`` (default: detected from the
     values) picks the test: McNemar's exact test for 0/1 scores, else a paired permutation test
     (``scipy.stats.permutation_test``, ``permutation_type="samples"``; exact when ``2**n`` is at
     most ``n_permutations``, else that many random sign swaps).
@@ -238,6 +282,9 @@ def paired_difference(a: Scores, b: Scores, *, binary: bool | None = None, confi
     binary = (is_binary(x) and is_binary(y)) if binary is None else binary
     d = x - y
     diff = float(d.mean())
+    if binary:
+        low, high = paired_binary_interval(x, y, confidence=confidence)
+        return Paired(diff, low, high, mcnemar(x, y), "mcnemar", n)
     if n < 2:
         low = high = NAN
     elif _constant(d):
@@ -246,8 +293,6 @@ def paired_difference(a: Scores, b: Scores, *, binary: bool | None = None, confi
         res = _bootstrap((x, y), _mean_diff, paired=True, vectorized=True, confidence=confidence,
                          n_resamples=n_resamples, seed=seed)
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if binary:
-        return Paired(diff, low, high, mcnemar(x, y), "mcnemar", n)
     if np.all(d == 0):
         return Paired(diff, low, high, 1.0, "permutation", n)
     perm = _st.permutation_test((x, y), _mean_diff, permutation_type="samples", vectorized=True,

@@ -5,7 +5,7 @@ point; YAML keys given twice are refused (YAML would keep the last); expert and 
 file names, so they must be plain names; sizes must parse; evaluate refuses settings that would run
 nothing or crash mid-run (no language, ``gpu0``, batch size 0, an integer dtype); a single-value
 option given twice is refused (click keeps the last); data files must be UTF-8 regular files; and
-fine-tuning's floats must be finite and in range.
+fine-tuning's floats must be finite and in range; the demo's config (flags or ``--config``) is checked before any model work.
 """
 
 from __future__ import annotations
@@ -65,7 +65,15 @@ def _importance(env: Env, data: str) -> list[str]:
 GOOD_JSONL = "no-field.jsonl"  # a readable JSONL from the base catalogue (finetune checks its options first)
 FLOAT_FIX = "floating point"
 
+def _demo(env: Env, *extra: str) -> list[str]:
+    """The demo on the tiny base, refused while its config is read (before any model work)."""
+    return ["demo", "--quick", "--base", str(env.base), "--out", env.out, *extra]
+
+
 CASES: list[Case] = [
+    # --- the demo's config (flags or --config FILE.yaml)
+    Case("demo-config-unknown-key", "demo --config cfg.yaml (stepz: 3)", lambda e: _demo(e, "--config", e.yaml("demo.yaml", "stepz: 3\n")), "ConfigError", "unknown key 'stepz'", "valid keys here"),
+    Case("demo-final-baseline-not-swept", "demo --baselines base --baselines math --final-baselines ties", lambda e: _demo(e, "--baselines", "base", "--baselines", "math", "--final-baselines", "ties"), "ConfigError", "final_baselines names 'ties', which is not among the baselines", "add it there or drop it"),
     # --- finite weights in the swap's raw byte copy
     Case("swap-nan-math", "swap --math NAN-EXPERT (NaN/Inf in a middle layer) ...", lambda e: ["swap", "--math", str(e.p("nan-expert")), "--lang", str(e.lang), "--bottom", "1", "--top", "1", "--out", e.out], "NumericalError", "model.layers.3.mlp.up_proj.weight", "check the inputs"),
     Case("swap-inf-lang", "swap --lang INF-EXPERT (-Inf in layer 0) ...", lambda e: ["swap", "--math", str(e.math), "--lang", str(e.p("nan-lang")), "--bottom", "1", "--top", "1", "--out", e.out], "NumericalError", "nan or inf", "use a finite checkpoint"),

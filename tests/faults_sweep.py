@@ -1,7 +1,7 @@
 """Sweep search settings (issue 16): one line each, before any model is loaded and before anything is written.
 
 An unknown search mode (in the YAML or as ``--search``), a screen or target task the sweep does not
-run, fewer than one finalist, and halving budgets smaller than one block (``max_examples`` below the
+run, fewer than one finalist, a ``final_baselines`` entry the sweep does not build, and halving budgets smaller than one block (``max_examples`` below the
 block, a ``budget`` below one block, a budget that cannot pay for the first round of every candidate).
 """
 
@@ -61,6 +61,14 @@ CASES: list[Case] = [
         "ConfigError",
         "finalists 0 must be at least 1",
         "needs a candidate",
+    ),
+    Case(
+        "sweep-final-baseline-not-swept",
+        "sweep cfg.yaml (final_baselines: [ties], baselines: [base, math])",
+        lambda e: _sweep(e, HALVING % "{block: 4}" + "final_baselines: [ties]\n"),
+        "ConfigError",
+        "final_baselines names 'ties', which is not among candidates.baselines",
+        "add it there or drop it",
     ),
     Case(
         "sweep-halving-block-too-big",

@@ -150,6 +150,29 @@ def test_demo_options_come_from_its_config_and_quick_keeps_what_was_given(monkey
     assert {f.field for f in flags_of(demo.DemoConfig)} <= params
 
 
+def test_demo_reads_a_config_file_and_flags_win(monkeypatch, tmp_path):
+    """``--config FILE.yaml`` (the evidence run's form): its keys are the flags; a flag given wins; the experiment's file is valid."""
+    from pathlib import Path
+
+    import layerswap.sweep.demo as demo
+    from layerswap.cli import main
+    from layerswap.config import load_config
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda config, out: seen.update(config=config, out=out))
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text("steps: 7\nlimit: 9\nscreen_examples: 30\nfinalists: 3\nfinal_baselines: [linear, ties]\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--config", str(cfg), "--limit", "11", "--out", str(tmp_path / "d")])
+    assert exc.value.code == 0
+    config = seen["config"]
+    assert (config.steps, config.limit, config.screen_examples, config.finalists) == (7, 11, 30, 3)
+    assert config.final_baselines == ["linear", "ties"]
+    shipped = Path(__file__).resolve().parents[1] / "experiments" / "gemma3-270m-sw" / "config.yaml"
+    evidence = load_config(demo.DemoConfig, shipped, {})
+    assert set(evidence.final_baselines) <= set(evidence.baselines) and evidence.screen_examples >= evidence.limit
+
+
 def test_demo_output_guard_resumes_only_a_demo_folder(tmp_path, monkeypatch):
     """check_demo_outputs: a new, empty or earlier demo folder passes (reruns resume); anything else,
     an input, or --figures in an input is refused before run_demo creates anything."""

@@ -17,9 +17,9 @@ from layerswap import stats
 def test_mean_stderr_by_hand():
     # mean 0.75; squared deviations 3 * 0.0625 + 0.5625 = 0.75, / (n - 1) = 0.25, sd 0.5, / sqrt(4) = 0.25
     assert stats.mean_stderr([1, 0, 1, 1]) == pytest.approx((0.75, 0.25))
-    est = stats.mean_estimate([1, 0, 1, 1])
-    assert (est.value, est.stderr, est.n) == (0.75, 0.25, 4)
-    assert est.low == pytest.approx(0.75 - 1.959964 * 0.25) and est.high == pytest.approx(0.75 + 1.959964 * 0.25)
+    est = stats.mean_estimate([1.5, 0.5, 1.5, 1.5])  # not 0/1: the normal interval
+    assert (est.value, est.stderr, est.n) == (1.25, 0.25, 4)
+    assert est.low == pytest.approx(1.25 - 1.959964 * 0.25) and est.high == pytest.approx(1.25 + 1.959964 * 0.25)
     assert stats.mean_stderr([3.0])[0] == 3.0 and math.isnan(stats.mean_stderr([3.0])[1])
     assert all(math.isnan(v) for v in stats.mean_stderr([]))
     assert stats.mean_stderr([True, False]) == pytest.approx((0.5, 0.5))  # sd sqrt(0.5) / sqrt(2)
@@ -56,7 +56,43 @@ def test_paired_difference_binary_uses_mcnemar():
     assert res.diff == pytest.approx(0.3) and res.p_value == pytest.approx(112 / 1024)
     assert res.low < 0.3 < res.high
     same = stats.paired_difference([1, 0, 1], [1, 0, 1])
-    assert (same.diff, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    assert (same.diff, same.p_value) == (0.0, 1.0) and same.low < 0 < same.high  # agreement on 3 examples proves little
+
+
+def test_wilson_interval_by_hand():
+    # 0/1 scores: Wilson's score interval, centre (p + z^2/2n) / (1 + z^2/n), half-width z/(1 + z^2/n) sqrt(p(1-p)/n + z^2/4n^2)
+    z = 1.959964
+    for k, n in ((3, 4), (0, 12), (12, 12), (57, 168)):
+        p = k / n
+        centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        est = stats.mean_estimate([1] * k + [0] * (n - k))
+        assert (est.low, est.high) == pytest.approx((max(0.0, centre - half), min(1.0, centre + half)), abs=1e-6), (k, n)
+        assert est.stderr == pytest.approx(stats.mean_stderr([1] * k + [0] * (n - k))[1], nan_ok=True)  # lm-eval's stderr kept
+    none = stats.mean_estimate([0] * 12)  # the normal interval would say [0, 0]
+    assert none.low == 0.0 and none.high == pytest.approx(z * z / (12 + z * z), abs=1e-6)
+
+
+def test_paired_binary_interval_newcombe():
+    # No discordant example among 12, nobody right: each side's Wilson upper bound on either side of 0.
+    low, high = stats.paired_binary_interval([0] * 12, [0] * 12)
+    assert (low, high) == pytest.approx((-0.242494, 0.242494), abs=1e-5)
+    # By hand (Newcombe 1998, method 10) for 8 only-A, 2 only-B, 5 both, 5 neither.
+    a = [1] * 8 + [0] * 2 + [1] * 5 + [0] * 5
+    b = [0] * 8 + [1] * 2 + [1] * 5 + [0] * 5
+    (l1, u1), (l2, u2) = stats.wilson_interval(13, 20), stats.wilson_interval(7, 20)
+    phi = (5 * 5 - 8 * 2) / math.sqrt(13 * 7 * 7 * 13)
+    p1, p2 = 0.65, 0.35
+    want_low = 0.3 - math.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    want_high = 0.3 + math.sqrt((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
+    assert stats.paired_binary_interval(a, b) == pytest.approx((want_low, want_high))
+    rng = np.random.default_rng(3)  # coverage at a small n: near nominal
+    hits = 0
+    for _ in range(400):
+        x = (rng.random(30) < 0.4).astype(float)
+        y = np.where(rng.random(30) < 0.8, x, 1 - x)  # true difference 0.4 - (0.32 + 0.12) = -0.04
+        lo, hi = stats.paired_binary_interval(x, y)
+        hits += lo <= -0.04 <= hi
+    assert 0.88 <= hits / 400 <= 0.995
 
 
 def test_paired_permutation_exact_by_hand():

@@ -102,6 +102,22 @@ def test_halving_keeps_the_planted_twin_and_spends_less(tmp_path):
     assert set(rounds["status"]) == {"leader", "eliminated", "survives"}
 
 
+def test_final_baselines_always_reach_the_target(tmp_path):
+    """``final_baselines``: the soup, TIES and the base reach the target although halving drops them in round 1."""
+    spec = {**_config().candidates.model_dump(), "baselines": ["base", "math", "lang", "linear", "ties"]}
+    cfg = _config(candidates=spec, final_baselines=["linear", "ties", "base"], finalists=1)
+    cands = _cands(cfg)
+    results, scores, race = run_halving_sweep(cfg, cands, tmp_path, lambda c: 0.0, _block, _target, log=lambda s: None)
+    assert {"soup", "ties-d0.2", "base"} <= set(race.rounds[0].eliminated)
+    chosen = finalists(race, cands, cfg.finalists, cfg.final_baselines)
+    plain = finalists(race, cands, cfg.finalists)
+    assert {"soup", "ties-d0.2", "base"} <= set(chosen) and len({"soup", "ties-d0.2", "base"} - set(plain)) == 2
+    assert set(results.loc[results["task"] == "mgsm", "candidate"]) == set(chosen)
+    assert "soup" in finalists(race, cands, 1, ["soup"])  # a candidate's name works as well as its baseline name
+    with pytest.raises(ConfigError, match="final_baselines names 'dare_ties', which is not among candidates.baselines"):
+        _config(final_baselines=["dare_ties"])
+
+
 SMALL = {
     "search": "halving",
     "halving": {"block": 16},

@@ -69,7 +69,7 @@ def _shares(cells: pd.DataFrame, expert: str, n: int, module: str | None = None)
 def contrast_table(cells: pd.DataFrame, lang: str, math_: str, n: int) -> pd.DataFrame:
     """Per layer: both shares, their difference ``diff = share_lang - share_math``, and its spread over module kinds."""
     s_l, s_m = _shares(cells, lang, n), _shares(cells, math_, n)
-    per_module = _module_diffs(cells, lang, math_, n)
+    per_module = module_diffs(cells, lang, math_, n)
     diffs = np.array(per_module) if per_module else np.full((1, n), np.nan)
     return pd.DataFrame(
         {
@@ -84,7 +84,8 @@ def contrast_table(cells: pd.DataFrame, lang: str, math_: str, n: int) -> pd.Dat
     )
 
 
-def _module_diffs(cells: pd.DataFrame, lang: str, math_: str, n: int) -> list[np.ndarray]:
+def module_diffs(cells: pd.DataFrame, lang: str, math_: str, n: int) -> list[np.ndarray]:
+    """Per module kind with shares in both experts: its own per-layer ``share_lang - share_math``."""
     out = []
     for module in sorted(cells["module"].unique()):
         ml, mm = _shares(cells, lang, n, module), _shares(cells, math_, n, module)
@@ -133,16 +134,16 @@ def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str
     best_b, best_u = max(((b, u) for b, u, t in grid if t == 0), key=lambda c: (scores[(c[0], c[1], 0)], -(c[0] + c[1])))
     outer = SwapGeometry(best_b, best_u).outer_layers(n)
     gain = float(d[outer].sum())
-    module_diffs = _module_diffs(cells, lang, math_, n)
-    positive = sum(1 for md in module_diffs if md[outer].sum() > 0)
-    consistency = positive / len(module_diffs) if module_diffs else 0.0
-    measured = {"gain": round(gain, 6), "module_consistency": round(consistency, 4), "modules_agreeing": f"{positive}/{len(module_diffs)}"}
+    per_module = module_diffs(cells, lang, math_, n)
+    positive = sum(1 for md in per_module if md[outer].sum() > 0)
+    consistency = positive / len(per_module) if per_module else 0.0
+    measured = {"gain": round(gain, 6), "module_consistency": round(consistency, 4), "modules_agreeing": f"{positive}/{len(per_module)}"}
     if gain < rule.min_gain or consistency < rule.min_consistency or scores[(best_b, best_u, 0)] <= 0:
         why = []
         if gain < rule.min_gain:
             why.append(f"the best split puts only {gain:.3f} more of {lang}'s share than of {math_}'s into the outer layers (needs {rule.min_gain})")
         if consistency < rule.min_consistency:
-            why.append(f"only {positive}/{len(module_diffs)} module kinds agree on it (needs {rule.min_consistency:.0%})")
+            why.append(f"only {positive}/{len(per_module)} module kinds agree on it (needs {rule.min_consistency:.0%})")
         if not why:
             why.append(f"no layer favours {lang} by more than {tau:.4f} of share")
         return _prior(head, rule_info | measured, d, tau, n, min_middle, rule, "no clear separation: " + "; ".join(why))
@@ -153,7 +154,7 @@ def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str
     what = "importance" if str(cells.attrs.get("kind")) == "importance" else "update"
     reason = (
         f"{lang} has {s_l:.0%} of its {what} in layers {_ranges(outer)} against {math_}'s {s_m:.0%} "
-        f"(gain {gain:.2f}, {positive}/{len(module_diffs)} module kinds agree)"
+        f"(gain {gain:.2f}, {positive}/{len(per_module)} module kinds agree)"
         + (f"; {t} ambiguous layer{'s' if t > 1 else ''} inside each boundary become transition layers" if t else "")
     )
     rec = {"bottom": best_b, "top": best_u, "transition": t, "score": round(scores[(best_b, best_u, t)], 6), "reason": reason}

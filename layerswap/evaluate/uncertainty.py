@@ -1,7 +1,8 @@
 """The uncertainty columns of every summary row: ``stderr``, ``ci_low``, ``ci_high`` of its headline metric.
 
 - a mean of per-example scores (exact match, accuracy, gold log-likelihood): the standard error
-  of the mean (``ddof=1``, as lm-eval's ``*_stderr``) and the normal 95% interval;
+  of the mean (``ddof=1``, as lm-eval's ``*_stderr``) and the normal 95% interval (Wilson's score
+  interval for 0/1 scores, which does not collapse to [0, 0] at no correct answer);
 - a ratio (bits per byte = total bits / total bytes): a percentile bootstrap over examples with
   :data:`BOOTSTRAP_RESAMPLES` resamples and seed :data:`BOOTSTRAP_SEED` (so reruns agree), whose
   standard deviation is the ``stderr``.
@@ -55,7 +56,7 @@ def warn_non_finite(bad: int, total: int, task: str | None, lang: str | None) ->
 
 
 def mean_columns(values: Sequence[float], *, task: str | None = None, lang: str | None = None) -> dict[str, float]:
-    """``stderr``, ``ci_low``, ``ci_high`` of a mean of per-example scores (normal interval).
+    """``stderr``, ``ci_low``, ``ci_high`` of a mean of per-example scores (normal interval; Wilson's for 0/1).
 
     NaN or infinite scores give NaN columns and a warning naming ``task`` and ``lang``.
     """

@@ -2,7 +2,8 @@
 
 Every candidate of a sweep is scored on the same examples, so two candidates are compared
 example by example (``layerswap.stats``): the difference of the headline metric (candidate minus
-reference) with a 95% paired-bootstrap interval (2000 resamples, seed 0), and a p-value from
+reference) with a 95% paired-bootstrap interval (2000 resamples, seed 0; Newcombe's paired score
+interval for 0/1 scores), and a p-value from
 McNemar's exact test for 0/1 scores or a paired permutation test otherwise (bits per byte: a
 ratio, resampled and permuted with each sentence's bits and bytes together). Each reference (the
 leader, the best layer swap, each baseline and expert; per language only the leader and the best
@@ -176,7 +177,7 @@ def verdict_lines(comparisons: pd.DataFrame, task: str, metric: str, *, alpha: f
     fewest = int(lead_rows["n"].min())
     # After a halving race, a candidate dropped early shares only its first blocks with the leader.
     shared = f"the same {n} examples" if fewest == n else f"the examples each shares with it ({fewest} to {n}: a candidate dropped early by halving has fewer)"
-    intro = (f"Paired comparison with `{lead}` on {shared} ({tests}; 95% paired-bootstrap intervals; "
+    intro = (f"Paired comparison with `{lead}` on {shared} ({tests}; 95% paired intervals{' (Newcombe score intervals for 0/1 scores)' if 'mcnemar' in tests else ''}; "
              f"p-values Holm-adjusted across the {len(lead_rows)} other candidates, alpha = {alpha}).")
     lines = [intro]
     if fewest < 10:

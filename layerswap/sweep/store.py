@@ -144,7 +144,7 @@ def read_scores(text: str) -> pd.DataFrame:
 def metric_estimate(scores: pd.DataFrame | None, task: str, language: str) -> dict[str, float]:
     """Standard error, 95% interval and n of a task's headline metric in one language, from its scores.
 
-    A mean (``score``): the standard error of the mean and the normal interval; a ratio (``num``
+    A mean (``score``): the standard error of the mean and the normal interval (Wilson's for 0/1 scores); a ratio (``num``
     and ``den`` present, bits per byte): a percentile bootstrap over examples (2000 resamples, seed 0).
     NaN or infinite scores (a candidate that overflows) give NaN standard error and interval, the
     examples' count as ``n`` and a one-line warning, so one such candidate cannot stop a sweep.

@@ -1,0 +1,247 @@
+#!/usr/bin/env python
+"""Copy an evidence run's small outputs into results/ and answer the run's four questions in EVIDENCE.md.
+
+    python experiments/gemma3-270m-sw/collect.py OUT
+
+OUT is the folder ./run.sh wrote. Everything but the experts' checkpoints is copied (reports,
+tables, figures, the halving units, the experts' training logs). EVIDENCE.md answers, each with its
+interval, from those tables alone:
+
+(a) does each expert learn its skill (the demo's expert checks, paired against the base);
+(b) do the experts' deltas separate (magnitude, top-k overlap and cosine lenses, each against
+    chance) and does the base's Fisher importance agree with where they changed;
+(c) does the best swap beat each expert, the soup and TIES on MGSM-sw (the target, on the
+    finalists) and on the proxy (all candidates, halving);
+(d) does the analysis score (of the deltas, and of importance) predict the measured ranking of swaps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from layerswap.analysis.boundaries import score as boundary_score
+from layerswap.analysis.intervals import (
+    cells_from_deltas,
+    contrast_agreement,
+    cosine_over_cells,
+    overlap_vs_chance,
+    read_table,
+    share_agreement,
+    split_gain,
+)
+from layerswap.stats import spearman_ci
+
+HERE = Path(__file__).resolve().parent
+#: Files of an expert's folder worth keeping (its weights are not).
+EXPERT_FILES = ("layerswap.json", "loss.csv", "loss.png", "recipe.yaml")
+
+
+def copy_outputs(run: Path, dest: Path) -> None:
+    """Everything under ``run`` except the experts' weights, into a fresh ``dest``."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    for src in sorted(run.rglob("*")):
+        rel = src.relative_to(run)
+        if not src.is_file() or src.is_symlink():
+            continue
+        if rel.parts[0] == "experts" and src.name not in EXPERT_FILES:
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+
+
+def ci(low: float, high: float, fmt: str = "+.3f") -> str:
+    if any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+        return "[n/a]"
+    return f"[{low:{fmt}}, {high:{fmt}}]"
+
+
+def answer_a(run: Path) -> list[str]:
+    checks = json.loads((run / "checks" / "checks.json").read_text())
+    m, g = checks["math"], checks["lang"]
+    return [
+        "## (a) Does each expert learn its skill?",
+        "",
+        f"- **math expert: {'yes' if m['learned'] else 'not measurably'}.** {m['diff']:+.3f} nats per token "
+        f"(95% CI {ci(m['low'], m['high'])}, paired permutation p = {m['p_value']:.2g}, n = {m['n']}) on the log-likelihood "
+        f"of the gold worked solution, {m['data']}: base {m['base']:.3f}, expert {m['expert']:.3f}.",
+        f"- **language expert: {'yes' if g['learned'] else 'not measurably'}.** {g['diff']:+.3f} bits per byte "
+        f"(95% CI {ci(g['low'], g['high'])}, p = {g['p_value']:.2g}, n = {g['n']}), {g['data']}: base {g['base']:.3f}, "
+        f"expert {g['expert']:.3f} (lower is better).",
+        "",
+        "Tables: [checks/checks.md](results/checks/checks.md), per example in `results/checks/scores.csv`; training "
+        "losses in `results/experts/*/loss.csv`.",
+    ]
+
+
+def answer_b(run: Path) -> list[str]:
+    a_dir, i_dir = run / "analysis", run / "importance"
+    rec = yaml.safe_load((a_dir / "boundaries.yaml").read_text())
+    irec = yaml.safe_load((i_dir / "boundaries.yaml").read_text())
+    n = int(rec["num_layers"])
+    cells, icells = cells_from_deltas(read_table(a_dir, "deltas")), cells_from_deltas(read_table(i_dir, "deltas"))
+    lines = ["## (b) Do the experts' deltas separate, and does importance agree with where they changed?", ""]
+    lines.append(
+        f"Deltas' recommendation: separation **{rec['separation']}** (basis {rec['basis']}), "
+        f"bottom={rec['bottom']}, top={rec['top']}, transition={rec['transition']}: {rec['reason']}."
+    )
+    lines += ["", "| lens | measured | 95% interval | reads as |", "|---|---|---|---|"]
+    for row in overlap_vs_chance(read_table(a_dir, "overlap")).itertuples():
+        outside = not (row.chance_low <= row.jaccard_ratio <= row.chance_high)
+        lines.append(
+            f"| top-{row.k_percent:g}% overlap (Jaccard / chance's) | {row.jaccard_ratio:.4f}x ({row.n_both} shared of "
+            f"{row.expected:.0f} expected) | chance gives {row.chance_low:.4f}-{row.chance_high:.4f}x | "
+            f"{'beyond' if outside else 'within'} chance (hypergeometric p = {row.p_value:.2g}) |"
+        )
+    for row in cosine_over_cells(read_table(a_dir, "cosine")).itertuples():
+        zero = row.cell_low <= 0 <= row.cell_high
+        lines.append(
+            f"| cosine of the deltas | {row.cosine:.4f} over all layers; {row.cell_mean:.4f} mean over {row.cells} "
+            f"(layer, module) cells | {ci(row.cell_low, row.cell_high, '.4f')} (bootstrap over cells) | "
+            f"{'indistinguishable from orthogonal' if zero else 'not orthogonal'} |"
+        )
+    for label, c, r in (("deltas", cells, rec), ("importance", icells, irec)):
+        g = split_gain(c, "lang", "math", int(r["bottom"]), int(r["top"]), num_layers=n)
+        lines.append(
+            f"| magnitude ({label}): language minus math share in the recommended language layers (b={g['bottom']}, "
+            f"u={g['top']}) | gain {g['gain']:+.3f}; {g['modules_positive']}/{g['modules']} module kinds positive | "
+            f"{ci(g['module_low'], g['module_high'])} (mean over module kinds, bootstrap) | "
+            f"{'separates' if g['module_low'] > 0 else 'opposite of the hypothesis' if g['module_high'] < 0 else 'no separation'} |"
+        )
+    lines += [
+        "",
+        "Does the base's diagonal Fisher on each expert's data agree with where that expert changed? Spearman's rho between "
+        "the two analyses, per module kind's profile over the layers and per layer (95% bootstrap intervals):",
+        "",
+        "| expert | over (layer, module) cells | over layers |",
+        "|---|---|---|",
+    ]
+    for expert in ("math", "lang"):
+        s = share_agreement(cells, icells, expert)
+        lines.append(
+            f"| {expert} | {s['cell_rho']:+.2f} {ci(s['cell_low'], s['cell_high'], '+.2f')} ({s['cells']} cells) | "
+            f"{s['layer_rho']:+.2f} {ci(s['layer_low'], s['layer_high'], '+.2f')} ({s['layers']} layers) |"
+        )
+    c = contrast_agreement(read_table(a_dir, "contrast"), read_table(i_dir, "contrast"))
+    lines += [
+        "",
+        f"Per-layer contrast (language share minus math share), deltas vs importance: rho = {c['rho']:+.2f} "
+        f"{ci(c['low'], c['high'], '+.2f')} over {c['layers']} layers. Intervals over cells treat cells as independent; "
+        "neighbouring layers are not, so read them as lower bounds on the uncertainty.",
+        "",
+        "Summaries: [deltas](results/analysis/summary.md), [importance](results/importance/summary.md).",
+    ]
+    return lines
+
+
+def _comparison_rows(comps: pd.DataFrame, task: str, candidate: str, references: list[str]) -> list[str]:
+    rows = comps[(comps["task"] == task) & (comps["language"] == "all") & (comps["candidate"] == candidate)]
+    out = []
+    for ref in references:
+        r = rows[rows["reference"] == ref]
+        if r.empty:
+            out.append(f"| `{candidate}` vs `{ref}` | {task} | not compared (not evaluated on the same examples) | | | |")
+            continue
+        r = r.iloc[0]
+        out.append(
+            f"| `{candidate}` vs `{ref}` | {task} | {r['diff']:+.4g} | {ci(r['ci_low'], r['ci_high'], '+.4g')} | "
+            f"{r['p_holm']:.2g} | {r['verdict']} (n = {int(r['n'])}) |"
+        )
+    return out
+
+
+def answer_c(run: Path) -> list[str]:
+    results = pd.read_csv(run / "sweep" / "results.csv")
+    comps = pd.read_csv(run / "sweep" / "comparisons.csv")
+    names = results["candidate"].unique().tolist()
+    refs = ["math", "lang"] + [n for n in names if n == "soup" or n.startswith("ties-")]
+    lines = ["## (c) Does the best swap beat each expert, the soup and TIES?", ""]
+    lines += ["| comparison | task | difference | 95% CI (paired) | Holm p | verdict |", "|---|---|---|---|---|---|"]
+    for task, metric in (("mgsm", "exact_match"), ("proxy", "gold_logprob")):
+        swaps = results[(results["task"] == task) & (results["metric"] == metric) & (results["method"] == "layer_swap")]
+        if swaps.empty:
+            continue
+        best = swaps.sort_values("value", ascending=False).iloc[0]["candidate"]
+        lines += _comparison_rows(comps, task, best, refs)
+    target = results[(results["task"] == "mgsm") & (results["metric"] == "exact_match")]
+    lines += ["", "MGSM-sw exact match of the finalists (the target):", ""]
+    lines += [
+        f"- `{r.candidate}`: {r.value:.3f} (95% CI {ci(r.ci_low, r.ci_high, '.3f')}, n = {int(r.n)})" for r in target.itertuples()
+    ]
+    lines += ["", "Full report: [sweep/report.md](results/sweep/report.md)."]
+    return lines
+
+
+def answer_d(run: Path) -> list[str]:
+    results = pd.read_csv(run / "sweep" / "results.csv")
+    comps = pd.read_csv(run / "sweep" / "comparisons.csv")
+    irec = yaml.safe_load((run / "importance" / "boundaries.yaml").read_text())
+    d_imp = read_table(run / "importance", "contrast")["diff"].to_numpy(float)
+    tau = float(irec["rule"]["penalty_per_layer"])
+    swaps = results[(results["task"] == "proxy") & (results["method"] == "layer_swap")].copy()
+    vs_base = comps[(comps["task"] == "proxy") & (comps["language"] == "all") & (comps["reference"] == "base")].set_index("candidate")
+    swaps["vs_base"] = swaps["candidate"].map(vs_base["diff"])
+    swaps["importance_score"] = [
+        boundary_score(d_imp, int(r.bottom), int(r.top), int(r.transition), tau) for r in swaps.itertuples()
+    ]
+    swaps = swaps.dropna(subset=["vs_base"])
+    lines = ["## (d) Does the analysis score predict the measured ranking of swaps?", ""]
+    lines.append(
+        f"{len(swaps)} swaps, measured by their paired difference to `base` on the MGSM-sw proxy over the examples each was "
+        "scored on (halving gives dropped swaps fewer examples; the difference to the base, which saw all of them, takes the "
+        "examples' difficulty out). Spearman's rho with a 95% bootstrap interval over swaps:"
+    )
+    lines += ["", "| score | rho | 95% CI |", "|---|---|---|"]
+    for label, column in (("deltas' analysis score (boundaries.yaml)", "analysis_score"), ("importance score of the same geometry", "importance_score")):
+        rho, low, high = spearman_ci(swaps[column].to_numpy(float), swaps["vs_base"].to_numpy(float))
+        lines.append(f"| {label} | {rho:+.2f} | {ci(low, high, '+.2f')} |")
+    lines += ["", "| swap | analysis score | importance score | proxy minus base | examples |", "|---|---|---|---|---|"]
+    for r in swaps.sort_values("vs_base", ascending=False).itertuples():
+        lines.append(f"| `{r.candidate}` | {r.analysis_score:+.4f} | {r.importance_score:+.4f} | {r.vs_base:+.3f} | {int(r.n)} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="the folder ./run.sh wrote")
+    parser.add_argument("--dest", type=Path, default=HERE, help="where results/ and EVIDENCE.md go (default: next to this file)")
+    args = parser.parse_args()
+    run = args.run.resolve()
+    if not (run / "report.md").is_file():
+        raise SystemExit(f"error: {run}/report.md not found: the run has not finished (rerun ./run.sh {run}, it resumes)")
+    copy_outputs(run, args.dest / "results")
+    demo = yaml.safe_load((run / "demo.yaml").read_text())
+    seconds = json.loads((run / "layerswap.json").read_text()).get("timings_s", {})
+    lines = [
+        "# Evidence run: Gemma 3 270M, Swahili",
+        "",
+        f"`./run.sh` with [config.yaml](config.yaml) (`layerswap demo --config config.yaml`): {demo['method']} fine-tuning, "
+        f"{demo['steps']} steps per expert, {demo['check_examples']} examples per expert check, halving over up to "
+        f"{demo.get('screen_examples') or 2 * demo['limit']} MGSM-sw proxy examples, {demo['limit']} examples of MGSM-sw and FLORES-sw per finalist. "
+        f"Stages took {sum(seconds.values()) / 60:.0f} minutes on 2 CPU cores "
+        f"({', '.join(f'{k} {v / 60:.0f}' for k, v in seconds.items() if v >= 30)} min). "
+        f"Outputs: [results/](results/) ([demo report](results/report.md)).",
+        "",
+        *answer_a(run),
+        "",
+        *answer_b(run),
+        "",
+        *answer_c(run),
+        "",
+        *answer_d(run),
+        "",
+    ]
+    (args.dest / "EVIDENCE.md").write_text("\n".join(lines))
+    print(f"wrote {args.dest / 'EVIDENCE.md'} and {args.dest / 'results'}")
+
+
+if __name__ == "__main__":
+    main()
