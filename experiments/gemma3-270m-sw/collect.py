@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Copy an evidence run's small outputs into results/ and answer the run's four questions in EVIDENCE.md.
+"""Copy an evidence run's small outputs into results/ and answer the run's four questions in README.md.
 
     python experiments/gemma3-270m-sw/collect.py OUT
 
 OUT is the folder ./run.sh wrote. Everything but the experts' checkpoints is copied (reports,
-tables, figures, the halving units, the experts' training logs). EVIDENCE.md answers, each with its
+tables, figures, the halving units, the experts' training logs). README.md answers, each with its
 interval, from those tables alone:
 
 (a) does each expert learn its skill (the demo's expert checks, paired against the base);
@@ -176,7 +176,12 @@ def answer_c(run: Path) -> list[str]:
     lines += [
         f"- `{r.candidate}`: {r.value:.3f} (95% CI {ci(r.ci_low, r.ci_high, '.3f')}, n = {int(r.n)})" for r in target.itertuples()
     ]
-    lines += ["", "Full report: [sweep/report.md](results/sweep/report.md)."]
+    lines += [
+        "",
+        "Full report: [sweep/report.md](results/sweep/report.md).",
+        "",
+        "![best swap against the baselines on the proxy](results/sweep/figures/best_vs_baselines_proxy-gold_logprob.png)",
+    ]
     return lines
 
 
@@ -206,13 +211,14 @@ def answer_d(run: Path) -> list[str]:
     lines += ["", "| swap | analysis score | importance score | proxy minus base | examples |", "|---|---|---|---|---|"]
     for r in swaps.sort_values("vs_base", ascending=False).itertuples():
         lines.append(f"| `{r.candidate}` | {r.analysis_score:+.4f} | {r.importance_score:+.4f} | {r.vs_base:+.3f} | {int(r.n)} |")
+    lines += ["", "![analysis score against the proxy](results/sweep/figures/score_vs_metric_proxy-gold_logprob.png)"]
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the folder ./run.sh wrote")
-    parser.add_argument("--dest", type=Path, default=HERE, help="where results/ and EVIDENCE.md go (default: next to this file)")
+    parser.add_argument("--dest", type=Path, default=HERE, help="where results/ and README.md go (default: next to this file)")
     args = parser.parse_args()
     run = args.run.resolve()
     if not (run / "report.md").is_file():
@@ -230,6 +236,9 @@ def main() -> None:
         f"({', '.join(f'{k} {v / 60:.0f}' for k, v in seconds.items() if v >= 30)} min). "
         f"Outputs: [results/](results/) ([demo report](results/report.md)).",
         "",
+        "Reproduce: `experiments/gemma3-270m-sw/run.sh OUT ../shared/data` (rerun the same command to resume), then "
+        "`python experiments/gemma3-270m-sw/collect.py OUT` (copies the small outputs here and rewrites this file from them).",
+        "",
         *answer_a(run),
         "",
         *answer_b(run),
@@ -239,8 +248,8 @@ def main() -> None:
         *answer_d(run),
         "",
     ]
-    (args.dest / "EVIDENCE.md").write_text("\n".join(lines))
-    print(f"wrote {args.dest / 'EVIDENCE.md'} and {args.dest / 'results'}")
+    (args.dest / "README.md").write_text("\n".join(lines))
+    print(f"wrote {args.dest / 'README.md'} and {args.dest / 'results'}")
 
 
 if __name__ == "__main__":

@@ -259,14 +259,19 @@ def check_first_round(config: SweepConfig, n_candidates: int) -> None:
 
 
 def finalists(result: HalvingResult, candidates: list[Candidate], k: int, always: Sequence[str] = ()) -> list[str]:
-    """What the target sees after halving: the last ``k`` survivors (by the race's ranking), the experts
-    (``math``, ``lang``), the best baseline (the baseline that lasted longest, then by its mean) and the
-    baselines named in ``always`` (``candidates.baselines`` names: ``base``, or a merge method such as ``ties``)."""
+    """What the target sees after halving: the last ``k`` survivors (by the race's ranking), the best
+    layer swap (when none of those is one: the question is whether a swap beats the rest on the target),
+    the experts (``math``, ``lang``), the best baseline (the baseline that lasted longest, then by its
+    mean) and the baselines named in ``always`` (``candidates.baselines`` names: ``base``, or a merge
+    method such as ``ties``)."""
     from layerswap.sweep.compare import EXPERTS, SWAP_METHOD
 
     ranking = result.ranking()
     chosen = ranking[:k]
     by_name = {c.name: c for c in candidates}
+    swaps = [n for n in ranking if by_name[n].method == SWAP_METHOD]
+    if swaps and not any(n in chosen for n in swaps):
+        chosen.append(swaps[0])
     chosen += [e for e in EXPERTS if e in by_name and e not in chosen]
     baselines = [n for n in ranking if by_name[n].method != SWAP_METHOD and n not in EXPERTS]
     if baselines and baselines[0] not in chosen:
