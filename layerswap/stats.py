@@ -14,7 +14,7 @@ definition of every interval:
   bits per byte (total bits / total bytes).
 - :func:`mcnemar`, :func:`paired_difference`, :func:`paired_ratio_difference`: two candidates
   scored on the same examples. The interval is a paired bootstrap (examples resampled together),
-  for 0/1 scores Newcombe's hybrid score interval for paired proportions
+  for 0/1 scores Newcombe's continuity-corrected hybrid score interval for paired proportions
   (:func:`paired_binary_interval`: not degenerate when no example is discordant); the p-value is McNemar's exact test for 0/1 scores (``scipy.stats.binomtest`` on the discordant
   pairs) and otherwise a paired permutation test (``scipy.stats.permutation_test``,
   ``permutation_type="samples"``: each example's two scores swapped at random).
@@ -147,24 +147,35 @@ def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> tupl
 
 
 def paired_binary_interval(a: Scores, b: Scores, *, confidence: float = 0.95) -> tuple[float, float]:
-    """Newcombe's hybrid score interval (1998, method 10) of ``mean(a) - mean(b)`` for paired 0/1 scores.
+    """Newcombe's hybrid score interval with continuity correction (1998, method 11) of ``mean(a) - mean(b)``
+    for paired 0/1 scores.
 
-    Built from each side's Wilson interval and the correlation ``phi`` of the 2x2 table, so it has
-    close to nominal coverage at small n and never collapses to a point: two candidates that agree on
-    all 12 examples get about [-0.24, +0.24], not the bootstrap's [0, 0].
+    Built from each side's continuity-corrected Wilson interval and the correlation ``phi`` of the
+    2x2 table (its numerator ``ad - bc`` shrunk by ``n/2`` when positive). The correction keeps the
+    interval from collapsing to a point when the two candidates agree on every example (method 10
+    gives exactly [0, 0] for 6 right and 6 wrong on both sides; this gives about [-0.16, +0.16]),
+    at the cost of being conservative (97-98% coverage at 20-170 examples in the tests' simulations).
     """
     x, y = _array(a, "a"), _array(b, "b")
     _same_length(x, y)
     n = int(x.size)
     if n == 0:
         return NAN, NAN
+    _z(confidence)
     both, only_a = int(((x == 1) & (y == 1)).sum()), int(((x == 1) & (y == 0)).sum())
     only_b, neither = int(((x == 0) & (y == 1)).sum()), int(((x == 0) & (y == 0)).sum())
+
+    def wilson_cc(k: int) -> tuple[float, float]:
+        ci = _st.binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilsoncc")
+        return float(ci.low), float(ci.high)
+
     p1, p2 = (both + only_a) / n, (both + only_b) / n
-    l1, u1 = wilson_interval(both + only_a, n, confidence=confidence)
-    l2, u2 = wilson_interval(both + only_b, n, confidence=confidence)
+    l1, u1 = wilson_cc(both + only_a)
+    l2, u2 = wilson_cc(both + only_b)
     den = float(both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
-    phi = (both * neither - only_a * only_b) / math.sqrt(den) if den > 0 else 0.0
+    ad_bc = float(both * neither - only_a * only_b)
+    num = max(ad_bc - n / 2.0, 0.0) if ad_bc > 0 else ad_bc
+    phi = num / math.sqrt(den) if den > 0 else 0.0
     d = p1 - p2
     low = d - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     high = d + math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))

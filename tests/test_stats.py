@@ -73,26 +73,38 @@ def test_wilson_interval_by_hand():
 
 
 def test_paired_binary_interval_newcombe():
-    # No discordant example among 12, nobody right: each side's Wilson upper bound on either side of 0.
-    low, high = stats.paired_binary_interval([0] * 12, [0] * 12)
-    assert (low, high) == pytest.approx((-0.242494, 0.242494), abs=1e-5)
-    # By hand (Newcombe 1998, method 10) for 8 only-A, 2 only-B, 5 both, 5 neither.
-    a = [1] * 8 + [0] * 2 + [1] * 5 + [0] * 5
-    b = [0] * 8 + [1] * 2 + [1] * 5 + [0] * 5
-    (l1, u1), (l2, u2) = stats.wilson_interval(13, 20), stats.wilson_interval(7, 20)
-    phi = (5 * 5 - 8 * 2) / math.sqrt(13 * 7 * 7 * 13)
+    # No discordant example: never a point, whether nobody is right or half are (method 10 gave [0, 0] there).
+    nobody = stats.paired_binary_interval([0] * 12, [0] * 12)
+    half = stats.paired_binary_interval([1] * 6 + [0] * 6, [1] * 6 + [0] * 6)
+    assert nobody[0] < -0.2 and nobody[1] > 0.2 and half[0] < -0.1 and half[1] > 0.1
+    assert nobody[0] == pytest.approx(-nobody[1]) and half[0] == pytest.approx(-half[1])
+    # By hand (Newcombe 1998, method 11) for 8 only-A, 2 only-B, 5 both, 5 neither: continuity-corrected
+    # Wilson bounds of 13/20 and 7/20 (the textbook closed form) and phi with ad - bc shrunk by n/2.
+    z, n = 1.959964, 20
+
+    def wilson_cc(k):
+        p = k / n
+        lo = (2 * n * p + z * z - 1 - z * math.sqrt(z * z - 2 - 1 / n + 4 * p * (n * (1 - p) + 1))) / (2 * (n + z * z))
+        hi = (2 * n * p + z * z + 1 + z * math.sqrt(z * z + 2 - 1 / n + 4 * p * (n * (1 - p) - 1))) / (2 * (n + z * z))
+        return max(0.0, lo), min(1.0, hi)
+
+    (l1, u1), (l2, u2) = wilson_cc(13), wilson_cc(7)
+    phi = max(5 * 5 - 8 * 2 - n / 2, 0.0) / math.sqrt(13 * 7 * 7 * 13)  # ad - bc = 9 shrunk by n/2 = 10: phi = 0
     p1, p2 = 0.65, 0.35
     want_low = 0.3 - math.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
     want_high = 0.3 + math.sqrt((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
-    assert stats.paired_binary_interval(a, b) == pytest.approx((want_low, want_high))
-    rng = np.random.default_rng(3)  # coverage at a small n: near nominal
+    a = [1] * 8 + [0] * 2 + [1] * 5 + [0] * 5
+    b = [0] * 8 + [1] * 2 + [1] * 5 + [0] * 5
+    assert stats.paired_binary_interval(a, b) == pytest.approx((want_low, want_high), abs=1e-6)
+    assert stats.paired_binary_interval(b, a) == pytest.approx((-want_high, -want_low), abs=1e-6)  # orientation
+    rng = np.random.default_rng(3)  # coverage at a small n: at least nominal (the correction is conservative)
     hits = 0
     for _ in range(400):
         x = (rng.random(30) < 0.4).astype(float)
         y = np.where(rng.random(30) < 0.8, x, 1 - x)  # true difference 0.4 - (0.32 + 0.12) = -0.04
         lo, hi = stats.paired_binary_interval(x, y)
         hits += lo <= -0.04 <= hi
-    assert 0.88 <= hits / 400 <= 0.995
+    assert 0.93 <= hits / 400
 
 
 def test_paired_permutation_exact_by_hand():

@@ -110,8 +110,9 @@ def answer_b(run: Path) -> list[str]:
         )
     for label, c, r in (("deltas", cells, rec), ("importance", icells, irec)):
         g = split_gain(c, "lang", "math", int(r["bottom"]), int(r["top"]), num_layers=n)
+        which = "the paper's prior language layers" if r.get("basis") == "prior" else "the recommended language layers"
         lines.append(
-            f"| magnitude ({label}): language minus math share in the recommended language layers (b={g['bottom']}, "
+            f"| magnitude ({label}): language minus math share in {which} (b={g['bottom']}, "
             f"u={g['top']}) | gain {g['gain']:+.3f}; {g['modules_positive']}/{g['modules']} module kinds positive | "
             f"{ci(g['module_low'], g['module_high'])} (mean over module kinds, bootstrap) | "
             f"{'separates' if g['module_low'] > 0 else 'opposite of the hypothesis' if g['module_high'] < 0 else 'no separation'} |"
@@ -158,6 +159,18 @@ def _comparison_rows(comps: pd.DataFrame, task: str, candidate: str, references:
     return out
 
 
+def best_swap(comps: pd.DataFrame, task: str) -> str | None:
+    """The swap the sweep itself names best on ``task`` (its "best swap" reference, or the leader when a
+    swap leads): after halving only survivors may lead, so a raw mean over fewer examples never does."""
+    rows = comps[(comps["task"] == task) & (comps["language"] == "all")]
+    named = rows[rows["role"] == "best swap"]["reference"].unique().tolist()
+    if named:
+        return str(named[0])
+    leader = rows[rows["role"] == "leader"]["reference"].unique().tolist()
+    swaps = set(comps.loc[comps["method"] == "layer_swap", "candidate"])
+    return str(leader[0]) if leader and leader[0] in swaps else None
+
+
 def answer_c(run: Path) -> list[str]:
     results = pd.read_csv(run / "sweep" / "results.csv")
     comps = pd.read_csv(run / "sweep" / "comparisons.csv")
@@ -165,12 +178,10 @@ def answer_c(run: Path) -> list[str]:
     refs = ["math", "lang"] + [n for n in names if n == "soup" or n.startswith("ties-")]
     lines = ["## (c) Does the best swap beat each expert, the soup and TIES?", ""]
     lines += ["| comparison | task | difference | 95% CI (paired) | Holm p | verdict |", "|---|---|---|---|---|---|"]
-    for task, metric in (("mgsm", "exact_match"), ("proxy", "gold_logprob")):
-        swaps = results[(results["task"] == task) & (results["metric"] == metric) & (results["method"] == "layer_swap")]
-        if swaps.empty:
-            continue
-        best = swaps.sort_values("value", ascending=False).iloc[0]["candidate"]
-        lines += _comparison_rows(comps, task, best, refs)
+    for task in ("mgsm", "proxy"):
+        best = best_swap(comps, task)
+        if best is not None:
+            lines += _comparison_rows(comps, task, best, refs)
     target = results[(results["task"] == "mgsm") & (results["metric"] == "exact_match")]
     lines += ["", "MGSM-sw exact match of the finalists (the target):", ""]
     lines += [
@@ -191,26 +202,32 @@ def answer_d(run: Path) -> list[str]:
     irec = yaml.safe_load((run / "importance" / "boundaries.yaml").read_text())
     d_imp = read_table(run / "importance", "contrast")["diff"].to_numpy(float)
     tau = float(irec["rule"]["penalty_per_layer"])
-    swaps = results[(results["task"] == "proxy") & (results["method"] == "layer_swap")].copy()
-    vs_base = comps[(comps["task"] == "proxy") & (comps["language"] == "all") & (comps["reference"] == "base")].set_index("candidate")
+    swaps = results[(results["task"] == "proxy") & (results["metric"] == "gold_logprob") & (results["method"] == "layer_swap")].copy()
+    vs_base = comps[
+        (comps["task"] == "proxy") & (comps["metric"] == "gold_logprob") & (comps["language"] == "all") & (comps["reference"] == "base")
+    ].set_index("candidate")
     swaps["vs_base"] = swaps["candidate"].map(vs_base["diff"])
+    swaps["paired_n"] = swaps["candidate"].map(vs_base["n"])
+    base_n = results[(results["task"] == "proxy") & (results["metric"] == "gold_logprob") & (results["candidate"] == "base")]["n"]
     swaps["importance_score"] = [
         boundary_score(d_imp, int(r.bottom), int(r.top), int(r.transition), tau) for r in swaps.itertuples()
     ]
     swaps = swaps.dropna(subset=["vs_base"])
     lines = ["## (d) Does the analysis score predict the measured ranking of swaps?", ""]
+    most = int(swaps["n"].max()) if len(swaps) else 0
+    base_saw = f"the base saw {int(base_n.iloc[0])} examples" if len(base_n) else "the base was not scored"
     lines.append(
-        f"{len(swaps)} swaps, measured by their paired difference to `base` on the MGSM-sw proxy over the examples each was "
-        "scored on (halving gives dropped swaps fewer examples; the difference to the base, which saw all of them, takes the "
-        "examples' difficulty out). Spearman's rho with a 95% bootstrap interval over swaps:"
+        f"{len(swaps)} swaps, measured by their paired difference to `base` on the MGSM-sw proxy over the examples both were "
+        f"scored on (halving gives dropped swaps fewer examples; pairing with the base takes the examples' difficulty out; "
+        f"{base_saw}, the longest-lasting swap {most}). Spearman's rho with a 95% bootstrap interval over swaps:"
     )
     lines += ["", "| score | rho | 95% CI |", "|---|---|---|"]
     for label, column in (("deltas' analysis score (boundaries.yaml)", "analysis_score"), ("importance score of the same geometry", "importance_score")):
         rho, low, high = spearman_ci(swaps[column].to_numpy(float), swaps["vs_base"].to_numpy(float))
         lines.append(f"| {label} | {rho:+.2f} | {ci(low, high, '+.2f')} |")
-    lines += ["", "| swap | analysis score | importance score | proxy minus base | examples |", "|---|---|---|---|---|"]
+    lines += ["", "| swap | analysis score | importance score | proxy minus base | paired examples |", "|---|---|---|---|---|"]
     for r in swaps.sort_values("vs_base", ascending=False).itertuples():
-        lines.append(f"| `{r.candidate}` | {r.analysis_score:+.4f} | {r.importance_score:+.4f} | {r.vs_base:+.3f} | {int(r.n)} |")
+        lines.append(f"| `{r.candidate}` | {r.analysis_score:+.4f} | {r.importance_score:+.4f} | {r.vs_base:+.3f} | {int(r.paired_n)} |")
     lines += ["", "![analysis score against the proxy](results/sweep/figures/score_vs_metric_proxy-gold_logprob.png)"]
     return lines
 

@@ -180,7 +180,7 @@ def verdict_lines(comparisons: pd.DataFrame, task: str, metric: str, *, alpha: f
     intro = (f"Paired comparison with `{lead}` on {shared} ({tests}; 95% paired intervals{' (Newcombe score intervals for 0/1 scores)' if 'mcnemar' in tests else ''}; "
              f"p-values Holm-adjusted across the {len(lead_rows)} other candidates, alpha = {alpha}).")
     lines = [intro]
-    if fewest < 10:
+    if fewest < 10 and tests != "mcnemar":  # Newcombe's score interval (0/1 scores) is not bounded by the data this way
         lines.append(
             f"With {fewest} examples a bootstrap interval understates the uncertainty (it cannot be wider than the observed "
             "differences) and the permutation test cannot reach small p-values: the verdict follows the test, not the interval."

@@ -84,11 +84,17 @@ class DemoConfig(StrictModel):
     figures: str | None = Field(None, description="Also copy the headline figures into this folder (the repo's figures/).")
 
     @model_validator(mode="after")
-    def _final_baselines_are_swept(self) -> "DemoConfig":
-        """A baseline the target must see has to be in the sweep (checked before anything is created)."""
+    def _sweep_settings_fit(self) -> "DemoConfig":
+        """The sweep's settings, checked before anything is created (not hours later at the sweep stage):
+        a baseline the target must see is swept, and the screen's examples hold at least one block."""
         absent = [b for b in self.final_baselines if b not in self.baselines]
         if absent:
             raise ValueError(f"final_baselines names {absent[0]!r}, which is not among the baselines ({', '.join(self.baselines)}): add it there or drop it")
+        block = max(1, self.limit // 2)
+        if self.screen_examples is not None and self.screen_examples < block:
+            raise ValueError(
+                f"screen_examples {self.screen_examples} is smaller than one halving block (limit / 2 = {block} examples): raise it or lower the limit"
+            )
         return self
 
     @classmethod

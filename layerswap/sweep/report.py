@@ -339,7 +339,8 @@ def _paired_table(comparisons: pd.DataFrame, task: str, metric: str) -> str | No
 
 STATISTICS_NOTE = (
     "Intervals are 95%: for means of per-example scores (the proxy's log-likelihood) the mean +- 1.96 "
-    "standard errors (ddof 1, as lm-evaluation-harness), for 0/1 scores (exact match) Wilson's score interval; for bits "
+    "standard errors (ddof 1, as lm-evaluation-harness), for 0/1 scores (exact match) Wilson's score interval (a mean "
+    "over several languages: +- 1.96 combined standard errors); for bits "
     "per byte (total bits / total bytes) a percentile bootstrap over sentences (2000 resamples, seed 0). Candidates are "
     "compared on the same examples: the paired difference with a 95% paired-bootstrap interval (Newcombe's paired score "
     "interval for 0/1 scores), McNemar's exact test for 0/1 scores and a paired permutation "

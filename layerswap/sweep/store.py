@@ -92,9 +92,22 @@ class ResultStore:
         return path.read_text(encoding="utf-8") if path.exists() else None
 
     def load(self, candidate: Candidate) -> list[dict[str, Any]] | None:
-        """The stored rows of ``candidate``, or None when absent or made with other settings."""
+        """The stored rows of ``candidate``, or None when absent or made with other settings.
+
+        Their uncertainty columns are recomputed from the stored per-example scores, so a sweep resumed
+        with a newer layerswap reports every candidate's interval by the same definition."""
         record = self._record(candidate)
-        return None if record is None else record["rows"]
+        if record is None:
+            return None
+        scores = self.load_scores(candidate)
+        if scores is None:
+            return record["rows"]
+        return [
+            {**row, **{k: v for k, v in metric_estimate(scores, row["task"], row["language"]).items() if k != "n"}}
+            if not pd.isna(row.get("n"))
+            else row
+            for row in record["rows"]
+        ]
 
     def load_scores(self, candidate: Candidate) -> pd.DataFrame | None:
         """The stored per-example scores of ``candidate`` (None when it has none or is not done)."""
