@@ -331,3 +331,17 @@ def test_verdict_colours_in_the_paired_panel():
     finally:
         plt.close(fig)
     assert drawn == [to_hex(c) for c in ("tab:green", "tab:red", "tab:gray", "tab:gray")]
+
+
+def test_settings_key_resolves_paths(tmp_path, monkeypatch):
+    """The same folders spelled relative or absolute are one sweep: a rerun resumes instead of redoing its work."""
+    from layerswap.sweep import validate_sweep_dict
+    from layerswap.sweep.store import settings_key
+
+    for name in ("data", "m", "l"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path)
+    rel = validate_sweep_dict({"base": "gemma3-270m", "math": "m", "lang": "./l", "data_dir": "data"})
+    absolute = validate_sweep_dict({"base": "gemma3-270m", "math": str(tmp_path / "m"), "lang": str(tmp_path / "l"), "data_dir": str(tmp_path / "data")})
+    other = validate_sweep_dict({"base": "gemma3-270m", "math": "m", "lang": "./l", "data_dir": str(tmp_path / "m")})
+    assert settings_key(rel) == settings_key(absolute) != settings_key(other)

@@ -52,9 +52,17 @@ SCORE_COLUMNS = ["task", "lang", "id", "score", "num", "den"]
 _SETTINGS_KEYS = ("base", "math", "lang", "languages", "tasks", "limit", "shots", "format", "max_new_tokens", "non_layer", "dtype", "data_dir")
 
 
+def _resolved(value: Any) -> Any:
+    """An existing path as its absolute form (``../shared/data`` and ``/work/shared/data`` are one
+    folder: a rerun must not redo the work for spelling it differently); other values as given."""
+    if isinstance(value, str) and value and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
 def settings_key(config: SweepConfig) -> str:
-    """What makes two evaluations comparable: tasks, languages, limits, formats and models."""
-    data = {k: getattr(config, k) for k in _SETTINGS_KEYS}
+    """What makes two evaluations comparable: tasks, languages, limits, formats and models (paths resolved)."""
+    data = {k: _resolved(getattr(config, k)) for k in _SETTINGS_KEYS}
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
