@@ -97,3 +97,9 @@ def test_cosine_interval_over_cells():
 def test_a_folder_without_the_table_is_one_line(tmp_path):
     with pytest.raises(DataError, match="not a finished analysis folder"):
         read_table(tmp_path, "deltas")
+
+
+def test_the_summary_states_chance_and_the_cell_interval(planted):
+    summary = (planted / "summary.md").read_text()
+    assert "independent sets give" in summary and "hypergeometric p =" in summary
+    assert "(layer, module) cells" in summary and "bootstrap over cells" in summary

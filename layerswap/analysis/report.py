@@ -89,15 +89,25 @@ class Analysis:
         lines.append(f"Base `{self.base}`, {self.num_layers} transformer layers. " + ", ".join(f"{k} = `{v}`" for k, v in self.experts.items()) + ".")
         lines.append("")
         lines.append("## Headline")
-        for row in self.total_overlap().itertuples():
+        from layerswap.analysis.intervals import cosine_over_cells, overlap_vs_chance
+
+        chance = overlap_vs_chance(self.overlap) if len(self.total_overlap()) else pd.DataFrame()
+        for i, row in enumerate(self.total_overlap().itertuples()):
             agree = "" if pd.isna(row.sign_agree) else f", {row.sign_agree:.0%} of the shared parameters agree in sign"
+            c = chance.iloc[i] if i < len(chance) else None
+            vs = "" if c is None else f"; independent sets give {c['chance_low']:.4f}-{c['chance_high']:.4f}x (95%), hypergeometric p = {c['p_value']:.2g}"
             lines.append(
                 f"- top-{row.k_percent:g}% sets of {row.expert_a} and {row.expert_b}: Jaccard {row.jaccard:.4f} vs {row.expected_jaccard:.4f} "
-                f"for independent sets ({_x(row.jaccard_ratio)}){agree}"
+                f"for independent sets ({_x(row.jaccard_ratio)}{vs}){agree}"
             )
-        totals = self.cosine[self.cosine["layer"].isna()]
-        for row in totals.itertuples():
-            lines.append(f"- cosine of {row.expert_a} and {row.expert_b} over all layers: {_f(row.cosine)}")
+        cells = cosine_over_cells(self.cosine) if len(self.cosine) else pd.DataFrame()
+        for row in cells.itertuples():
+            spread = (
+                ""
+                if pd.isna(row.cell_low)
+                else f"; mean over {row.cells} (layer, module) cells {_f(row.cell_mean)} (95% CI {_f(row.cell_low)} to {_f(row.cell_high)}, bootstrap over cells)"
+            )
+            lines.append(f"- cosine of {row.expert_a} and {row.expert_b} over all layers: {_f(row.cosine)}{spread}")
         if self.boundaries is not None:
             bd = self.boundaries
             lines.append(
