@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,6 +35,16 @@ def test_demo_quick_runs_end_to_end(tmp_path, data_dir, capsys):
     assert any(results["method"] == "layer_swap")
     published = {p.name for p in figures.iterdir()}
     assert "demo_deltas_shares.png" in published and "demo_best_vs_baselines_proxy.png" in published
+    # The evidence run's collector reads a demo folder: it must keep reading what the demo writes.
+    collect = Path(__file__).resolve().parents[1] / "experiments" / "gemma3-270m-sw" / "collect.py"
+    dest = tmp_path / "evidence"
+    dest.mkdir()
+    subprocess.run([sys.executable, str(collect), str(out), "--dest", str(dest)], check=True, capture_output=True)
+    answers = (dest / "README.md").read_text()
+    for heading in ("## (a)", "## (b)", "## (c)", "## (d)"):
+        assert heading in answers
+    assert "math expert:" in answers and "| `" in answers and "rho" in answers
+    assert (dest / "results" / "report.md").exists() and not list((dest / "results" / "experts").rglob("*.safetensors"))
 
 
 def test_demo_report_states_the_paired_verdict(tmp_path):

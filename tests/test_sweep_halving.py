@@ -133,6 +133,30 @@ def test_the_best_swap_reaches_the_target_when_baselines_lead(tmp_path):
     assert swaps[0] in set(results.loc[results["task"] == "mgsm", "candidate"])
 
 
+def test_the_report_names_the_best_swap_when_halving_drops_every_swap(tmp_path):
+    """Found in the evidence run: every swap dropped in round 0 and the report said "no layer swap was
+    evaluated", with no paired verdict of the best swap against the experts. The race's ranking names it."""
+    cfg = _config(target=None, tasks=["proxy"], candidates=SMALL)
+    cands = _cands(cfg)
+
+    def experts_lead(cand, unit):
+        frame = _block(cand, unit)
+        return frame.assign(score=frame["score"] + (5.0 if cand.name in ("math", "lang") else 0.0))
+
+    results, scores, race = run_halving_sweep(cfg, cands, tmp_path, lambda c: 0.0, experts_lead, _target, log=lambda s: None)
+    swaps = [n for n in race.ranking() if n.startswith("swap-")]
+    assert not set(swaps) & set(race.survivors)
+    written = write_report(results, cfg, len(cands), tmp_path, scores, race)
+    sel, comps = written["selection"], written["comparisons"]
+    assert sel.winner in ("math", "lang") and sel.best_swap == swaps[0] and sel.best_swap_dropped
+    best = comps[(comps["role"] == "best swap") & (comps["language"] == "all")]
+    assert set(best["reference"]) == {swaps[0]} and {"math", "lang"} <= set(best["candidate"])
+    assert (best.set_index("candidate").loc[["math", "lang"], "n"] == 16).all()  # on the examples the swap had
+    report = (tmp_path / "report.md").read_text()
+    assert "halving dropped every layer swap" in report and f"`{swaps[0]}`" in report
+    assert "no layer swap was evaluated" not in report
+
+
 SMALL = {
     "search": "halving",
     "halving": {"block": 16},

@@ -37,10 +37,13 @@ from layerswap.analysis.intervals import (
     split_gain,
 )
 from layerswap.stats import spearman_ci
+from layerswap.sweep.compare import named_best_swap
 
 HERE = Path(__file__).resolve().parent
 #: Files of an expert's folder worth keeping (its weights are not).
 EXPERT_FILES = ("layerswap.json", "loss.csv", "loss.png", "recipe.yaml")
+#: The headline metric of each task the answers read.
+METRICS = {"mgsm": "exact_match", "proxy": "gold_logprob"}
 
 
 def copy_outputs(run: Path, dest: Path) -> None:
@@ -159,18 +162,6 @@ def _comparison_rows(comps: pd.DataFrame, task: str, candidate: str, references:
     return out
 
 
-def best_swap(comps: pd.DataFrame, task: str) -> str | None:
-    """The swap the sweep itself names best on ``task`` (its "best swap" reference, or the leader when a
-    swap leads): after halving only survivors may lead, so a raw mean over fewer examples never does."""
-    rows = comps[(comps["task"] == task) & (comps["language"] == "all")]
-    named = rows[rows["role"] == "best swap"]["reference"].unique().tolist()
-    if named:
-        return str(named[0])
-    leader = rows[rows["role"] == "leader"]["reference"].unique().tolist()
-    swaps = set(comps.loc[comps["method"] == "layer_swap", "candidate"])
-    return str(leader[0]) if leader and leader[0] in swaps else None
-
-
 def answer_c(run: Path) -> list[str]:
     results = pd.read_csv(run / "sweep" / "results.csv")
     comps = pd.read_csv(run / "sweep" / "comparisons.csv")
@@ -179,7 +170,7 @@ def answer_c(run: Path) -> list[str]:
     lines = ["## (c) Does the best swap beat each expert, the soup and TIES?", ""]
     lines += ["| comparison | task | difference | 95% CI (paired) | Holm p | verdict |", "|---|---|---|---|---|---|"]
     for task in ("mgsm", "proxy"):
-        best = best_swap(comps, task)
+        best = named_best_swap(comps, task, METRICS[task])
         if best is not None:
             lines += _comparison_rows(comps, task, best, refs)
     target = results[(results["task"] == "mgsm") & (results["metric"] == "exact_match")]

@@ -57,6 +57,21 @@ def leader(
     return str(means.idxmax() if higher_is_better(metric) else means.idxmin())
 
 
+def named_best_swap(comparisons: pd.DataFrame | None, task: str, metric: str) -> str | None:
+    """The swap a sweep's ``comparisons.csv`` compares the others with on ``task`` (pooled over languages):
+    its "best swap" reference, or the leader when a swap leads. One answer for the report, its figures
+    and anything reading the table afterwards (a halving sweep's raw means are over unequal examples)."""
+    if comparisons is None or comparisons.empty:
+        return None
+    rows = comparisons[(comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == ALL)]
+    named = rows.loc[rows["role"] == "best swap", "reference"].unique().tolist()
+    if named:
+        return str(named[0])
+    lead = rows.loc[rows["role"] == "leader", "reference"].unique().tolist()
+    swaps = set(comparisons.loc[comparisons["method"] == SWAP_METHOD, "candidate"])
+    return str(lead[0]) if lead and lead[0] in swaps else None
+
+
 def _finite(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame[np.isfinite(frame[columns].to_numpy(dtype=np.float64)).all(axis=1)]
 
@@ -97,12 +112,15 @@ def compare_candidates(
     *,
     alpha: float = ALPHA,
     among: dict[str, list[str]] | None = None,
+    best_swaps: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Each candidate against the leader, the best swap and each baseline and expert, per task and scope.
 
     ``among``: per task, the candidates that may lead (a halving sweep's survivors on its screen
-    task); every pair is compared on the examples both were scored on."""
+    task); every pair is compared on the examples both were scored on. ``best_swaps``: per task, the
+    best swap when no swap is ``among`` them (halving dropped every swap: the race's ranking names it)."""
     among = among or {}
+    best_swaps = best_swaps or {}
     methods = results.groupby("candidate", sort=False)["method"].first()
     out: list[dict] = []
     for task, metric in tasks:
@@ -111,7 +129,7 @@ def compare_candidates(
         for scope in [ALL] + (langs if len(langs) > 1 else []):
             scoped = task_scores if scope == ALL else {c: s[s["lang"] == scope] for c, s in task_scores.items()}
             lead = leader(results, task, metric, scope, among=among.get(task))
-            swap = leader(results, task, metric, scope, method=SWAP_METHOD, among=among.get(task))
+            swap = leader(results, task, metric, scope, method=SWAP_METHOD, among=among.get(task)) or best_swaps.get(task)
             refs = [(lead, "leader")] + ([(swap, "best swap")] if swap not in (None, lead) else [])
             if scope == ALL:  # per language: the leader and the best swap only (the heatmap's marks)
                 refs += [(str(c), _role(str(c))) for c, m in methods.items() if m != SWAP_METHOD and c != lead]

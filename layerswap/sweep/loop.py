@@ -383,15 +383,27 @@ def write_report(
     """Select the leader, compare the candidates paired (``comparisons.csv``), draw the figures and
     write ``report.md``; returns what was written. ``scores``: each candidate's per-example scores;
     ``race``: the halving rounds (a halving sweep), whose survivors alone may lead on the screen task."""
-    from layerswap.sweep.compare import compare_candidates
-    from layerswap.sweep.report import halving_section, report_markdown, screen_target_section, select, write_figures
+    from layerswap.sweep.compare import SWAP_METHOD, compare_candidates, named_best_swap
+    from layerswap.sweep.report import (
+        halving_section,
+        report_markdown,
+        screen_target_section,
+        select,
+        with_best_swap,
+        write_figures,
+    )
 
     task = config.decision_task()
     among = {race.plan.task: race.survivors} if race is not None else {}
+    # Halving may drop every swap; the race's ranking (last round entered, then mean) still names the best one.
+    methods = results.groupby("candidate", sort=False)["method"].first()
+    raced_swaps = [n for n in race.ranking() if methods.get(n) == SWAP_METHOD] if race is not None else []
+    best_swaps = {race.plan.task: raced_swaps[0]} if raced_swaps else {}
     eligible = results if task not in among else results[(results["task"] != task) | results["candidate"].isin(among[task])]
-    selection = select(eligible, task, get_task(task).metric)
     headline = [(t, get_task(t).metric) for t in config.tasks]
-    comparisons = compare_candidates(results, scores or {}, headline, among=among)
+    comparisons = compare_candidates(results, scores or {}, headline, among=among, best_swaps=best_swaps)
+    metric = get_task(task).metric
+    selection = with_best_swap(select(eligible, task, metric), results, named_best_swap(comparisons, task, metric))
     write_text_atomic(out / "comparisons.csv", comparisons.to_csv(index=False))
     figures = write_figures(results, out / "figures", headline, comparisons)
     sections: list[str] = []

@@ -10,7 +10,7 @@ is better high or low comes from the task that reports it (``layerswap.evaluate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,7 +20,7 @@ import pandas as pd
 from layerswap.errors import DataError
 from layerswap.evaluate.tasks import higher_is_better
 from layerswap.figures import pyplot, save_figure
-from layerswap.sweep.compare import ALL, verdict_lines
+from layerswap.sweep.compare import ALL, named_best_swap, verdict_lines
 
 plt = pyplot()
 
@@ -42,6 +42,8 @@ class Selection:
     winner_is_baseline: bool = False
     best_swap: str | None = None
     best_swap_value: float | None = None
+    #: The best swap was dropped by halving: its mean is over fewer examples than the leader's.
+    best_swap_dropped: bool = False
 
     @property
     def margin_over_baseline(self) -> float | None:
@@ -58,6 +60,12 @@ class Selection:
         if self.winner_is_baseline:
             if self.best_swap is None:
                 return "The leader is a baseline; no layer swap was evaluated."
+            if self.best_swap_dropped:
+                return (
+                    f"The leader is a baseline; halving dropped every layer swap. Best layer swap (the one that lasted "
+                    f"longest, then by its mean): `{self.best_swap}` = {self.best_swap_value:.4g} over its fewer examples "
+                    "(see the paired verdict on the examples it shares with the leader)."
+                )
             sign = 1 if higher_is_better(self.metric) else -1
             return (
                 f"The leader is a baseline: no layer swap has a better mean. Best layer swap: `{self.best_swap}` = "
@@ -121,6 +129,17 @@ def select(results: pd.DataFrame, task: str, metric: str) -> Selection:
         best_swap=None if best_swap is None else str(best_swap["candidate"]),
         best_swap_value=None if best_swap is None else float(best_swap["value"]),
     )
+
+
+def with_best_swap(selection: Selection, results: pd.DataFrame, best_swap: str | None) -> Selection:
+    """``selection`` naming ``best_swap`` (from the paired comparisons) when it names none: halving dropped
+    every swap, so none was eligible to lead, yet the report must still say which swap came closest."""
+    if selection.best_swap is not None or best_swap is None:
+        return selection
+    table = per_candidate(results, selection.task, selection.metric).set_index("candidate")
+    if best_swap not in table.index:
+        return selection
+    return replace(selection, best_swap=best_swap, best_swap_value=float(table.loc[best_swap, "value"]), best_swap_dropped=True)
 
 
 def _metric_label(task: str, metric: str) -> str:
@@ -198,7 +217,7 @@ def baseline_bars(results: pd.DataFrame, task: str, metric: str, comparisons: pd
     table = per_candidate(results, task, metric)
     swaps = table[table["method"] == SWAP_METHOD].sort_values("value", ascending=not higher_is_better(metric))
     keep = [c for c in table["candidate"] if c not in set(swaps["candidate"])]
-    best_swap = str(swaps.iloc[0]["candidate"]) if len(swaps) else None
+    best_swap = named_best_swap(comparisons, task, metric) or (str(swaps.iloc[0]["candidate"]) if len(swaps) else None)
     if best_swap is not None:
         keep = [best_swap] + keep
     langs = sorted(rows["language"].unique())
