@@ -42,13 +42,22 @@ from layerswap.sweep.compare import named_best_swap
 HERE = Path(__file__).resolve().parent
 #: Files of an expert's folder worth keeping (its weights are not).
 EXPERT_FILES = ("layerswap.json", "loss.csv", "loss.png", "recipe.yaml")
+TITLE = "# Evidence run: Gemma 3 270M, Swahili"
 #: The headline metric of each task the answers read.
 METRICS = {"mgsm": "exact_match", "proxy": "gold_logprob"}
 
 
 def copy_outputs(run: Path, dest: Path) -> None:
-    """Everything under ``run`` except the experts' weights, into a fresh ``dest``."""
+    """Everything under ``run`` except the experts' weights, into a fresh ``dest``.
+
+    ``dest`` is replaced only when it holds an earlier copy (its ``demo.yaml``): never a folder of
+    something else, never the run itself or a folder around it."""
+    dest = dest.resolve()
+    if dest == run or dest in run.parents or run in dest.parents:
+        raise SystemExit(f"error: {dest} overlaps the run folder {run}: choose another --dest")
     if dest.exists():
+        if not (dest / "demo.yaml").is_file():
+            raise SystemExit(f"error: {dest} exists and is not an earlier copy of a run (no demo.yaml): move it or choose another --dest")
         shutil.rmtree(dest)
     for src in sorted(run.rglob("*")):
         rel = src.relative_to(run)
@@ -231,11 +240,14 @@ def main() -> None:
     run = args.run.resolve()
     if not (run / "report.md").is_file():
         raise SystemExit(f"error: {run}/report.md not found: the run has not finished (rerun ./run.sh {run}, it resumes)")
+    readme = args.dest / "README.md"
+    if readme.exists() and not readme.read_text().startswith(TITLE):
+        raise SystemExit(f"error: {readme} exists and was not written by this script: choose another --dest")
     copy_outputs(run, args.dest / "results")
     demo = yaml.safe_load((run / "demo.yaml").read_text())
     seconds = json.loads((run / "layerswap.json").read_text()).get("timings_s", {})
     lines = [
-        "# Evidence run: Gemma 3 270M, Swahili",
+        TITLE,
         "",
         f"`./run.sh` with [config.yaml](config.yaml) (`layerswap demo --config config.yaml`): {demo['method']} fine-tuning, "
         f"{demo['steps']} steps per expert, {demo['check_examples']} examples per expert check, halving over up to "
