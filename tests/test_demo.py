@@ -260,3 +260,15 @@ def test_expert_checks_pair_each_expert_with_the_base_on_its_own_skill(tiny_expe
     math_math = scores[(scores["model"] == "math") & (scores["task"] == "math")]["score"].to_numpy()
     assert checks["math"]["diff"] == pytest.approx(float((math_math - base_math).mean()))
     assert any(line.startswith(("math expert", "**the math expert")) for line in said)
+
+
+def test_a_resumed_sweep_stage_reports_its_seconds_over_all_runs(tmp_path):
+    """A resumed demo reloads the sweep in seconds; the report must give what the stage cost in all."""
+    from layerswap.sweep import demo
+
+    (tmp_path / ".sweep.seconds").write_text("917.0\n")  # the interrupted first run
+    seconds, result = demo._resumable_stage(tmp_path / "sweep", lambda: "rest")
+    assert result == "rest" and 917.0 <= seconds < 917.0 + 60
+    assert float((tmp_path / ".sweep.seconds").read_text()) == pytest.approx(seconds, abs=0.1)
+    again, _ = demo._resumable_stage(tmp_path / "sweep", lambda: None)
+    assert again >= round(seconds, 1)  # the record keeps tenths of a second

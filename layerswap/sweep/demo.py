@@ -17,7 +17,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -34,6 +34,7 @@ LR = 5e-5
 CHECK_EXAMPLES = 24
 #: GSM8K test questions 0-249 are MGSM's; the math check scores the ones after them.
 MGSM_QUESTIONS = 250
+T = TypeVar("T")
 
 
 class DemoConfig(StrictModel):
@@ -131,6 +132,19 @@ def _stage(name: str, folder: Path, log: Callable[[str], None], run: Callable[[]
     write_text_atomic(record, f"{seconds:.1f}\n")
     log(f"[{name}] {seconds:.0f} s -> {folder}")
     return seconds
+
+
+def _resumable_stage(folder: Path, run: Callable[[], T]) -> tuple[float, T]:
+    """Run a stage that resumes inside itself (the sweep keeps every evaluated unit) and its result; its
+    seconds add up over the runs, so a resumed demo reports what the stage cost in all, not the last
+    run's reload."""
+    record = folder.parent / f".{folder.name}.seconds"
+    before = float(record.read_text()) if record.exists() else 0.0
+    t0 = time.perf_counter()
+    result = run()
+    seconds = before + time.perf_counter() - t0
+    write_text_atomic(record, f"{seconds:.1f}\n")
+    return seconds, result
 
 
 def train_experts(
@@ -458,9 +472,7 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
             "halving": {"block": max(1, config.limit // 2), "max_examples": config.screen_examples or 2 * config.limit},
         },
     )
-    t0 = time.perf_counter()
-    sweep = run_sweep(sweep_cfg, out / "sweep", log=log)
-    timings["sweep"] = time.perf_counter() - t0
+    timings["sweep"], sweep = _resumable_stage(out / "sweep", lambda: run_sweep(sweep_cfg, out / "sweep", log=log))
     report = _demo_report(config, out, timings, sweep, checks)
     write_text_atomic(out / "report.md", report)
     write_provenance(out, {"kind": "demo", "config": config.model_dump(mode="json"), "timings_s": timings})
