@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zlib
@@ -39,12 +40,21 @@ def test_demo_quick_runs_end_to_end(tmp_path, data_dir, capsys):
     collect = Path(__file__).resolve().parents[1] / "experiments" / "gemma3-270m-sw" / "collect.py"
     dest = tmp_path / "evidence"
     dest.mkdir()
-    subprocess.run([sys.executable, str(collect), str(out), "--dest", str(dest)], check=True, capture_output=True)
+    done = subprocess.run([sys.executable, str(collect), str(out), "--dest", str(dest)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     answers = (dest / "README.md").read_text()
     for heading in ("## (a)", "## (b)", "## (c)", "## (d)"):
         assert heading in answers
     assert "math expert:" in answers and "| `" in answers and "rho" in answers
     assert (dest / "results" / "report.md").exists() and not list((dest / "results" / "experts").rglob("*.safetensors"))
+    # It replaces only what it wrote: never a run folder (which has a demo.yaml too).
+    refused = subprocess.run([sys.executable, str(collect), str(out), "--dest", str(out / "sweep")], capture_output=True, text=True)
+    assert refused.returncode != 0 and "overlaps the run folder" in refused.stderr and not (out / "sweep" / "results").exists()
+    other = tmp_path / "other"
+    shutil.copytree(out / "checks", other / "results")
+    (other / "results" / "demo.yaml").write_text("base: x\n")
+    refused = subprocess.run([sys.executable, str(collect), str(out), "--dest", str(other)], capture_output=True, text=True)
+    assert refused.returncode != 0 and "not written by collect.py" in refused.stderr and (other / "results" / "checks.json").exists()
 
 
 def test_demo_report_states_the_paired_verdict(tmp_path):
@@ -272,3 +282,11 @@ def test_a_resumed_sweep_stage_reports_its_seconds_over_all_runs(tmp_path):
     assert float((tmp_path / ".sweep.seconds").read_text()) == pytest.approx(seconds, abs=0.1)
     again, _ = demo._resumable_stage(tmp_path / "sweep", lambda: None)
     assert again >= round(seconds, 1)  # the record keeps tenths of a second
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    (tmp_path / ".sweep.seconds").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        demo._resumable_stage(tmp_path / "sweep", interrupted)
+    assert (tmp_path / ".sweep.seconds").exists()  # an interrupted run's time is kept for the resumed report

@@ -157,6 +157,38 @@ def test_the_report_names_the_best_swap_when_halving_drops_every_swap(tmp_path):
     assert "no layer swap was evaluated" not in report
 
 
+def test_the_best_dropped_swap_is_the_one_that_lasted_longest_not_the_best_raw_mean(tmp_path):
+    """``swap-b3-u2`` keeps up in round 0 and collapses in round 1 (mean -5 over 32 examples); ``swap-b2-u2``
+    is dropped in round 0 at -1 over 16. The race ranks the one that lasted longer first, and the report,
+    the comparisons and the figures agree on it."""
+    cfg = _config(target=None, tasks=["proxy"], candidates=SMALL)
+    cands = _cands(cfg)
+
+    def planted(cand, unit):
+        own = np.random.default_rng(zlib.crc32(cand.name.encode())).normal(scale=0.3, size=N)[unit.start : unit.stop]
+        idx = np.arange(unit.start, unit.stop)
+        if cand.name == "swap-b3-u2":
+            base = np.where(idx < 16, 0.0, -10.0)
+        elif cand.name == "swap-b2-u2":
+            base = np.full(len(idx), -1.0)
+        elif cand.name in ("math", "lang"):
+            base = np.zeros(len(idx))
+        else:
+            base = np.full(len(idx), -3.0)
+        ids = [f"sw-{i}" for i in idx]
+        return pd.DataFrame({"task": "proxy", "lang": "sw", "id": ids, "score": base + own})
+
+    results, scores, race = run_halving_sweep(cfg, cands, tmp_path, lambda c: 0.0, planted, _target, log=lambda s: None)
+    assert "swap-b2-u2" in race.rounds[0].eliminated and "swap-b3-u2" in race.rounds[1].eliminated
+    screen = results[results["task"] == "proxy"].set_index("candidate")["value"]
+    assert screen["swap-b2-u2"] > screen["swap-b3-u2"]  # the raw means would name the other one
+    written = write_report(results, cfg, len(cands), tmp_path, scores, race)
+    assert written["selection"].best_swap == "swap-b3-u2" and written["selection"].best_swap_dropped
+    comps = written["comparisons"]
+    assert set(comps.loc[comps["role"] == "best swap", "reference"]) == {"swap-b3-u2"}
+    assert "`swap-b3-u2` = " in (tmp_path / "report.md").read_text()
+
+
 SMALL = {
     "search": "halving",
     "halving": {"block": 16},

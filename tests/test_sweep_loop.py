@@ -345,3 +345,16 @@ def test_settings_key_resolves_paths(tmp_path, monkeypatch):
     absolute = validate_sweep_dict({"base": "gemma3-270m", "math": str(tmp_path / "m"), "lang": str(tmp_path / "l"), "data_dir": str(tmp_path / "data")})
     other = validate_sweep_dict({"base": "gemma3-270m", "math": "m", "lang": "./l", "data_dir": str(tmp_path / "m")})
     assert settings_key(rel) == settings_key(absolute) != settings_key(other)
+
+
+def test_named_best_swap_when_a_swap_leads_with_no_baselines():
+    """The leader appears only as a reference when nothing but swaps is compared: the sweep's own list of
+    swaps says it is one (found in review: the table alone named none, and the figure fell back to raw means)."""
+    from layerswap.sweep.compare import COMPARISON_COLUMNS, named_best_swap
+
+    row = dict.fromkeys(COMPARISON_COLUMNS)
+    row.update(task="proxy", metric="gold_logprob", language="all", reference="swap-b3-u2", role="leader", candidate="swap-b2-u2", method="layer_swap")
+    comps = pd.DataFrame([row], columns=COMPARISON_COLUMNS)
+    assert named_best_swap(comps, "proxy", "gold_logprob", swaps={"swap-b3-u2", "swap-b2-u2"}) == "swap-b3-u2"
+    assert named_best_swap(comps, "proxy", "gold_logprob", swaps={"swap-b2-u2"}) is None  # a baseline leads
+    assert named_best_swap(comps, "flores", "bits_per_byte", swaps={"swap-b3-u2"}) is None

@@ -43,6 +43,8 @@ HERE = Path(__file__).resolve().parent
 #: Files of an expert's folder worth keeping (its weights are not).
 EXPERT_FILES = ("layerswap.json", "loss.csv", "loss.png", "recipe.yaml")
 TITLE = "# Evidence run: Gemma 3 270M, Swahili"
+#: Written into results/ by this script: only such a folder may be replaced.
+MARKER = ".collected-by-layerswap"
 #: The headline metric of each task the answers read.
 METRICS = {"mgsm": "exact_match", "proxy": "gold_logprob"}
 
@@ -50,15 +52,16 @@ METRICS = {"mgsm": "exact_match", "proxy": "gold_logprob"}
 def copy_outputs(run: Path, dest: Path) -> None:
     """Everything under ``run`` except the experts' weights, into a fresh ``dest``.
 
-    ``dest`` is replaced only when it holds an earlier copy (its ``demo.yaml``): never a folder of
-    something else, never the run itself or a folder around it."""
+    ``dest`` is replaced only when this script wrote it (its ``MARKER`` file): never a folder of
+    something else (a run folder included), never the run itself or a folder around it."""
     dest = dest.resolve()
     if dest == run or dest in run.parents or run in dest.parents:
         raise SystemExit(f"error: {dest} overlaps the run folder {run}: choose another --dest")
     if dest.exists():
-        if not (dest / "demo.yaml").is_file():
-            raise SystemExit(f"error: {dest} exists and is not an earlier copy of a run (no demo.yaml): move it or choose another --dest")
+        if not (dest / MARKER).is_file():
+            raise SystemExit(f"error: {dest} exists and was not written by collect.py (no {MARKER}): move it or choose another --dest")
         shutil.rmtree(dest)
+    dest.mkdir(parents=True)
     for src in sorted(run.rglob("*")):
         rel = src.relative_to(run)
         if not src.is_file() or src.is_symlink():
@@ -68,6 +71,7 @@ def copy_outputs(run: Path, dest: Path) -> None:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, target)
+    (dest / MARKER).write_text("copied by collect.py from a run folder of ./run.sh\n")
 
 
 def ci(low: float, high: float, fmt: str = "+.3f") -> str:

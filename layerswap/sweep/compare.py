@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Collection
 
 import numpy as np
 import pandas as pd
@@ -57,19 +58,23 @@ def leader(
     return str(means.idxmax() if higher_is_better(metric) else means.idxmin())
 
 
-def named_best_swap(comparisons: pd.DataFrame | None, task: str, metric: str) -> str | None:
-    """The swap a sweep's ``comparisons.csv`` compares the others with on ``task`` (pooled over languages):
-    its "best swap" reference, or the leader when a swap leads. One answer for the report, its figures
-    and anything reading the table afterwards (a halving sweep's raw means are over unequal examples)."""
+def named_best_swap(
+    comparisons: pd.DataFrame | None, task: str, metric: str, language: str = ALL, swaps: Collection[str] | None = None
+) -> str | None:
+    """The swap a sweep's ``comparisons.csv`` compares the others with on ``task`` in ``language``
+    (``all``: pooled): its "best swap" reference, or the leader when a swap leads. One answer for the
+    report, its figures and anything reading the table afterwards (a halving sweep's raw means are over
+    unequal examples). ``swaps``: the sweep's layer-swap candidates (``results.csv`` rows with method
+    ``layer_swap``); without it, the swaps the table itself lists as candidates."""
     if comparisons is None or comparisons.empty:
         return None
-    rows = comparisons[(comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == ALL)]
+    rows = comparisons[(comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == language)]
     named = rows.loc[rows["role"] == "best swap", "reference"].unique().tolist()
     if named:
         return str(named[0])
     lead = rows.loc[rows["role"] == "leader", "reference"].unique().tolist()
-    swaps = set(comparisons.loc[comparisons["method"] == SWAP_METHOD, "candidate"])
-    return str(lead[0]) if lead and lead[0] in swaps else None
+    known = set(swaps) if swaps is not None else set(comparisons.loc[comparisons["method"] == SWAP_METHOD, "candidate"])
+    return str(lead[0]) if lead and lead[0] in known else None
 
 
 def _finite(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -118,7 +123,8 @@ def compare_candidates(
 
     ``among``: per task, the candidates that may lead (a halving sweep's survivors on its screen
     task); every pair is compared on the examples both were scored on. ``best_swaps``: per task, the
-    best swap when no swap is ``among`` them (halving dropped every swap: the race's ranking names it)."""
+    best swap when no swap is ``among`` them (halving dropped every swap: the race's ranking, pooled
+    over languages, names it; each language's rows then use that same swap)."""
     among = among or {}
     best_swaps = best_swaps or {}
     methods = results.groupby("candidate", sort=False)["method"].first()

@@ -136,14 +136,16 @@ def _stage(name: str, folder: Path, log: Callable[[str], None], run: Callable[[]
 
 def _resumable_stage(folder: Path, run: Callable[[], T]) -> tuple[float, T]:
     """Run a stage that resumes inside itself (the sweep keeps every evaluated unit) and its result; its
-    seconds add up over the runs, so a resumed demo reports what the stage cost in all, not the last
-    run's reload."""
+    seconds add up over every run of it in this folder, an interrupted one included (recorded on the
+    way out), so a resumed demo reports what the stage cost in all, not the last run's reload."""
     record = folder.parent / f".{folder.name}.seconds"
     before = float(record.read_text()) if record.exists() else 0.0
     t0 = time.perf_counter()
-    result = run()
-    seconds = before + time.perf_counter() - t0
-    write_text_atomic(record, f"{seconds:.1f}\n")
+    try:
+        result = run()
+    finally:
+        seconds = before + time.perf_counter() - t0
+        write_text_atomic(record, f"{seconds:.1f}\n")
     return seconds, result
 
 

@@ -403,7 +403,8 @@ def write_report(
     headline = [(t, get_task(t).metric) for t in config.tasks]
     comparisons = compare_candidates(results, scores or {}, headline, among=among, best_swaps=best_swaps)
     metric = get_task(task).metric
-    selection = with_best_swap(select(eligible, task, metric), results, named_best_swap(comparisons, task, metric))
+    swaps = set(methods.index[methods == SWAP_METHOD])
+    selection = with_best_swap(select(eligible, task, metric), results, named_best_swap(comparisons, task, metric, swaps=swaps))
     write_text_atomic(out / "comparisons.csv", comparisons.to_csv(index=False))
     figures = write_figures(results, out / "figures", headline, comparisons)
     sections: list[str] = []

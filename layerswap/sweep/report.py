@@ -42,7 +42,7 @@ class Selection:
     winner_is_baseline: bool = False
     best_swap: str | None = None
     best_swap_value: float | None = None
-    #: The best swap was dropped by halving: its mean is over fewer examples than the leader's.
+    #: The best swap was dropped by halving (its mean may be over fewer examples than the leader's).
     best_swap_dropped: bool = False
 
     @property
@@ -63,8 +63,8 @@ class Selection:
             if self.best_swap_dropped:
                 return (
                     f"The leader is a baseline; halving dropped every layer swap. Best layer swap (the one that lasted "
-                    f"longest, then by its mean): `{self.best_swap}` = {self.best_swap_value:.4g} over its fewer examples "
-                    "(see the paired verdict on the examples it shares with the leader)."
+                    f"longest, then by its mean): `{self.best_swap}` = {self.best_swap_value:.4g} over the examples it was "
+                    "scored on (see the paired verdict on the examples it shares with the leader)."
                 )
             sign = 1 if higher_is_better(self.metric) else -1
             return (
@@ -160,16 +160,21 @@ def _marks(comparisons: pd.DataFrame | None, task: str, metric: str, scope: str,
 def swap_heatmap(results: pd.DataFrame, task: str, metric: str, comparisons: pd.DataFrame | None = None) -> plt.Figure:
     """Metric over (bottom, top) language layers per language; the best transition per cell.
 
-    With ``comparisons`` (``comparisons.csv``), the best cell is starred and the cells whose swap is
-    statistically indistinguishable from it (paired test, Holm-adjusted p >= 0.05) are boxed.
+    With ``comparisons`` (``comparisons.csv``), the best swap they name (after halving, not always the
+    best raw mean; its cell shows it) is starred and the cells whose swap is statistically
+    indistinguishable from it (paired test, Holm-adjusted p >= 0.05) are boxed.
     """
     rows = results[(results["task"] == task) & (results["metric"] == metric) & (results["method"] == SWAP_METHOD)]
     langs = sorted(rows["language"].unique())
     fig, axes = plt.subplots(1, max(1, len(langs)), figsize=(4.2 * max(1, len(langs)) + 0.8, 3.8), squeeze=False)
     high = higher_is_better(metric)
     for ax, lang in zip(axes[0], langs, strict=False):
+        scope = ALL if len(langs) == 1 else lang
         sub = rows[rows["language"] == lang].dropna(subset=["value"])
-        sub = sub.sort_values("value", ascending=not high, kind="stable").drop_duplicates(["bottom", "top"])
+        # The best swap the comparisons name (after halving: not always the best raw mean) keeps its cell.
+        named = named_best_swap(comparisons, task, metric, scope, swaps=set(sub["candidate"]))
+        sub = sub.sort_values("value", ascending=not high, kind="stable")
+        sub = sub.sort_values("candidate", key=lambda c: c != named, kind="stable").drop_duplicates(["bottom", "top"])
         grid = sub.pivot(index="bottom", columns="top", values="value").sort_index(ascending=False)
         names = sub.pivot(index="bottom", columns="top", values="candidate").reindex_like(grid)
         im = ax.imshow(grid.values.astype(float), cmap="viridis" if high else "viridis_r", aspect="auto")
@@ -177,8 +182,8 @@ def swap_heatmap(results: pd.DataFrame, task: str, metric: str, comparisons: pd.
         ax.set_yticks(range(grid.shape[0]), [str(int(i)) for i in grid.index])
         ax.set_xlabel("top layers from the language expert")
         ax.set_ylabel("bottom layers from the language expert")
-        best = str(sub.iloc[0]["candidate"]) if len(sub) else ""
-        marked = _marks(comparisons, task, metric, ALL if len(langs) == 1 else lang, best)
+        best = named or (str(sub.iloc[0]["candidate"]) if len(sub) else "")
+        marked = _marks(comparisons, task, metric, scope, best)
         ax.set_title(lang)
         for (i, j), v in np.ndenumerate(grid.values.astype(float)):
             if math.isnan(v):
@@ -202,7 +207,9 @@ def _yerr(frame: pd.DataFrame) -> np.ndarray:
 
 
 def baseline_bars(results: pd.DataFrame, task: str, metric: str, comparisons: pd.DataFrame | None = None) -> plt.Figure:
-    """The best swap (by the mean over languages) against every baseline, per language, with 95% intervals.
+    """The best swap against every baseline, per language, with 95% intervals: the swap ``comparisons``
+    names (a halving sweep's: the best survivor, or the race's best when it dropped every swap), else
+    the best mean over languages.
 
     A dot plot rather than bars from zero: log-likelihoods and bits per byte have no natural zero,
     and the differences between candidates are what matters. The error bars are each candidate's own
@@ -217,7 +224,8 @@ def baseline_bars(results: pd.DataFrame, task: str, metric: str, comparisons: pd
     table = per_candidate(results, task, metric)
     swaps = table[table["method"] == SWAP_METHOD].sort_values("value", ascending=not higher_is_better(metric))
     keep = [c for c in table["candidate"] if c not in set(swaps["candidate"])]
-    best_swap = named_best_swap(comparisons, task, metric) or (str(swaps.iloc[0]["candidate"]) if len(swaps) else None)
+    named = named_best_swap(comparisons, task, metric, swaps=set(swaps["candidate"]))
+    best_swap = named or (str(swaps.iloc[0]["candidate"]) if len(swaps) else None)
     if best_swap is not None:
         keep = [best_swap] + keep
     langs = sorted(rows["language"].unique())
