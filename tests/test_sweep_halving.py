@@ -79,6 +79,12 @@ def _target(cand, tasks):
     return summary, pd.DataFrame({"task": "mgsm", "lang": "sw", "id": [f"sw-{i}" for i in range(96)], "score": correct})
 
 
+def _experts_lead(cand, unit):
+    """The planted blocks with both experts far ahead of every swap (halving drops the swaps)."""
+    frame = _block(cand, unit)
+    return frame.assign(score=frame["score"] + (5.0 if cand.name in ("math", "lang") else 0.0))
+
+
 def _cands(cfg):
     return build_candidates(cfg, num_layers=12)
 
@@ -121,11 +127,7 @@ def test_the_best_swap_reaches_the_target_when_baselines_lead(tmp_path):
     cfg = _config(candidates=SMALL, finalists=1)
     cands = _cands(cfg)
 
-    def experts_lead(cand, unit):
-        frame = _block(cand, unit)
-        return frame.assign(score=frame["score"] + (5.0 if cand.name in ("math", "lang") else 0.0))
-
-    results, scores, race = run_halving_sweep(cfg, cands, tmp_path, lambda c: 0.0, experts_lead, _target, log=lambda s: None)
+    results, scores, race = run_halving_sweep(cfg, cands, tmp_path, lambda c: 0.0, _experts_lead, _target, log=lambda s: None)
     swaps = [n for n in race.ranking() if n.startswith("swap-")]
     assert race.ranking()[0] in ("math", "lang")
     chosen = finalists(race, cands, 1)
@@ -139,11 +141,7 @@ def test_the_report_names_the_best_swap_when_halving_drops_every_swap(tmp_path):
     cfg = _config(target=None, tasks=["proxy"], candidates=SMALL)
     cands = _cands(cfg)
 
-    def experts_lead(cand, unit):
-        frame = _block(cand, unit)
-        return frame.assign(score=frame["score"] + (5.0 if cand.name in ("math", "lang") else 0.0))
-
-    results, scores, race = run_halving_sweep(cfg, cands, tmp_path, lambda c: 0.0, experts_lead, _target, log=lambda s: None)
+    results, scores, race = run_halving_sweep(cfg, cands, tmp_path, lambda c: 0.0, _experts_lead, _target, log=lambda s: None)
     swaps = [n for n in race.ranking() if n.startswith("swap-")]
     assert not set(swaps) & set(race.survivors)
     written = write_report(results, cfg, len(cands), tmp_path, scores, race)

@@ -115,13 +115,18 @@ class DemoConfig(StrictModel):
         return validate_config(cls, values, source="demo options")
 
 
+def _seconds_record(folder: Path) -> Path:
+    """Where a stage's seconds are kept, beside its folder (so a resumed demo still reports them)."""
+    return folder.parent / f".{folder.name}.seconds"
+
+
 def _stage(name: str, folder: Path, log: Callable[[str], None], run: Callable[[], Any]) -> float:
     """Run a stage unless its output folder is complete (marked by ``layerswap.json``).
 
     A stage's duration is kept next to its folder, so a resumed demo still reports what each
     stage cost when it ran.
     """
-    record = folder.parent / f".{folder.name}.seconds"
+    record = _seconds_record(folder)
     if (folder / "layerswap.json").exists():
         log(f"[{name}] done already: {folder}")
         return float(record.read_text()) if record.exists() else 0.0
@@ -138,7 +143,7 @@ def _resumable_stage(folder: Path, run: Callable[[], T]) -> tuple[float, T]:
     """Run a stage that resumes inside itself (the sweep keeps every evaluated unit) and its result; its
     seconds add up over every run of it in this folder, an interrupted one included (recorded on the
     way out), so a resumed demo reports what the stage cost in all, not the last run's reload."""
-    record = folder.parent / f".{folder.name}.seconds"
+    record = _seconds_record(folder)
     before = float(record.read_text()) if record.exists() else 0.0
     t0 = time.perf_counter()
     try:
