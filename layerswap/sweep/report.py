@@ -20,11 +20,9 @@ import pandas as pd
 from layerswap.errors import DataError
 from layerswap.evaluate.tasks import higher_is_better
 from layerswap.figures import pyplot, save_figure
-from layerswap.sweep.compare import ALL, named_best_swap, verdict_lines
+from layerswap.sweep.compare import ALL, SWAP_METHOD, named_best_swap, verdict_lines
 
 plt = pyplot()
-
-SWAP_METHOD = "layer_swap"
 
 
 @dataclass(frozen=True)
