@@ -26,7 +26,7 @@ def evaluate_cmd(
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Greedy generation budget per answer."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder laid out like shared/data (else $LAYERSWAP_DATA_DIR, else the Hub)."),
-    data: Path | None = typer.Option(None, "--data", help="--task custom: a JSONL file, or a TSV with a header."),
+    data: Path | None = typer.Option(None, "--data", help="--task custom: a JSONL file, or a TSV with a header; --task mgsm: an MGSM variant (question, answer_number, language)."),
     question_field: str = typer.Option("question", "--question-field", help="--task custom: the question field."),
     answer_field: str = typer.Option("answer", "--answer-field", help="--task custom: the gold answer field (a number, or a worked answer ending '#### N')."),
     base: str | None = typer.Option(None, "--base", help="Base model of a LoRA adapter (default: the one the adapter names)."),

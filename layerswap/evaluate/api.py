@@ -19,7 +19,7 @@ from typing import Any
 from layerswap.config import check_device
 from layerswap.errors import ConfigError
 from layerswap.evaluate.generation import run_generation_task
-from layerswap.evaluate.mgsm import check_shots
+from layerswap.evaluate.mgsm import check_shots, load_examples
 from layerswap.evaluate.result import EvalResult, ModelLike, as_lm, counts_as_ints, format_summary, save_result
 from layerswap.evaluate.runner import LoadedModel
 from layerswap.evaluate.tasks import TASKS, EvalRequest, TaskSpec, nonnegative_shots
@@ -146,7 +146,12 @@ def evaluate(
     )
     check_request(specs, request)
     if "custom" in tasks and data is not None:  # read the questions now: a bad file fails before the model loads
+        if "mgsm" in tasks:
+            raise ConfigError("--data is read by both --task custom and --task mgsm (an MGSM variant): run them separately")
         load_custom(data, question_field=question_field, answer_field=answer_field, limit=limit)
+    if "mgsm" in tasks and data is not None:
+        for lang in langs:
+            load_examples(lang, path=data, limit=1)
     inputs = _inputs(model, data, data_dir, base) if out is not None else []
     if out is not None:
         from layerswap.io import prepare_output_dir

@@ -10,13 +10,14 @@ English ``The answer is``; few-shot answers drop ``len(cue) + 1`` characters, as
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from layerswap.errors import ConfigError, DataError, InputPathError
 from layerswap.evaluate.answers import Extractor, flexible_extractor, normalise_number, strict_extractor
 from layerswap.evaluate.generation import Example, GenerationTask
-from layerswap.io import iter_tsv, resolve_data_dir
+from layerswap.io import iter_jsonl, iter_tsv, require_fields, resolve_data_dir
 
 MAX_SHOTS = 8
 FORMATS = ("direct", "native_cot")
@@ -77,16 +78,29 @@ def _data_dir(data_dir: str | Path | None) -> Path | None:
     return resolve_data_dir(data_dir) if data_dir is not None else resolve_data_dir(None)
 
 
-def load_examples(lang: str, *, data_dir: str | Path | None = None, limit: int | None = None) -> list[Example]:
-    """MGSM test questions of ``lang`` from ``<data>/mgsm/mgsm_<lang>.tsv`` or the Hub."""
+#: The columns of an MGSM file given by path (the ``juletxara/mgsm`` layout, one file for every language).
+VARIANT_COLUMNS = ("question", "answer_number", "language")
+
+
+def load_examples(
+    lang: str, *, data_dir: str | Path | None = None, limit: int | None = None, path: str | Path | None = None
+) -> list[Example]:
+    """MGSM test questions of ``lang`` from ``path`` (a variant such as the corrected release: a
+    JSONL, or a TSV with a header, with columns ``question``, ``answer_number``, ``language``; the
+    rows of ``lang`` in file order), else ``<data>/mgsm/mgsm_<lang>.tsv``, else the Hub."""
     check_language(lang)
+    if path is not None:
+        examples = [Example(f"{lang}-{i}", q, gold) for i, (q, gold) in enumerate(load_variant(path).get(lang, []))]
+        if not examples:
+            raise DataError(f"{path} holds no questions whose language is {lang!r}: pick languages the file has, or another file")
+        return examples[:limit] if limit is not None else examples
     root = _data_dir(data_dir)
     examples: list[Example] = []
     if root is not None:
-        path = root / "mgsm" / f"mgsm_{lang}.tsv"
-        for lineno, row in iter_tsv(path, header=False, fieldnames=["question", "answer"]):
+        tsv = root / "mgsm" / f"mgsm_{lang}.tsv"
+        for lineno, row in iter_tsv(tsv, header=False, fieldnames=["question", "answer"]):
             if not row.get("question") or not row.get("answer"):
-                raise DataError(f"{path} line {lineno} lacks a question or an answer column: expected question<TAB>answer")
+                raise DataError(f"{tsv} line {lineno} lacks a question or an answer column: expected question<TAB>answer")
             examples.append(Example(f"{lang}-{len(examples)}", row["question"], normalise_number(row["answer"])))
             if limit is not None and len(examples) >= limit:
                 break
@@ -98,6 +112,31 @@ def load_examples(lang: str, *, data_dir: str | Path | None = None, limit: int |
     if not examples:
         raise DataError(f"no MGSM questions found for {lang}")
     return examples
+
+
+def load_variant(path: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """``{language: [(question, gold number), ...]}`` of an MGSM file laid out as :data:`VARIANT_COLUMNS`
+    (``.jsonl``/``.json`` lines, or ``.tsv`` with a header row); every row is checked, naming its line."""
+    path = Path(path)
+    if path.suffix in (".jsonl", ".json"):
+        rows = iter_jsonl(path)
+    elif path.suffix in (".tsv", ".txt"):
+        rows = iter_tsv(path)
+    else:
+        raise DataError(f"{path}: an MGSM variant is a .jsonl file or a .tsv file with a header row ({', '.join(VARIANT_COLUMNS)})")
+    out: dict[str, list[tuple[str, str]]] = {}
+    for lineno, rec in rows:
+        require_fields(rec, list(VARIANT_COLUMNS), path=path, lineno=lineno)
+        lang = str(rec["language"]).strip()
+        if lang not in MGSM_LANGUAGES:
+            raise DataError(f"{path} line {lineno}: unknown MGSM language {lang!r}: valid languages are {', '.join(MGSM_LANGUAGES)}")
+        gold = normalise_number(str(rec["answer_number"]))
+        if not re.fullmatch(r"-?\d+(\.\d+)?", gold):
+            raise DataError(f"{path} line {lineno}: answer_number {rec['answer_number']!r} is not a number: fix that line")
+        out.setdefault(lang, []).append((str(rec["question"]), gold))
+    if not out:
+        raise DataError(f"{path} holds no questions")
+    return out
 
 
 def _hub_split(lang: str, split: str) -> list[dict]:

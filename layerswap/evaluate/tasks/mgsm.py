@@ -28,9 +28,11 @@ def evaluate_mgsm(
     batch_size: int = 8,
     max_new_tokens: int = 256,
     data_dir: str | Path | None = None,
+    data: str | Path | None = None,
     tokenizer: Any = None,
 ) -> EvalResult:
-    """MGSM exact match per language in lm-eval's ``direct`` or ``native_cot`` format."""
+    """MGSM exact match per language in lm-eval's ``direct`` or ``native_cot`` format; ``data`` is an
+    MGSM variant by path (the corrected release, your own: columns question, answer_number, language)."""
     from layerswap.evaluate.generation import run_generation_task
     from layerswap.evaluate.result import take
 
@@ -41,7 +43,7 @@ def evaluate_mgsm(
 
     def one(lm: LoadedModel, lang: str) -> EvalResult:
         task = load_task(lang, fmt, shots=shots, data_dir=data_dir)
-        examples = take(load_examples(lang, data_dir=data_dir, limit=limit), limit)
+        examples = take(load_examples(lang, data_dir=data_dir, limit=limit, path=data), limit)
         return run_generation_task(lm, task, examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
     return per_language(model, tokenizer, langs, one)
