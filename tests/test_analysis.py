@@ -419,7 +419,7 @@ def test_atomic_output_on_failure(tiny_llama, tiny_experts, tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
-# -- the one-pass exact top-k (overlap.TopKStream) against sorting everything ------------------------
+# -- the one-read exact top-k (bands.BandStream) against sorting everything ------------------------
 
 
 def _stream_case(case: str, gen: torch.Generator) -> dict[str, dict[str, torch.Tensor]]:
@@ -444,9 +444,9 @@ def _stream_case(case: str, gen: torch.Generator) -> dict[str, dict[str, torch.T
     return out
 
 
-def _run_stream(data, ks, *, start=None, cap=1 << 27, slack=None, signed=True):
+def _run_stream(data, ks, bands, *, cap=1 << 26, signed=True):
+    from layerswap.analysis.bands import BandStream
     from layerswap.analysis.deltas import SMALLEST_COUNTED, Pass1, TensorStat, Workspace
-    from layerswap.analysis.overlap import TopKStream
 
     experts = list(data)
     tensors = list(data[experts[0]])
@@ -462,9 +462,7 @@ def _run_stream(data, ks, *, start=None, cap=1 << 27, slack=None, signed=True):
         stats,
         {},
     )
-    stream = TopKStream(experts, ks, population, signed=signed, cap=cap, start=start)
-    if slack is not None:
-        stream.PRUNE_SLACK = slack
+    stream = BandStream(experts, ks, population, bands, signed=signed, cap=cap)
     ws = Workspace()
     for t in tensors:
         values = {e: data[e][t].clone() for e in experts}
@@ -497,21 +495,32 @@ def _reference(data, ks):
     return out
 
 
+def _bands_around(data, ks, mode):
+    """Bands for the stream: the whole range, a few bins around the true threshold, or exactly its bin."""
+    from layerswap.analysis.bands import TOP_BIN
+
+    ref = _reference(data, ks)
+    out = {}
+    for (e, k), (mode_, threshold, _) in ref.items():
+        if mode == "no-guess" or mode_ != "exact":
+            out[(e, k)] = (1, TOP_BIN)
+            continue
+        b = int(torch.tensor(threshold).view(torch.int32)) >> 16
+        pad = 3 if mode == "good-guess" else 0
+        out[(e, k)] = (max(1, b - pad), b + pad + 1)
+    return out
+
+
 @pytest.mark.parametrize("case", ["continuous", "ties", "sparse", "zero"])
-@pytest.mark.parametrize("mode", ["no-guess", "good-guess", "prune-often"])
-def test_topk_stream_equals_sorting(case, mode):
+@pytest.mark.parametrize("mode", ["no-guess", "good-guess", "one-bin"])
+@pytest.mark.parametrize("signed", [True, False])
+def test_band_stream_equals_sorting(case, mode, signed):
     gen = torch.Generator().manual_seed(10 * len(case) + len(mode))
     data = _stream_case(case, gen)
+    if not signed:  # importance: non-negative values
+        data = {e: {t: v.abs() for t, v in d.items()} for e, d in data.items()}
     ks = [0.5, 1, 5, 37.5, 100]
-    start = None
-    if mode == "good-guess":  # a bound just below the true 100% threshold would be the best; use the 37.5% one's bin minus a few
-        ref = _reference(data, [37.5])
-        start = {
-            e: max(1, (int(torch.tensor(ref[(e, 37.5)][1]).view(torch.int32)) >> 16) - 3) if ref[(e, 37.5)][0] == "exact" else 1
-            for e in data
-        }
-        ks = [0.5, 1, 5, 37.5]
-    stream, p2 = _run_stream(data, ks, start=start, slack=0 if mode == "prune-often" else None)
+    _, p2 = _run_stream(data, ks, _bands_around(data, ks, mode), signed=signed)
     assert p2 is not None
     ref = _reference(data, ks)
     tensors = list(data["a"])
@@ -519,7 +528,8 @@ def test_topk_stream_equals_sorting(case, mode):
         cut = p2.cuts[(e, k)]
         assert (cut.mode, cut.threshold) == (mode_, threshold), (e, k)
         for t in tensors:
-            assert p2.n[(e, k, t)] == int((data[e][t].abs() >= member).sum()) if mode_ != "empty" else p2.n[(e, k, t)] == 0
+            want = int((data[e][t].abs() >= member).sum()) if mode_ != "empty" else 0
+            assert p2.n[(e, k, t)] == want, (e, k, t)
     for a, b in [("a", "b"), ("a", "c"), ("b", "c")]:
         for k in ks:
             for t in tensors:
@@ -536,17 +546,55 @@ def test_topk_stream_equals_sorting(case, mode):
                 both = ma & mb
                 same = torch.signbit(data[a][t]) == torch.signbit(data[b][t])
                 assert p2.both[(a, b, k, t)] == int(both.sum())
-                assert p2.agree[(a, b, k, t)] == int((both & same).sum())
+                assert p2.agree[(a, b, k, t)] == (int((both & same).sum()) if signed else 0)
 
 
-def test_topk_stream_gives_up_rather_than_guess():
-    """A guessed bound above the threshold, or more candidates than the cap: no answer (the multi-pass method runs)."""
+def test_band_stream_gives_up_rather_than_guess():
+    """A band above or below the threshold, or more histogram cells than the cap: no answer (the multi-pass method runs)."""
     data = _stream_case("continuous", torch.Generator().manual_seed(3))
-    too_high = {e: (int(torch.tensor(100.0).view(torch.int32)) >> 16) for e in data}
-    assert _run_stream(data, [5], start=too_high)[1] is None
-    assert _run_stream(data, [5], cap=100)[1] is None
-    sparse = _stream_case("sparse", torch.Generator().manual_seed(4))  # fewer non-zeros than K, but not all of them kept
-    assert _run_stream(sparse, [37.5], start={e: 30000 for e in sparse})[1] is None
+    exact = _bands_around(data, [5], "one-bin")
+    above = {key: (hi, hi + 4) for key, (lo, hi) in exact.items()}
+    below = {key: (max(1, lo - 8), lo) for key, (lo, hi) in exact.items()}
+    assert _run_stream(data, [5], exact)[1] is not None
+    assert _run_stream(data, [5], above)[1] is None
+    assert _run_stream(data, [5], below)[1] is None
+    assert _run_stream(data, [5], exact, cap=10)[1] is None
+    sparse = _stream_case("sparse", torch.Generator().manual_seed(4))  # fewer non-zeros than K, but not all of them seen
+    assert _run_stream(sparse, [37.5], {(e, 37.5): (30000, 30001) for e in sparse})[1] is None
+
+
+def _profile_triple(root: Path, profile: str) -> dict[str, Path]:
+    """A tiny bf16 triple from benchmarks/synthetic.py with one of its delta profiles."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthetic", Path(__file__).parents[1] / "benchmarks" / "synthetic.py")
+    synthetic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(synthetic)
+    return synthetic.write_triple(root / profile, cfg=synthetic.tiny_shape(5), profile=profile, seed=7)
+
+
+@pytest.mark.parametrize("profile", ["planted", "dense-uniform", "dense-varying"])
+def test_delta_profiles_one_read_equals_multi_pass_and_sorting(tmp_path, profile):
+    """On each benchmark delta profile the one read decides, and its tables equal the multi-pass method's and brute force."""
+    paths = _profile_triple(tmp_path, profile)
+    experts = {"math": paths["math"], "lang": paths["lang"]}
+    ks = [1, 5]
+    one = analyze(paths["base"], experts, top_k=ks)
+    multi = analyze(paths["base"], experts, top_k=ks, candidate_cap=0)
+    refined = analyze(paths["base"], experts, top_k=ks, candidate_cap=0, boundary_cap=0)
+    assert one.info["top_k_method"] == "one pass"
+    assert multi.info["top_k_method"] == refined.info["top_k_method"] == "multi-pass"
+    for name in ("deltas", "layers", "overlap", "cosine", "topk", "thresholds"):
+        assert getattr(one, name).equals(getattr(multi, name)), name
+        assert getattr(one, name).equals(getattr(refined, name)), name
+    ref = {name: _layer_deltas(paths["base"], path) for name, path in experts.items()}
+    thresholds = one.thresholds.set_index(["expert", "k_percent"])
+    for (expert, k), row in thresholds.iterrows():
+        assert row["threshold"] == float(torch.topk(ref[expert].abs(), int(row["k_count"])).values[-1])
+    for row in one.total_overlap().itertuples():
+        ma = ref[row.expert_a].abs() >= thresholds.loc[(row.expert_a, row.k_percent), "threshold"]
+        mb = ref[row.expert_b].abs() >= thresholds.loc[(row.expert_b, row.k_percent), "threshold"]
+        assert (row.n_a, row.n_b, row.n_both) == (int(ma.sum()), int(mb.sum()), int((ma & mb).sum()))
 
 
 def test_one_pass_and_multi_pass_tables_are_identical(tiny_experts, tiny_lora):
@@ -574,11 +622,11 @@ def test_reductions_keep_torch_bits():
 
 def test_one_pass_giving_up_falls_back_to_the_same_tables(tiny_experts, monkeypatch):
     """When the one pass cannot decide (a guess too high, too many candidates), a histogram pass and pass 2 give the same tables."""
-    from layerswap.analysis import overlap
+    from layerswap.analysis import bands
 
     experts = {"math": tiny_experts["math"], "lang": tiny_experts["lang"]}
     one = analyze(tiny_experts["base"], experts, top_k=[1, 5])
-    monkeypatch.setattr(overlap.TopKStream, "finish", lambda self, p1: None)
+    monkeypatch.setattr(bands.BandStream, "finish", lambda self, p1: None)
     fallback = analyze(tiny_experts["base"], experts, top_k=[1, 5])
     assert fallback.info["top_k_method"] == "multi-pass"
     for name in ("deltas", "overlap", "topk", "thresholds"):

@@ -1,8 +1,8 @@
 """``analyze``: experts against their base, streamed, into an :class:`Analysis` (and a folder).
 
 One machinery serves deltas and importance: a list of :class:`ValueSource` (one per expert or
-data set) goes through one pass (magnitudes, dots, and the candidates for the exact top-k% sets,
-``overlap.TopKStream``), or where that cannot decide, the multi-pass method (histogram, pass 2);
+data set) goes through one pass (magnitudes, dots, and the counts for the exact top-k% sets,
+``bands.BandStream``), or where that cannot decide, the multi-pass method (histogram, pass 2);
 the boundary rule reads the per-layer shares. See ``docs/analysis.md``.
 """
 
@@ -14,18 +14,14 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from layerswap.analysis.bands import DEFAULT_BAND_CAP, BandStream, guess_bands
 from layerswap.analysis.boundaries import BoundaryRule, contrast_table, recommend
 from layerswap.analysis.deltas import DeltaSource, ValueSource, cell_sumsq, cosine_table, deltas_table, layers_table, run_pass1
 from layerswap.analysis.overlap import (
     DEFAULT_BOUNDARY_CAP,
-    DEFAULT_CANDIDATE_CAP,
-    GUESS_MARGIN,
     HistogramObserver,
-    TopKStream,
     check_top_k,
-    guess_bounds,
     histogram_pass,
-    k_count_of,
     overlap_table,
     run_pass2,
     thresholds_table,
@@ -77,11 +73,11 @@ def build_analysis(
     math: str | None = None,
     rule: BoundaryRule | None = None,
     boundary_cap: int = DEFAULT_BOUNDARY_CAP,
-    candidate_cap: int = DEFAULT_CANDIDATE_CAP,
+    candidate_cap: int = DEFAULT_BAND_CAP,
 ) -> Analysis:
     """Stream ``sources`` (one pass, or the multi-pass method where needed) and assemble the tables and the recommendation.
 
-    ``candidate_cap`` bounds the values the one-pass top-k keeps (0: always the multi-pass method);
+    ``candidate_cap`` bounds the histogram cells the one-pass top-k keeps (0: always the multi-pass method);
     ``boundary_cap`` the values the multi-pass method keeps before it adds its refining pass.
     """
     top_k = check_top_k(top_k)
@@ -91,12 +87,11 @@ def build_analysis(
     arch = base.architecture
     layer_tensors = [t for t in base.names() if arch.classify(t).layer is not None]
     population = sum(base.info(t).numel for t in layer_tensors)
-    k_max = max(k_count_of(k, population) for k in top_k)
     stream = histograms = None
-    if 0 < GUESS_MARGIN * k_max * len(sources) <= candidate_cap:  # the candidates should fit: one pass
-        start = guess_bounds(base, sources, layer_tensors, k_max)
-        stream = TopKStream(names, top_k, population, signed=all(s.signed for s in sources), cap=candidate_cap, start=start)
-    else:  # they would not: pass 1 takes the histograms of the multi-pass method, as it always did
+    if candidate_cap > 0:  # one read: counts in a band around each threshold
+        bands = guess_bands(base, sources, layer_tensors, top_k, population)
+        stream = BandStream(names, top_k, population, bands, signed=all(s.signed for s in sources), cap=candidate_cap)
+    else:  # asked for the multi-pass method: pass 1 takes its histograms
         histograms = HistogramObserver(base, names)
     observer = stream.observe if stream else histograms.observe
     p1 = run_pass1(base, sources, desc=f"{kind}: magnitudes and top-k", observer=observer)
@@ -174,7 +169,7 @@ def analyze(
     rule: BoundaryRule | None = None,
     plots: bool = True,
     boundary_cap: int = DEFAULT_BOUNDARY_CAP,
-    candidate_cap: int = DEFAULT_CANDIDATE_CAP,
+    candidate_cap: int = DEFAULT_BAND_CAP,
 ) -> Analysis:
     """Analyse named experts (model folders or LoRA adapters) against ``base``.
 

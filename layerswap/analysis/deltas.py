@@ -4,8 +4,8 @@ Each base tensor is read once, and every expert's value for it (its delta, or th
 its Fisher importance) is computed while that base tensor is in memory. Per tensor and expert we
 keep a handful of numbers (l2, mean/max |value|, non-finite count, number of counted non-zeros)
 and the pairwise dot products (for cosines). The transformer-layer values are handed, while in
-memory, to an observer: ``overlap.TopKStream`` keeps the few candidates for the exact top-k% sets
-there, so that one pass over the files usually does everything (see ``overlap.py``).
+memory, to an observer: ``bands.BandStream`` counts them for the exact top-k% sets there, so that
+one pass over the files does everything (see ``bands.py`` and ``overlap.py``).
 """
 
 from __future__ import annotations
@@ -340,10 +340,13 @@ def run_pass1(
                 with lock:
                     observer(*args)
 
+            # an observer that says it is thread-safe (its per-tensor results go to their own keys) runs unserialised
+            call = observer if getattr(getattr(observer, "__self__", observer), "thread_safe", False) else locked
+
             def work(name: str) -> None:
                 if not hasattr(local, "ws"):
                     local.ws = Workspace()
-                _measure(base, sources, name, result, local.ws, red, locked if observer is not None else None)
+                _measure(base, sources, name, result, local.ws, red, call if observer is not None else None)
 
             with ThreadPoolExecutor(max_workers=red.threads) as pool:
                 for _ in pool.map(work, layer_tensors):

@@ -5,22 +5,9 @@ the K-th largest |value| over all P transformer-layer parameters, with ``K = cei
 (ties at ``t`` are all included; zeros never are, so an expert that changed fewer than K
 parameters has all of them as its set).
 
-Finding ``t`` exactly while streaming, in the one pass that also measures magnitudes (``TopKStream``):
-
-1. Before the pass, a few thousand values of every layer tensor are sampled (a few pages each)
-   to guess, per expert, a bound a little below its threshold. The guess only saves memory; it is
-   checked at the end, and the result never depends on it.
-2. During the pass every |value| at or above the expert's current bound is kept (with, for each
-   pair, both experts' values where both reach their bounds), and the kept values are histogrammed
-   by their top 16 bits, which order non-negative floats exactly. As soon as at least K kept
-   values lie above the bound, the bin holding the K-th largest so far becomes the new bound: the
-   K-th largest over everything can only be higher, so nothing dropped below it can ever belong
-   to a set. The kept values are pruned to the bound now and then.
-3. At the end ``t`` is the exact rank-r value inside its bin among the kept values, and every
-   count per tensor (members, shared members, sign agreement) is counted among them.
-
-If the guess was too high (fewer than K values above it), or the kept values would exceed
-``candidate_cap``, the exact multi-pass method is used instead: a histogram pass over the layer
+``t`` is found exactly in the one read of pass 1 by ``bands.BandStream`` (counts in a band of
+histogram bins guessed from samples). Where that cannot decide (the guess missed, or its histograms
+would pass their cap), the exact multi-pass method here runs instead: a histogram pass over the layer
 tensors names the bin holding the K-th value; pass 2 reads them again, counts the sure members of
 each expert and pair per tensor, and keeps the few values inside a threshold bin, resolved at the
 end; when those bins are too crowded to keep (deltas that are nearly all ±lr, after a few Adam
@@ -53,12 +40,8 @@ from layerswap.progress import progress
 
 #: Boundary values kept in memory before the refining pass is used instead (about 4 bytes each per expert).
 DEFAULT_BOUNDARY_CAP = 1 << 24
-#: Candidate values (4 bytes each; a pair entry counts 2) the one-pass top-k may keep before the multi-pass method is used.
-DEFAULT_CANDIDATE_CAP = 1 << 27
-#: Sampled spans per layer tensor for the first guess of the bounds, and their length.
+#: Sampled spans per layer tensor for the first guess of where the thresholds lie (``bands.py``), and their length.
 SAMPLE_SPANS, SAMPLE_WIDTH = 64, 256
-#: The guessed bound is where the sampled count from the top reaches this many times K.
-GUESS_MARGIN = 1.25
 _SMALLEST_COUNTED = SMALLEST_COUNTED
 
 
@@ -287,210 +270,6 @@ def _resolve(result: Pass2, pending: list[Cut], kept_single: dict, kept_pair: di
             result.both[(a, b, k, name)] += int(torch.count_nonzero(both))
             if same is not None:
                 result.agree[(a, b, k, name)] += int(torch.count_nonzero(both & same))
-
-
-# ---------------------------------------------------------------------------------------------
-# One pass: candidates above a rising bound (module docstring, steps 1-3)
-# ---------------------------------------------------------------------------------------------
-
-
-def _spans(numel: int) -> list[tuple[int, int]]:
-    """Evenly spread flat index ranges to sample a tensor at (all of it when small)."""
-    if numel <= 4 * SAMPLE_SPANS * SAMPLE_WIDTH:
-        return [(0, numel)] if numel else []
-    step = numel // SAMPLE_SPANS
-    return [(i * step, i * step + SAMPLE_WIDTH) for i in range(SAMPLE_SPANS)]
-
-
-def guess_bounds(base: ModelFolder, sources: Sequence[ValueSource], tensors: Sequence[str], k_max: int) -> dict[str, int]:
-    """Per expert, a histogram bin a little below where its K-th largest |value| probably lies (1: no guess).
-
-    Weighted samples of every layer tensor estimate how many values lie above each bin; the bin
-    where that estimate reaches ``GUESS_MARGIN * K`` is the guess. Never trusted: checked at the end.
-    """
-    hist = {s.name: np.zeros(NBINS, dtype=np.float64) for s in sources}
-    usable = {s.name: True for s in sources}
-    for name in tensors:
-        numel = base.info(name).numel
-        spans = _spans(numel)
-        taken = sum(b - a for a, b in spans)
-        for src in sources:
-            if not usable[src.name] or not src.changes(name) or not taken:
-                continue
-            v = src.sample(name, spans)
-            if v is None:
-                usable[src.name] = False
-                continue
-            a = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).abs_()
-            counts = np.bincount((a.view(torch.int32) >> 16).numpy(), minlength=NBINS)
-            hist[src.name] += counts * (numel / taken)
-    out: dict[str, int] = {}
-    for e, h in hist.items():
-        from_top = np.cumsum(h[:0:-1])  # bins NBINS-1 .. 1 (bin 0 never counts)
-        want = GUESS_MARGIN * k_max
-        if not usable[e] or from_top[-1] < want:
-            out[e] = 1
-            continue
-        out[e] = max(1, NBINS - 1 - int(np.searchsorted(from_top, want)))
-    return out
-
-
-class TopKStream:
-    """Keeps, during pass 1, every |value| that can still be in a top-k% set; then counts exactly.
-
-    Use ``observe`` as pass 1's observer and ``finish`` after it; ``finish`` returns None when the
-    one-pass method could not decide (see the module docstring), and the multi-pass method is used.
-    """
-
-    #: Kept values beyond the needed ones before a prune is worth its pass over them.
-    PRUNE_SLACK = 1 << 20
-
-    def __init__(self, experts: Sequence[str], top_k: Sequence[float], population: int, *, signed: bool,
-                 cap: int = DEFAULT_CANDIDATE_CAP, start: dict[str, int] | None = None) -> None:  # fmt: skip
-        self.experts = list(experts)
-        self.top_k = list(top_k)
-        self.population = population
-        self.signed = signed
-        self.cap = cap
-        self.k_max = max(k_count_of(k, population) for k in top_k)
-        self.pairs = [(a, b) for i, a in enumerate(self.experts) for b in self.experts[i + 1 :]]
-        self.bound = {e: max(1, (start or {}).get(e, 1)) for e in self.experts}  # a histogram bin: |v| >= its lower edge is kept
-        self.hist = {e: np.zeros(NBINS, dtype=np.int64) for e in self.experts}  # exact for bins >= bound
-        self.kept: dict[str, list[tuple[str, np.ndarray]]] = {e: [] for e in self.experts}
-        self.kept_pair: dict[tuple[str, str], list[tuple[str, np.ndarray, np.ndarray]]] = {p: [] for p in self.pairs}
-        self.size = dict.fromkeys(self.experts, 0)
-        self.pair_size = 0
-        self.pruned_at = dict.fromkeys(self.experts, 0)
-        self.pair_pruned_at = 0
-        self.overflow = False
-        self.peak = 0
-
-    def _edge(self, e: str) -> float:
-        return bits_to_float(self.bound[e] << 16)
-
-    def _counted(self, e: str) -> int:
-        """Values seen so far at or above the bound (exact)."""
-        return int(self.hist[e][self.bound[e] :].sum())
-
-    def observe(self, name: str, values: Mapping[str, torch.Tensor], absvals: Mapping[str, torch.Tensor], ws: Workspace) -> None:
-        if self.overflow:
-            return
-        where: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for i, e in enumerate(self.experts):
-            if e not in absvals:
-                continue
-            a = absvals[e]
-            mask = np.greater_equal(a.numpy(), np.float32(self._edge(e)), out=ws.buf(f"cand{i}", a.numel(), torch.bool).numpy())
-            idx = np.flatnonzero(mask)
-            where[e] = (idx, mask)
-            if idx.size:
-                sel = a.numpy()[idx]
-                self.hist[e] += np.bincount(sel.view(np.int32) >> 16, minlength=NBINS)
-                self.kept[e].append((name, sel))
-                self.size[e] += sel.size
-        for a, b in self.pairs:
-            if a in where and b in where:
-                idx_a, mask_b = where[a][0], where[b][1]
-                idx = idx_a[mask_b[idx_a]]
-                if idx.size:
-                    self.kept_pair[(a, b)].append((name, values[a].numpy()[idx], values[b].numpy()[idx]))
-                    self.pair_size += idx.size
-        for e in where:
-            self._raise(e)
-        self._prune()
-
-    def _raise(self, e: str) -> None:
-        """Move the bound up to the bin of the K-th largest value seen so far (once K values are above it)."""
-        h = self.hist[e]
-        from_top = np.cumsum(h[::-1])
-        if from_top[NBINS - 1 - self.bound[e]] >= self.k_max:
-            self.bound[e] = max(self.bound[e], NBINS - 1 - int(np.searchsorted(from_top, self.k_max)))
-
-    def _prune(self) -> None:
-        total = sum(self.size.values()) + 2 * self.pair_size
-        self.peak = max(self.peak, total)
-        pruned = False
-        for e in self.experts:
-            if self.size[e] > 1.5 * self._counted(e) + self.PRUNE_SLACK and self.size[e] > 1.25 * self.pruned_at[e]:
-                edge = np.float32(self._edge(e))
-                chunks = self.kept[e]
-                for j, (t, v) in enumerate(chunks):  # chunk by chunk: the old one goes as its pruned copy comes
-                    chunks[j] = (t, v[v >= edge])
-                self.kept[e] = [(t, v) for t, v in chunks if v.size]
-                self.size[e] = self.pruned_at[e] = sum(v.size for _, v in self.kept[e])
-                pruned = True
-        if self.pair_size and (pruned or self.pair_size > 2 * self.pair_pruned_at + self.PRUNE_SLACK):
-            for a, b in self.pairs:
-                ea, eb = np.float32(self._edge(a)), np.float32(self._edge(b))
-                chunks = self.kept_pair[(a, b)]
-                for j, (t, va, vb) in enumerate(chunks):
-                    keep = (np.abs(va) >= ea) & (np.abs(vb) >= eb)
-                    chunks[j] = (t, va[keep], vb[keep])
-                self.kept_pair[(a, b)] = [c for c in chunks if c[1].size]
-            self.pair_size = self.pair_pruned_at = sum(va.size for p in self.pairs for _, va, _ in self.kept_pair[p])
-        if sum(self.size.values()) + 2 * self.pair_size > self.cap:
-            self.overflow = True
-            self.kept = {e: [] for e in self.experts}
-            self.kept_pair = {p: [] for p in self.pairs}
-
-    def finish(self, p1: Pass1) -> Pass2 | None:
-        """Exact thresholds and counts from the kept values, or None (multi-pass needed)."""
-        if self.overflow:
-            return None
-        tensors = p1.layer_tensors
-        cuts: dict[tuple[str, float], Cut] = {}
-        member: dict[tuple[str, float], float] = {}  # |v| >= this is in the set
-        for e in self.experts:
-            nonzero = sum(p1.stats[(e, t)].nnz for t in tensors)
-            h = self.hist[e]
-            from_top = np.cumsum(h[::-1])
-            counted = int(from_top[NBINS - 1 - self.bound[e]])
-            for k in self.top_k:
-                cut = Cut(e, k, k_count_of(k, self.population), self.population, nonzero, mode="exact")
-                if nonzero == 0:
-                    cut.mode, cut.sure_at, cut.threshold = "empty", math.inf, math.inf
-                elif nonzero < cut.k_count:
-                    if self.bound[e] != 1:  # not every non-zero value was kept
-                        return None
-                    cut.mode, cut.sure_at, cut.threshold = "all_nonzero", _SMALLEST_COUNTED, 0.0
-                else:
-                    if counted < cut.k_count:  # the guess was too high
-                        return None
-                    i = int(np.searchsorted(from_top, cut.k_count))
-                    b = NBINS - 1 - i
-                    above = int(from_top[i] - h[b])
-                    cut.bin, cut.rank_in_bin = b, cut.k_count - above
-                    lo, hi = bits_to_float(b << 16), bits_to_float((b + 1) << 16)
-                    inside = [v[(v >= lo) & (v < hi)] for _, v in self.kept[e]]
-                    values = torch.from_numpy(np.concatenate(inside)) if inside else torch.empty(0)
-                    if values.numel() < cut.rank_in_bin:  # cannot happen: the histogram counted them
-                        raise RuntimeError(f"top-k bin of {e} holds {values.numel()} values, expected >= {cut.rank_in_bin}")
-                    cut.threshold = float(torch.kthvalue(values, values.numel() - cut.rank_in_bin + 1).values)
-                    cut.sure_at = cut.threshold
-                cuts[(e, k)] = cut
-                member[(e, k)] = cut.sure_at
-        result = Pass2(cuts)
-        for k in self.top_k:
-            for t in tensors:
-                for e in self.experts:
-                    result.n[(e, k, t)] = 0
-                for a, b in self.pairs:
-                    result.both[(a, b, k, t)] = result.agree[(a, b, k, t)] = 0
-        for e in self.experts:
-            for t, v in self.kept[e]:
-                for k in self.top_k:
-                    result.n[(e, k, t)] += int(np.count_nonzero(v >= member[(e, k)]))
-        for a, b in self.pairs:
-            for t, va, vb in self.kept_pair[(a, b)]:
-                abs_a, abs_b = np.abs(va), np.abs(vb)
-                same = np.signbit(va) == np.signbit(vb) if self.signed else None
-                for k in self.top_k:
-                    both = (abs_a >= member[(a, k)]) & (abs_b >= member[(b, k)])
-                    result.both[(a, b, k, t)] += int(np.count_nonzero(both))
-                    if same is not None:
-                        result.agree[(a, b, k, t)] += int(np.count_nonzero(both & same))
-        result.kept_boundary = self.peak
-        return result
 
 
 class HistogramObserver:
