@@ -153,11 +153,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def merge_nested(data: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data`` with ``overrides`` laid over it: a mapping over a mapping merges key by key (so
+    ``{"candidates": {"search": "halving"}}`` keeps the file's other ``candidates`` keys); None is "not given"."""
+    out = dict(data)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_nested(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_config(model: type[M], path: str | Path, overrides: Mapping[str, Any] | None = None) -> M:
-    """Load a YAML file into ``model``; ``overrides`` (non-None CLI flags) win over file keys."""
-    data = read_yaml(path)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return validate_config(model, data, source=str(path))
+    """Load a YAML file into ``model``; ``overrides`` (non-None CLI flags, nested ones merged key by key) win over file keys."""
+    return validate_config(model, merge_nested(read_yaml(path), overrides), source=str(path))
 
 
 def dump_config(config: BaseModel) -> str:

@@ -48,21 +48,27 @@ def test_demo_quick_runs_end_to_end(tmp_path, data_dir, capsys):
     assert "math expert:" in answers and "| `" in answers and "rho" in answers
     assert (dest / "results" / "report.md").exists() and not list((dest / "results" / "experts").rglob("*.safetensors"))
     # It replaces only what it wrote: never a run folder (which has a demo.yaml too).
-    refused = subprocess.run([sys.executable, str(collect), str(out), "--dest", str(out / "sweep")], capture_output=True, text=True)
+    refused = subprocess.run(
+        [sys.executable, str(collect), str(out), "--dest", str(out / "sweep")], capture_output=True, text=True
+    )
     assert refused.returncode != 0 and "overlaps the run folder" in refused.stderr and not (out / "sweep" / "results").exists()
     other = tmp_path / "other"
     shutil.copytree(out / "checks", other / "results")
     (other / "results" / "demo.yaml").write_text("base: x\n")
     refused = subprocess.run([sys.executable, str(collect), str(out), "--dest", str(other)], capture_output=True, text=True)
-    assert refused.returncode != 0 and "not written by collect.py" in refused.stderr and (other / "results" / "checks.json").exists()
+    assert (
+        refused.returncode != 0 and "not written by collect.py" in refused.stderr and (other / "results" / "checks.json").exists()
+    )
 
 
 def test_demo_report_states_the_paired_verdict(tmp_path):
     """The demo's report says which candidates the leader cannot be separated from, whether it beats
     each expert and baseline on the proxy, and whether it kept the language (FLORES), all paired."""
+    from layerswap.pipeline.config import DemoConfig
+    from layerswap.pipeline.report import demo_report
+    from layerswap.pipeline.stages import StageCost
     from layerswap.sweep import ResultStore, build_candidates, run_candidates, settings_key, validate_sweep_dict
     from layerswap.sweep.compare import compare_candidates
-    from layerswap.sweep.demo import DemoConfig, _demo_report
     from layerswap.sweep.report import select
 
     cfg = validate_sweep_dict(
@@ -139,7 +145,7 @@ def test_demo_report_states_the_paired_verdict(tmp_path):
             "data": "FLORES",
         },
     }
-    report = _demo_report(DemoConfig(), tmp_path, {"sweep": 1.0}, sweep, checks)
+    report = demo_report(DemoConfig(), tmp_path, {"sweep": StageCost(1.0, 812.0)}, sweep, checks)
     first, second = report.split("\n")[2:4]
     assert first.startswith("math expert: +0.210 nats per token [95% CI +0.150, +0.270] over the base")
     assert second.startswith(
@@ -149,50 +155,81 @@ def test_demo_report_states_the_paired_verdict(tmp_path):
     assert "Not a clear winner" in report and "`swap-b3-u1`" in report  # the planted twin
     assert "beats the baseline `base`" in report and "beats the expert `math`" in report and "beats the expert `lang`" in report
     assert "Language check (FLORES-sw" in report and "lower (better) than `math`" in report
+    assert "| stage | seconds | peak memory (MiB) |" in report and "| sweep | 1 | 812 |" in report
 
 
 def test_demo_options_come_from_its_config_and_quick_keeps_what_was_given(monkeypatch, tmp_path):
     """Every DemoConfig field is a flag (written once, in the config); --quick shrinks only the budgets not given."""
-    import layerswap.sweep.demo as demo
+    import layerswap.pipeline.run as run
     from layerswap.cli import main
     from layerswap.cli.options import flags_of
+    from layerswap.pipeline.config import DemoConfig, sweep_config
 
     seen = {}
-    monkeypatch.setattr(demo, "run_demo", lambda config, out: seen.update(config=config, out=out))
+    monkeypatch.setattr(run, "run_demo", lambda config, out: seen.update(config=config, out=out))
+    argv = ["demo", "--quick", "--limit", "5", "--baselines", "base", "--baselines", "ties", "--out", str(tmp_path / "d")]
     with pytest.raises(SystemExit) as exc:
-        main(["demo", "--quick", "--limit", "5", "--baselines", "base", "--baselines", "ties", "--out", str(tmp_path / "d")])
+        main([*argv, "--sweep.cache-dtype", "model", "--sweep.candidates.halving.alpha", "0.1"])
     assert exc.value.code == 0
     config = seen["config"]
     assert config.limit == 5 and config.baselines == ["base", "ties"]  # given: kept
-    assert config.steps == demo.DemoConfig.quick_config().steps == 2  # not given: the quick budget
+    assert config.steps == DemoConfig.quick_config().steps == 2  # not given: the quick budget
+    sweep = sweep_config(config, base="b", math="m", lang="l", boundaries=None, data_dir=None)
+    assert sweep.cache_dtype == "model" and sweep.candidates.halving.alpha == 0.1  # a sweep field, dotted
+    assert sweep.candidates.halving.block == 2 and sweep.candidates.search == "halving"  # the demo's and sweep.yaml's
     from typer.main import get_command
 
     from layerswap.cli import app
 
     params = {p.name for p in get_command(app).commands["demo"].params}
-    assert {f.field for f in flags_of(demo.DemoConfig)} <= params
+    assert {f.param for f in flags_of(DemoConfig)} <= params
+    assert {"sweep__cache_dtype", "sweep__device", "sweep__dtype", "sweep__candidates__search"} <= params
 
 
 def test_demo_reads_a_config_file_and_flags_win(monkeypatch, tmp_path):
     """``--config FILE.yaml`` (the evidence run's form): its keys are the flags; a flag given wins; the experiment's file is valid."""
     from pathlib import Path
 
-    import layerswap.sweep.demo as demo
+    import layerswap.pipeline.run as run
     from layerswap.cli import main
-    from layerswap.config import load_config
+    from layerswap.config import dump_config, load_config
+    from layerswap.pipeline.config import DemoConfig
 
     seen = {}
-    monkeypatch.setattr(demo, "run_demo", lambda config, out: seen.update(config=config, out=out))
+    monkeypatch.setattr(run, "run_demo", lambda config, out: seen.update(config=config, out=out))
     cfg = tmp_path / "demo.yaml"
-    cfg.write_text("steps: 7\nlimit: 9\nscreen_examples: 30\nfinalists: 3\nfinal_baselines: [linear, ties]\n")
+    cfg.write_text(
+        "steps: 7\nlimit: 9\nscreen_examples: 30\nfinalists: 3\nfinal_baselines: [linear, ties]\n"
+        "sweep:\n  device: cpu\n  candidates:\n    halving: {alpha: 0.2}\n"
+    )
     with pytest.raises(SystemExit) as exc:
-        main(["demo", "--config", str(cfg), "--limit", "11", "--out", str(tmp_path / "d")])
+        main(
+            [
+                "demo",
+                "--config",
+                str(cfg),
+                "--limit",
+                "11",
+                "--sweep.candidates.halving.budget",
+                "500",
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
     assert exc.value.code == 0
     config = seen["config"]
     assert (config.steps, config.limit, config.screen_examples, config.finalists) == (7, 11, 30, 3)
     assert config.final_baselines == ["linear", "ties"]
+    # the file's nested keys and the dotted flag merge key by key; only what was set is written back
+    assert config.sweep.model_dump(exclude_unset=True) == {
+        "device": "cpu",
+        "candidates": {"halving": {"alpha": 0.2, "budget": 500}},
+    }
+    written = tmp_path / "written.yaml"
+    written.write_text(dump_config(config))
+    assert load_config(DemoConfig, written) == config
     shipped = Path(__file__).resolve().parents[1] / "experiments" / "gemma3-270m-sw" / "config.yaml"
-    evidence = load_config(demo.DemoConfig, shipped, {})
+    evidence = load_config(DemoConfig, shipped, {})
     assert set(evidence.final_baselines) <= set(evidence.baselines) and evidence.screen_examples >= evidence.limit
 
 
@@ -201,7 +238,9 @@ def test_demo_output_guard_resumes_only_a_demo_folder(tmp_path, monkeypatch):
     an input, or --figures in an input is refused before run_demo creates anything."""
     from layerswap.errors import InputPathError, OutputExistsError
     from layerswap.io import write_provenance
-    from layerswap.sweep.demo import DemoConfig, check_demo_outputs, run_demo
+    from layerswap.pipeline.config import DemoConfig
+    from layerswap.pipeline.outputs import check_demo_outputs
+    from layerswap.pipeline.run import run_demo
 
     monkeypatch.setenv("LAYERSWAP_CACHE", str(tmp_path / "cache"))
     base, data = tmp_path / "base", tmp_path / "data"
@@ -243,12 +282,18 @@ def test_demo_output_guard_resumes_only_a_demo_folder(tmp_path, monkeypatch):
 
 
 def test_expert_checks_pair_each_expert_with_the_base_on_its_own_skill(tiny_experts, data_dir, tmp_path):
-    """check_experts: GSM8K test questions after MGSM's 250 (math) and FLORES (language), same examples on both sides."""
+    """check_experts: the registered gsm8k_solution task (GSM8K test after MGSM's 250) for math and
+    FLORES for the language, same examples on both sides."""
     import json
 
-    from layerswap.sweep.demo import MGSM_QUESTIONS, DemoConfig, check_experts, math_check_pairs
+    from layerswap.evaluate.tasks import get_task
+    from layerswap.evaluate.tasks.gsm8k_solution import solution_pairs
+    from layerswap.evaluate.tasks.proxy_cot import MGSM_QUESTIONS
+    from layerswap.pipeline.checks import check_experts
+    from layerswap.pipeline.config import DemoConfig
 
-    pairs = math_check_pairs(3, data_dir)
+    assert not get_task("gsm8k_solution").in_sweep  # a check outside the sweep, never a sweep's score
+    pairs = solution_pairs(3, data_dir)
     assert [i for i, _, _ in pairs] == [f"gsm8k-test-{MGSM_QUESTIONS + k}" for k in range(3)]
     assert (
         pairs[0][1].startswith("Question: ") and pairs[0][1].endswith("\nStep-by-Step Answer:") and "The answer is" in pairs[0][2]
@@ -261,32 +306,44 @@ def test_expert_checks_pair_each_expert_with_the_base_on_its_own_skill(tiny_expe
     assert json.loads((tmp_path / "checks" / "checks.json").read_text()) == checks
     scores = pd.read_csv(tmp_path / "checks" / "scores.csv")
     assert set(zip(scores["model"], scores["task"], strict=True)) == {
-        ("base", "math"),
+        ("base", "gsm8k_solution"),
         ("base", "flores"),
-        ("math", "math"),
+        ("math", "gsm8k_solution"),
         ("lang", "flores"),
     }
-    base_math = scores[(scores["model"] == "base") & (scores["task"] == "math")]["score"].to_numpy()
-    math_math = scores[(scores["model"] == "math") & (scores["task"] == "math")]["score"].to_numpy()
+    base_math = scores[(scores["model"] == "base") & (scores["skill"] == "math")]["score"].to_numpy()
+    math_math = scores[(scores["model"] == "math") & (scores["skill"] == "math")]["score"].to_numpy()
     assert checks["math"]["diff"] == pytest.approx(float((math_math - base_math).mean()))
     assert any(line.startswith(("math expert", "**the math expert")) for line in said)
 
 
-def test_a_resumed_sweep_stage_reports_its_seconds_over_all_runs(tmp_path):
-    """A resumed demo reloads the sweep in seconds; the report must give what the stage cost in all."""
-    from layerswap.sweep import demo
+def test_a_resumed_stage_reports_its_cost_over_all_runs(tmp_path):
+    """A resumed demo reloads the sweep in seconds; the report must give what the stage cost in all,
+    and each stage's peak memory beside its seconds."""
+    import json
 
-    (tmp_path / ".sweep.seconds").write_text("917.0\n")  # the interrupted first run
-    seconds, result = demo._resumable_stage(tmp_path / "sweep", lambda: "rest")
-    assert result == "rest" and 917.0 <= seconds < 917.0 + 60
-    assert float((tmp_path / ".sweep.seconds").read_text()) == pytest.approx(seconds, abs=0.1)
-    again, _ = demo._resumable_stage(tmp_path / "sweep", lambda: None)
-    assert again >= round(seconds, 1)  # the record keeps tenths of a second
+    from layerswap.pipeline.stages import StageCost, cost_record, read_cost, resumable_stage, stage
+
+    folder = tmp_path / "sweep"
+    cost_record(folder).write_text(json.dumps({"seconds": 917.0, "peak_rss_mib": 5000.0}))  # the interrupted first run
+    cost, result = resumable_stage(folder, lambda: "rest")
+    assert result == "rest" and cost.seconds >= 917.0 and cost.peak_rss_mib == 5000.0  # the larger peak of the runs
+    assert read_cost(folder) == cost
+    again, _ = resumable_stage(folder, lambda: None)
+    assert again.seconds >= cost.seconds
 
     def interrupted():
         raise KeyboardInterrupt
 
-    (tmp_path / ".sweep.seconds").unlink()
+    cost_record(folder).unlink()
     with pytest.raises(KeyboardInterrupt):
-        demo._resumable_stage(tmp_path / "sweep", interrupted)
-    assert (tmp_path / ".sweep.seconds").exists()  # an interrupted run's time is kept for the resumed report
+        resumable_stage(folder, interrupted)
+    kept = read_cost(folder)  # an interrupted run's cost is kept for the resumed report
+    assert kept is not None and kept.peak_rss_mib > 0
+
+    done = tmp_path / "analysis"
+    said = []
+    first = stage("analyse", done, said.append, lambda: (done.mkdir(), (done / "layerswap.json").write_text("{}")))
+    assert first.peak_rss_mib > 0 and read_cost(done) == first
+    assert stage("analyse", done, said.append, lambda: pytest.fail("a complete stage ran again")) == first
+    assert said[-1].startswith("[analyse] done already") and isinstance(first, StageCost)

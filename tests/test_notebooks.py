@@ -42,6 +42,7 @@ def test_all_four_notebooks_are_there():
         assert "LAYERSWAP_NOTEBOOK_QUICK" in code[0], f"{path.name}: the first code cell must be the parameters cell"
         assert 'BASE = "gemma3-270m"' in code[0], f"{path.name}: the parameters default to the embedded model"
         assert sum(c.cell_type == "markdown" for c in book.cells) >= 5, f"{path.name}: prose between the steps"
+        assert "DEMO_OUT" in code[0] and "demo_experts(DEMO_OUT)" in "\n".join(code), f"{path.name}: takes the demo's experts"
 
 
 @pytest.mark.slow
@@ -49,6 +50,7 @@ def test_all_four_notebooks_are_there():
 def test_notebook_executes(path: Path, notebook_work: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LAYERSWAP_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("LAYERSWAP_NOTEBOOK_WORK", str(notebook_work))
+    monkeypatch.setenv("LAYERSWAP_DEMO_OUT", str(notebook_work / "no-demo"))  # train here, whatever demo-out/ holds
     monkeypatch.setenv("LAYERSWAP_DATA_DIR", str(data_dir))
     monkeypatch.setenv("LAYERSWAP_QUIET", "1")
     book = nbformat.read(path, as_version=4)

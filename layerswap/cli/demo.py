@@ -1,6 +1,6 @@
 """``layerswap demo``: the whole pipeline on the embedded default model and real data.
 
-Its options are generated from :class:`~layerswap.sweep.demo.DemoConfig` (:mod:`layerswap.cli.options`).
+Its options are generated from :class:`~layerswap.pipeline.config.DemoConfig` (:mod:`layerswap.cli.options`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import typer
 
 from layerswap.cli import app
 from layerswap.cli.options import command_from_config
-from layerswap.sweep.demo import DemoConfig
+from layerswap.pipeline.config import DemoConfig
 
 
 @app.command("demo")
@@ -22,7 +22,7 @@ def demo_command(
     quick: bool = typer.Option(False, "--quick", help="Tiny budgets: a smoke run of a few minutes (CI); options given still win."),
 ) -> None:
     """Prepare the model, fine-tune two experts, analyse, sweep, and report with figures."""
-    from layerswap.sweep.demo import run_demo
+    from layerswap.pipeline.run import run_demo
 
     if quick:  # shrink every budget the user did not set
         config = DemoConfig.quick_config(**{name: getattr(config, name) for name in config.model_fields_set})

@@ -13,7 +13,9 @@ field type                      on the command line
                                 renames the off switch)
 ``list[str]``                   repeatable ``--name VALUE``; with ``json_schema_extra={"cli_comma":
                                 True}`` one comma-separated value instead (``--name a,b``)
+``list[int]`` ``list[float]``  one comma-separated value (``--name 2,3,4``)
 ``dict[str, str | int]``        repeatable ``--name KEY=VALUE``
+a nested config (a model)       one option per field of it, dotted: ``--candidates.halving.block 12``
 ==============================  =====================================================================
 
 Options default to None, meaning "not given": the config's own default applies, and with
@@ -52,20 +54,25 @@ CONFIG_HELP = "YAML config; its keys are these flags with underscores."
 class Flag:
     """One config field as a command-line option."""
 
-    field: str  # the config key (and the command function's parameter name)
-    name: str  # ``--kebab-name``
+    field: str  # the config key, dotted for a nested one (``candidates.halving.block``)
+    name: str  # ``--kebab-name`` (``--candidates.halving.block``)
     kind: Kind
     cli_type: Any  # what typer parses the option as
     help: str
     choices: tuple[str, ...] = ()  # a Literal's values
-    item: type = str  # the value type of a KEY=VALUE map
+    item: type = str  # the value type of a KEY=VALUE map or a comma-separated list
     off: str | None = None  # a switch's off form
+
+    @property
+    def param(self) -> str:
+        """The command function's parameter name (a Python name: dots become ``__``)."""
+        return self.field.replace(".", "__")
 
     def parameter(self) -> inspect.Parameter:
         """The keyword parameter typer reads: ``field: type | None = typer.Option(None, ...)``."""
         decl = f"{self.name}/{self.off or '--no-' + self.name[2:]}" if self.kind == "switch" else self.name
         option = typer.Option(None, decl, help=self.help)
-        return inspect.Parameter(self.field, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[self.cli_type])  # noqa: UP045
+        return inspect.Parameter(self.param, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[self.cli_type])  # noqa: UP045
 
     def value(self, given: Any) -> Any:
         """The config value of what was typed; None when the flag was not given."""
@@ -74,12 +81,20 @@ class Flag:
         if self.kind == "repeat":
             return list(given) if given else None
         if self.kind == "comma":
-            return parse_csv(given)
+            return self._comma(given)
         if self.kind == "named":
             return self._named(given) if given else None
         if self.choices and given not in self.choices:
             raise ConfigError(f"{self.name} {given!r}: use {_alternatives(self.choices)}")
         return given
+
+    def _comma(self, given: str) -> list[Any]:
+        values = parse_csv(given)
+        try:
+            return [self.item(v) for v in values]
+        except ValueError:
+            what = "whole numbers" if self.item is int else "numbers"
+            raise ConfigError(f"{self.name} {given!r}: give comma-separated {what}, e.g. {self.name} 2,3") from None
 
     def _named(self, given: list[str]) -> dict[str, Any]:
         named = parse_named(given, option=self.name)
@@ -107,10 +122,17 @@ def _without_none(annotation: Any) -> Any:
     return annotation
 
 
-def flag_of(model: type[BaseModel], field: str, info: FieldInfo) -> Flag:
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The config model a field holds (``CandidatesSpec``, ``GridSpec | None``), else None."""
+    ann = _without_none(annotation)
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def flag_of(model: type[BaseModel], field: str, info: FieldInfo, prefix: str = "") -> Flag:
     """How field ``field`` of ``model`` is written on the command line (see the module's table)."""
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    name = "--" + field.replace("_", "-")
+    name = "--" + prefix + field.replace("_", "-")
+    field = prefix.replace("-", "_") + field
     help_text = info.description or ""
     ann = _without_none(info.annotation)
     origin, args = get_origin(ann), get_args(ann)
@@ -123,24 +145,49 @@ def flag_of(model: type[BaseModel], field: str, info: FieldInfo) -> Flag:
     if origin is list and args == (str,):
         comma = bool(extra.get("cli_comma"))
         return Flag(field, name, "comma" if comma else "repeat", str if comma else list[str], help_text)
+    if origin is list and args in ((int,), (float,)):
+        return Flag(field, name, "comma", str, help_text, item=args[0])
     if origin is dict and args[:1] == (str,) and args[1] in (str, int, float):
         return Flag(field, name, "named", list[str], help_text, item=args[1])
     raise TypeError(f"{model.__name__}.{field}: no command-line form for {info.annotation!r}; see layerswap.cli.options")
 
 
 @functools.cache
-def flags_of(model: type[BaseModel]) -> tuple[Flag, ...]:
-    """One :class:`Flag` per field of ``model``, in field order."""
-    return tuple(flag_of(model, field, info) for field, info in model.model_fields.items())
+def flags_of(model: type[BaseModel], prefix: str = "") -> tuple[Flag, ...]:
+    """One :class:`Flag` per field of ``model``, in field order; a nested config's fields follow dotted."""
+    flags: list[Flag] = []
+    for field, info in model.model_fields.items():
+        nested = _nested_model(info.annotation)
+        if nested is not None:
+            flags += flags_of(nested, f"{prefix}{field.replace('_', '-')}.")
+        else:
+            flags.append(flag_of(model, field, info, prefix))
+    return tuple(flags)
 
 
 def flag_values(model: type[BaseModel], given: Mapping[str, Any]) -> dict[str, Any]:
-    """The typed options (keyed by field) -> config values; None for every flag not given."""
-    return {flag.field: flag.value(given.get(flag.field)) for flag in flags_of(model)}
+    """The typed options (keyed by parameter name) -> config values, nested at the dots; a flag not
+    given is None (and a nested config with no flag given is left out)."""
+    values: dict[str, Any] = {}
+    for flag in flags_of(model):
+        value = flag.value(given.get(flag.param))
+        *parents, key = flag.field.split(".")
+        if parents and value is None:
+            continue
+        at = values
+        for part in parents:
+            at = at.setdefault(part, {})
+        at[key] = value
+    return values
 
 
 def config_from_flags(
-    model: type[M], given: Mapping[str, Any], config_file: Path | None = None, *, example: str = "", fields: Collection[str] | None = None
+    model: type[M],
+    given: Mapping[str, Any],
+    config_file: Path | None = None,
+    *,
+    example: str = "",
+    fields: Collection[str] | None = None,
 ) -> M:
     """Validate the flags, merged over ``config_file`` when there is one (flags given win).
 
@@ -172,7 +219,7 @@ def command_from_config(
     (typer options or arguments of its own, e.g. ``--out``) stay options of the command and are
     passed through. ``example`` completes the error for missing required flags.
     """
-    flags = [flag for flag in flags_of(model) if fields is None or flag.field in fields]
+    flags = [flag for flag in flags_of(model) if fields is None or flag.field.split(".")[0] in fields]
     if config_file and "config" in model.model_fields:
         raise TypeError(f"{model.__name__} has a field named config, which --config FILE.yaml needs")
     generated = [flag.parameter() for flag in flags]

@@ -1,0 +1,108 @@
+"""The demo's ``report.md``: the experts' checks, what the run can show, the sweep's leader with its
+paired verdicts and language check, and what each stage cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from layerswap.pipeline.checks import check_lines
+from layerswap.pipeline.config import DemoConfig
+from layerswap.pipeline.experts import training_precision
+from layerswap.pipeline.stages import StageCost
+
+
+class SweepReads(NamedTuple):
+    """What the demo reads of a sweep's result."""
+
+    results: Any  # results.csv as a frame
+    comparisons: Any  # comparisons.csv as a frame
+    selection: Any  # the leader on the decision task
+
+
+def sweep_reads(sweep: Any) -> SweepReads:
+    """The one place the pipeline reads :func:`~layerswap.sweep.loop.run_sweep`'s result."""
+    return SweepReads(sweep["results"], sweep["comparisons"], sweep["selection"])
+
+
+def _interval(reads: SweepReads) -> str:
+    """`` (95% CI [lo, hi])`` of the leader's headline metric, from the sweep's results."""
+    from layerswap.sweep.report import per_candidate
+
+    sel = reads.selection
+    row = per_candidate(reads.results, sel.task, sel.metric).set_index("candidate").loc[sel.winner]
+    return "" if row[["ci_low", "ci_high"]].isna().any() else f" (95% CI [{row['ci_low']:.4g}, {row['ci_high']:.4g}])"
+
+
+def _language_check(reads: SweepReads, language: str) -> list[str]:
+    """Did the proxy's leader keep the language? Its FLORES bits per byte against each baseline, paired."""
+    comps, winner = reads.comparisons, reads.selection.winner
+    rows = comps[
+        (comps["task"] == "flores")
+        & (comps["language"] == "all")
+        & (comps["candidate"] == winner)
+        & comps["role"].isin(["expert", "baseline"])
+    ]
+    if rows.empty:
+        return []
+    words = {
+        "better": "lower (better) than",
+        "worse": "higher (worse) than",
+        "indistinguishable": "indistinguishable from",
+        "undetermined": "not comparable with",
+    }
+    said = "; ".join(
+        f"{words[r['verdict']]} `{r['reference']}` (diff {r['diff']:+.3g}, 95% CI [{r['ci_low']:.3g}, {r['ci_high']:.3g}], Holm p = {r['p_holm']:.2g})"
+        for _, r in rows.iterrows()
+    )
+    return [f"Language check (FLORES-{language} bits per byte, paired, lower is better): `{winner}` is {said}."]
+
+
+def stage_table(costs: dict[str, StageCost]) -> list[str]:
+    """What each stage cost: seconds (over every run of it) and its peak resident memory."""
+    lines = ["| stage | seconds | peak memory (MiB) |", "|---|---|---|"]
+    for name, cost in costs.items():
+        peak = "" if cost.peak_rss_mib is None else f"{cost.peak_rss_mib:.0f}"
+        lines.append(f"| {name} | {cost.seconds:.0f} | {peak} |")
+    return lines
+
+
+def demo_report(
+    config: DemoConfig, out: Path, costs: dict[str, StageCost], sweep: Any, checks: dict[str, Any] | None = None
+) -> str:
+    from layerswap.sweep.compare import verdict_lines
+
+    reads = sweep_reads(sweep)
+    sel = reads.selection
+    lines = [
+        "# layerswap demo",
+        "",
+        *(check_lines(checks) if checks else ["The experts were not checked against the base."]),
+        "",
+        f"Base `{config.base}`, {config.method} fine-tuning for {config.steps} steps per expert, batch {config.batch_size}, "
+        f"{config.math_seq_len} tokens (math) and {config.seq_len} (language) per example "
+        f"(learning rate {config.lr if config.lr is not None else 'default'}, precision {training_precision(config.precision)}), target language `{config.language}`. "
+        "The math expert learns GSM8K train written as MGSM's English CoT answers (loss on the answer only); the language "
+        "expert learns NTREX text. [Expert checks](checks/checks.md).",
+        "",
+        "**What this can and cannot show.** A 270M-parameter base and minutes of CPU training are a working "
+        "demonstration of the pipeline, not a replication of the paper's gains: the experts learn a little (the lines "
+        "above), so differences between merged candidates are small and the analysis may report no clear separation "
+        "between the experts. The same command with a 7-8B base and real budgets on a GPU (`--base`, `--steps`, `--limit`) "
+        "is the real experiment.",
+        "",
+        f"Best mean on the proxy (MGSM-{config.language} gold-answer log-likelihood, halving over up to {config.screen_examples or 2 * config.limit} examples): "
+        f"`{sel.winner}` = {sel.value:.4g}{_interval(reads)}. " + sel.comparison(),
+        "",
+        *verdict_lines(reads.comparisons, sel.task, sel.metric),
+        "",
+        *_language_check(reads, config.language),
+        "",
+        *stage_table(costs),
+        "",
+        "- [analysis summary](analysis/summary.md) (deltas of the experts)",
+        "- [importance summary](importance/summary.md) (diagonal Fisher of the base on each task's data)",
+        "- [sweep report](sweep/report.md) (merge-then-evaluate)",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""The demo as a recipe, read top to bottom: prepare the base -> fine-tune a math and a language
+expert -> check each against the base -> analyse their deltas and the base's importance -> sweep the
+recommended swaps and the baselines -> report.
+
+Every stage writes into its own folder and is skipped when that folder is complete, so a rerun
+resumes; each records its seconds and peak memory beside its folder (:mod:`layerswap.pipeline.stages`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from layerswap.config import dump_config
+from layerswap.io import resolve_data_dir, write_text_atomic
+from layerswap.pipeline.checks import check_experts
+from layerswap.pipeline.config import DemoConfig, sweep_config
+from layerswap.pipeline.experts import train_experts
+from layerswap.pipeline.outputs import DEMO_MARKER, check_demo_outputs, publish_figures
+from layerswap.pipeline.report import demo_report, sweep_reads
+from layerswap.pipeline.stages import StageCost, peak_rss_mib, reset_peak_rss, resumable_stage, stage
+
+
+def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the pipeline into ``out``; returns the stage timings and the sweep's selection.
+
+    ``out`` and ``config.figures`` are checked first (:func:`check_demo_outputs`): nothing is
+    created when either would write over, into or around the base or the data folder.
+    """
+    from layerswap.analysis import analyze
+    from layerswap.analysis.importance import importance
+    from layerswap.io import resolve_model, write_provenance
+    from layerswap.sweep.loop import run_sweep
+
+    data_dir = resolve_data_dir(config.data_dir)
+    out = check_demo_outputs(config, out, data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_arg = str(data_dir) if data_dir is not None else None
+    if data_dir is None:
+        log("no data folder found: datasets come from the Hugging Face Hub (needs network); pass --data-dir to run offline")
+    write_text_atomic(out / DEMO_MARKER, dump_config(config))
+
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    base = str(resolve_model(config.base))
+    costs: dict[str, StageCost] = {"prepare": StageCost(round(time.perf_counter() - t0, 1), round(peak_rss_mib(), 1))}
+
+    experts, expert_costs = train_experts(config, out, base=base, log=log)
+    costs.update(expert_costs)
+
+    checks_dir = out / "checks"
+    costs["check_experts"] = stage(
+        "check each expert against the base", checks_dir, log, lambda: check_experts(config, base, experts, checks_dir, log=log)
+    )
+    checks = json.loads((checks_dir / "checks.json").read_text())
+
+    analysis_dir = out / "analysis"
+    costs["analyze"] = stage(
+        "analyse deltas",
+        analysis_dir,
+        log,
+        lambda: analyze(base, {"math": str(experts["math"]), "lang": str(experts["lang"])}, out=analysis_dir, overwrite=True),
+    )
+    importance_dir = out / "importance"
+    costs["importance"] = stage(
+        "importance of the base (diagonal Fisher)",
+        importance_dir,
+        log,
+        lambda: importance(
+            base,
+            {"math": "gsm8k", "lang": f"ntrex:{config.language}"},
+            examples=config.importance_examples,
+            seq_len=config.seq_len,
+            data_dir=data_arg,
+            out=importance_dir,
+            overwrite=True,
+        ),
+    )
+
+    boundaries = out / config.candidate_source / "boundaries.yaml"
+    sweep_cfg = sweep_config(
+        config, base=base, math=str(experts["math"]), lang=str(experts["lang"]), boundaries=str(boundaries), data_dir=data_arg
+    )
+    costs["sweep"], sweep = resumable_stage(out / "sweep", lambda: run_sweep(sweep_cfg, out / "sweep", log=log))
+
+    write_text_atomic(out / "report.md", demo_report(config, out, costs, sweep, checks))
+    write_provenance(
+        out,
+        {
+            "kind": "demo",
+            "config": config.model_dump(mode="json"),
+            "timings_s": {name: cost.seconds for name, cost in costs.items()},
+            "peak_rss_mib": {name: cost.peak_rss_mib for name, cost in costs.items()},
+        },
+    )
+    if config.figures:
+        publish_figures(out, Path(config.figures))
+    log(f"demo done in {sum(c.seconds for c in costs.values()):.0f} s: {out / 'report.md'}")
+    return {
+        "timings": {name: cost.seconds for name, cost in costs.items()},
+        "selection": sweep_reads(sweep).selection,
+        "report": out / "report.md",
+    }
