@@ -306,8 +306,8 @@ def test_lora_different_targets_is_an_error(lora_pair, tmp_path):
 
 
 def test_bad_configs():
-    with pytest.raises(ConfigError, match="valid methods: layer_swap, revert"):
-        merge_config({"method": "slerp", "experts": {"a": "x"}})
+    with pytest.raises(ConfigError, match="valid methods: layer_swap, graded_swap, revert"):
+        merge_config({"method": "karcher", "experts": {"a": "x"}})
     with pytest.raises(ConfigError, match="unknown parameter 'densty' for method ties; valid parameters: weights, density, lambda, normalize"):
         merge_config({"method": "ties", "base": "b", "experts": {"a": "x"}, "params": {"densty": 0.2}})
     with pytest.raises(ConfigError, match="sum to 0.9, not 1"):
@@ -424,12 +424,18 @@ def test_swap_cli_never_imports_torch(tiny_experts, tmp_path):
 def test_registry_lists_methods_and_baselines_in_order():
     from layerswap.merge.methods import BASELINE_NAMES, METHODS, get_method
 
-    assert list(METHODS) == ["layer_swap", "revert", "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
-    assert BASELINE_NAMES == ("base", "math", "lang", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "revert")
+    assert list(METHODS) == [
+        "layer_swap", "graded_swap", "revert", "linear", "task_arithmetic", "lines", "ties", "dare_linear", "dare_ties",
+        "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "sce", "model_stock", "slerp", "nuslerp",
+    ]
+    assert BASELINE_NAMES == (
+        "base", "math", "lang", "graded_swap", "linear", "task_arithmetic", "lines", "ties", "dare_ties", "dare_linear",
+        "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "sce", "model_stock", "slerp", "nuslerp", "revert",
+    )
     for name, method in METHODS.items():
         assert method.name == name and method.summary and method.params_model is not None
-    with pytest.raises(ConfigError, match="unknown method 'slerp'; valid methods: layer_swap, revert, linear"):
-        get_method("slerp")
+    with pytest.raises(ConfigError, match="unknown method 'karcher'; valid methods: layer_swap, graded_swap, revert, linear"):
+        get_method("karcher")
 
 
 def test_method_modules_are_found_by_name():

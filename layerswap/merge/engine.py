@@ -72,6 +72,10 @@ def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
     if isinstance(op, Blend):
         return blend([src.weight(label, name) for label, _ in op.weights], [w for _, w in op.weights])
     if isinstance(op, Combine):
+        method = get_method(op.method)
+        if not op.from_base:  # the formula reads the experts' weights (fresh float32 copies)
+            weights = (src.weight(label, name).to(torch.float32, copy=True) for label, _ in op.weights)
+            return method.combine(op, name, weights, None)
         base = src.weight(BASE, name).to(torch.float32)
 
         def deltas():  # noqa: ANN202 - read one at a time: each is trimmed before the next is loaded
@@ -79,5 +83,5 @@ def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
                 d = src.delta(label, name, base)
                 yield torch.zeros_like(base) if d is None else d
 
-        return get_method(op.method).combine(op, name, deltas(), base).add_(base)
+        return method.combine(op, name, deltas(), base).add_(base)
     raise TypeError(f"unknown plan operation {op!r}")

@@ -39,7 +39,12 @@ class Blend:
 @dataclass(frozen=True)
 class Combine:
     """``base + merged task vector``; ``method`` names the registered method whose formula merges
-    the deltas (task arithmetic, TIES, DARE; overlapping reverts use ``task_arithmetic``)."""
+    the deltas (task arithmetic, TIES, DARE; overlapping reverts use ``task_arithmetic``).
+
+    ``from_base=False``: the formula combines the experts' weights themselves, no base (SLERP,
+    NuSLERP without a base). ``options``: the method's own scalars for this layer (DELLA's epsilon,
+    SLERP's t, ...), as ``(name, value)`` pairs so the op stays hashable.
+    """
 
     method: str
     weights: tuple[tuple[str, float], ...]
@@ -48,9 +53,15 @@ class Combine:
     normalize: bool = False
     rescale: str = "density"
     seed: int = 0
+    from_base: bool = True
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
 
     def describe(self) -> str:
-        return f"base + {self.method}({', '.join(label for label, _ in self.weights)})"
+        inner = f"{self.method}({', '.join(label for label, _ in self.weights)})"
+        return f"base + {inner}" if self.from_base else inner
 
 
 Op = Union[Select, Blend, Combine]
@@ -85,7 +96,7 @@ class MergePlan:
                 used.add(op.source)
             else:
                 used.update(label for label, _ in op.weights)
-                if isinstance(op, Combine):
+                if isinstance(op, Combine) and op.from_base:
                     used.add(BASE)
         return used
 

@@ -15,7 +15,7 @@ Conventions chosen where the reference implementations differ (see docs/merge.md
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -67,11 +67,17 @@ def dare_drop(
     if rescale == "density":
         return masked.div_(density)
     if rescale == "l1":
-        before, after = delta.abs().sum(), masked.abs().sum()
-        if before < 1e-7 or after < 1e-7:
-            return masked
-        return masked.mul_(before / after)
+        return rescale_l1(delta, masked)
     return masked
+
+
+def rescale_l1(original: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """``masked`` scaled in place to the L1 norm of ``original`` (mergekit's ``rescale``; either norm
+    below 1e-7 leaves it as it is)."""
+    before, after = original.abs().sum(), masked.abs().sum()
+    if before < 1e-7 or after < 1e-7:
+        return masked
+    return masked.mul_(before / after)
 
 
 def elect_positive(weighted: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -89,7 +95,7 @@ def combine_deltas(
     deltas: Iterable[torch.Tensor],
     weights: Sequence[float],
     *,
-    sparsify: str | None = None,
+    sparsify: str | Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     densities: Sequence[float] | None = None,
     consensus: bool = False,
     normalize: bool = False,
@@ -100,7 +106,8 @@ def combine_deltas(
 ) -> torch.Tensor:
     """The merged task vector of task arithmetic, TIES and DARE (before adding the base).
 
-    ``sparsify``: None, ``"magnitude"`` (TIES trim) or ``"random"`` (DARE drop).
+    ``sparsify``: None, ``"magnitude"`` (TIES trim), ``"random"`` (DARE drop) or a function
+    ``(expert index, delta) -> sparse delta`` (Breadcrumbs, DELLA) that may overwrite its float32 input.
     ``consensus``: TIES sign election and disjoint mean.
     ``normalize``: divide by summed weights (of agreeing entries under consensus).
 
@@ -114,7 +121,9 @@ def combine_deltas(
     for i, d in enumerate(deltas):
         given = None if consume else d
         d = d.to(torch.float32)
-        if sparsify == "magnitude":
+        if callable(sparsify):
+            d = sparsify(i, d if d is not given else d.clone())
+        elif sparsify == "magnitude":
             d = trim_magnitude(d, densities[i] if densities else 1.0, inplace=d is not given)
         elif sparsify == "random":
             gen = generators[i] if generators else None

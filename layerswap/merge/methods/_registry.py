@@ -72,11 +72,13 @@ class MergeMethod:
     def layout(self, config: MergeSpec, params: Any, num_layers: int) -> Layout:
         raise NotImplementedError(f"merge method {self.name} defines no layout")
 
-    def combine(self, op: Combine, name: str, deltas: Iterator[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+    def combine(self, op: Combine, name: str, deltas: Iterator[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
         """The merged float32 task vector of tensor ``name`` for a :class:`Combine` naming this method.
 
         ``deltas`` yields ``expert - base`` per label of ``op.weights``, each a fresh float32
-        tensor the formula may overwrite; the engine adds ``base`` to the result.
+        tensor the formula may overwrite; the engine adds ``base`` to the result. Where
+        ``op.from_base`` is false it yields the experts' weights, ``base`` is None and the result
+        is the merged tensor itself.
         """
         raise TypeError(f"merge method {self.name} computes no task vector")
 

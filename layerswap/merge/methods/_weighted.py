@@ -9,6 +9,7 @@ choosing only the sparsification (none, TIES trim, DARE drop) and whether signs 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,6 +17,7 @@ from pydantic import ConfigDict, Field
 
 from layerswap.config import StrictModel
 from layerswap.errors import ConfigError
+from layerswap.merge.methods._depth import LinesProfile
 from layerswap.merge.methods._export import model_path
 from layerswap.merge.methods._registry import Layout, MergeMethod, MergeSpec
 from layerswap.merge.ops import BASE, Combine, MergePlan
@@ -33,10 +35,12 @@ class WeightedParams(StrictModel):
 
 class TaskVectorParams(WeightedParams):
     """Base of the task-vector methods' params: ``lambda`` scales the merged delta; ``normalize``
-    divides by the summed weights (of the agreeing entries under sign election)."""
+    divides by the summed weights (of the agreeing entries under sign election); ``lines``
+    (``{alpha, beta}``) scales layer ``l``'s merged delta by ``alpha + beta * l/(L-1)`` (LiNeS)."""
 
     lambda_: float = Field(1.0, alias="lambda")
     normalize: bool = False
+    lines: LinesProfile | None = None
 
 
 class SparseParams(WeightedParams):
@@ -54,6 +58,13 @@ def non_layer_note(plan: MergePlan) -> list[str]:
         f"non_layer {plan.non_layer_policy} is not expressible here: mergekit merges embeddings, norm and LM head "
         "with the same method"
     ]
+
+
+def layer_lambdas(plan: MergePlan) -> float | list[float]:
+    """mergekit's ``lambda``: one number, or LiNeS's per-layer values as a gradient (mergekit reads
+    value ``i`` at layer ``i`` of ``N`` and the first at embeddings, norm and head, as the plan does)."""
+    lams = [op.lam for op in plan.layer_ops if isinstance(op, Combine)]
+    return lams[0] if len(set(lams)) == 1 else lams
 
 
 class WeightedMethod(MergeMethod):
@@ -97,6 +108,8 @@ class TaskVectorMethod(WeightedMethod):
     sparsify: ClassVar[str | None] = None
     #: TIES sign election and disjoint mean.
     consensus: ClassVar[bool] = False
+    #: mergekit's name for the method where it differs (``lines`` is mergekit's task arithmetic).
+    mergekit_method: ClassVar[str | None] = None
 
     def densities(self, config: MergeSpec, params: Any) -> dict[str, float]:
         """Per-expert densities (``params.density``: one float or ``{label: float}``)."""
@@ -115,15 +128,18 @@ class TaskVectorMethod(WeightedMethod):
             for label, d in self.densities(config, params).items():
                 if not 0.0 < d <= 1.0:
                     raise ConfigError(f"density {d:g} of {label!r} is out of range: use a value in (0, 1]")
+        if params.lines is not None:
+            params.lines.check()
 
     def op_fields(self, params: Any) -> dict[str, Any]:
-        """Extra :class:`Combine` fields the formula reads (DARE: ``rescale``, ``seed``)."""
+        """Extra :class:`Combine` fields the formula reads (DARE: ``rescale``, ``seed``; ``options``)."""
         return {}
 
-    def layout(self, config: MergeSpec, params: Any, num_layers: int) -> Layout:
+    def base_op(self, config: MergeSpec, params: Any) -> Combine:
+        """The operation of every layer before LiNeS scales its ``lam``."""
         weights = self.weights(config, params)
         dens = self.densities(config, params) if self.sparsify is not None else {}
-        op = Combine(
+        return Combine(
             self.name,
             tuple(weights.items()),
             densities=tuple(dens[k] for k in weights) if dens else (),
@@ -131,11 +147,22 @@ class TaskVectorMethod(WeightedMethod):
             normalize=params.normalize,
             **self.op_fields(params),
         )
-        return Layout((op,) * num_layers, op, tuple(config.experts))
+
+    def layout(self, config: MergeSpec, params: Any, num_layers: int) -> Layout:
+        op = self.base_op(config, params)
+        if params.lines is None:
+            return Layout((op,) * num_layers, op, tuple(config.experts))
+        # LiNeS: each layer's own lambda; embeddings, norm and head take layer 0's (the shallowest).
+        ops = tuple(replace(op, lam=op.lam * params.lines.scale(i, num_layers)) for i in range(num_layers))
+        return Layout(ops, replace(op, lam=op.lam * params.lines.scale(0, num_layers)), tuple(config.experts))
 
     def generators(self, op: Combine, name: str, base: torch.Tensor) -> list[torch.Generator] | None:
-        """Random generators per expert, for random sparsification (DARE)."""
+        """Random generators per expert, for random sparsification (DARE, DELLA)."""
         return None
+
+    def sparsifier(self, op: Combine, name: str, base: torch.Tensor) -> Any:
+        """What :func:`combine_deltas` sparsifies with: :attr:`sparsify`, or a function of (expert, delta)."""
+        return self.sparsify
 
     def combine(self, op: Combine, name: str, deltas: Iterator[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
         from layerswap.merge.methods._math import combine_deltas
@@ -143,7 +170,7 @@ class TaskVectorMethod(WeightedMethod):
         return combine_deltas(
             deltas,
             [w for _, w in op.weights],
-            sparsify=self.sparsify,
+            sparsify=self.sparsifier(op, name, base),
             densities=op.densities or None,
             consensus=self.consensus,
             normalize=op.normalize,
@@ -157,6 +184,10 @@ class TaskVectorMethod(WeightedMethod):
         """Add method-specific shared parameters to ``shared``; return notes."""
         return []
 
+    def mergekit_model_parameters(self, op: Combine, index: int) -> dict[str, Any]:
+        """Method-specific parameters of expert ``index`` (mergekit's per-model ones: gamma, epsilon)."""
+        return {}
+
     def to_mergekit(self, config: MergeSpec, plan: MergePlan, num_layers: int) -> tuple[dict[str, Any], list[str]]:
         op = plan.layer_ops[0]
         assert isinstance(op, Combine)
@@ -165,8 +196,9 @@ class TaskVectorMethod(WeightedMethod):
             params: dict[str, Any] = {"weight": w}
             if op.densities:
                 params["density"] = op.densities[i]
+            params.update(self.mergekit_model_parameters(op, i))
             models.append({"model": model_path(config, label), "parameters": params})
-        shared: dict[str, Any] = {"normalize": op.normalize, "lambda": op.lam}
+        shared: dict[str, Any] = {"normalize": op.normalize, "lambda": layer_lambdas(plan)}
         notes = self.mergekit_parameters(op, shared)
-        doc = {"merge_method": op.method, "base_model": model_path(config, BASE), "models": models, "parameters": shared}
+        doc = {"merge_method": self.mergekit_method or op.method, "base_model": model_path(config, BASE), "models": models, "parameters": shared}
         return doc, notes + non_layer_note(plan)

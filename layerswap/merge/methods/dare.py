@@ -26,6 +26,20 @@ class DareParams(TaskVectorParams, SparseParams):
     seed: int = 0
 
 
+def seeded_generators(op: Combine, name: str, base: torch.Tensor) -> list[torch.Generator]:
+    """One generator per expert of ``op``, seeded with ``(op.seed, tensor name, expert label)``."""
+    import torch
+
+    from layerswap.merge.methods._math import stable_seed
+
+    generators = []
+    for label, _ in op.weights:
+        gen = torch.Generator(device=base.device)
+        gen.manual_seed(stable_seed(op.seed, name, label))
+        generators.append(gen)
+    return generators
+
+
 class _Dare(TaskVectorMethod):
     params_model = DareParams
     sparsify = "random"
@@ -34,16 +48,7 @@ class _Dare(TaskVectorMethod):
         return {"rescale": params.rescale, "seed": params.seed}
 
     def generators(self, op: Combine, name: str, base: torch.Tensor) -> list[torch.Generator]:
-        import torch
-
-        from layerswap.merge.methods._math import stable_seed
-
-        generators = []
-        for label, _ in op.weights:
-            gen = torch.Generator(device=base.device)
-            gen.manual_seed(stable_seed(op.seed, name, label))
-            generators.append(gen)
-        return generators
+        return seeded_generators(op, name, base)
 
     def mergekit_parameters(self, op: Combine, shared: dict[str, Any]) -> list[str]:
         shared["rescale"] = op.rescale != "none"
