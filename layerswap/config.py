@@ -6,6 +6,8 @@ silently ignored in an experiment that costs GPU hours).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -170,6 +172,38 @@ def merge_nested(data: Mapping[str, Any], overrides: Mapping[str, Any] | None) -
 def load_config(model: type[M], path: str | Path, overrides: Mapping[str, Any] | None = None) -> M:
     """Load a YAML file into ``model``; ``overrides`` (non-None CLI flags, nested ones merged key by key) win over file keys."""
     return validate_config(model, merge_nested(read_yaml(path), overrides), source=str(path))
+
+
+@functools.cache
+def _doc_comments(model: type[BaseModel]) -> dict[str, str]:
+    """The ``#:`` comments right above each field of ``model``'s class body (Sphinx's doc-comment form)."""
+    try:
+        lines = inspect.getsource(model).splitlines()[1:]
+    except (OSError, TypeError):  # a model built at run time has no source
+        return {}
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+            continue
+        field = re.match(r"(\w+)\s*:", text)
+        if field and pending:
+            docs[field.group(1)] = " ".join(pending)
+        pending = []
+    return docs
+
+
+def field_doc(model: type[BaseModel], field: str) -> str:
+    """What a config field means: its ``description``, else the ``#:`` comment above it (inherited ones too)."""
+    info = model.model_fields[field]
+    if info.description:
+        return info.description
+    for cls in model.__mro__:
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and field in _doc_comments(cls):
+            return _doc_comments(cls)[field]
+    return ""
 
 
 def dump_config(config: BaseModel) -> str:

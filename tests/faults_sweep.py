@@ -1,6 +1,6 @@
 """Sweep search settings (issue 16): one line each, before any model is loaded and before anything is written.
 
-An unknown search mode (in the YAML or as ``--search``), a screen or target task the sweep does not
+An unknown search mode (in the YAML or as ``--candidates.search``), a screen or target task the sweep does not
 run, fewer than one finalist, a ``final_baselines`` entry the sweep does not build, and halving budgets smaller than one block (``max_examples`` below the
 block, a ``budget`` below one block, a budget that cannot pay for the first round of every candidate).
 """
@@ -32,8 +32,8 @@ CASES: list[Case] = [
     ),
     Case(
         "sweep-search-flag-unknown",
-        "sweep cfg.yaml --search random",
-        lambda e: _sweep(e, "", "--search", "random"),
+        "sweep cfg.yaml --candidates.search random",
+        lambda e: _sweep(e, "", "--candidates.search", "random"),
         "ConfigError",
         "unknown search mode 'random'",
         "valid modes are exhaustive, halving",

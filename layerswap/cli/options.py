@@ -42,7 +42,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from layerswap.cli.common import parse_csv, parse_named
-from layerswap.config import load_config, validate_config
+from layerswap.config import field_doc, load_config, validate_config
 from layerswap.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
@@ -131,9 +131,9 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
 def flag_of(model: type[BaseModel], field: str, info: FieldInfo, prefix: str = "") -> Flag:
     """How field ``field`` of ``model`` is written on the command line (see the module's table)."""
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    help_text = field_doc(model, field)
     name = "--" + prefix + field.replace("_", "-")
     field = prefix.replace("-", "_") + field
-    help_text = info.description or ""
     ann = _without_none(info.annotation)
     origin, args = get_origin(ann), get_args(ann)
     if ann is bool:
@@ -227,6 +227,31 @@ def command_from_config(
         option = typer.Option(None, "--config", help=config_help)
         generated.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[Path]))  # noqa: UP045
 
+    def build(given: dict[str, Any]) -> M:
+        path = given.pop("config", None) if config_file else None
+        return config_from_flags(model, given, path, example=example, fields=fields)
+
+    return _generated(model, generated, build)
+
+
+def command_with_overrides(model: type[BaseModel], *, exclude: Collection[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for a command that reads its config from a file argument of its own: ``run(overrides,
+    **own)`` gets the fields given on the command line (nested at the dots, e.g. ``{"candidates":
+    {"search": "halving"}}``) to lay over the file, one option per field of ``model`` but ``exclude``."""
+    generated = [flag.parameter() for flag in flags_of(model) if flag.field.split(".")[0] not in exclude]
+
+    def build(given: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in flag_values(model, given).items() if k not in exclude and v is not None}
+
+    return _generated(model, generated, build)
+
+
+def _generated(
+    model: type[BaseModel], generated: list[inspect.Parameter], build: Callable[[dict[str, Any]], Any]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``run(build(generated options), **own)`` as a typer command whose parameters are the generated
+    options, then ``run``'s own after its first (typer options or arguments: ``--out``, a file)."""
+
     def decorate(run: Callable[..., Any]) -> Callable[..., Any]:
         own = list(inspect.signature(run, eval_str=True).parameters.values())[1:]
         clash = {p.name for p in own} & {p.name for p in generated}
@@ -236,8 +261,7 @@ def command_from_config(
 
         def command(**given: Any) -> Any:
             passed = {p.name: given.pop(p.name) for p in own}
-            path = given.pop("config", None) if config_file else None
-            return run(config_from_flags(model, given, path, example=example, fields=fields), **passed)
+            return run(build(given), **passed)
 
         for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
             setattr(command, attr, getattr(run, attr))

@@ -1,25 +1,32 @@
-"""``layerswap sweep``: merge-then-evaluate over candidate swaps and baselines."""
+"""``layerswap sweep``: merge-then-evaluate over candidate swaps and baselines.
+
+Every key of the sweep YAML is also an option that overrides it, generated from
+:class:`~layerswap.sweep.config.SweepConfig` (:mod:`layerswap.cli.options`): ``--limit 20``,
+``--candidates.search halving``, ``--candidates.halving.block 12``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from layerswap.cli import app
+from layerswap.cli.options import command_with_overrides
+from layerswap.sweep.config import SweepConfig
 
 
 @app.command("sweep")
+@command_with_overrides(SweepConfig)
 def sweep_command(
-    config: Path = typer.Argument(..., help="Sweep YAML (base, math, lang, languages, tasks, candidates)."),
+    overrides: dict[str, Any],
+    config: Path = typer.Argument(
+        ..., help="Sweep YAML (base, math, lang, languages, tasks, candidates); the options below override its keys."
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder; rerunning with the same folder resumes."),
-    limit: int | None = typer.Option(None, help="Override: examples per task and language."),
-    save_best: bool | None = typer.Option(None, "--save-best/--no-save-best", help="Override: write the winner as a model folder."),
-    data_dir: str | None = typer.Option(None, "--data-dir", help="Override: data folder laid out like ../shared/data."),
-    search: str | None = typer.Option(None, "--search", help="Override candidates.search: exhaustive or halving (successive halving on the screen task)."),
 ) -> None:
     """Merge each candidate in memory, evaluate it, and write results.csv, figures and report.md."""
     from layerswap.sweep import load_sweep_config, run_sweep
 
-    cfg = load_sweep_config(config, {"limit": limit, "save_best": save_best, "data_dir": data_dir}, search=search)
-    run_sweep(cfg, out, inputs=[config])
+    run_sweep(load_sweep_config(config, overrides), out, inputs=[config])

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, create_model, field_serializer, model_validator
 
-from layerswap.config import StrictModel, merge_nested, read_yaml, validate_config
+from layerswap.config import StrictModel, field_doc, merge_nested, read_yaml, validate_config
 from layerswap.errors import ConfigError
 from layerswap.sweep.config import SweepConfig, validate_sweep_dict
 
@@ -33,12 +33,20 @@ _MADE_BY_THE_DEMO = ("base", "math", "lang")
 #: Stages whose ``boundaries.yaml`` can seed the sweep's candidates.
 CANDIDATE_SOURCES = ("analysis", "importance")
 
+
+def _described(model: type[StrictModel], name: str) -> Any:
+    """A copy of a field, its meaning (``#:`` comment) kept as its description for the command's help."""
+    info = copy.copy(model.model_fields[name])
+    info.description = field_doc(model, name) or None
+    return info
+
+
 DemoSweep = create_model(  # every SweepConfig field but the models, each "not given" unless set
     "DemoSweep",
     __base__=StrictModel,
     __doc__="Sweep settings laid over the demo's (keys of a sweep YAML without base, math and lang).",
     **{
-        name: (info.annotation, copy.copy(info))
+        name: (info.annotation, _described(SweepConfig, name))
         for name, info in SweepConfig.model_fields.items()
         if name not in _MADE_BY_THE_DEMO
     },
