@@ -1,7 +1,11 @@
 """Merging in memory, for the merge-then-evaluate loop.
 
-A :class:`TensorCache` reads base and experts from disk once (float32 or the model dtype, on CPU
-or GPU). :func:`apply_merge` then writes a candidate's tensors into an already loaded
+A :class:`TensorCache` serves base and expert tensors to the merge: by default straight from their
+safetensors files (``store="mapped"``: each tensor is read when a candidate needs it, from the page
+cache once the files have been read, in its stored dtype, so bf16 stays bf16 until a blend converts
+the one tensor it is blending to float32), or held in memory after one read (``store="memory"``:
+three models' worth of RAM, today's behaviour before scale mattered). Both give the same merged
+tensors, bit for bit. :func:`apply_merge` then writes a candidate's tensors into an already loaded
 ``transformers`` model in place, and remembers which operation produced each parameter, so the
 next candidate only touches the tensors whose source changed: moving from ``bottom=4`` to
 ``bottom=5`` copies one layer, not the model.
@@ -15,6 +19,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -27,11 +32,18 @@ from layerswap.merge.plan import build_plan
 from layerswap.progress import progress
 
 
-class TensorCache:
-    """Base and expert tensors held in memory, read from disk once.
+Store = Literal["mapped", "memory"]
 
-    ``dtype=torch.float32`` (default) keeps exact float32 inputs for blends; the model's dtype
-    (e.g. bfloat16) halves the memory. LoRA experts are held as their float32 deltas.
+
+class TensorCache:
+    """Base and expert tensors for in-memory merges: read from the files on demand, or held after one read.
+
+    ``dtype=torch.float32`` (default) blends exact float32 inputs (a stored bf16 tensor converts to
+    float32 exactly, so it is read as bf16 and converted only when a blend needs it); the model's
+    dtype (e.g. bfloat16) rounds float32 checkpoints to it first. ``store="mapped"`` (default) holds
+    nothing: memory is the tensor being merged (at most a few float32 copies of the largest tensor);
+    ``store="memory"`` holds every source tensor (refused before loading when RAM cannot hold them).
+    LoRA experts are held as their float32 deltas either way (they are small).
     """
 
     def __init__(
@@ -41,6 +53,7 @@ class TensorCache:
         *,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        store: Store = "mapped",
     ) -> None:
         self.base: ModelFolder | None = open_model(base) if base is not None else None
         self.experts: dict[str, Checkpoint] = {label: open_checkpoint(p) for label, p in experts.items()}
@@ -52,8 +65,11 @@ class TensorCache:
             if ckpt is not ref:
                 check_compatible(ref, ckpt, label=f"expert {label}")
         self.reference: ModelFolder = ref
+        if store not in ("mapped", "memory"):
+            raise ConfigError(f"unknown tensor store {store!r}: use 'mapped' (read on demand) or 'memory' (hold every tensor)")
         self.dtype = dtype
         self.device = torch.device(device)
+        self.store: Store = store
         self._disk = DiskSources(self.base, self.experts)
         self._tensors: dict[tuple[str, str], torch.Tensor] = {}
 
@@ -76,11 +92,43 @@ class TensorCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._tensors.values())
 
+    def held_bytes(self, dtype: torch.dtype | None = None) -> int:
+        """Bytes that ``store="memory"`` would hold in ``dtype`` (default: the cache's): every full source tensor."""
+        size = torch.empty(0, dtype=dtype or self.dtype).element_size()
+        folders = [c for c in [self.base, *self.experts.values()] if isinstance(c, ModelFolder)]
+        return sum(size * f.num_parameters for f in folders)
+
+    def largest_float32(self) -> int:
+        """Bytes of the largest tensor in float32 (the unit of a mapped merge's working memory)."""
+        return 4 * max((self.reference.info(n).numel for n in self.names()), default=0)
+
+    def check_fits(self, available: int | None = None) -> None:
+        """Refuse ``store="memory"`` before loading when the held tensors would not fit in available RAM."""
+        if self.store != "memory" or self.device.type != "cpu":
+            return
+        if available is None:
+            import psutil
+
+            available = psutil.virtual_memory().available
+        need = self.held_bytes()
+        if need > available:
+            name = str(self.dtype).removeprefix("torch.")
+            raise ConfigError(
+                f"holding base and experts in memory as {name} needs {need / 1e9:.1f} GB but {available / 1e9:.1f} GB is available: "
+                f"use store 'mapped' (reads each tensor from the files when needed, about {2 * self.largest_float32() / 1e9:.1f} GB)"
+            )
+
     def paths(self) -> dict[str, str]:
         out = {label: str(c.path.resolve()) for label, c in self.experts.items()}
         if self.base is not None:
             out[BASE] = str(self.base.path.resolve())
         return out
+
+    def _read(self, ckpt: ModelFolder, name: str) -> torch.Tensor:
+        """One tensor from the files: in the cache's dtype, or (float32 cache) its own dtype where that converts exactly."""
+        info = ckpt.info(name)
+        keep = self.dtype == torch.float32 and info.torch_dtype.is_floating_point and torch.finfo(info.torch_dtype).bits <= 32
+        return ckpt.get(name, None if keep else self.dtype).to(self.device)
 
     def _load(self, label: str, name: str) -> torch.Tensor | None:
         key = (label, name)
@@ -93,6 +141,8 @@ class TensorCache:
                 self._tensors[key] = d.to(self.device, torch.float32)
             else:
                 assert ckpt is not None
+                if self.store == "mapped":
+                    return self._read(ckpt, name)
                 self._tensors[key] = ckpt.get(name, self.dtype).to(self.device)
         return self._tensors[key]
 
@@ -115,9 +165,15 @@ class TensorCache:
         return self.weight(label, name).to(torch.float32) - base.to(torch.float32)
 
     def preload(self, labels: Iterable[str] | None = None) -> TensorCache:
-        """Read every tensor of the named sources (default: all) now, with a progress bar."""
+        """Read every tensor of the named sources (default: all) now, with a progress bar.
+
+        With ``store="mapped"`` only LoRA deltas are held; full checkpoints stay in their files.
+        """
+        self.check_fits()
         chosen = list(labels) if labels is not None else ([BASE] if self.base else []) + list(self.experts)
         jobs = [(label, name) for label in chosen for name in self.names()]
+        if self.store == "mapped":
+            jobs = [(label, name) for label, name in jobs if isinstance(self.experts.get(label), LoraAdapter)]
         for label, name in progress(jobs, desc="load merge sources", total=len(jobs), unit="tensor"):
             self._load(label, name)
         return self

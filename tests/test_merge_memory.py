@@ -1,0 +1,76 @@
+"""TensorCache's stores: tensors read from the files on demand ("mapped") give the same merges, bit for bit,
+as tensors held in memory after one read ("memory", the float32 cache the sweep used), in bf16 and float32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from layerswap.errors import ConfigError
+from layerswap.merge import TensorCache, apply_merge, merged_state_dict
+from layerswap.merge.config import merge_config
+from layerswap.testing import make_tiny_model, planted_expert
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("LAYERSWAP_QUIET", "1")
+
+
+@pytest.fixture(scope="module", params=[torch.bfloat16, torch.float32], ids=["bf16", "f32"])
+def triple(request, tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp(f"store-{request.param}".replace("torch.", ""))
+    base = make_tiny_model(root / "base", "llama", layers=6, dtype=request.param, tokenizer=tiny_tokenizer)
+    math = planted_expert(base, root / "math", layers=[2, 3], scale=0.05, noise=0.002, seed=4)
+    lang = planted_expert(base, root / "lang", layers=[0, 5], scale=0.05, noise=0.002, seed=5)
+    return {"base": base, "math": math, "lang": lang}
+
+
+def _configs(t: dict[str, Path]) -> list[dict]:
+    experts = {"math": str(t["math"]), "lang": str(t["lang"])}
+    return [
+        {"method": "layer_swap", "experts": experts, "params": {"bottom": 1, "top": 1, "transition": 1}},
+        {"method": "linear", "experts": experts, "params": {"weights": {"math": 0.3, "lang": 0.7}}},
+        {"method": "ties", "base": str(t["base"]), "experts": experts, "params": {"density": 0.5}},
+        {"method": "task_arithmetic", "base": str(t["base"]), "experts": experts, "params": {"weights": {"math": 0.5, "lang": 0.5}}},
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32-cache", "model-dtype-cache"])
+def test_mapped_store_merges_like_the_memory_store(triple, dtype):
+    for data in _configs(triple):
+        cfg = merge_config(data)
+        held = TensorCache.from_config(cfg, dtype=dtype, store="memory").preload()
+        mapped = TensorCache.from_config(cfg, dtype=dtype).preload()
+        assert mapped.store == "mapped" and mapped.nbytes == 0 < held.nbytes
+        a, b = merged_state_dict(held, cfg), merged_state_dict(mapped, cfg)
+        assert a.keys() == b.keys()
+        for name in a:
+            assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), (data["method"], name)
+
+
+def test_mapped_store_into_a_loaded_model(triple):
+    """A sequence of candidates merged into one loaded model: same parameters either way, only changed tensors move."""
+    from transformers import AutoModelForCausalLM
+
+    models, stats = {}, {}
+    for store in ("memory", "mapped"):
+        cache = TensorCache({"math": triple["math"], "lang": triple["lang"]}, triple["base"], store=store).preload()
+        model = AutoModelForCausalLM.from_pretrained(triple["base"])
+        stats[store] = [apply_merge(model, cache, merge_config(data)).copied for data in _configs(triple)[:2]]
+        models[store] = model.state_dict()
+    assert stats["memory"] == stats["mapped"]
+    for name, value in models["memory"].items():
+        assert torch.equal(value, models["mapped"][name]), name
+
+
+def test_memory_store_that_does_not_fit_is_refused_before_loading(triple):
+    cache = TensorCache({"math": triple["math"], "lang": triple["lang"]}, triple["base"], store="memory")
+    with pytest.raises(ConfigError, match="use store 'mapped'") as err:
+        cache.check_fits(available=cache.held_bytes() - 1)
+    assert "\n" not in str(err.value) and cache.nbytes == 0
+    TensorCache({"math": triple["math"]}, triple["base"]).check_fits(available=0)  # mapped holds nothing: no refusal
+    with pytest.raises(ConfigError, match="unknown tensor store"):
+        TensorCache({"math": triple["math"]}, triple["base"], store="disk")
