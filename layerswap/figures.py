@@ -33,11 +33,22 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Figure, stem: Path) -> list[Path]:
-    """Write ``stem.png`` and ``stem.svg`` and close the figure; return both paths."""
+    """Write ``stem.png`` and ``stem.svg`` and close the figure; return both paths.
+
+    Each file is rendered in memory and written by :func:`layerswap.files.replace_file`: a full disk
+    leaves the previous figure, and a link planted at the name is replaced, never written through.
+    """
+    import io
+
+    from layerswap.files import replace_file
+
     paths = []
-    for ext in ("png", "svg"):
-        path = Path(stem).with_suffix(f".{ext}")
-        fig.savefig(path, dpi=130 if ext == "png" else None, bbox_inches="tight")
-        paths.append(path)
-    pyplot().close(fig)
+    try:
+        for ext in ("png", "svg"):
+            path = Path(stem).with_suffix(f".{ext}")
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=ext, dpi=130 if ext == "png" else None, bbox_inches="tight")
+            paths.append(replace_file(path, buffer.getvalue()))
+    finally:
+        pyplot().close(fig)
     return paths

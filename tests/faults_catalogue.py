@@ -78,6 +78,7 @@ class Case:
     fix: str  # fragment of the message naming the fix
     needs_permissions: bool = False  # relies on file modes, which bind root only where emulated (see test_bad_input)
     setup: Callable[[Env], None] | None = None  # run in the case's sandbox before the snapshot (e.g. a previous output)
+    environ: Callable[[Env], dict[str, str]] | None = None  # environment variables set for the run (e.g. LAYERSWAP_CACHE)
 
     @property
     def exit_code(self) -> int:

@@ -293,6 +293,45 @@ def test_unknown_custom_architecture_is_refused_not_run(remote_code_model, tmp_p
     assert not marker.exists()
 
 
+def test_finetune_resume_unpickles_nothing(tiny_llama, qa_file, tmp_path, monkeypatch):
+    """A checkpoint layerswap wrote holds its optimizer, scheduler and RNG state in safetensors and JSON:
+    pickles planted beside them (as the Trainer would name them) are never loaded, torch.load is never
+    called, and the resumed run still equals an uninterrupted one."""
+    import torch
+    from transformers import TrainerCallback
+
+    from layerswap.finetune import FinetuneConfig, finetune
+    from layerswap.io import ModelFolder, read_provenance
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003, ANN201
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "res"
+    config = FinetuneConfig(base=str(tiny_llama), data=[str(qa_file)], out=str(out), steps=5, save_steps=2, batch_size=4,
+                            seq_len=48, lr=3e-3, quiet=True, train_layers="0-2")  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, callbacks=[Crash()])
+    ckpt = tmp_path / "res.work" / "checkpoint-2"
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_state.safetensors", "rng_state.json"} <= names
+    assert not names & {"optimizer.pt", "scheduler.pt", "rng_state.pth"}, names
+    marker = tmp_path / "UNPICKLED"
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt"):
+        (ckpt / name).write_bytes(pickle.dumps(_Boom(marker)))
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a) or _enospc())
+    finetune(config, resume=True)
+    assert not marker.exists() and not calls, "a pickle was loaded on resume"
+    monkeypatch.undo()
+    assert read_provenance(out)["resumed_from_step"] == 2
+    straight = finetune(config.model_copy(update={"out": str(tmp_path / "straight")}))
+    a, b = ModelFolder(out), ModelFolder(straight)
+    for name in a.names():
+        torch.testing.assert_close(a.get(name), b.get(name), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # Source scan: the behavioural tests above, backed by what the code can do at all
 # --------------------------------------------------------------------------------------------

@@ -23,10 +23,13 @@ from typing import Any
 import torch
 
 from layerswap.errors import ConfigError
+from layerswap.finetune import state
 from layerswap.finetune.config import FinetuneConfig, ratio_schedule
 from layerswap.finetune.data import AlternatingBatchSampler, Collator
 from layerswap.finetune.loss import enabled_by_env
 from layerswap.finetune.model import TrainableModel
+from layerswap.io import write_text_atomic
+from layerswap.io.stored import read_stored_text
 from layerswap.progress import bar
 
 
@@ -258,6 +261,49 @@ def _trainer_class():
                 p.requires_grad_(True)
             self._active = group
 
+        # -- checkpoint state without pickles (layerswap.finetune.state); sharded runs keep their own formats
+        def _sharded(self) -> bool:
+            return bool(self.is_deepspeed_enabled or self.is_fsdp_enabled)
+
+        def _rng_stem(self) -> str:
+            return state.rng_stem(self.args.process_index, self.args.world_size)
+
+        def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+            if self._sharded():
+                return super()._save_optimizer_and_scheduler(output_dir)
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                state.save_optimizer(self.optimizer, Path(output_dir))
+                state.save_json_state(self.lr_scheduler, Path(output_dir) / state.SCHEDULER)
+            return None
+
+        def _save_scaler(self, output_dir: str) -> None:
+            scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is not None and self.args.should_save:
+                state.save_json_state(scaler, Path(output_dir) / state.SCALER)
+
+        def _save_rng_state(self, output_dir: str) -> None:
+            from transformers.training_args import ParallelMode
+
+            os.makedirs(output_dir, exist_ok=True)
+            state.save_rng(Path(output_dir), self._rng_stem(), distributed=self.args.parallel_mode == ParallelMode.DISTRIBUTED)
+
+        def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+            if checkpoint is None or self._sharded():
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            state.load_optimizer(self.optimizer, Path(checkpoint))
+            state.load_json_state(self.lr_scheduler, Path(checkpoint) / state.SCHEDULER)
+            return None
+
+        def _load_scaler(self, checkpoint: str | None) -> None:
+            scaler = getattr(self.accelerator, "scaler", None)
+            if checkpoint is not None and scaler is not None and (Path(checkpoint) / state.SCALER).exists():
+                state.load_json_state(scaler, Path(checkpoint) / state.SCALER)
+
+        def _load_rng_state(self, checkpoint: str | None) -> None:
+            if checkpoint is not None:
+                state.load_rng(Path(checkpoint), self._rng_stem())
+
         def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001, ANN201
             group = inputs.pop("group", None)
             if self.groups is not None:
@@ -285,12 +331,14 @@ def _progress_callback(meter: TokenMeter, csv_path: Path, group_of_step, total_s
             self.bar = bar(desc="finetune", total=state.max_steps or total_steps, unit="step", initial=state.global_step)
             meter.start = time.perf_counter()
             meter.tokens = 0
-            if csv_path.exists():  # a resumed run: drop rows past the checkpoint
-                rows = csv_path.read_text().splitlines()
-                keep = [r for r in rows[1:] if int(r.split(",")[0]) <= state.global_step]
-                csv_path.write_text("\n".join(rows[:1] + keep) + "\n")
-            else:
-                csv_path.write_text("step,group,loss,learning_rate,grad_norm,tokens_per_s\n")
+            if csv_path == Path(os.devnull):
+                return  # not the main process: it keeps no log
+            header = "step,group,loss,learning_rate,grad_norm,tokens_per_s"
+            rows = []
+            if os.path.lexists(csv_path):  # a resumed run: drop rows past the checkpoint (and any that are not rows)
+                text = read_stored_text(csv_path, root=csv_path.parent, fix="delete it (it is only a log) and resume")
+                rows = [r for r in text.splitlines()[1:] if r.split(",")[0].isdigit() and int(r.split(",")[0]) <= state.global_step]
+            write_text_atomic(csv_path, "\n".join([header, *rows]) + "\n")
 
         def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
             meter._step_start = time.perf_counter()

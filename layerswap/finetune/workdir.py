@@ -15,12 +15,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from layerswap.errors import ConfigError, InputPathError, OutputExistsError
+from layerswap.errors import CheckpointError, ConfigError, InputPathError, LayerswapError, OutputExistsError
 from layerswap.finetune.config import FinetuneConfig
-from layerswap.io.outputs import check_location, check_not_input, input_paths, resolved
+from layerswap.io import write_text_atomic
+from layerswap.io.outputs import check_location, check_not_input, input_paths, refuse_links_inside, resolved
+from layerswap.io.stored import read_stored_json
 
 #: The file that says layerswap created a work folder (and so may delete it): ``{"created": true}``,
-#: or ``false`` for an empty folder the user made, which is emptied but kept.
+#: or ``false`` for an empty folder the user made, which is emptied but kept. It also records the
+#: folder's identity (device and inode), which only the folder it was written in has: a marker copied
+#: or written by hand into another folder is not trusted (:func:`_marker`).
 MARKER = ".layerswap-work"
 #: Config keys that may change between an interrupted run and its ``--resume``.
 RESUME_FREE = {
@@ -100,18 +104,21 @@ def work_dir_of(cfg: FinetuneConfig, out: Path) -> Path:
 
 
 def last_complete_checkpoint(work: Path) -> str | None:
-    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (the Trainer writes it last) parses.
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (the Trainer writes it last) is valid.
 
     The Trainer writes checkpoints in place, so a run killed while saving leaves an incomplete
-    newest checkpoint; resuming must skip it rather than fail on it."""
+    newest checkpoint; resuming must skip it rather than fail on it. A state whose ``global_step``
+    is not the folder's ``N`` (edited, or copied from another checkpoint) is not complete either."""
     best: tuple[int, Path] | None = None
     for folder in work.glob("checkpoint-*"):
         step = folder.name.rsplit("-", 1)[-1]
-        if not step.isdigit():
+        if not step.isdigit() or folder.is_symlink():
             continue
         try:
-            json.loads((folder / "trainer_state.json").read_text())
-        except (OSError, ValueError):
+            state = read_stored_json(folder / "trainer_state.json", root=work)
+        except LayerswapError:
+            continue
+        if state.get("global_step") != int(step):
             continue
         if best is None or int(step) > best[0]:
             best = (int(step), folder)
@@ -138,11 +145,16 @@ def check_work_dir(work: Path, out: Path, inputs: Any, *, resume: bool = False) 
         return
     if not work.is_dir():
         raise InputPathError(f"--work-dir {work} is a file, not a folder: choose another path")
-    if not resume and not (work / MARKER).is_file() and any(work.iterdir()):
-        raise OutputExistsError(
-            f"--work-dir {work} is a folder layerswap did not create (no {MARKER}), and layerswap deletes only "
-            "work folders it created: choose a new or empty folder"
-        )
+    refuse_links_inside(work, option="--work-dir")
+    if not resume and _marker(work) is None and any(work.iterdir()):
+        raise _foreign(work)
+
+
+def _foreign(work: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"--work-dir {work} is a folder layerswap did not create (no {MARKER} of its own), and layerswap deletes only "
+        "work folders it created: choose a new or empty folder"
+    )
 
 
 def check_log_dirs(report_to: str, inputs: Any) -> None:
@@ -152,12 +164,21 @@ def check_log_dirs(report_to: str, inputs: Any) -> None:
         check_not_input(Path(os.environ[variable]).expanduser(), input_paths(inputs), option=f"${variable}")
 
 
+def _identity(work: Path) -> dict[str, int]:
+    st = os.stat(work, follow_symlinks=False)
+    return {"device": st.st_dev, "inode": st.st_ino}
+
+
 def _marker(work: Path) -> dict[str, Any] | None:
+    """The folder's marker if layerswap wrote it in this very folder (its recorded identity matches), else None."""
     try:
-        data = json.loads((work / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_stored_json(work / MARKER, root=work)
+        identity = _identity(work)
+    except (LayerswapError, OSError):
         return None
-    return data if isinstance(data, dict) else None
+    if any(data.get(key) != value for key, value in identity.items()):
+        return None
+    return data
 
 
 def remove_work_dir(work: Path) -> None:
@@ -187,8 +208,9 @@ def prepare_work_dir(cfg: FinetuneConfig, work: Path, *, create: bool = True) ->
             raise InputPathError(
                 f"--resume: no checkpoint in {work}; start without --resume (checkpoints are saved every {cfg.save_steps} steps)"
             )
-        if run_file.exists():
-            saved = json.loads(run_file.read_text())
+        check_resumable(Path(last))
+        if os.path.lexists(run_file):
+            saved = read_stored_json(run_file, root=work, fix="start over with --overwrite")
             for key in sorted(set(saved) | set(current)):
                 if saved.get(key) != current.get(key):
                     raise ConfigError(
@@ -206,14 +228,31 @@ def prepare_work_dir(cfg: FinetuneConfig, work: Path, *, create: bool = True) ->
         remove_work_dir(work)  # layerswap's own: stale checkpoints go (--overwrite) or there were none
     created = not work.exists() or bool(marker and marker.get("created"))
     if work.is_dir() and any(work.iterdir()):
-        raise OutputExistsError(
-            f"--work-dir {work} is a folder layerswap did not create (no {MARKER}), and layerswap deletes only "
-            "work folders it created: choose a new or empty folder"
-        )
+        raise _foreign(work)
     work.mkdir(parents=True, exist_ok=True)
-    (work / MARKER).write_text(json.dumps({"created": created}) + "\n", encoding="utf-8")
-    run_file.write_text(json.dumps(current, indent=2))
+    write_text_atomic(work / MARKER, json.dumps({"created": created, **_identity(work)}) + "\n")
+    write_text_atomic(run_file, json.dumps(current, indent=2))
     return None
+
+
+def check_resumable(checkpoint: Path) -> None:
+    """A checkpoint resumes only from files that need no unpickling: weights in safetensors, and the
+    optimizer, scheduler and RNG state as layerswap writes them (:mod:`layerswap.finetune.state`)."""
+    from layerswap.finetune.state import STATE_FILES
+
+    names = {p.name for p in checkpoint.iterdir()}
+    weights = {"model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors"}
+    if not names & weights:
+        raise CheckpointError(
+            f"{checkpoint} holds no safetensors weights (layerswap never unpickles a .bin or .pt): start over with --overwrite"
+        )
+    missing = [name for name in STATE_FILES if name not in names]
+    if missing:
+        pickled = sorted(n for n in names if n.endswith((".pt", ".pth")))
+        what = f" (it has {pickled[0]}, a pickle layerswap never loads)" if pickled else ""
+        raise CheckpointError(
+            f"{checkpoint} lacks {missing[0]}{what}: it was not written by this layerswap; start over with --overwrite"
+        )
 
 
 def step_of(checkpoint: str | None) -> int:

@@ -23,7 +23,7 @@ from layerswap.io.architecture import (
     parse_layer_spec,
     rule_for,
 )
-from layerswap.io.atomic import AtomicDir, prepare_output_dir, recover_interrupted, write_text_atomic
+from layerswap.io.atomic import AtomicDir, prepare_output_dir, recover_interrupted, write_bytes_atomic, write_text_atomic
 from layerswap.io.data_files import iter_jsonl, iter_tsv, read_lines, require_fields, resolve_data_dir
 from layerswap.io.deltas import Checkpoint, DeltaView, check_compatible
 from layerswap.io.dtypes import (
@@ -103,6 +103,7 @@ __all__ = [
     "recover_interrupted",
     "write_provenance",
     "write_tensors",
+    "write_bytes_atomic",
     "write_text_atomic",
     # architecture
     "Architecture",

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from layerswap.errors import OutputExistsError
+from layerswap.errors import InputPathError, OutputExistsError
+from layerswap.files import replace_file
 from layerswap.io.outputs import check_output, check_replaceable, describe_previous, plain_output, write_error
 from layerswap.io.syscalls import fsync_dir, fsync_tree
 
@@ -151,18 +152,21 @@ class AtomicDir:
                 warnings.warn(f"--overwrite: replaced {self.out} ({replaced})", stacklevel=2)
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write a small text file via a temporary sibling and ``os.replace``: never a torn file."""
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write a small file with :func:`layerswap.files.replace_file` (never torn, never through a link);
+    an OS failure is one line (a full disk keeps the previous file), a folder at ``path`` is refused."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        return replace_file(path, data)
+    except IsADirectoryError as exc:
+        raise InputPathError(f"{path} is a folder where layerswap writes a file: remove it or choose another output") from exc
     except OSError as exc:
-        if not tmp.is_dir():
-            tmp.unlink(missing_ok=True)
         mapped = write_error(path, exc)
         if mapped is not None:
             raise mapped from exc
         raise
-    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """:func:`write_bytes_atomic` of UTF-8 text."""
+    return write_bytes_atomic(path, text.encode("utf-8"))

@@ -8,6 +8,7 @@ evaluate's save, the sweep with its saved model and figures, the mergekit export
 - an output that equals, contains or lies inside an input (model or adapter folder, data file,
   config, data folder) is refused, with or without ``--overwrite``;
 - an output that is a symbolic link (dangling or not) is refused: it is not clear what it would replace;
+  a folder that is resumed (a sweep's, a demo's) must hold no link at all (:func:`refuse_links_inside`);
 - an existing output is refused without ``--overwrite``; with it, only a folder whose
   ``layerswap.json`` says layerswap wrote it (:func:`written_by_layerswap`), or an empty one, is replaced;
 - an output under a file, with a name over the file system's limit, or in a folder that cannot be
@@ -203,9 +204,33 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
+def check_path_length(path: Path, *, option: str = "--out") -> None:
+    """Refuse a path the system cannot take (a name over ``NAME_MAX``, the whole over ``PATH_MAX``) before it is touched:
+    every later ``stat`` of it would fail with ENAMETOOLONG."""
+    absolute = os.path.abspath(path)
+    above = existing_ancestor(Path(absolute))
+    try:
+        name_max, path_max = os.pathconf(above, "PC_NAME_MAX"), os.pathconf(above, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    shown = absolute if len(absolute) <= 80 else f"{absolute[:60]}...{absolute[-12:]}"
+    for part in Path(absolute).parts:
+        if len(os.fsencode(part)) > name_max:
+            raise InputPathError(
+                f"{option} {shown}: the name {part[:24]}... is {len(os.fsencode(part))} bytes, over the file system's limit "
+                f"of {name_max}: choose a shorter name"
+            )
+    if len(os.fsencode(absolute)) + TEMP_SUFFIX_ROOM >= path_max:
+        raise InputPathError(
+            f"{option} {shown}: the path is {len(os.fsencode(absolute))} bytes, over the system's limit of "
+            f"{path_max - TEMP_SUFFIX_ROOM} for an output: choose a shorter path"
+        )
+
+
 def _plain_not_input(out: PathLike, inputs: Iterable[Any], option: str) -> Path:
     """``out`` as a plain path, refused where it is, holds or lies inside one of ``inputs``."""
     path = plain_output(out)
+    check_path_length(path, option=option)
     check_not_input(path, input_paths(inputs), option=option)
     return path
 
@@ -239,6 +264,7 @@ def check_output(
                     f"{option} {path} is a folder of something else (no {resume_marker}; rerunning resumes only in the "
                     "command's own folder): choose a new or empty folder"
                 )
+            refuse_links_inside(path, option=option)
             return path
         if not overwrite:
             raise OutputExistsError(f"output {path} already exists: choose another path or pass --overwrite")
@@ -246,6 +272,23 @@ def check_output(
         return path
     check_location(path, option=option)
     return path
+
+
+def refuse_links_inside(folder: Path, *, option: str = "--out") -> None:
+    """A folder layerswap resumes in (a sweep's, a demo's) must hold no symbolic link anywhere.
+
+    layerswap itself never creates one there, and rerunning rewrites and rereads the folder's files:
+    a link planted at one of its names (a figure, ``candidates/NAME.json``) would be written through
+    or read from outside the folder. Links are not followed while looking.
+    """
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            link = os.path.join(dirpath, name)
+            if os.path.islink(link):
+                raise InputPathError(
+                    f"{option} {folder} holds a symbolic link, {link} (to {os.readlink(link)}), and layerswap never writes "
+                    "through or reads a link inside its own folder: delete the link and rerun"
+                )
 
 
 def check_output_file(

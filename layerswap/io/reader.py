@@ -94,8 +94,12 @@ def _not_regular(path: str | os.PathLike[str], mode: int, fix: str) -> InputPath
 
 
 def refuse_special_files(folder: str | os.PathLike[str], *, fix: str) -> None:
-    """Refuse a folder holding a FIFO, device or socket (links followed): whatever reads its files (our
-    reader, a donor-file copy, transformers' tokenizer loading) could block on one or read a device."""
+    """Refuse a folder holding a FIFO, device or socket (links followed), or a link out of the folder.
+
+    Whatever reads its files (our reader, a donor-file copy, transformers' tokenizer loading) could
+    block on a FIFO or read a device; and a file whose real path lies outside the folder given (a
+    ``model.safetensors`` linked to another model, ``tokenizer_config.json`` to ``/proc/self/environ``)
+    is not the folder's to read. Hugging Face cache links keep working (:func:`folder_roots`)."""
     try:
         with os.scandir(folder) as entries:
             paths = [entry.path for entry in entries]
@@ -103,6 +107,7 @@ def refuse_special_files(folder: str | os.PathLike[str], *, fix: str) -> None:
         raise InputPathError(f"cannot list {folder}: permission denied; fix its permissions or pass a readable copy") from exc
     except OSError as exc:
         raise InputPathError(f"cannot list {folder}: {exc.strerror or type(exc).__name__}; {fix}") from exc
+    roots = folder_roots(folder)
     for path in paths:
         try:
             mode = os.stat(path).st_mode
@@ -110,6 +115,27 @@ def refuse_special_files(folder: str | os.PathLike[str], *, fix: str) -> None:
             continue  # a dangling link: reported if and when the file is needed
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise _not_regular(path, mode, fix)
+        check_inside(path, roots, folder)
+
+
+def folder_roots(folder: str | os.PathLike[str]) -> tuple[str, ...]:
+    """Where the files of ``folder`` may really lie: the folder itself (resolved), and for a snapshot of the
+    Hugging Face cache (``models--ORG--NAME/snapshots/REV``, whose files link into ``../../blobs``) its repository folder."""
+    real = os.path.realpath(folder)
+    parent = os.path.dirname(real)
+    if os.path.basename(parent) == "snapshots":
+        return real, os.path.dirname(parent)
+    return (real,)
+
+
+def check_inside(path: str | os.PathLike[str], roots: tuple[str, ...], folder: str | os.PathLike[str]) -> None:
+    """Refuse ``path`` when its real path lies outside every one of ``roots`` (see :func:`folder_roots`)."""
+    real = os.path.realpath(path)
+    if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        raise InputPathError(
+            f"{path} links outside {folder} (to {real}): layerswap reads a folder's files only from the folder itself "
+            "(or a Hugging Face cache's blobs); copy the file into the folder"
+        )
 
 
 def _pread_exact(fd: int, n: int, offset: int) -> bytes:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from layerswap.errors import InputPathError
+from layerswap.errors import InputPathError, OutputExistsError
 from layerswap.io.atomic import AtomicDir
 from layerswap.io.embedded import DEFAULT_MODEL, EMBEDDED, cache_dir
 from layerswap.io.lora import LoraAdapter, is_adapter_folder
 from layerswap.io.model_folder import ModelFolder
+from layerswap.io.outputs import written_by_layerswap
+from layerswap.io.provenance import PROVENANCE_NAME, write_provenance
 
 
 def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False, quiet: bool = False) -> Path:
@@ -23,11 +25,23 @@ def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False, quiet: bool
     target = cache_dir() / "models" / name
     if (target / "config.json").exists() and not force:
         return target
+    if os.path.lexists(target) and not (target.is_dir() and not target.is_symlink() and _prepared_or_empty(target)):
+        raise OutputExistsError(
+            f"{target} is not a model layerswap prepared (no {PROVENANCE_NAME} of an embedded model), and layerswap never "
+            "replaces a folder it did not create: move it away, or set LAYERSWAP_CACHE to another folder"
+        )
     if not quiet:
         print(f"preparing {name} into {target} (once; about a minute on 2 CPU cores)", flush=True)
     with AtomicDir(target, overwrite=True, replace_any=True) as tmp:
         EMBEDDED[name].prepare(tmp)
+        write_provenance(tmp, {"kind": "embedded model", "name": name, "package": EMBEDDED[name].package})
     return target
+
+
+def _prepared_or_empty(folder: Path) -> bool:
+    """An empty folder, or one :func:`prepare_model` wrote (its provenance names an embedded model)."""
+    record = written_by_layerswap(folder)
+    return (record is not None and record.get("kind") == "embedded model") or not any(folder.iterdir())
 
 
 def resolve_model(path_or_name: str | os.PathLike[str]) -> Path:

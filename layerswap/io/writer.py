@@ -13,6 +13,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -49,20 +50,25 @@ class TensorSpec:
         return cls(name, dtype_code(tensor.dtype), tuple(tensor.shape))
 
 
+#: The largest size a shard may be given (any real file system's limit is far below).
+MAX_SIZE = 2**62
+
+
 def parse_size(value: int | str) -> int:
     """``"5GB"``/``"500MB"``/``1000000`` -> bytes."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ConfigError(f"cannot read size {value!r}: write e.g. 5GB, 500MB or a number of bytes")
     if isinstance(value, int):
-        if value <= 0:
-            raise ConfigError(f"size {value} must be positive: write e.g. 5GB, 500MB or a number of bytes")
-        return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]i?B?|B)?\s*", value, re.I)
-    if not m:
-        raise ConfigError(f"cannot read size {value!r}: write e.g. 5GB, 500MB or a number of bytes")
-    unit = (m.group(2) or "").upper().rstrip("B")
-    factor = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
-    size = int(float(m.group(1)) * factor)
+        size = value
+    else:
+        m = re.fullmatch(r"\s*(\d{1,40}(?:\.\d{0,40})?|\.\d{1,40})\s*([KMGT]i?B?|B)?\s*", value, re.I)
+        if not m:
+            raise ConfigError(f"cannot read size {value[:40]!r}: write e.g. 5GB, 500MB or a number of bytes")
+        unit = (m.group(2) or "").upper().rstrip("B")
+        factor = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+        size = int(Decimal(m.group(1)) * factor)  # exact: a float of 400 nines is infinite
+    if size > MAX_SIZE:
+        raise ConfigError(f"size {str(value)[:24]}... is larger than any file can be (at most 2^62 bytes): write e.g. 5GB or 500MB")
     if size <= 0:
         raise ConfigError(f"size {value!r} must be positive: write e.g. 5GB, 500MB or a number of bytes")
     return size

@@ -1,0 +1,396 @@
+"""Safety, round two (issue 28): links inside folders, tampered stored state, one run per output, ownership.
+
+- **Links** (class 1): a model or adapter folder whose file links outside it is refused before it is read
+  (Hugging Face cache links keep working: ``tests/faults_models.py``); a folder layerswap resumes in
+  (a sweep's, a fine-tune's work folder) that holds a link anywhere is refused before anything is written
+  through it or read from it (a figure linked to an expert's weights, a planted ``.sweep.yaml.tmp-PID``,
+  a ``checkpoint-N`` linked to a folder elsewhere).
+- **Stored state** (class 2): a fine-tune's ``run_config.json`` cut, retyped, a folder or a FIFO, and a
+  checkpoint whose optimizer state or weights are only pickles: one line, nothing unpickled.
+- **One run per output** (class 6): a second fine-tune into an ``--out`` or work folder in use names the PID.
+- **Ownership** (class 8): a hand-written or copied ``.layerswap-work`` marker is not trusted; ``models
+  prepare`` never replaces a folder it did not create; names of 300 bytes, paths of 5,000 and a
+  ``max_shard_size`` of 400 nines are one line.
+
+The victims of links live under ``env.root``, which the catalogue snapshots with the SHA-256 of every file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from faults_catalogue import Case, Env, _copy
+
+ST = "model.safetensors"
+#: Locks held by a case's setup (the "other run"): released when the next case sets up.
+_HELD: list[int] = []
+
+
+def build(env: Env) -> None:
+    """Folders with links out of them, the victims links point to, and a checkpoint as layerswap writes it."""
+    d = _copy(env.math, env.p("link-weights"))
+    (d / ST).unlink()
+    (d / ST).symlink_to(env.math / ST)  # another model's weights
+    d = _copy(env.math, env.p("link-environ"))
+    (d / "tokenizer_config.json").unlink(missing_ok=True)
+    (d / "tokenizer_config.json").symlink_to("/proc/self/environ")
+    d = _copy(env.lora, env.p("link-adapter"))
+    (d / "adapter_model.safetensors").unlink()
+    (d / "adapter_model.safetensors").symlink_to(env.lora / "adapter_model.safetensors")
+    victim = env.p("victim-folder")  # a folder a planted link leads to: it must come out untouched
+    victim.mkdir()
+    shutil.copy(env.math / ST, victim / ST)
+    (victim / "trainer_state.json").write_text(json.dumps({"global_step": 2}), encoding="utf-8")
+    template = env.p("ckpt-template")  # what a layerswap checkpoint holds (its contents are not read by these cases)
+    _copy(env.base, template)
+    (template / "trainer_state.json").write_text(json.dumps({"global_step": 2}), encoding="utf-8")
+    for name in ("optimizer.safetensors", "optimizer.json", "scheduler.json"):
+        (template / name).write_text("{}", encoding="utf-8")
+
+
+def _ex(env: Env, name: str) -> str:
+    return str(env.p("ex") / name)  # the experts' folder of tests/faults_outputs.py
+
+
+def _finetune(env: Env, *extra: str) -> list[str]:
+    return ["finetune", "--base", _ex(env, "base"), "--data", _ex(env, "data.jsonl"), "--steps", "1", "--out", env.out, *extra]
+
+
+def _sweep(env: Env) -> list[str]:
+    body = f"base: {_ex(env, 'base')}\nmath: {_ex(env, 'math')}\nlang: {_ex(env, 'lang')}\nlimit: 1\n"
+    return ["sweep", env.yaml("sweep.yaml", body), "--out", str(env.sandbox / "sw")]
+
+
+def _sweep_folder_with_link(name: str, target: str) -> object:
+    def setup(env: Env) -> None:
+        folder = env.sandbox / "sw"
+        (folder / Path(name).parent).mkdir(parents=True, exist_ok=True)
+        (folder / "sweep.yaml").write_text("a sweep's folder\n", encoding="utf-8")
+        (folder / name.replace("PID", str(os.getpid()))).symlink_to(env.p(target))
+
+    return setup
+
+
+def _work(env: Env) -> Path:
+    return env.sandbox / "out.work"
+
+
+def _checkpoint(env: Env, *, drop: tuple[str, ...] = (), add: dict[str, bytes] | None = None) -> Path:
+    ckpt = _copy(env.p("ckpt-template"), _work(env) / "checkpoint-2")
+    for name in drop:
+        (ckpt / name).unlink()
+    for name, data in (add or {}).items():
+        (ckpt / name).write_bytes(data)
+    return ckpt
+
+
+def _work_link(name: str, target: str):  # noqa: ANN202
+    def setup(env: Env) -> None:
+        _work(env).mkdir()
+        if name != "checkpoint-2":
+            _checkpoint(env)
+        (_work(env) / name).symlink_to(env.p(target))
+
+    return setup
+
+
+def _run_config(kind: str):  # noqa: ANN202
+    def setup(env: Env) -> None:
+        _checkpoint(env)
+        run = _work(env) / "run_config.json"
+        if kind == "cut":
+            run.write_text('{"base": "ex/base", "data": ["ex/da', encoding="utf-8")
+        elif kind == "list":
+            run.write_text("[]", encoding="utf-8")
+        elif kind == "folder":
+            run.mkdir()
+        elif kind == "fifo":
+            os.mkfifo(run)
+
+    return setup
+
+
+PICKLE = b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00}\x94."  # an (empty dict) pickle: it must never be loaded
+
+
+def _pickled_state(env: Env) -> None:
+    _checkpoint(
+        env,
+        drop=("optimizer.safetensors", "optimizer.json", "scheduler.json"),
+        add={"optimizer.pt": PICKLE, "scheduler.pt": PICKLE},
+    )
+
+
+def _pickled_weights(env: Env) -> None:
+    _checkpoint(env, drop=(ST,), add={"pytorch_model.bin": PICKLE})
+
+
+def _hold_lock(where: str):  # noqa: ANN202
+    """Take the lock of ``where`` (``out`` or a ``--work-dir``) as another run would, and keep it during the case."""
+
+    def setup(env: Env) -> None:
+        from layerswap.io.lock import _acquire
+
+        while _HELD:
+            os.close(_HELD.pop())
+        folder = Path(env.out) if where == "out" else env.sandbox / where
+        _HELD.append(_acquire(folder, "--out")[0])
+
+    return setup
+
+
+def _forged_marker(identity: bool):  # noqa: ANN202
+    def setup(env: Env) -> None:
+        mine = env.sandbox / "mine"
+        mine.mkdir()
+        (mine / "notes.txt").write_text("a user's own files\n", encoding="utf-8")
+        marker: dict[str, object] = {"created": True}
+        if identity:  # copied from another folder layerswap made: its identity is not this folder's
+            st = os.stat(env.sandbox)
+            marker.update(device=st.st_dev, inode=st.st_ino)
+        (mine / ".layerswap-work").write_text(json.dumps(marker), encoding="utf-8")
+
+    return setup
+
+
+def _user_cache_folder(env: Env) -> None:
+    folder = env.sandbox / "cache" / "models" / "gemma3-270m"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("a user's folder that happens to sit where the model would go\n", encoding="utf-8")
+
+
+def _swap(env: Env, out: str) -> list[str]:
+    return ["swap", "--math", str(env.math), "--lang", str(env.lang), "--bottom", "1", "--top", "1", "--out", out]
+
+
+NINES = "9" * 400
+LINK_OUT = ("InputPathError", "links outside", "copy the file into the folder")
+LINK_IN = ("InputPathError", "holds a symbolic link", "delete the link")
+STATE = "start over with --overwrite"
+
+CASES: list[Case] = [
+    # --- class 1: reads outside the folder given, writes through links inside layerswap's own folders
+    Case(
+        "weights-link-outside",
+        "inspect FOLDER (model.safetensors -> another model's file)",
+        lambda e: ["inspect", str(e.p("link-weights"))],
+        *LINK_OUT,
+    ),
+    Case(
+        "tokenizer-link-environ",
+        "inspect FOLDER (tokenizer_config.json -> /proc/self/environ)",
+        lambda e: ["inspect", str(e.p("link-environ"))],
+        *LINK_OUT,
+    ),
+    Case(
+        "swap-reads-linked-tokenizer",
+        "swap --math FOLDER (tokenizer_config.json -> /proc/self/environ) ...",
+        lambda e: [
+            "swap",
+            "--math",
+            str(e.p("link-environ")),
+            "--lang",
+            str(e.lang),
+            "--bottom",
+            "1",
+            "--top",
+            "1",
+            "--out",
+            e.out,
+        ],
+        *LINK_OUT,
+    ),
+    Case(
+        "adapter-link-outside",
+        "swap --math ADAPTER (adapter_model.safetensors -> another adapter's) --base BASE",
+        lambda e: [
+            "swap",
+            "--math",
+            str(e.p("link-adapter")),
+            "--lang",
+            str(e.lora),
+            "--base",
+            str(e.base),
+            "--bottom",
+            "1",
+            "--top",
+            "1",
+            "--out",
+            e.out,
+        ],
+        *LINK_OUT,
+    ),
+    Case(
+        "sweep-figure-link",
+        "sweep cfg.yaml --out SW (SW/figures/best_vs_baselines_proxy.png -> an expert's weights)",
+        _sweep,
+        *LINK_IN,
+        setup=_sweep_folder_with_link("figures/best_vs_baselines_proxy.png", "victim-folder/model.safetensors"),
+    ),
+    Case(
+        "sweep-candidate-link",
+        "sweep cfg.yaml --out SW (SW/candidates/math.json -> a file elsewhere)",
+        _sweep,
+        *LINK_IN,
+        setup=_sweep_folder_with_link("candidates/math.json", "victim-folder/trainer_state.json"),
+    ),
+    Case(
+        "sweep-planted-temp-link",
+        "sweep cfg.yaml --out SW (SW/.sweep.yaml.tmp-PID -> a data file)",
+        _sweep,
+        *LINK_IN,
+        setup=_sweep_folder_with_link(".sweep.yaml.tmp-PID", "victim-folder/trainer_state.json"),
+    ),
+    Case(
+        "finetune-checkpoint-link",
+        "finetune ... --resume (OUT.work/checkpoint-2 -> a folder elsewhere)",
+        lambda e: _finetune(e, "--resume"),
+        *LINK_IN,
+        setup=_work_link("checkpoint-2", "victim-folder"),
+    ),
+    Case(
+        "finetune-log-link",
+        "finetune ... --resume (OUT.work/loss_running.csv -> a file elsewhere)",
+        lambda e: _finetune(e, "--resume"),
+        *LINK_IN,
+        setup=_work_link("loss_running.csv", "victim-folder/trainer_state.json"),
+    ),
+    # --- class 2: a fine-tune's stored state, validated; nothing unpickled
+    Case(
+        "finetune-run-config-cut",
+        "finetune ... --resume (OUT.work/run_config.json cut)",
+        lambda e: _finetune(e, "--resume"),
+        "CheckpointError",
+        "is not valid json",
+        STATE,
+        setup=_run_config("cut"),
+    ),
+    Case(
+        "finetune-run-config-retyped",
+        "finetune ... --resume (OUT.work/run_config.json is [])",
+        lambda e: _finetune(e, "--resume"),
+        "CheckpointError",
+        "holds a json list",
+        STATE,
+        setup=_run_config("list"),
+    ),
+    Case(
+        "finetune-run-config-folder",
+        "finetune ... --resume (OUT.work/run_config.json is a folder)",
+        lambda e: _finetune(e, "--resume"),
+        "CheckpointError",
+        "is a folder",
+        STATE,
+        setup=_run_config("folder"),
+    ),
+    Case(
+        "finetune-run-config-fifo",
+        "finetune ... --resume (OUT.work/run_config.json is a FIFO)",
+        lambda e: _finetune(e, "--resume"),
+        "CheckpointError",
+        "is a fifo",
+        STATE,
+        setup=_run_config("fifo"),
+    ),
+    Case(
+        "finetune-resume-pickled-state",
+        "finetune ... --resume (checkpoint holds optimizer.pt, scheduler.pt)",
+        lambda e: _finetune(e, "--resume"),
+        "CheckpointError",
+        "a pickle layerswap never loads",
+        STATE,
+        setup=_pickled_state,
+    ),
+    Case(
+        "finetune-resume-pickled-weights",
+        "finetune ... --resume (checkpoint weights only pytorch_model.bin)",
+        lambda e: _finetune(e, "--resume"),
+        "CheckpointError",
+        "no safetensors weights",
+        STATE,
+        setup=_pickled_weights,
+    ),
+    # --- class 6: one run per output
+    Case(
+        "finetune-out-in-use",
+        "finetune ... --out OUT (another run holds OUT)",
+        _finetune,
+        "OutputExistsError",
+        "is in use by another layerswap run (pid",
+        "wait for it to end",
+        setup=_hold_lock("out"),
+    ),
+    Case(
+        "finetune-work-dir-in-use",
+        "finetune ... --work-dir W (another run holds W)",
+        lambda e: _finetune(e, "--work-dir", str(e.sandbox / "w")),
+        "OutputExistsError",
+        "is in use by another layerswap run (pid",
+        "wait for it to end",
+        setup=_hold_lock("w"),
+    ),
+    # --- class 8: ownership markers checked, not trusted; the round-one leftovers
+    Case(
+        "finetune-forged-work-marker",
+        "finetune ... --work-dir MINE --overwrite (MINE has notes.txt and a hand-written .layerswap-work)",
+        lambda e: _finetune(e, "--work-dir", str(e.sandbox / "mine"), "--overwrite"),
+        "OutputExistsError",
+        "layerswap did not create",
+        "choose a new or empty folder",
+        setup=_forged_marker(False),
+    ),
+    Case(
+        "finetune-copied-work-marker",
+        "finetune ... --work-dir MINE (a .layerswap-work copied from another folder)",
+        lambda e: _finetune(e, "--work-dir", str(e.sandbox / "mine")),
+        "OutputExistsError",
+        "layerswap did not create",
+        "choose a new or empty folder",
+        setup=_forged_marker(True),
+    ),
+    Case(
+        "models-prepare-foreign-folder",
+        "models prepare gemma3-270m ($LAYERSWAP_CACHE/models/gemma3-270m is a user's folder)",
+        lambda e: ["models", "prepare", "gemma3-270m"],
+        "OutputExistsError",
+        "is not a model layerswap prepared",
+        "move it away",
+        setup=_user_cache_folder,
+        environ=lambda e: {"LAYERSWAP_CACHE": str(e.sandbox / "cache")},
+    ),
+    Case(
+        "out-name-300",
+        "swap ... --out x{300 chars}",
+        lambda e: _swap(e, str(e.sandbox / ("x" * 300))),
+        "InputPathError",
+        "300 bytes, over the file system's limit",
+        "choose a shorter name",
+    ),
+    Case(
+        "out-path-5000",
+        "swap ... --out y{200}/y{200}/... (5,000 chars)",
+        lambda e: _swap(e, str(e.sandbox / "/".join(["y" * 200] * 25))),
+        "InputPathError",
+        "over the system's limit",
+        "choose a shorter path",
+    ),
+    Case(
+        "max-shard-size-400-nines",
+        "merge cfg.yaml (max_shard_size: 9 x 400)",
+        lambda e: e.merge_yaml(f"method: linear\nexperts: {{math: {e.math}, lang: {e.lang}}}\nmax_shard_size: {NINES}\n"),
+        "ConfigError",
+        "larger than any file can be",
+        "write e.g. 5gb",
+    ),
+    Case(
+        "max-shard-size-400-nines-gb",
+        "merge cfg.yaml (max_shard_size: '9 x 400 GB')",
+        lambda e: e.merge_yaml(f"method: linear\nexperts: {{math: {e.math}, lang: {e.lang}}}\nmax_shard_size: '{NINES}GB'\n"),
+        "ConfigError",
+        "cannot read size",
+        "write e.g. 5gb",
+    ),
+]
