@@ -336,7 +336,7 @@ def test_verdict_colours_in_the_paired_panel():
 def test_settings_key_resolves_paths(tmp_path, monkeypatch):
     """The same folders spelled relative or absolute are one sweep: a rerun resumes instead of redoing its work."""
     from layerswap.sweep import validate_sweep_dict
-    from layerswap.sweep.store import settings_key
+    from layerswap.sweep.resume import settings_key
 
     for name in ("data", "m", "l"):
         (tmp_path / name).mkdir()
@@ -358,3 +358,70 @@ def test_named_best_swap_when_a_swap_leads_with_no_baselines():
     assert named_best_swap(comps, "proxy", "gold_logprob", swaps={"swap-b3-u2", "swap-b2-u2"}) == "swap-b3-u2"
     assert named_best_swap(comps, "proxy", "gold_logprob", swaps={"swap-b2-u2"}) is None  # a baseline leads
     assert named_best_swap(comps, "flores", "bits_per_byte", swaps={"swap-b3-u2"}) is None
+
+
+def test_every_sweep_setting_says_whether_it_changes_results():
+    """The resume key reads the fields' own marks; cache_dtype changes blended weights, so it counts."""
+    from layerswap.sweep.config import SweepConfig
+    from layerswap.sweep.resume import result_fields
+
+    fields = result_fields(SweepConfig)
+    assert "cache_dtype" in fields and "batch_size" not in fields and "candidates" not in fields
+
+
+def test_a_changed_cache_dtype_is_evaluated_again(tmp_path):
+    """Stored results made with cache_dtype float32 are not reused for cache_dtype model, and the run says why."""
+    cfg = _config(tmp_path, candidates={"grid": {"bottom": [2, 3], "top": [1], "transition": [0]}, "baselines": ["base"]})
+    cands = build_candidates(cfg, num_layers=12)
+    merged: list[str] = []
+    said: list[str] = []
+
+    def merge(c):
+        merged.append(c.name)
+        return 0.0
+
+    run_candidates(cands, ResultStore(tmp_path, settings_key(cfg)), merge, _fake_eval(), log=said.append)
+    assert said == [] and len(merged) == 3
+    merged.clear()
+    run_candidates(cands, ResultStore(tmp_path, settings_key(cfg)), merge, _fake_eval(), log=said.append)
+    assert merged == [] and said == ["resuming: 3 of 3 candidates stored, 0 to evaluate"]
+    other = cfg.model_copy(update={"cache_dtype": "model"})
+    said.clear()
+    run_candidates(cands, ResultStore(tmp_path, settings_key(other)), merge, _fake_eval(), log=said.append)
+    assert merged == [c.name for c in cands]
+    assert said == ["resuming: 0 of 3 candidates stored, 3 to evaluate; 3 stored with other settings or inputs (settings changed): evaluated again"]
+
+
+def test_a_retrained_expert_in_the_same_folder_is_evaluated_again(tmp_path, tiny_experts, data_dir):
+    """Retrain the math expert into the folder the sweep read, rerun into the same DIR: every candidate is
+    evaluated again (none reuses the old expert's scores) and the run says that the math expert changed."""
+    import shutil
+
+    from conftest import tiny_sweep_config
+
+    from layerswap.sweep import run_sweep
+    from layerswap.testing import planted_expert
+
+    math = tmp_path / "math"
+    shutil.copytree(tiny_experts["math"], math)
+    experts = {**tiny_experts, "math": math}
+    cfg = validate_sweep_dict(tiny_sweep_config(experts, data_dir, tasks=["proxy"], candidates={
+        "grid": {"bottom": [1], "top": [1], "transition": [0]}, "baselines": ["base", "math"]}))
+    out = tmp_path / "sweep"
+    said: list[str] = []
+    first = run_sweep(cfg, out, log=said.append)
+    said.clear()
+    run_sweep(cfg, out, log=said.append)  # unchanged: everything reused
+    assert "resuming: 3 of 3 candidates stored, 0 to evaluate" in said
+    planted_expert(tiny_experts["base"], tmp_path / "retrained", layers=[2, 3, 4], scale=0.5, noise=0.05, seed=11)
+    shutil.rmtree(math)
+    (tmp_path / "retrained").rename(math)  # retrained into the same folder (as finetune --overwrite does)
+    said.clear()
+    again = run_sweep(cfg, out, log=said.append)
+    assert "resuming: 0 of 3 candidates stored, 3 to evaluate; 3 stored with other settings or inputs (math changed): evaluated again" in said
+    def values(result):
+        table = result["results"]
+        return table[table["metric"] == "gold_logprob"].set_index("candidate")["value"]
+
+    before, after = values(first), values(again)
+    assert before["base"] == after["base"] and before["math"] != after["math"] and before["swap-b1-u1"] != after["swap-b1-u1"]

@@ -1,4 +1,4 @@
-"""Merge-then-evaluate sweeps over candidate swaps and baselines, their report, and the demo.
+"""Merge-then-evaluate sweeps over candidate swaps and baselines, and their report.
 
 - :mod:`~layerswap.sweep.config`: the pydantic schemas (:class:`SweepConfig`, :class:`Candidate`)
 - :mod:`~layerswap.sweep.candidates`: analysis, grid and baseline candidates, and their merge configs
@@ -7,9 +7,8 @@
 - :mod:`~layerswap.sweep.compare`: paired comparisons between candidates and the verdict in words
 - :mod:`~layerswap.sweep.report`: the leader, the figures and ``report.md`` (drawn from ``results.csv``
   and ``comparisons.csv``)
-- :mod:`~layerswap.sweep.demo`: the whole pipeline on the embedded default model
 
-The report and the demo are submodules, not re-exported here (``from layerswap.sweep import
+The report is a submodule, not re-exported here (``from layerswap.sweep import
 report``), so loading a sweep config does not pull in matplotlib; the names below load on first use.
 """
 
@@ -30,7 +29,8 @@ _LAZY: dict[str, str] = {
     "run_candidates": "layerswap.sweep.loop",
     "run_sweep": "layerswap.sweep.loop",
     "ResultStore": "layerswap.sweep.store",
-    "settings_key": "layerswap.sweep.store",
+    "ResumeKey": "layerswap.sweep.resume",
+    "settings_key": "layerswap.sweep.resume",
 }
 __all__ = sorted(_LAZY)
 

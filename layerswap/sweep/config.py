@@ -17,6 +17,12 @@ from layerswap.config import StrictModel, load_config, validate_config
 from layerswap.errors import ConfigError
 from layerswap.evaluate.tasks import TASKS
 from layerswap.merge.methods import BASELINE_NAMES
+from layerswap.sweep.resume import CHANGES_RESULTS
+
+
+def changes(results: bool, *args: Any, **kwargs: Any) -> Any:
+    """A :class:`SweepConfig` field that says whether it changes a stored result (the resume key reads it)."""
+    return Field(*args, json_schema_extra={CHANGES_RESULTS: results}, **kwargs)
 
 
 class GridSpec(StrictModel):
@@ -64,41 +70,47 @@ class CandidatesSpec(StrictModel):
 
 
 class SweepConfig(StrictModel):
-    """A sweep: the models, the tasks and languages, the candidates, what to keep."""
+    """A sweep: the models, the tasks and languages, the candidates, what to keep.
 
-    base: str
-    math: str
-    lang: str
-    languages: list[str] = Field(default_factory=lambda: ["sw"])
-    tasks: list[str] = Field(default_factory=lambda: ["proxy"])
-    select: str | None = None
+    Every field says whether it changes a stored result (:func:`changes`): the resume key
+    (:mod:`~layerswap.sweep.resume`) is made of those fields and the inputs' contents. The candidates
+    do not count there: each stored result is keyed by its own candidate's merge as well.
+    """
+
+    base: str = changes(True)
+    math: str = changes(True)
+    lang: str = changes(True)
+    languages: list[str] = changes(True, default_factory=lambda: ["sw"])
+    tasks: list[str] = changes(True, default_factory=lambda: ["proxy"])
+    select: str | None = changes(False, None)
     #: Examples per task and language. 168 paired examples is the smallest n at which McNemar's exact
     #: test finds a 10-point accuracy difference between two candidates with 80% power at a typical
     #: discordance of 0.2 (docs/evaluate.md); fewer cannot confirm even that. The proxy and FLORES
     #: cost one forward pass per example.
-    limit: int | None = Field(168, ge=1)
-    shots: int = Field(2, ge=0, le=8)
-    format: Literal["native_cot", "direct"] = "native_cot"
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int = Field(128, ge=1)
-    data_dir: str | None = None
-    candidates: CandidatesSpec = Field(default_factory=CandidatesSpec)
-    non_layer: str | None = None
-    dtype: str | None = None
-    device: str | None = None
+    limit: int | None = changes(True, 168, ge=1)
+    shots: int = changes(True, 2, ge=0, le=8)
+    format: Literal["native_cot", "direct"] = changes(True, "native_cot")
+    batch_size: int = changes(False, 8, ge=1)
+    max_new_tokens: int = changes(True, 128, ge=1)
+    data_dir: str | None = changes(True, None)
+    candidates: CandidatesSpec = changes(False, default_factory=CandidatesSpec)
+    non_layer: str | None = changes(True, None)
+    dtype: str | None = changes(True, None)
+    device: str | None = changes(False, None)
     #: The expert tensors held for the whole sweep (in CPU memory): float32 keeps blends exact;
-    #: ``model`` holds them in the model's dtype (bf16 halves the memory for 7-8B experts).
-    cache_dtype: Literal["float32", "model"] = "float32"
-    save_best: bool = False
+    #: ``model`` holds them in the model's dtype (bf16 halves the memory for 7-8B experts), which
+    #: changes blended weights, so stored results made with the other setting are not reused.
+    cache_dtype: Literal["float32", "model"] = changes(True, "float32")
+    save_best: bool = changes(False, False)
     #: The cheap task halving runs on (default: ``select``, else the first task).
-    screen: str | None = None
+    screen: str | None = changes(False, None)
     #: The task that decides: evaluated on the finalists, the experts and the best baseline after halving.
-    target: str | None = None
+    target: str | None = changes(False, None)
     #: How many of the last survivors of halving are evaluated on the target (and the other tasks).
-    finalists: int = 3
+    finalists: int = changes(False, 3)
     #: Baselines (names from ``candidates.baselines``, e.g. ``linear``, ``ties``) the target always sees after
     #: halving, besides the finalists, the experts and the best baseline: the references a report must beat.
-    final_baselines: list[str] = Field(default_factory=list)
+    final_baselines: list[str] = changes(False, default_factory=list)
 
     def screen_task(self) -> str:
         """The task halving runs on: ``screen``, else ``select``, else the first task."""
@@ -131,11 +143,10 @@ class Candidate(StrictModel):
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None, *, search: str | None = None) -> SweepConfig:
-    """A sweep YAML (with CLI overrides; ``search`` replaces ``candidates.search``), checked against the registries."""
+def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """A sweep YAML with CLI overrides (nested ones, ``{"candidates": {"search": "halving"}}``, merge key
+    by key), checked against the registries."""
     config = load_config(SweepConfig, path, overrides)
-    if search is not None:
-        config = config.model_copy(update={"candidates": config.candidates.model_copy(update={"search": search})})
     check_config(config)
     return config
 

@@ -45,6 +45,7 @@ import pandas as pd
 
 from layerswap.io import write_text_atomic
 from layerswap.sweep.config import Candidate
+from layerswap.sweep.resume import ResumeKey, as_key, mismatch, resume_line
 from layerswap.sweep.shard import Shard
 from layerswap.sweep.store import read_scores, scores_csv
 
@@ -176,33 +177,49 @@ def shard(units: Sequence[Unit], rank: int = 0, world: int = 1) -> list[Unit]:
 class UnitStore:
     """Per unit a JSON (``DIR/units/CANDIDATE.START-STOP.json``, atomic) holding its scores as CSV text;
     per round the decision (``DIR/round-R.json``). A unit is reused only when the candidate's merge
-    and the evaluation settings are unchanged."""
+    and the resume key (:mod:`~layerswap.sweep.resume`: settings and inputs' contents) are unchanged."""
 
-    def __init__(self, folder: Path, settings_key: str) -> None:
+    def __init__(self, folder: Path, key: ResumeKey | str) -> None:
         self.dir = folder
         self.units = folder / "units"
         self.units.mkdir(parents=True, exist_ok=True)
-        self.settings_key = settings_key
+        self.key = as_key(key)
 
     def _path(self, unit: Unit) -> Path:
         return self.units / f"{unit.name}.json"
 
-    def load(self, candidate: Candidate, unit: Unit) -> tuple[pd.DataFrame, float, float] | None:
+    def _read(self, candidate: Candidate, unit: Unit) -> tuple[dict[str, Any] | None, list[str]]:
+        """The one load path: the unit's record when it may be reused, else None and what changed."""
         path = self._path(unit)
         if not path.exists():
-            return None
+            return None, []
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
-            return None
-        if record.get("fingerprint") != candidate.fingerprint() or record.get("settings") != self.settings_key:
+            return None, []
+        why = mismatch(record, candidate.fingerprint(), self.key)
+        return (None, why) if why else (record, [])
+
+    def load(self, candidate: Candidate, unit: Unit) -> tuple[pd.DataFrame, float, float] | None:
+        record = self._read(candidate, unit)[0]
+        if record is None:
             return None
         return read_scores(record["scores"]), float(record.get("seconds", 0.0)), float(record.get("merge_seconds", 0.0))
+
+    def status(self, units: Sequence[Unit], candidates: dict[str, Candidate]) -> tuple[int, dict[str, list[str]]]:
+        """How many of ``units`` are stored for reuse, and per stale unit what changed."""
+        stored, stale = 0, {}
+        for unit in units:
+            record, why = self._read(candidates[unit.candidate], unit)
+            stored += record is not None
+            if why:
+                stale[unit.name] = why
+        return stored, stale
 
     def save(self, candidate: Candidate, unit: Unit, scores: pd.DataFrame, seconds: float, merge_seconds: float) -> None:
         record = {
             "fingerprint": candidate.fingerprint(),
-            "settings": self.settings_key,
+            **self.key.record(),
             "unit": asdict(unit),
             "seconds": round(seconds, 3),
             "merge_seconds": round(merge_seconds, 4),
@@ -412,6 +429,9 @@ def run_halving(
     scores: dict[str, pd.DataFrame] = {}
     for round_ in range(plan.rounds):
         units = round_units(plan, round_, entered)
+        stored, stale = store.status(units, by_name)
+        if stored or stale:
+            log(f"halving round {round_}: " + resume_line("units", len(units), stored, stale))
         run_units(shard(units, sharding.rank, sharding.world), store, by_name, merge, evaluate_block)
         sharding.wait()  # every unit of the round is stored before anyone ends it
         decision, round_scores = end_round(plan, store, round_, entered, by_name, spent, write=sharding.is_main)

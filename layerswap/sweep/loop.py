@@ -24,7 +24,8 @@ from layerswap.sweep.candidates import build_candidates, merge_config_for
 from layerswap.sweep.config import Candidate, SweepConfig
 from layerswap.sweep.halving import HalvingPlan, HalvingResult, Unit, UnitStore, run_halving
 from layerswap.sweep.shard import Shard
-from layerswap.sweep.store import RESULT_COLUMNS, ResultStore, rows_for, settings_key
+from layerswap.sweep.resume import ResumeKey, resume_line, settings_key
+from layerswap.sweep.store import RESULT_COLUMNS, ResultStore, rows_for
 
 if TYPE_CHECKING:
     from layerswap.merge.config import MergeConfig
@@ -42,6 +43,7 @@ def run_candidates(
     evaluate_model: EvalFn,
     *,
     sharding: Shard | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Merge and evaluate each candidate not yet stored; return all rows as a DataFrame.
 
@@ -55,11 +57,17 @@ def run_candidates(
     ``sharding``: this process's place among several (:class:`~layerswap.sweep.shard.Shard`): it runs
     every ``world``-th candidate, waits for the others, then reads every candidate's rows from the
     store, so each process returns the same table as one process alone would.
+
+    ``log``: where a resumed run says what it reuses and what it evaluates again (and why).
     """
     sharding = sharding or Shard()
     headline = {task: spec.metric for task, spec in TASKS.items()}
     rows: list[dict[str, Any]] = []
     mine = sharding.mine(candidates)
+    if log is not None:
+        stored, stale = store.status(candidates)
+        if stored or stale:
+            log(resume_line("candidates", len(candidates), stored, stale))
     progress = _bar(sharding, "sweep", len(mine), "candidate")
     try:
         for cand in mine:
@@ -301,6 +309,7 @@ def run_halving_sweep(
     evaluate_block: Callable[[Candidate, Unit], pd.DataFrame],
     evaluate_tasks: Callable[[Candidate, list[str]], Any],
     *,
+    key: ResumeKey | None = None,
     log: Callable[[str], None] = print,
     sharding: Shard | None = None,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame | None], HalvingResult]:
@@ -312,10 +321,12 @@ def run_halving_sweep(
     over the examples it was scored on; other tasks for the finalists), each candidate's per-example
     scores, and the race. ``sharding``: the race's units and the finalists are shared out among
     processes (:func:`~layerswap.sweep.halving.run_halving`, :func:`run_candidates`); every process
-    returns the same, and only the main one writes ``rounds.csv`` and the rounds."""
+    returns the same, and only the main one writes ``rounds.csv`` and the rounds. ``key``: the sweep's
+    resume key (default: taken here), narrowed to the screen's and the finals' settings."""
     sharding = sharding or Shard()
+    key = key or settings_key(config)
     plan = halving_plan(config)
-    unit_key = settings_key(config.model_copy(update={"tasks": [plan.task], "limit": None}))
+    unit_key = key.for_settings(config.model_copy(update={"tasks": [plan.task], "limit": None}))
     race = run_halving(
         candidates, plan, UnitStore(out / "halving", unit_key), merge_into_model, evaluate_block, log=log, sharding=sharding
     )
@@ -342,13 +353,14 @@ def run_halving_sweep(
     if rest:
         chosen = finalists(race, candidates, config.finalists, config.final_baselines)
         log(f"finalists on {', '.join(rest)}: {', '.join(chosen)}")
-        store = ResultStore(out / "finals", settings_key(config.model_copy(update={"tasks": rest})))
+        store = ResultStore(out / "finals", key.for_settings(config.model_copy(update={"tasks": rest})))
         final = run_candidates(
             [c for c in candidates if c.name in chosen],
             store,
             merge_into_model,
             lambda c: evaluate_tasks(c, rest),
             sharding=sharding,
+            log=log,
         )
         rows += final.to_dict("records")
         for cand in candidates:
@@ -485,6 +497,7 @@ def run_sweep(
         config = config.model_copy(update={"device": str(device)})  # this process's own GPU (cuda:LOCAL_RANK)
     out = check_sweep_output(config, out, inputs)
     sharding.wait()  # every process has checked the folder before the main one writes into it
+    key = settings_key(config)  # the inputs as they are now: a changed expert is evaluated again
     sweep = InMemorySweep(config, log=log)
     if sharding.world > 1:
         log(f"{sharding.world} processes share the candidates ({len(sweep.candidates)} in all)")
@@ -506,12 +519,13 @@ def run_sweep(
             sweep.merge_into_model,
             sweep.evaluate_block,
             sweep.evaluate_model,
+            key=key,
             log=log,
             sharding=sharding,
         )
     else:
-        store = ResultStore(out, settings_key(config))
-        results = run_candidates(sweep.candidates, store, sweep.merge_into_model, sweep.evaluate_model, sharding=sharding)
+        store = ResultStore(out, key)
+        results = run_candidates(sweep.candidates, store, sweep.merge_into_model, sweep.evaluate_model, sharding=sharding, log=log)
         scores = {c.name: store.load_scores(c) for c in sweep.candidates}
     if not sharding.is_main:
         return {"results": results, "halving": race}

@@ -8,6 +8,8 @@ error and interval, every paired comparison) is computed from the scores as read
 CSV text, so a fresh and a resumed sweep compute them from the same numbers. A stored result is
 reused only when the candidate's merge and the evaluation settings are unchanged and its scores
 file is the one its JSON names.
+The key (:mod:`~layerswap.sweep.resume`) covers the settings that change results and the contents
+of the models and data the sweep reads: a retrained expert is evaluated again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 import pandas as pd
 
 from layerswap.io import write_text_atomic
-from layerswap.sweep.config import Candidate, SweepConfig
+from layerswap.sweep.config import Candidate
+from layerswap.sweep.resume import ResumeKey, as_key, mismatch
 
 #: The columns of ``results.csv``: one row per candidate x task x language x metric.
 RESULT_COLUMNS = [
@@ -49,30 +52,16 @@ RESULT_COLUMNS = [
 #: (bits and bytes of a FLORES sentence), empty otherwise.
 SCORE_COLUMNS = ["task", "lang", "id", "score", "num", "den"]
 
-_SETTINGS_KEYS = ("base", "math", "lang", "languages", "tasks", "limit", "shots", "format", "max_new_tokens", "non_layer", "dtype", "data_dir")
-
-
-def _resolved(value: Any) -> Any:
-    """An existing path as its absolute form (``../shared/data`` and ``/work/shared/data`` are one
-    folder: a rerun must not redo the work for spelling it differently); other values as given."""
-    if isinstance(value, str) and value and Path(value).expanduser().exists():
-        return str(Path(value).expanduser().resolve())
-    return value
-
-
-def settings_key(config: SweepConfig) -> str:
-    """What makes two evaluations comparable: tasks, languages, limits, formats and models (paths resolved)."""
-    data = {k: _resolved(getattr(config, k)) for k in _SETTINGS_KEYS}
-    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 class ResultStore:
-    """Per finished candidate under ``DIR/candidates``: ``NAME.scores.csv`` then ``NAME.json``, both atomic."""
+    """Per finished candidate under ``DIR/candidates``: ``NAME.scores.csv`` then ``NAME.json``, both atomic.
 
-    def __init__(self, out: Path, settings_key: str) -> None:
+    ``key``: the sweep's :class:`~layerswap.sweep.resume.ResumeKey` (settings and inputs' contents);
+    a record made with another key, or for another merge, is not reused (:meth:`status` says why)."""
+
+    def __init__(self, out: Path, key: ResumeKey | str) -> None:
         self.dir = out / "candidates"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.settings_key = settings_key
+        self.key = as_key(key)
 
     def path(self, candidate: Candidate) -> Path:
         return self.dir / f"{candidate.name}.json"
@@ -80,20 +69,36 @@ class ResultStore:
     def scores_path(self, candidate: Candidate) -> Path:
         return self.dir / f"{candidate.name}.scores.csv"
 
-    def _record(self, candidate: Candidate) -> dict[str, Any] | None:
+    def _read(self, candidate: Candidate) -> tuple[dict[str, Any] | None, list[str]]:
+        """The one load path: the stored record of ``candidate`` when it may be reused, else None and
+        why not (empty: nothing stored; ``merge``, ``settings``, ``math``...: what changed)."""
         path = self.path(candidate)
         if not path.exists():
-            return None
+            return None, []
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
-            return None  # a torn file cannot exist (atomic rename), but never trust it
-        if record.get("fingerprint") != candidate.fingerprint() or record.get("settings") != self.settings_key:
-            return None
+            return None, []  # a torn file cannot exist (atomic rename), but never trust it
+        why = mismatch(record, candidate.fingerprint(), self.key)
+        if why:
+            return None, why
         digest = record.get("scores_sha1")
         if digest is not None and _sha1(self._scores_text(candidate)) != digest:
-            return None  # scores missing or not the ones these rows were computed from: evaluate again
-        return record
+            return None, ["scores"]  # scores missing or not the ones these rows were computed from: evaluate again
+        return record, []
+
+    def _record(self, candidate: Candidate) -> dict[str, Any] | None:
+        return self._read(candidate)[0]
+
+    def status(self, candidates: list[Candidate]) -> tuple[int, dict[str, list[str]]]:
+        """How many of ``candidates`` are stored for reuse, and per stale record what changed."""
+        stored, stale = 0, {}
+        for cand in candidates:
+            record, why = self._read(cand)
+            stored += record is not None
+            if why:
+                stale[cand.name] = why
+        return stored, stale
 
     def _scores_text(self, candidate: Candidate) -> str | None:
         path = self.scores_path(candidate)
@@ -131,7 +136,7 @@ class ResultStore:
         return read_scores(text), _sha1(text)
 
     def save(self, candidate: Candidate, rows: list[dict[str, Any]], scores_sha1: str | None = None) -> None:
-        record = {"fingerprint": candidate.fingerprint(), "settings": self.settings_key, "scores_sha1": scores_sha1, "rows": rows}
+        record = {"fingerprint": candidate.fingerprint(), **self.key.record(), "scores_sha1": scores_sha1, "rows": rows}
         write_text_atomic(self.path(candidate), json.dumps(record, indent=1, default=float))
 
 
