@@ -161,3 +161,93 @@ def test_finetune_cli_errors_are_the_documented_lines(capsys):
     assert error(["--mode", "both"]) == "error: --mode 'both': use single, simultaneous or mix"
     assert error(["--ratio", "math=x"]) == "error: --ratio math=x: the count must be a whole number"
     assert error(["--partition", "math"]) == "error: --partition 'math' must be NAME=VALUE, e.g. --partition math=./experts/math"
+
+
+class Inner(StrictModel):
+    #: Examples per round.
+    block: int = 24
+    alpha: float = Field(0.05, description="Error rate.")
+
+
+class Outer(StrictModel):
+    search: str = "exhaustive"
+    halving: Inner = Field(default_factory=Inner)
+    sizes: list[int] = Field(default_factory=lambda: [2, 3])
+
+
+class Nested(StrictModel):
+    name: str = "x"
+    candidates: Outer = Field(default_factory=Outer)
+
+
+def test_nested_fields_are_dotted_options_merged_key_by_key_over_the_file(tmp_path):
+    """``--candidates.halving.block 12`` sets one nested key; the file's other nested keys stay."""
+    flags = {f.name: f for f in flags_of(Nested)}
+    assert list(flags) == ["--name", "--candidates.search", "--candidates.halving.block", "--candidates.halving.alpha", "--candidates.sizes"]
+    assert flags["--candidates.halving.block"].help == "Examples per round."  # the #: comment is the help
+    assert flags["--candidates.halving.alpha"].help == "Error rate."
+    seen: list[Nested] = []
+    app = typer.Typer()
+
+    @app.command()
+    @command_from_config(Nested)
+    def toy(config: Nested) -> None:
+        seen.append(config)
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    command = typer.main.get_command(app)
+    config = tmp_path / "nested.yaml"
+    config.write_text("candidates:\n  search: halving\n  halving: {alpha: 0.1}\n")
+    args = ["toy", "--config", str(config), "--candidates.halving.block", "12", "--candidates.sizes", "4,5"]
+    command.main(args=args, standalone_mode=False)
+    got = seen[0].candidates
+    assert (got.search, got.halving.block, got.halving.alpha, got.sizes) == ("halving", 12, 0.1, [4, 5])
+    with pytest.raises(ConfigError, match="give comma-separated whole numbers"):
+        command.main(args=["toy", "--candidates.sizes", "4,x"], standalone_mode=False)
+
+
+def test_every_config_command_generates_its_options():
+    """evaluate, sweep, demo and finetune: one option per config field (sweep's and demo's nested ones dotted)."""
+    from typer.main import get_command
+
+    from layerswap.cli import app
+    from layerswap.evaluate.config import EvaluateConfig
+    from layerswap.pipeline.config import DemoConfig
+    from layerswap.sweep.config import SweepConfig
+
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+    for name, model in (("evaluate", EvaluateConfig), ("sweep", SweepConfig), ("demo", DemoConfig), ("finetune", FinetuneConfig)):
+        params = {p.name for p in commands[name].params}
+        assert {f.param for f in flags_of(model)} <= params, name
+    sweep_opts = {o for p in commands["sweep"].params for o in p.opts}
+    assert {"--candidates.search", "--candidates.halving.block", "--cache-dtype", "--limit"} <= sweep_opts
+    evaluate_opts = {o for p in commands["evaluate"].params for o in p.opts}
+    assert {"--langs", "--lang", "--format", "--data-dir"} <= evaluate_opts
+
+
+def test_sweep_overrides_reach_the_config(tmp_path, monkeypatch):
+    """``layerswap sweep FILE --candidates.search halving --limit 4``: the file, with the flags laid over it."""
+    import layerswap.sweep as sweep
+    from layerswap.cli import main
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text("base: b\nmath: m\nlang: l\nlimit: 10\ncandidates:\n  top_n: 3\n  halving: {block: 2}\n")
+    seen = {}
+    monkeypatch.setattr(sweep, "run_sweep", lambda cfg, out, inputs: seen.update(cfg=cfg), raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", str(config), "--out", str(tmp_path / "o"), "--candidates.search", "halving", "--limit", "4"])
+    assert exc.value.code == 0
+    cfg = seen["cfg"]
+    assert cfg.limit == 4 and cfg.candidates.search == "halving" and cfg.candidates.top_n == 3 and cfg.candidates.halving.block == 2
+
+
+def test_evaluate_lang_alias_counts_as_one_option(capsys):
+    from layerswap.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "m", "--langs", "sw", "--lang", "bn", "--out", "o"])
+    assert exc.value.code == 6
+    assert "is given twice ('sw' and 'bn')" in capsys.readouterr().err  # the alias is the same option

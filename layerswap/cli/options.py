@@ -7,7 +7,8 @@ field's ``description``, and its form follows the field's type:
 ==============================  =====================================================================
 field type                      on the command line
 ==============================  =====================================================================
-``str`` ``int`` ``float`` Path  ``--name VALUE`` (click checks numbers)
+``str`` ``int`` ``float`` Path  ``--name VALUE`` (click checks numbers; ``json_schema_extra={"cli_alias":
+                                "--other"}`` adds another name)
 ``Literal["a", "b"]``           ``--name VALUE``; another value -> ``--name 'x': use a or b``
 ``bool``                        ``--name/--no-name`` (``json_schema_extra={"cli_off": "--no-x"}``
                                 renames the off switch)
@@ -62,6 +63,7 @@ class Flag:
     choices: tuple[str, ...] = ()  # a Literal's values
     item: type = str  # the value type of a KEY=VALUE map or a comma-separated list
     off: str | None = None  # a switch's off form
+    alias: str | None = None  # another name of the option (``--lang`` beside ``--langs``)
 
     @property
     def param(self) -> str:
@@ -71,7 +73,7 @@ class Flag:
     def parameter(self) -> inspect.Parameter:
         """The keyword parameter typer reads: ``field: type | None = typer.Option(None, ...)``."""
         decl = f"{self.name}/{self.off or '--no-' + self.name[2:]}" if self.kind == "switch" else self.name
-        option = typer.Option(None, decl, help=self.help)
+        option = typer.Option(None, decl, *([self.alias] if self.alias else []), help=self.help)
         return inspect.Parameter(self.param, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[self.cli_type])  # noqa: UP045
 
     def value(self, given: Any) -> Any:
@@ -139,7 +141,7 @@ def flag_of(model: type[BaseModel], field: str, info: FieldInfo, prefix: str = "
     if ann is bool:
         return Flag(field, name, "switch", bool, help_text, off=extra.get("cli_off"))  # type: ignore[arg-type]
     if ann in (str, int, float, Path):
-        return Flag(field, name, "value", ann, help_text)
+        return Flag(field, name, "value", ann, help_text, alias=extra.get("cli_alias"))  # type: ignore[arg-type]
     if origin is Literal and all(isinstance(a, str) for a in args):
         return Flag(field, name, "value", str, help_text, choices=args)
     if origin is list and args == (str,):
@@ -234,7 +236,9 @@ def command_from_config(
     return _generated(model, generated, build)
 
 
-def command_with_overrides(model: type[BaseModel], *, exclude: Collection[str] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def command_with_overrides(
+    model: type[BaseModel], *, exclude: Collection[str] = ()
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator for a command that reads its config from a file argument of its own: ``run(overrides,
     **own)`` gets the fields given on the command line (nested at the dots, e.g. ``{"candidates":
     {"search": "halving"}}``) to lay over the file, one option per field of ``model`` but ``exclude``."""
