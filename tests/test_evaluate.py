@@ -16,9 +16,15 @@ from conftest import require_module
 from layerswap.errors import ConfigError, DataError
 from layerswap.evaluate import api, loglik, mgsm
 from layerswap.evaluate.answers import FALLBACK, Extractor, exact_match, flexible_extractor, normalise_number, strict_extractor
-from layerswap.evaluate.generation import Example, strip_stop
-from layerswap.evaluate.runner import as_loaded, common_prefix_length, generate, load_model
+from layerswap.evaluate.generation import Example
+from layerswap.evaluate.runner import as_loaded, common_prefix_length, first_stop, generate, load_model
 from layerswap.evaluate.tasks import TASKS, TaskSpec, get_task, higher_is_better, register
+
+
+def strip_stop(text: str, stop) -> str:  # noqa: ANN001
+    """``text`` cut as the runner cuts a generation (lm-eval's post-processing)."""
+    cut = first_stop(text, stop)
+    return text if cut == -1 else text[:cut]
 
 
 def need_lm_eval() -> None:
@@ -109,7 +115,8 @@ def test_score_empty_output_is_wrong():
 
 def test_stop_strings_cut_at_first():
     assert strip_stop("abc Swali: x </s>", ("Swali:", "</s>")) == "abc "
-    assert strip_stop("abc", ("Swali:",)) == "abc"
+    assert strip_stop("abc </s> Swali:", ("Swali:", "</s>")) == "abc "
+    assert strip_stop("abc", ("Swali:",)) == "abc" and first_stop("abc", ("Swali:", "")) == -1
 
 
 def test_make_task_errors():

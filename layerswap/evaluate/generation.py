@@ -63,22 +63,12 @@ class GenerationTask:
         return {"extracted": extracted, "answer": answer, "correct": correct, **per_filter}
 
 
-def strip_stop(text: str, stop: tuple[str, ...] | list[str]) -> str:
-    """Cut ``text`` at the first occurrence of any stop string (lm-eval's post-processing)."""
-    cut = len(text)
-    for s in stop:
-        if s:
-            i = text.find(s)
-            if i != -1:
-                cut = min(cut, i)
-    return text[:cut]
-
-
 def run_generation_task(
     lm: LoadedModel, task: GenerationTask, examples: Sequence[Example], *, batch_size: int = 8, max_new_tokens: int = 256
 ) -> EvalResult:
     """Generate, extract and score one task (one language): the shared MGSM/GSM8K/custom path."""
     # Imported here: the task registry imports this module, and the CLI reads the registry at start-up.
+    from layerswap.evaluate.fidelity import fidelity, fidelity_columns, token_counter
     from layerswap.evaluate.result import EvalResult
     from layerswap.evaluate.runner import generate
     from layerswap.evaluate.uncertainty import mean_columns
@@ -87,11 +77,13 @@ def run_generation_task(
     t0 = time.perf_counter()
     outputs = generate(lm, prompts, stop=task.stop, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=task.name)
     seconds = time.perf_counter() - t0
+    count = token_counter(lm.tokenizer)
     records = []
     for ex, prompt, output in zip(examples, prompts, outputs, strict=True):
         scored = task.score(output, ex.gold)
         records.append(
-            {"task": task.family, "name": task.name, "lang": task.lang, "id": ex.id, "prompt": prompt, "output": output, "gold": ex.gold, **scored}
+            {"task": task.family, "name": task.name, "lang": task.lang, "id": ex.id, "prompt": prompt, "output": output, "gold": ex.gold, **scored,
+             **fidelity(output, task.lang, count)}
         )
     n = len(records)
     row: dict[str, Any] = {
@@ -105,6 +97,7 @@ def run_generation_task(
     }
     for ex in task.extractors:
         row[f"em_{ex.name}"] = sum(r[f"em_{ex.name}"] for r in records) / n
+    row.update(fidelity_columns(records, task=task.family, lang=task.lang))
     row["empty"] = sum(1 for r in records if not r["output"].strip())
     row["seconds"] = round(seconds, 2)
     return EvalResult.of(records, [row])

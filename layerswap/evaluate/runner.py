@@ -113,7 +113,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from layerswap.io import LoraAdapter, ModelFolder, is_adapter_folder, resolve_model
-    from layerswap.io.lora import open_adapter_for_peft
+    from layerswap.io.lora import adapter_base, open_adapter_for_peft
 
     path = resolve_model(spec)
     dev = auto_device(device)
@@ -123,8 +123,7 @@ def load_model(
         adapter = path
         # Validated: safetensors weights only (pickles refused), a LoRA's config and factor shapes checked.
         lora, cfg = open_adapter_for_peft(path)
-        named = cfg.get("base_model_name_or_path")
-        base_spec = base or (named if isinstance(named, str) else None)
+        base_spec = base or adapter_base(path, cfg)  # a relative name: beside the adapter, never the working directory
         if not base_spec:
             raise InputPathError(f"adapter {path} does not name its base model: pass --base")
         path = resolve_model(base_spec)
@@ -199,7 +198,8 @@ def _cache_kw(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _first_stop(text: str, stop: Sequence[str]) -> int:
+def first_stop(text: str, stop: Sequence[str]) -> int:
+    """Where ``text`` meets its first stop string (lm-eval's cut of a generation), or -1 if none does."""
     cut = -1
     for s in stop:
         if s:
@@ -513,7 +513,7 @@ def _generate_batch(head, tok, batch: list[list[int]], stop, eos, pad_id, max_ne
             else:
                 generated[r].append(t)
                 text = tok.decode(generated[r], skip_special_tokens=True)
-                cut = _first_stop(text, stop)
+                cut = first_stop(text, stop)
                 done = cut != -1
                 texts[r] = text[:cut] if done else text
             if done or step == max_new_tokens - 1:

@@ -78,6 +78,7 @@ TASK = TaskSpec(
     summary="your JSONL/TSV questions (--data), scored like MGSM in --lang",
     run=request_runner(evaluate_custom, lang=lambda req: req.langs[0]),
     metric="exact_match",
+    extra_metrics=("lang_fidelity", "cot_fidelity"),  # layerswap.evaluate.fidelity
     default_shots=DEFAULT_SHOTS,
     check_language=check_language,
     check_shots=check_shots,

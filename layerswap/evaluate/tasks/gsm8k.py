@@ -75,6 +75,7 @@ TASK = TaskSpec(
     summary="GSM8K test exact match (English), lm-eval's gsm8k prompt",
     run=request_runner(evaluate_gsm8k),
     metric="exact_match",
+    extra_metrics=("lang_fidelity", "cot_fidelity"),  # layerswap.evaluate.fidelity
     default_shots=DEFAULT_SHOTS,
     training_refused=("gsm8k:test",),
     check_shots=nonnegative_shots,

@@ -54,6 +54,7 @@ TASK = TaskSpec(
     summary="MGSM exact match, lm-eval's direct or native_cot prompt (11 languages)",
     run=request_runner(evaluate_mgsm),
     metric="exact_match",
+    extra_metrics=("lang_fidelity", "cot_fidelity"),  # layerswap.evaluate.fidelity
     default_shots=DEFAULT_SHOTS,
     training_refused=("mgsm",),
     check_language=check_language,
