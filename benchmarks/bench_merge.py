@@ -7,7 +7,10 @@ a durable copy (the same copy, then ``fsync``: what layerswap does before it ren
 place). The swap contenders run ``--repeats`` times, interleaved in a rotating order, each after
 ``sync`` and a pause so that no run pays for the previous one's dirty pages; the table gives medians.
 
-    python benchmarks/bench_merge.py --models /work/synth/1e9 --methods swap,ties,dare
+    python benchmarks/bench_merge.py --models /work/synth/1e9 --methods swap,ties,della,slerp
+
+Each merge method runs ``--method-repeats`` times against ``mergekit-yaml`` (at its fastest CPU settings) on
+the YAML that ``--emit-mergekit`` writes, with parameters both tools state the same way (``BENCH_PARAMS``).
 """
 
 from __future__ import annotations
@@ -48,11 +51,37 @@ def copy_cmd(src: Path, dst: Path, *, durable: bool = False) -> list[str]:
     return [sys.executable, "-c", code, str(src), str(dst)]
 
 
+#: Each method's parameters in the benchmark: ones mergekit states the same way (DARE/DELLA rescale l1),
+#: so mergekit-yaml computes the same merge from the emitted YAML ("DENSITY" is --density).
+BENCH_PARAMS: dict[str, dict] = {
+    "linear": {"weights": {"math": 0.5, "lang": 0.5}},
+    "task_arithmetic": {"weights": {"math": 1.0, "lang": 1.0}},
+    "lines": {"weights": {"math": 1.0, "lang": 1.0}, "lines": {"alpha": 0.5, "beta": 0.5}},
+    "ties": {"density": "DENSITY", "weights": {"math": 0.5, "lang": 0.5}},
+    "dare_ties": {"density": "DENSITY", "weights": {"math": 0.5, "lang": 0.5}, "rescale": "l1"},
+    "dare_linear": {"density": "DENSITY", "weights": {"math": 0.5, "lang": 0.5}, "rescale": "l1"},
+    "della": {"density": "DENSITY", "epsilon": 0.1, "weights": {"math": 0.5, "lang": 0.5}, "rescale": "l1"},
+    "della_linear": {"density": "DENSITY", "epsilon": 0.1, "weights": {"math": 0.5, "lang": 0.5}, "rescale": "l1"},
+    "breadcrumbs": {"density": "DENSITY", "gamma": 0.01, "weights": {"math": 0.5, "lang": 0.5}},
+    "breadcrumbs_ties": {"density": "DENSITY", "gamma": 0.01, "weights": {"math": 0.5, "lang": 0.5}},
+    "sce": {"select_topk": "DENSITY"},
+    "model_stock": {},
+    "slerp": {"t": 0.5},
+    "nuslerp": {"weights": {"math": 0.5, "lang": 0.5}},
+    "graded_swap": {"bottom": 5, "top": 2, "width": 3.0},
+}
+NO_BASE = {"linear", "slerp", "graded_swap"}
+LEGACY = {"dare": "dare_ties"}
+#: mergekit's fastest CPU settings here: asynchronous shard writes; no tokenizer copy (layerswap copies none either).
+MERGEKIT_BEST = ["--async-write", "--no-copy-tokenizer"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, default=Path("/work/synth/1e9"), help="folder with base/, math/, lang/")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_merge"), help="scratch folder for outputs")
-    ap.add_argument("--methods", default="swap,ties,dare", help="comma list of swap, ties, dare")
+    ap.add_argument("--methods", default="swap," + ",".join(BENCH_PARAMS), help="comma list: swap and merge method names")
+    ap.add_argument("--method-repeats", type=int, default=3, help="runs of each method contender (median reported)")
     ap.add_argument("--bottom", type=int, default=5)
     ap.add_argument("--top", type=int, default=2)
     ap.add_argument("--density", type=float, default=0.5)
@@ -119,22 +148,43 @@ def main() -> None:
             walls = sorted(w for w, _ in samples)
             rows.append(("layer swap", name, statistics.median(walls), max(r for _, r in samples)))
             spread[name] = (walls[0], walls[-1])
-    for method, key in (("ties", "ties"), ("dare_ties", "dare")):
-        if key not in methods:
+    method_runs: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for key in methods:
+        if key == "swap":
             continue
-        cfg = {"method": method, "base": str(base), "experts": {"math": str(math_), "lang": str(lang)},
-               "params": {"density": args.density, "weights": {"math": 0.5, "lang": 0.5}}}
-        if method == "dare_ties":
-            cfg["params"]["rescale"] = "l1"  # mergekit's rescale rule, for a like-for-like time
+        method = LEGACY.get(key, key)
+        if method not in BENCH_PARAMS:
+            raise SystemExit(f"unknown --methods entry {key!r}: use swap or one of {', '.join(BENCH_PARAMS)}")
+        params = {k: (args.density if v == "DENSITY" else v) for k, v in BENCH_PARAMS[method].items()}
+        cfg = {"method": method, "experts": {"math": str(math_), "lang": str(lang)}, "params": params}
+        if method not in NO_BASE:
+            cfg["base"] = str(base)
         cfg_path = work / f"{method}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         mk_yaml = work / f"{method}.mergekit.yaml"
-        w, r = timed([*layerswap, "merge", str(cfg_path), "--out", str(work / "ours"), "--emit-mergekit", str(mk_yaml)], env)
-        rows.append((method, f"layerswap merge ({method}, density {args.density})", w, r))
+        # mergekit reads the YAML that layerswap emits (no '# note:' lines: the same formula): write it untimed.
+        subprocess.run([*layerswap, "merge", str(cfg_path), "--out", str(work / "ours"), "--emit-mergekit", str(mk_yaml)],
+                       env=env, check=True, capture_output=True)
+        if "# note" in mk_yaml.read_text():
+            raise SystemExit(f"{method}: the emitted YAML carries a note, so mergekit would compute something else")
         clean(work / "ours")
-        w, r = timed([*mergekit, str(mk_yaml), str(work / "theirs")], env)
-        rows.append((method, "mergekit-yaml (emitted YAML)", w, r))
-        clean(work / "theirs")
+        contenders = {
+            "layerswap merge": [*layerswap, "merge", str(cfg_path), "--out", str(work / "ours")],
+            "mergekit-yaml " + " ".join(MERGEKIT_BEST): [*mergekit, str(mk_yaml), str(work / "theirs"), *MERGEKIT_BEST],
+        }
+        runs = {name: [] for name in contenders}
+        names = list(contenders)
+        for i in range(args.method_repeats):
+            for name in names[i % 2:] + names[: i % 2]:  # alternate who goes first
+                os.sync()
+                time.sleep(1)
+                runs[name].append(timed(contenders[name], env))
+                clean(work / "ours", work / "theirs")
+        method_runs[method] = runs
+        for name, samples in runs.items():
+            walls = sorted(w for w, _ in samples)
+            rows.append((method, name, statistics.median(walls), statistics.median(r for _, r in samples)))
+            spread[f"{method}/{name}"] = (walls[0], walls[-1])
 
     cmd = "python benchmarks/bench_merge.py " + " ".join(sys.argv[1:])
     lines = [
@@ -170,11 +220,15 @@ def main() -> None:
             "Layer swap, fastest run against fastest run: "
             + "; ".join(f"{fastest[ours_name] / lo:.2f}x {n}" for n, lo in fastest.items() if n != ours_name)
         )
-    for method in ("ties", "dare_ties"):
-        ours = [w for g, n, w, _ in rows if g == method and n.startswith("layerswap")]
-        theirs = [w for g, n, w, _ in rows if g == method and n.startswith("mergekit")]
-        if ours and theirs:
-            lines.append(f"\n{method}: layerswap / mergekit wall time = {ours[0] / theirs[0]:.2f}")
+    if method_runs:
+        lines += ["", "Methods, layerswap against mergekit on the same files (medians; wall time and peak RSS ratios):", "",
+                  "| method | layerswap s | mergekit s | time ratio | layerswap MiB | mergekit MiB | memory ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for method, runs in method_runs.items():
+            (ours, theirs) = runs.values()
+            ow, tw = statistics.median(w for w, _ in ours), statistics.median(w for w, _ in theirs)
+            orss, trss = statistics.median(r for _, r in ours), statistics.median(r for _, r in theirs)
+            lines.append(f"| {method} | {ow:.1f} | {tw:.1f} | {ow / tw:.2f} | {orss:.0f} | {trss:.0f} | {orss / trss:.2f} |")
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -296,3 +296,17 @@ def test_bad_parameters_are_one_line_errors(tiny_experts, method, params, expert
             "experts": {k: str(tiny_experts["math"]) for k in labels}}
     with pytest.raises(ConfigError, match=match):
         build_plan(merge_config(data), 6)
+
+
+@pytest.mark.parametrize(
+    "method,params",
+    [("della", {"density": 0.5}), ("slerp", {"t": [0.2, 0.9]}), ("sce", {"select_topk": 0.5}), ("graded_swap", {"bottom": 1, "top": 1})],
+)
+def test_in_memory_merge_equals_the_written_one(tiny_experts, tmp_path, method, params):
+    from layerswap.merge import TensorCache, merged_state_dict
+
+    cfg = _config(tiny_experts, method, params)
+    out = ModelFolder(merge(cfg, tmp_path / "out").out)
+    sd = merged_state_dict(TensorCache.from_config(cfg), cfg)
+    for name in (Q.format(1), Q.format(4), "model.embed_tokens.weight"):
+        assert torch.allclose(sd[name], out.get(name), atol=1e-6), name

@@ -38,7 +38,7 @@ class SlerpParams(StrictModel):
 def check_unit(what: str, value: Factor) -> None:
     for v in value if isinstance(value, list) else [value]:
         if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"{what} {v:g} is outside [0, 1]: an interpolation factor must lie between the two experts")
+            raise ConfigError(f"{what} {v:g} is outside [0, 1]: use a value from 0 (the first expert) to 1 (the second)")
     if isinstance(value, list) and not value:
         raise ConfigError(f"{what} is an empty list: give one number or a gradient of at least one point")
 
