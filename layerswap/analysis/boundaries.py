@@ -128,7 +128,9 @@ def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str
         raise ConfigError(f"no swap boundary fits {n} layers with a middle of at least {min_middle}: lower min_middle or use a deeper model")
     if np.isnan(d).any():
         zero = lang if np.isnan(contrast["share_lang"]).any() else math_
-        return _prior(head, rule_info, d, tau, n, min_middle, rule, f"no clear separation: {zero} has no update in the transformer layers, so there are no shares to compare")
+        kind = str(cells.attrs.get("kind", "deltas"))
+        what = "update" if kind in ("deltas", "importance") else f"{kind} lens value"
+        return _prior(head, rule_info, d, tau, n, min_middle, rule, f"no clear separation: {zero} has no {what} in the transformer layers, so there are no shares to compare")
 
     scores = {c: score(d, *c, tau) for c in grid}
     best_b, best_u = max(((b, u) for b, u, t in grid if t == 0), key=lambda c: (scores[(c[0], c[1], 0)], -(c[0] + c[1])))
@@ -151,7 +153,7 @@ def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str
     t = _ambiguous_transition(d, best_b, best_u, tau, rule.max_transition, n, min_middle)
     s_l = float(contrast["share_lang"].to_numpy()[outer].sum())
     s_m = float(contrast["share_math"].to_numpy()[outer].sum())
-    what = "importance" if str(cells.attrs.get("kind")) == "importance" else "update"
+    what = {"importance": "importance", "deltas": "update"}.get(str(cells.attrs.get("kind", "deltas")), f"{cells.attrs.get('kind')} lens value")
     reason = (
         f"{lang} has {s_l:.0%} of its {what} in layers {_ranges(outer)} against {math_}'s {s_m:.0%} "
         f"(gain {gain:.2f}, {positive}/{len(per_module)} module kinds agree)"

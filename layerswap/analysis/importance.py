@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
@@ -50,19 +50,10 @@ def load_texts(spec: str, *, data_dir: str | os.PathLike[str] | None = None, lim
     return texts[:limit] if limit else texts
 
 
-def diagonal_fisher(
-    model: torch.nn.Module,
-    tokenizer,  # noqa: ANN001 - a transformers tokenizer
-    texts: Sequence[str],
-    *,
-    batch_size: int = 4,
-    seq_len: int = 128,
-    desc: str = "fisher",
-) -> tuple[dict[str, torch.Tensor], int]:
-    """Mean squared gradient of the LM loss per parameter over the batches of ``texts``; returns (F, batches)."""
+def _backward_batches(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int, seq_len: int, desc: str) -> Iterator[dict[str, torch.Tensor]]:  # noqa: ANN001
+    """One backward pass of the LM loss per batch of ``texts``; yields each trainable parameter's gradient (grads cleared after)."""
     device = next(model.parameters()).device
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     model.eval()  # no dropout: the gradient of the model as it is
     with bar(desc=desc, total=len(batches), unit="batch") as progress_bar:
@@ -76,18 +67,51 @@ def diagonal_fisher(
                 raise DataError(f"the loss is {float(loss.detach())} on a batch of {desc}: check the data and the model")
             loss.backward()
             with torch.no_grad():
-                for n, p in params.items():
-                    if p.grad is not None:
-                        fisher[n].addcmul_(p.grad, p.grad)
+                yield {n: p.grad for n, p in params.items() if p.grad is not None}
             progress_bar.update(1)
             progress_bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     model.zero_grad(set_to_none=True)
-    for f in fisher.values():
-        f.div_(max(1, len(batches)))
-    return fisher, len(batches)
 
 
-def _load_model(base: ModelFolder, device: str):  # noqa: ANN202
+def gradient_moments(
+    model: torch.nn.Module,
+    tokenizer,  # noqa: ANN001 - a transformers tokenizer
+    texts: Sequence[str],
+    *,
+    batch_size: int = 4,
+    seq_len: int = 128,
+    desc: str = "gradients",
+    power: int = 2,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Mean over the batches of ``texts`` of each parameter's gradient to ``power`` (2: the diagonal Fisher, 1: the mean gradient); returns (means, batches)."""
+    sums = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
+    batches = 0
+    for grads in _backward_batches(model, tokenizer, texts, batch_size=batch_size, seq_len=seq_len, desc=desc):
+        for n, g in grads.items():
+            if power == 2:
+                sums[n].addcmul_(g, g)
+            else:
+                sums[n].add_(g)
+        batches += 1
+    for s in sums.values():
+        s.div_(max(1, batches))
+    return sums, batches
+
+
+def diagonal_fisher(
+    model: torch.nn.Module,
+    tokenizer,  # noqa: ANN001 - a transformers tokenizer
+    texts: Sequence[str],
+    *,
+    batch_size: int = 4,
+    seq_len: int = 128,
+    desc: str = "fisher",
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Mean squared gradient of the LM loss per parameter over the batches of ``texts``; returns (F, batches)."""
+    return gradient_moments(model, tokenizer, texts, batch_size=batch_size, seq_len=seq_len, desc=desc, power=2)
+
+
+def load_model(base: ModelFolder, device: str):  # noqa: ANN202
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
@@ -140,7 +164,7 @@ def importance(
     work = atomic.__enter__() if atomic is not None else None
     try:
         started = time.perf_counter()
-        model, tokenizer = _load_model(base_folder, device)
+        model, tokenizer = load_model(base_folder, device)
         sources, batches, seconds_by_task = [], {}, {}
         base_names = set(base_folder.names())
         for name, task_texts in texts.items():

@@ -36,13 +36,19 @@ def _pivot(df: pd.DataFrame, value: str) -> pd.DataFrame:
     return table.sort_index()
 
 
-def magnitude_heatmap(cells: pd.DataFrame, expert: str, *, kind: str = "deltas") -> Figure:
-    """Layer x module heatmap of one expert: ``rel_l2`` of its delta, or mean Fisher per parameter."""
+def magnitude_heatmap(cells: pd.DataFrame, expert: str, *, kind: str = "deltas", label: str | None = None) -> Figure:
+    """Layer x module heatmap of one expert: ``rel_l2`` of its delta, mean Fisher per parameter, or another lens's value (``label``)."""
     import seaborn as sns
 
     plt = pyplot()
     df = cells[cells["expert"] == expert].copy()
-    if kind == "importance":
+    if label is not None:  # a lens's own value (see analysis/lenses)
+        df["value"] = df["sumsq"]
+        title = f"{kind} lens, {expert}: value per layer x module"
+    elif kind == "grad":
+        df["value"] = df["sumsq"] / df["numel"]
+        label, title = "squared mean gradient per parameter", f"Gradient of {expert} data on the base: squared mean gradient per layer x module"
+    elif kind == "importance":
         df["value"] = df["sumsq"] / df["numel"]
         label, title = "mean Fisher per parameter (mean squared gradient)", f"Importance of {expert} data: mean Fisher per layer x module"
     else:
@@ -103,7 +109,7 @@ def share_plot(layers: pd.DataFrame, boundaries: dict[str, Any] | None, *, kind:
     n = int(layers["layer"].max()) + 1 if len(layers) else 0
     for expert, df in layers.groupby("expert", sort=False):
         ax.plot(df["layer"], df["share"] * 100, marker="o", markersize=3.5, label=str(expert))
-    title = "Share of squared update per layer" if kind != "importance" else "Share of Fisher importance per layer"
+    title = {"deltas": "Share of squared update per layer", "importance": "Share of Fisher importance per layer"}.get(kind, f"Share of the {kind} lens's value per layer")
     if boundaries is not None and n:
         b, u, t = boundaries["bottom"], boundaries["top"], boundaries["transition"]
         style = "-" if boundaries.get("basis") == "measured" else ":"
@@ -123,7 +129,7 @@ def share_plot(layers: pd.DataFrame, boundaries: dict[str, Any] | None, *, kind:
         title += f"\n{lang} layers: bottom {b}, top {u}, transition {t} ({basis})"
     ax.set_title(title)
     ax.set_xlabel("layer (0 = bottom)")
-    ax.set_ylabel("share of the expert's total (%)" if kind != "importance" else "share of the task's total Fisher (%)")
+    ax.set_ylabel("share of the task's total Fisher (%)" if kind == "importance" else "share of the expert's total (%)")
     if n:
         ax.set_xticks(range(n))
         ax.set_xlim(-0.5, n - 0.5)

@@ -84,7 +84,7 @@ class Analysis:
 
     def summary(self, figures: dict[str, list[str]] | None = None) -> str:
         """The markdown of ``summary.md``: headline numbers, the recommendation, the contrast, warnings."""
-        noun = "importance" if self.kind == "importance" else "deltas"
+        noun = {"importance": "importance", "grad": "the base's mean gradients"}.get(self.kind, "deltas")
         lines = [f"# Analysis of {noun}: {', '.join(self.experts)}", ""]
         lines.append(f"Base `{self.base}`, {self.num_layers} transformer layers. " + ", ".join(f"{k} = `{v}`" for k, v in self.experts.items()) + ".")
         lines.append("")
