@@ -127,8 +127,34 @@ def validate_config(model: type[M], data: Mapping[str, Any], *, source: str = "c
         raise ConfigError(describe_validation_error(exc, source, model)) from None
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping safely (a ``yaml.SafeLoader``: no object construction; a key given twice is refused)."""
+def _one_document(path: Path, text: str, document: int | None) -> str:
+    """The text of document ``document`` (1-based) of a file of several (``---``), or ``text`` itself.
+
+    A file of several documents without ``document`` is refused with the option that picks one: a
+    command reads one config, and silently taking the first would run something the user did not
+    pick. The chosen document keeps its line numbers (errors name lines of the file).
+    """
+    try:
+        raw = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError:
+        return text  # the single-document reader reports where the syntax breaks
+    docs = [node for node in raw if node is not None and node.tag != "tag:yaml.org,2002:null"]
+    count = len(docs)
+    if document is None and count > 1:
+        raise ConfigError(f"{path} holds {count} YAML documents (separated by ---) and one config is read: pass --document N (1 to {count}) to choose one")
+    if document is not None and not 1 <= document <= count:
+        raise ConfigError(f"--document {document}: {path} holds {count} YAML document(s): pass 1 to {count}")
+    if len(raw) <= 1:
+        return text
+    node = docs[(document or 1) - 1]
+    start, end = node.start_mark, node.end_mark
+    return "\n" * start.line + " " * start.column + text[start.index : end.index]
+
+
+def read_yaml(path: str | Path, document: int | None = None) -> dict[str, Any]:
+    """Read a YAML mapping safely (a ``yaml.SafeLoader``: no object construction; a key given twice is refused).
+
+    ``document`` picks one document (1-based) of a file that holds several (``---``)."""
     path = Path(path)
     if not path.exists():
         raise InputPathError(f"config {path} does not exist: pass the path of a YAML file")
@@ -137,7 +163,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():  # a FIFO or device would block or never end
         raise InputPathError(f"config {path} is not a regular file: pass the path of a YAML file")
     try:
-        data = safe_load_unique(path.read_text(encoding="utf-8"))
+        data = safe_load_unique(_one_document(path, path.read_text(encoding="utf-8"), document))
     except _DuplicateKey as exc:
         raise ConfigError(f"{path}: {exc}: keep one (YAML would silently use the last)") from None
     except yaml.YAMLError as exc:
@@ -169,9 +195,11 @@ def merge_nested(data: Mapping[str, Any], overrides: Mapping[str, Any] | None) -
     return out
 
 
-def load_config(model: type[M], path: str | Path, overrides: Mapping[str, Any] | None = None) -> M:
-    """Load a YAML file into ``model``; ``overrides`` (non-None CLI flags, nested ones merged key by key) win over file keys."""
-    return validate_config(model, merge_nested(read_yaml(path), overrides), source=str(path))
+def load_config(model: type[M], path: str | Path, overrides: Mapping[str, Any] | None = None, *, document: int | None = None) -> M:
+    """Load a YAML file (its ``document``-th document, when given) into ``model``; ``overrides``
+    (non-None CLI flags, nested ones merged key by key) win over file keys."""
+    source = str(path) if document is None else f"{path} (document {document})"
+    return validate_config(model, merge_nested(read_yaml(path, document), overrides), source=source)
 
 
 @functools.cache

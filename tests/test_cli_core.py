@@ -68,3 +68,30 @@ def test_real_gemma_prepare_inspect_and_generate(capsys):
         completions[prompt] = tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Thursday" in completions["Monday, Tuesday, Wednesday,"], completions
     assert "Berlin" in completions["The capital of France is Paris. The capital of Germany is"], completions
+
+
+def test_merge_takes_one_document_of_a_multi_document_yaml(tiny_experts, tmp_path, capsys):
+    """The README's merge configs pasted into one file: refused with the option that picks one, then
+    merged with ``--document N``; the generated options override the chosen document's keys."""
+    e = {k: str(v) for k, v in tiny_experts.items()}
+    config = tmp_path / "merges.yaml"
+    config.write_text(
+        f"method: layer_swap\nexperts: {{math: {e['math']}, lang: {e['lang']}}}\nparams: {{bottom: 1, top: 1}}\n"
+        f"---\nmethod: linear\nexperts: {{math: {e['math']}, lang: {e['lang']}}}\n"
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["merge", str(config), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 6 and not (tmp_path / "o").exists()
+    said = capsys.readouterr().err
+    assert "holds 2 YAML documents" in said and "pass --document N (1 to 2)" in said
+    with pytest.raises(SystemExit) as exc:
+        main(["merge", str(config), "--document", "3", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 6 and "--document 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["merge", str(config), "--document", "1", "--params", "top=2", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 0
+    made = json.loads((tmp_path / "o" / "layerswap.json").read_text())
+    assert "layer_swap" in json.dumps(made) and '"top": 2' in json.dumps(made)
+    with pytest.raises(SystemExit) as exc:
+        main(["merge", str(config), "--document", "2", "--out", str(tmp_path / "o2")])
+    assert exc.value.code == 0 and "linear" in (tmp_path / "o2" / "layerswap.json").read_text()

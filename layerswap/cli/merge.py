@@ -1,13 +1,20 @@
-"""``layerswap merge CONFIG.yaml --out DIR`` and the ``swap`` shortcut: thin over :mod:`layerswap.merge`."""
+"""``layerswap merge CONFIG.yaml --out DIR`` and the ``swap`` shortcut: thin over :mod:`layerswap.merge`.
+
+``merge``'s options that override the file's keys are generated from
+:class:`~layerswap.merge.config.MergeConfig` (``--method``, ``--params density=0.3``, ...).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from typer.core import TyperCommand
 
 from layerswap.cli import app
+from layerswap.cli.options import command_with_overrides
+from layerswap.merge.config import MergeConfig
 
 
 def _echo(message: str) -> None:
@@ -37,8 +44,15 @@ class _MergeCommand(TyperCommand):
 
 
 @app.command("merge", cls=_MergeCommand)
+@command_with_overrides(MergeConfig)
 def merge_cmd(
-    config: Path = typer.Argument(..., help="Merge config YAML (method, base, experts, params); see docs/merge.md."),
+    overrides: dict[str, Any],
+    config: Path = typer.Argument(
+        ..., help="Merge config YAML (method, base, experts, params); see docs/merge.md. The options below override its keys."
+    ),
+    document: int | None = typer.Option(
+        None, "--document", help="Which YAML document of CONFIG to merge (1, 2, ...) when it holds several separated by ---."
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder (a model folder, or a PEFT adapter for LoRA swaps)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     emit_mergekit: Path | None = typer.Option(None, "--emit-mergekit", help="Also write the equivalent mergekit YAML here."),
@@ -46,7 +60,7 @@ def merge_cmd(
     """Merge experts as the config says (the help lists the registered methods: see merge_help)."""
     from layerswap.merge import load_merge_config, merge
 
-    cfg = load_merge_config(str(config))
+    cfg = load_merge_config(str(config), overrides, document=document)
     result = merge(cfg, out, overwrite=overwrite, emit_mergekit=emit_mergekit, echo=_echo, inputs=[config])
     typer.echo(str(result.out))
 

@@ -15,7 +15,8 @@ field type                      on the command line
 ``list[str]``                   repeatable ``--name VALUE``; with ``json_schema_extra={"cli_comma":
                                 True}`` one comma-separated value instead (``--name a,b``)
 ``list[int]`` ``list[float]``  one comma-separated value (``--name 2,3,4``)
-``dict[str, str | int]``        repeatable ``--name KEY=VALUE``
+``int | str`` (scalars)         ``--name VALUE`` as text, read by the config
+``dict[str, str | int | Any]``  repeatable ``--name KEY=VALUE`` (``Any``: the value read as YAML)
 a nested config (a model)       one option per field of it, dotted: ``--candidates.halving.block 12``
 ==============================  =====================================================================
 
@@ -102,6 +103,8 @@ class Flag:
         named = parse_named(given, option=self.name)
         if self.item is str:
             return named
+        if self.item is Any:  # a value as YAML reads it: 0.5, true, [1, 2]
+            return {key: _yaml_value(self.name, key, text) for key, text in named.items()}
         out: dict[str, Any] = {}
         for key, text in named.items():
             try:
@@ -110,6 +113,15 @@ class Flag:
                 what = "a whole number" if self.item is int else "a number"
                 raise ConfigError(f"{self.name} {key}={text}: the count must be {what}") from None
         return out
+
+
+def _yaml_value(option: str, key: str, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"{option} {key}={text}: the value is not valid YAML (a number, true/false, a word or [a, b])") from None
 
 
 def _alternatives(choices: tuple[str, ...]) -> str:
@@ -142,6 +154,8 @@ def flag_of(model: type[BaseModel], field: str, info: FieldInfo, prefix: str = "
         return Flag(field, name, "switch", bool, help_text, off=extra.get("cli_off"))  # type: ignore[arg-type]
     if ann in (str, int, float, Path):
         return Flag(field, name, "value", ann, help_text, alias=extra.get("cli_alias"))  # type: ignore[arg-type]
+    if origin in (Union, types.UnionType) and set(args) <= {str, int, float}:  # ``int | str``: the config reads the text
+        return Flag(field, name, "value", str, help_text)
     if origin is Literal and all(isinstance(a, str) for a in args):
         return Flag(field, name, "value", str, help_text, choices=args)
     if origin is list and args == (str,):
@@ -149,7 +163,7 @@ def flag_of(model: type[BaseModel], field: str, info: FieldInfo, prefix: str = "
         return Flag(field, name, "comma" if comma else "repeat", str if comma else list[str], help_text)
     if origin is list and args in ((int,), (float,)):
         return Flag(field, name, "comma", str, help_text, item=args[0])
-    if origin is dict and args[:1] == (str,) and args[1] in (str, int, float):
+    if origin is dict and args[:1] == (str,) and args[1] in (str, int, float, Any):
         return Flag(field, name, "named", list[str], help_text, item=args[1])
     raise TypeError(f"{model.__name__}.{field}: no command-line form for {info.annotation!r}; see layerswap.cli.options")
 

@@ -121,9 +121,10 @@ class MergeConfig(StrictModel):
         return self
 
 
-def load_merge_config(path: str, overrides: Mapping[str, Any] | None = None) -> MergeConfig:
-    """Read and fully validate a merge YAML (method params included)."""
-    return load_config(MergeConfig, path, overrides).validate_all()
+def load_merge_config(path: str, overrides: Mapping[str, Any] | None = None, *, document: int | None = None) -> MergeConfig:
+    """Read and fully validate a merge YAML (method params included); ``document`` picks one of a
+    file of several (``---``), which is refused without it."""
+    return load_config(MergeConfig, path, overrides, document=document).validate_all()
 
 
 def merge_config(data: Mapping[str, Any]) -> MergeConfig:
