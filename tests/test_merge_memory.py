@@ -74,3 +74,14 @@ def test_memory_store_that_does_not_fit_is_refused_before_loading(triple):
     TensorCache({"math": triple["math"]}, triple["base"]).check_fits(available=0)  # mapped holds nothing: no refusal
     with pytest.raises(ConfigError, match="unknown tensor store"):
         TensorCache({"math": triple["math"]}, triple["base"], store="disk")
+
+
+def test_a_model_that_does_not_fit_is_refused_with_the_dtype_that_would(triple):
+    cache = TensorCache({"math": triple["math"], "lang": triple["lang"]}, triple["base"])
+    params, largest = cache.reference.num_parameters, cache.largest_float32()
+    cache.check_model_fits(torch.float32, available=4 * params + 2 * largest)  # just fits
+    with pytest.raises(ConfigError, match=r"in float32 needs .* load it as bfloat16") as err:
+        cache.check_model_fits(torch.float32, available=4 * params + 2 * largest - 1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="no dtype fits here"):
+        cache.check_model_fits(torch.bfloat16, available=2 * params)

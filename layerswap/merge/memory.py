@@ -124,6 +124,40 @@ class TensorCache:
             out[BASE] = str(self.base.path.resolve())
         return out
 
+    def check_model_fits(self, dtype: torch.dtype, device: str | torch.device = "cpu", *, available: int | None = None) -> None:
+        """Refuse, before loading, a model (the reference checkpoint in ``dtype`` on ``device``) that memory cannot hold.
+
+        A sweep holds that model plus, while merging, about two float32 copies of the largest tensor.
+        """
+        device = torch.device(device)
+        if available is None:
+            if device.type == "cuda":
+                available = torch.cuda.mem_get_info(device)[0]
+            elif device.type == "cpu":
+                import psutil
+
+                available = psutil.virtual_memory().available
+            else:
+                return
+        params = self.reference.num_parameters
+        size = torch.empty(0, dtype=dtype).element_size()
+        need = params * size + 2 * self.largest_float32()
+        if need <= available:
+            return
+        where = "GPU memory" if device.type == "cuda" else "RAM"
+        name = str(dtype).removeprefix("torch.")
+        half = params * 2 + 2 * self.largest_float32()
+        hint = (
+            f"load it as bfloat16 (dtype: bfloat16, {half / 1e9:.1f} GB)"
+            if size > 2 and half <= available
+            else "no dtype fits here: use a machine (or GPU) with more memory"
+        )
+        raise ConfigError(
+            f"the model {self.reference.path.name} in {name} needs {need / 1e9:.1f} GB of {where} "
+            f"({params / 1e9:.2f}e9 parameters plus two float32 copies of its largest tensor to merge), "
+            f"{available / 1e9:.1f} GB is available: {hint}"
+        )
+
     def _read(self, ckpt: ModelFolder, name: str) -> torch.Tensor:
         """One tensor from the files: in the cache's dtype, or (float32 cache) its own dtype where that converts exactly."""
         info = ckpt.info(name)
