@@ -28,6 +28,23 @@ def test_inspect_model_json(tiny_gemma3, capsys):
     assert "q_proj" in info["parameters_per_module"]
 
 
+def test_inspect_json_of_a_name_prepared_on_first_use_is_json_only(tiny_gemma3, tmp_path, monkeypatch, capsys):
+    """First use of an embedded name prepares it; what that says goes to stderr, stdout stays JSON."""
+    import dataclasses
+    import shutil
+
+    from layerswap.io import embedded
+
+    monkeypatch.setenv("LAYERSWAP_CACHE", str(tmp_path / "cache"))
+    fake = dataclasses.replace(
+        embedded.EMBEDDED["gemma3-270m"], name="tiny", prepare=lambda out: shutil.copytree(tiny_gemma3, out, dirs_exist_ok=True)
+    )
+    monkeypatch.setitem(embedded.EMBEDDED, "tiny", fake)
+    code, out, err = run_cli(["inspect", "tiny", "--json"], capsys)
+    assert code == 0 and "preparing tiny" in err
+    assert json.loads(out)["num_layers"] == 4  # nothing but the JSON on stdout
+
+
 def test_inspect_adapter(tiny_lora, capsys):
     code, out, _ = run_cli(["inspect", str(tiny_lora)], capsys)
     assert code == 0 and "LoRA adapter" in out and "[1, 2]" in out
@@ -65,7 +82,7 @@ def test_real_gemma_prepare_inspect_and_generate(capsys):
         ids = tok(prompt, return_tensors="pt")
         with torch.no_grad():
             gen = model.generate(**ids, max_new_tokens=8, do_sample=False)
-        completions[prompt] = tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        completions[prompt] = tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Thursday" in completions["Monday, Tuesday, Wednesday,"], completions
     assert "Berlin" in completions["The capital of France is Paris. The capital of Germany is"], completions
 

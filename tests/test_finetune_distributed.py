@@ -263,6 +263,8 @@ def test_killed_two_process_run_resumes_to_the_same_weights(tiny_llama, qa_file,
 
 @pytest.mark.slow
 def test_a_bad_option_fails_every_process_before_anything_is_written(tiny_llama, qa_file, tmp_path):
+    """What is guaranteed: the launch fails, nothing is written, and the problem is named. How many
+    ranks print their line is not: the launcher stops the others as soon as one exits (a race)."""
     runs = tmp_path / "runs"
     runs.mkdir()
     proc = cli(
@@ -270,7 +272,8 @@ def test_a_bad_option_fails_every_process_before_anything_is_written(tiny_llama,
     )
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: layer 9 in '4-9' is out of range: valid layers are 0..5"] * 2, proc.stderr[-3000:]
+    assert errors, proc.stderr[-3000:]
+    assert set(errors) == {"error: layer 9 in '4-9' is out of range: valid layers are 0..5"}, proc.stderr[-3000:]
     assert list(runs.iterdir()) == []
 
 

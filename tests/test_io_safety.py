@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -110,8 +109,9 @@ def test_no_message_quotes_file_bytes(tmp_path, tiny_experts):
     assert str(int.from_bytes(text[:8], "little")) not in message and "root:x" not in message
 
 
-def test_header_validation_is_cheap(tmp_path):
-    """10,000 tensors (a large sharded model's worth of entries in one file) parse in well under a second."""
+def test_a_header_of_ten_thousand_tensors_is_read_whole(tmp_path):
+    """10,000 tensors (a large sharded model's worth of entries in one file) are all read and checked
+    (how fast is a benchmark's question, not a test's: no wall-clock assertion here)."""
     n = 10_000
     header = {"__metadata__": {"format": "pt"}}
     for i in range(n):
@@ -120,11 +120,8 @@ def test_header_validation_is_cheap(tmp_path):
     raw += b" " * (-len(raw) % 8)
     path = tmp_path / "big.safetensors"
     path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(16 * n))
-    start = time.perf_counter()
     infos, meta = read_safetensors_header(path)
-    elapsed = time.perf_counter() - start
     assert len(infos) == n and meta == {"format": "pt"}
-    assert elapsed < 1.0, f"parsing {n} header entries took {elapsed:.2f} s"
 
 
 def test_header_edit_roundtrip_and_nesting_bound(tmp_path, tiny_experts):

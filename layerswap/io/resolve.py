@@ -7,6 +7,7 @@ core has no circle: ``embedded`` knows nothing of checkpoints, and checkpoints n
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from layerswap.errors import InputPathError, OutputExistsError
@@ -31,7 +32,8 @@ def prepare_model(name: str = DEFAULT_MODEL, *, force: bool = False, quiet: bool
             "replaces a folder it did not create: move it away, or set LAYERSWAP_CACHE to another folder"
         )
     if not quiet:
-        print(f"preparing {name} into {target} (once; about a minute on 2 CPU cores)", flush=True)
+        # on stderr: stdout carries results (``inspect --json``, ``models prepare``'s folder)
+        print(f"preparing {name} into {target} (once; 1-7 minutes on 2 CPU cores)", file=sys.stderr, flush=True)
     with AtomicDir(target, overwrite=True, replace_any=True) as tmp:
         EMBEDDED[name].prepare(tmp)
         write_provenance(tmp, {"kind": "embedded model", "name": name, "package": EMBEDDED[name].package})
