@@ -8,12 +8,7 @@ Names load on first use: the CLI reads the task registry (:mod:`layerswap.evalua
 start-up and must not pay for torch or pandas there.
 """
 
-from __future__ import annotations
-
-import importlib
-import sys
-import types
-from typing import Any
+from layerswap.lazy import lazy_exports
 
 _HOMES = {
     "layerswap.evaluate.api": ("evaluate",),
@@ -31,31 +26,4 @@ _HOMES = {
     "layerswap.evaluate.runner": ("LoadedModel", "as_loaded", "generate", "load_model"),
     "layerswap.evaluate.generation": ("Example", "GenerationTask"),
 }
-_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
-
-__all__ = sorted(_HOME_OF)
-
-
-def __getattr__(name: str) -> Any:
-    home = _HOME_OF.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOME_OF))
-
-
-class _CallableModule(types.ModuleType):
-    """``layerswap.evaluate(...)`` calls :func:`evaluate` although ``layerswap.evaluate`` is a package."""
-
-    def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
-        from layerswap.evaluate.api import evaluate
-
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+__all__ = lazy_exports(__name__, {name: module for module, names in _HOMES.items() for name in names}, call="evaluate")

@@ -9,12 +9,7 @@ Names resolve on first use, so importing the config (as the CLI does to build it
 import torch.
 """
 
-from __future__ import annotations
-
-import importlib
-import sys
-import types
-from typing import Any
+from layerswap.lazy import lazy_exports
 
 #: name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -30,26 +25,4 @@ _EXPORTS: dict[str, str] = {
     "resolve_partition": "layerswap.finetune.freezing",
     "tokenize_records": "layerswap.finetune.data",
 }
-__all__ = sorted(_EXPORTS)
-
-
-class _CallableModule(types.ModuleType):
-    """``layerswap.finetune`` is both this package and the function: ``layerswap.finetune(cfg)`` works.
-
-    The package attribute ``layerswap.finetune`` is set to this module by the import system, so
-    the module itself forwards calls to :func:`~layerswap.finetune.recipe.finetune`.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return importlib.import_module("layerswap.finetune.recipe").finetune(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        if name in _EXPORTS:
-            return getattr(importlib.import_module(_EXPORTS[name]), name)
-        raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
-
-    def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(_EXPORTS))
-
-
-sys.modules[__name__].__class__ = _CallableModule
+__all__ = lazy_exports(__name__, _EXPORTS, call="finetune")

@@ -4,10 +4,7 @@ On disk: :func:`merge` (a :class:`MergeConfig` to a folder). In memory, for the 
 :class:`TensorCache` + :func:`apply_merge` / :func:`merged_state_dict`.
 """
 
-import importlib
-import sys
-import types
-
+from layerswap.lazy import lazy_exports
 from layerswap.merge.config import MergeConfig, load_merge_config, merge_config, swap_config
 from layerswap.merge.methods import METHODS, get_method
 from layerswap.merge.ops import Blend, Combine, MergePlan, Select
@@ -17,7 +14,11 @@ from layerswap.merge.write import MergeResult, merge, open_merge
 
 #: The in-memory merge needs torch at import; it loads on first use so that a selection-only merge
 #: (``layerswap swap``), which copies bytes, never pays torch's ~2 s import.
-_LAZY = {"ApplyStats", "TensorCache", "apply_merge", "merged_state_dict"}
+_LAZY = lazy_exports(
+    __name__,
+    dict.fromkeys(("ApplyStats", "TensorCache", "apply_merge", "merged_state_dict"), "layerswap.merge.memory"),
+    call="merge",
+)
 
 __all__ = [
     "METHODS",
@@ -41,27 +42,3 @@ __all__ = [
     "swap",
     "swap_config",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """``layerswap.merge`` is both this package and the function: ``layerswap.merge(config, out)`` works.
-
-    The import system sets the package attribute ``layerswap.merge`` to this module, so the module
-    forwards calls to :func:`merge` and loads the in-memory names on first use.
-    """
-
-    def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
-        return merge(*args, **kwargs)
-
-    def __getattr__(self, name: str):  # noqa: ANN204
-        if name not in _LAZY:
-            raise AttributeError(f"module 'layerswap.merge' has no attribute {name!r}")
-        value = getattr(importlib.import_module("layerswap.merge.memory"), name)
-        setattr(self, name, value)
-        return value
-
-    def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(__all__))
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -12,30 +12,23 @@ The report is a submodule, not re-exported here (``from layerswap.sweep import
 report``), so loading a sweep config does not pull in matplotlib; the names below load on first use.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from layerswap.lazy import lazy_exports
 
 #: Public names, loaded on first use so that the CLI can read the configs without pandas or torch.
-_LAZY: dict[str, str] = {
-    "Candidate": "layerswap.sweep.config",
-    "CandidatesSpec": "layerswap.sweep.config",
-    "GridSpec": "layerswap.sweep.config",
-    "SweepConfig": "layerswap.sweep.config",
-    "load_sweep_config": "layerswap.sweep.config",
-    "validate_sweep_dict": "layerswap.sweep.config",
-    "build_candidates": "layerswap.sweep.candidates",
-    "run_candidates": "layerswap.sweep.loop",
-    "run_sweep": "layerswap.sweep.loop",
-    "ResultStore": "layerswap.sweep.store",
-    "ResumeKey": "layerswap.sweep.resume",
-    "settings_key": "layerswap.sweep.resume",
-}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'layerswap.sweep' has no attribute {name!r}")
+__all__ = lazy_exports(
+    __name__,
+    {
+        "Candidate": "layerswap.sweep.config",
+        "CandidatesSpec": "layerswap.sweep.config",
+        "GridSpec": "layerswap.sweep.config",
+        "SweepConfig": "layerswap.sweep.config",
+        "load_sweep_config": "layerswap.sweep.config",
+        "validate_sweep_dict": "layerswap.sweep.config",
+        "build_candidates": "layerswap.sweep.candidates",
+        "run_candidates": "layerswap.sweep.loop",
+        "run_sweep": "layerswap.sweep.loop",
+        "ResultStore": "layerswap.sweep.store",
+        "ResumeKey": "layerswap.sweep.resume",
+        "settings_key": "layerswap.sweep.resume",
+    },
+)
