@@ -22,7 +22,7 @@ from layerswap.evaluate.generation import run_generation_task
 from layerswap.evaluate.mgsm import check_shots, load_examples
 from layerswap.evaluate.result import EvalResult, ModelLike, as_lm, counts_as_ints, format_summary, save_result
 from layerswap.evaluate.runner import LoadedModel
-from layerswap.evaluate.tasks import TASKS, EvalRequest, TaskSpec, nonnegative_shots
+from layerswap.evaluate.tasks import TASKS, EvalRequest, TaskSpec, get_task, nonnegative_shots
 from layerswap.evaluate.tasks.custom import evaluate_custom, load_custom
 from layerswap.evaluate.tasks.flores import evaluate_flores
 from layerswap.evaluate.tasks.gsm8k import evaluate_gsm8k
@@ -135,11 +135,11 @@ def evaluate(
     lm-eval, gsm8k 5, proxy 2)."""
     tasks = _names(tasks)
     langs = _names(langs)
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in TASKS and not t.startswith("lm_eval:")]
     if unknown or not tasks:
         raise ConfigError(f"unknown task {unknown[0] if unknown else '(none)'!r}: valid tasks are {', '.join(TASKS)}")
-    specs = [TASKS[t] for t in tasks]
     check_settings(langs, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit, device=device, dtype=dtype)
+    specs = [get_task(t) for t in tasks]  # an lm_eval: task is checked here (lm-eval installed, name, data, metric)
     request = EvalRequest(
         langs=tuple(langs), fmt=fmt, shots=shots, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
         data_dir=data_dir, data=data, question_field=question_field, answer_field=answer_field,
@@ -163,8 +163,8 @@ def evaluate(
         result.extend(spec.run(lm, replace(request, shots=spec.shots_for(shots))))
     result.summary = counts_as_ints(result.summary)
     for name in dict.fromkeys(tasks):
-        if TASKS[name].finish is not None:
-            result.summary = TASKS[name].finish(result.summary)
+        if get_task(name).finish is not None:
+            result.summary = get_task(name).finish(result.summary)
     if out is not None:
         settings = {"tasks": tasks, "langs": langs, "format": fmt, "shots": shots, "limit": limit, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
         save_result(result, out, overwrite=overwrite, provenance={"kind": "evaluation", "model": lm.info or lm.name, **settings}, inputs=inputs)

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from layerswap.config import StrictModel, load_config, validate_config
 from layerswap.errors import ConfigError
-from layerswap.evaluate.tasks import TASKS
+from layerswap.evaluate.tasks import TASKS, get_task
 from layerswap.merge.methods import BASELINE_NAMES
 from layerswap.sweep.resume import CHANGES_RESULTS
 
@@ -164,9 +164,11 @@ def check_config(config: SweepConfig) -> None:
     if unknown:
         raise ConfigError(f"unknown baseline {unknown[0]!r}: valid baselines are {', '.join(BASELINE_NAMES)}")
     valid = [name for name, spec in TASKS.items() if spec.in_sweep]
-    unknown_tasks = [t for t in config.tasks if t not in valid]
+    unknown_tasks = [t for t in config.tasks if t not in valid and not t.startswith("lm_eval:")]
     if unknown_tasks or not config.tasks:
         raise ConfigError(f"unknown sweep task {unknown_tasks[0] if unknown_tasks else '(none)'!r}: valid tasks are {', '.join(valid)}")
+    for task in config.tasks:
+        get_task(task)  # an lm_eval: task is checked here (lm-eval installed, task known, data reachable, per-example metric)
     from layerswap.io import parse_languages
 
     parse_languages(config.languages)

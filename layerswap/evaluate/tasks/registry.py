@@ -17,7 +17,7 @@ from layerswap.evaluate.tasks.spec import TaskSpec
 #: Listed first, in this order (the order of the help and of every "valid tasks are" message);
 #: any other task module follows by name.
 LISTED_FIRST = ("mgsm", "gsm8k", "flores", "sib200", "proxy", "custom")
-_NOT_TASKS = frozenset({"registry", "spec"})
+_NOT_TASKS = frozenset({"registry", "spec", "lm_eval_bridge"})  # the bridge builds a spec per lm_eval:<name>
 
 
 def _discover() -> dict[str, TaskSpec]:
@@ -48,11 +48,17 @@ def register(spec: TaskSpec) -> TaskSpec:
 
 
 def get_task(name: str) -> TaskSpec:
-    """The task called ``name``; an unknown name lists the valid ones."""
+    """The task called ``name``; an unknown name lists the valid ones. ``lm_eval:<task or YAML path>`` is
+    any lm-evaluation-harness task (:mod:`~layerswap.evaluate.tasks.lm_eval_bridge`), checked and added
+    to :data:`TASKS` on first use."""
     try:
         return TASKS[name]
     except KeyError:
-        raise ConfigError(f"unknown task {name!r}: valid tasks are {', '.join(TASKS)}") from None
+        if isinstance(name, str) and name.startswith("lm_eval:"):
+            from layerswap.evaluate.tasks.lm_eval_bridge import spec_for
+
+            return TASKS.setdefault(name, spec_for(name))
+        raise ConfigError(f"unknown task {name!r}: valid tasks are {', '.join(TASKS)}, or lm_eval:<lm-eval task or YAML path>") from None
 
 
 def higher_is_better(metric: str) -> bool:
