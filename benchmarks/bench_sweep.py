@@ -60,7 +60,7 @@ def main() -> None:
     t0 = time.perf_counter()
     result = run_sweep(cfg, out, log=lambda s: None)
     total = time.perf_counter() - t0
-    res: pd.DataFrame = result["results"]
+    res: pd.DataFrame = result.results
     per = res.groupby("candidate", sort=False).agg(method=("method", "first"), merge_s=("merge_time", "first"), eval_s=("time", "sum"))
     per["overhead"] = per["merge_s"] / per["eval_s"]
     order = list(per.index)

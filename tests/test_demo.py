@@ -69,7 +69,7 @@ def test_demo_report_states_the_paired_verdict(tmp_path):
     from layerswap.pipeline.stages import StageCost
     from layerswap.sweep import ResultStore, build_candidates, run_candidates, settings_key, validate_sweep_dict
     from layerswap.sweep.compare import compare_candidates
-    from layerswap.sweep.report import select
+    from layerswap.sweep.selection import SweepResult, select
 
     cfg = validate_sweep_dict(
         {
@@ -120,7 +120,7 @@ def test_demo_report_states_the_paired_verdict(tmp_path):
     comps = compare_candidates(
         results, {c.name: store.load_scores(c) for c in cands}, [("proxy", "gold_logprob"), ("flores", "bits_per_byte")]
     )
-    sweep = {"results": results, "comparisons": comps, "selection": select(results, "proxy", "gold_logprob")}
+    sweep = SweepResult(results=results, comparisons=comps, selection=select(results, "proxy", "gold_logprob"))
     checks = {
         "math": {
             "diff": 0.21,

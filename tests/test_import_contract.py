@@ -518,6 +518,54 @@ def test_a_planted_violation_in_a_copy_of_the_real_tree_is_reported(tmp_path):
     assert all(v.startswith(f"layerswap/merge/__init__.py:{line}:") for v in new), new  # at most a cycle it closes
 
 
+# --------------------------------------------------------------------------------------------
+# Decide once: only the sweep's selection module chooses a leader, a best swap or a best baseline
+# --------------------------------------------------------------------------------------------
+
+#: The one module that decides (docs: DESIGN "Decisions once"); reports, figures, the pipeline and the
+#: notebooks read its decisions.
+DECIDES = "layerswap.sweep.selection"
+#: Functions that choose among a sweep's candidates: defined in :data:`DECIDES` only.
+DECISION_NAMES = frozenset(
+    {"leader", "select", "best_swap", "best_baseline", "named_best_swap", "with_best_swap", "finalists", "decide_scope", "decide_sweep"}
+)
+#: The pandas idiom for picking the best row of a table: used in :data:`DECIDES` only.
+PICKERS = frozenset({"idxmax", "idxmin"})
+
+
+def check_decisions(root: Path) -> list[str]:
+    """Places outside :data:`DECIDES` that define a deciding function or pick a best row (one line each)."""
+    out = []
+    for module, path in find_modules(root).items():
+        if module == DECIDES:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        rel = path.relative_to(root)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in DECISION_NAMES:
+                out.append(f"{rel}:{node.lineno}: {module} defines {node.name}(): only {DECIDES} decides (read its Decisions)")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in PICKERS:
+                out.append(f"{rel}:{node.lineno}: {module} picks a best row with .{node.func.attr}(): only {DECIDES} decides (read its Decisions)")
+    return out
+
+
+def test_only_the_selection_module_decides():
+    violations = check_decisions(ROOT)
+    assert not violations, "\n".join(violations)
+
+
+def test_a_planted_decision_outside_the_selection_module_is_reported(tmp_path):
+    root = _tree(tmp_path, {
+        **CLEAN,
+        "sweep/selection.py": "def leader(t):\n    return t.idxmax()\n",
+        "sweep/report.py": "def best_swap(t):\n    return t\n\n\ndef draw(t):\n    return t['value'].idxmin()\n",
+    })
+    assert check_decisions(root) == [
+        "layerswap/sweep/report.py:1: layerswap.sweep.report defines best_swap(): only layerswap.sweep.selection decides (read its Decisions)",
+        "layerswap/sweep/report.py:6: layerswap.sweep.report picks a best row with .idxmin(): only layerswap.sweep.selection decides (read its Decisions)",
+    ]
+
+
 if __name__ == "__main__":  # ``python tests/test_import_contract.py``: list the violations
     found = check_contract(ROOT)
     print("\n".join(found) or "the import contract holds")

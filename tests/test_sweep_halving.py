@@ -29,7 +29,8 @@ from layerswap.sweep.halving import (
     run_halving,
     shard,
 )
-from layerswap.sweep.loop import check_first_round, finalists, run_halving_sweep, write_report
+from layerswap.sweep.loop import check_first_round, run_halving_sweep, write_report
+from layerswap.sweep.selection import finalists
 
 N = 240
 
@@ -145,7 +146,7 @@ def test_the_report_names_the_best_swap_when_halving_drops_every_swap(tmp_path):
     swaps = [n for n in race.ranking() if n.startswith("swap-")]
     assert not set(swaps) & set(race.survivors)
     written = write_report(results, cfg, len(cands), tmp_path, scores, race)
-    sel, comps = written["selection"], written["comparisons"]
+    sel, comps = written.selection, written.comparisons
     assert sel.winner in ("math", "lang") and sel.best_swap == swaps[0] and sel.best_swap_dropped
     best = comps[(comps["role"] == "best swap") & (comps["language"] == "all")]
     assert set(best["reference"]) == {swaps[0]} and {"math", "lang"} <= set(best["candidate"])
@@ -181,8 +182,8 @@ def test_the_best_dropped_swap_is_the_one_that_lasted_longest_not_the_best_raw_m
     screen = results[results["task"] == "proxy"].set_index("candidate")["value"]
     assert screen["swap-b2-u2"] > screen["swap-b3-u2"]  # the raw means would name the other one
     written = write_report(results, cfg, len(cands), tmp_path, scores, race)
-    assert written["selection"].best_swap == "swap-b3-u2" and written["selection"].best_swap_dropped
-    comps = written["comparisons"]
+    assert written.selection.best_swap == "swap-b3-u2" and written.selection.best_swap_dropped
+    comps = written.comparisons
     assert set(comps.loc[comps["role"] == "best swap", "reference"]) == {"swap-b3-u2"}
     assert "`swap-b3-u2` = " in (tmp_path / "report.md").read_text()
 
@@ -206,7 +207,7 @@ def test_the_report_shows_rounds_and_screen_against_target(tmp_path):
         tmp_path / "figures" / "halving_rounds_proxy.svg"
     ).exists()
     assert (tmp_path / "figures" / "screen_vs_target_proxy_mgsm.svg").exists()
-    assert written["selection"].task == "mgsm" and "Example-evaluations:" in report
+    assert written.selection.task == "mgsm" and "Example-evaluations:" in report
 
 
 def test_an_eliminated_candidate_never_leads_the_screen(tmp_path):
@@ -218,8 +219,8 @@ def test_an_eliminated_candidate_never_leads_the_screen(tmp_path):
     assert "math" in race.rounds[0].eliminated
     boosted.loc[boosted["candidate"] == "math", "value"] = 99.0
     written = write_report(boosted, cfg, len(cands), tmp_path, scores, race)
-    assert written["selection"].winner in race.survivors
-    lead = written["comparisons"][(written["comparisons"]["role"] == "leader")]
+    assert written.selection.winner in race.survivors
+    lead = written.comparisons[(written.comparisons["role"] == "leader")]
     assert set(lead["reference"]) <= set(race.survivors)
 
 
@@ -450,14 +451,14 @@ def test_halving_sweep_end_to_end_on_tiny_models(tmp_path, tiny_experts, data_di
     )
     out = tmp_path / "sweep"
     first = run_sweep(cfg, out, log=lambda s: None)
-    race = first["halving"]
+    race = first.halving
     assert race.rounds and (out / "halving" / "round-0.json").exists() and (out / "report.md").exists()
-    flores = first["results"][first["results"]["task"] == "flores"]
+    flores = first.results[first.results["task"] == "flores"]
     assert set(flores["candidate"]) == set(finalists(race, build_candidates(cfg, 6), 1))
     again = run_sweep(cfg, out, log=lambda s: None)
-    pd.testing.assert_frame_equal(race.table(), again["halving"].table())
+    pd.testing.assert_frame_equal(race.table(), again.halving.table())
     cols = ["candidate", "task", "language", "metric", "value", "stderr", "ci_low", "ci_high", "n"]
-    pd.testing.assert_frame_equal(first["results"][cols], again["results"][cols])
+    pd.testing.assert_frame_equal(first.results[cols], again.results[cols])
 
 
 def _binary(values: dict[str, list[float]]) -> dict[str, pd.DataFrame]:

@@ -19,7 +19,8 @@ from layerswap.sweep import (
     validate_sweep_dict,
 )
 from layerswap.sweep.compare import compare_candidates, verdict_lines
-from layerswap.sweep.report import report_markdown, select, write_figures
+from layerswap.sweep.report import report_markdown, write_figures
+from layerswap.sweep.selection import select
 
 
 def _config(tmp_path: Path, **kw):
@@ -260,8 +261,8 @@ def test_run_sweep_end_to_end_on_tiny_models(tmp_path, tiny_experts, data_dir):
     # A rerun resumes from the stored candidates and gives the same table.
     again = run_sweep(cfg, out, log=lambda s: None)
     cols = ["candidate", "task", "language", "metric", "value", "stderr", "ci_low", "ci_high", "n"]
-    pd.testing.assert_frame_equal(first["results"][cols], again["results"][cols])
-    pd.testing.assert_frame_equal(first["comparisons"], again["comparisons"])
+    pd.testing.assert_frame_equal(first.results[cols], again.results[cols])
+    pd.testing.assert_frame_equal(first.comparisons, again.comparisons)
 
 
 def test_verdict_wording_for_every_case():
@@ -347,17 +348,25 @@ def test_settings_key_resolves_paths(tmp_path, monkeypatch):
     assert settings_key(rel) == settings_key(absolute) != settings_key(other)
 
 
-def test_named_best_swap_when_a_swap_leads_with_no_baselines():
-    """The leader appears only as a reference when nothing but swaps is compared: the sweep's own list of
-    swaps says it is one (found in review: the table alone named none, and the figure fell back to raw means)."""
-    from layerswap.sweep.compare import COMPARISON_COLUMNS, named_best_swap
+def test_the_best_swap_is_the_leader_when_a_swap_leads():
+    """One place decides: the leader, the best swap (the leader itself when a swap leads, else the best swap
+    by mean) and the best baseline, pooled and per language; the comparisons take their references from it."""
+    from layerswap.sweep.selection import decide
 
-    row = dict.fromkeys(COMPARISON_COLUMNS)
-    row.update(task="proxy", metric="gold_logprob", language="all", reference="swap-b3-u2", role="leader", candidate="swap-b2-u2", method="layer_swap")
-    comps = pd.DataFrame([row], columns=COMPARISON_COLUMNS)
-    assert named_best_swap(comps, "proxy", "gold_logprob", swaps={"swap-b3-u2", "swap-b2-u2"}) == "swap-b3-u2"
-    assert named_best_swap(comps, "proxy", "gold_logprob", swaps={"swap-b2-u2"}) is None  # a baseline leads
-    assert named_best_swap(comps, "flores", "bits_per_byte", swaps={"swap-b3-u2"}) is None
+    rows = [
+        {"candidate": c, "method": m, "task": "proxy", "language": lang, "metric": "gold_logprob", "value": v + (0.3 if lang == "bn" and c == "swap-b2-u2" else 0)}
+        for c, m, v in (("swap-b3-u2", "layer_swap", -1.0), ("swap-b2-u2", "layer_swap", -1.2), ("base", "identity", -2.0), ("soup", "linear", -1.1))
+        for lang in ("sw", "bn")
+    ]
+    results = pd.DataFrame(rows)
+    decisions = decide(results, [("proxy", "gold_logprob")])
+    pooled, bn = decisions.get("proxy"), decisions.get("proxy", "bn")
+    assert (pooled.leader, pooled.best_swap, pooled.best_baseline) == ("swap-b3-u2", "swap-b3-u2", "soup")
+    assert (bn.leader, bn.best_swap, bn.best_baseline) == ("swap-b2-u2", "swap-b2-u2", "soup")
+    base_leads = results.assign(value=results["value"].where(results["candidate"] != "base", 0.0))
+    pooled = decide(base_leads, [("proxy", "gold_logprob")]).get("proxy")
+    assert (pooled.leader, pooled.best_swap, pooled.best_baseline) == ("base", "swap-b3-u2", "soup")
+    assert decisions.get("flores") is None
 
 
 def test_every_sweep_setting_says_whether_it_changes_results():
@@ -420,7 +429,7 @@ def test_a_retrained_expert_in_the_same_folder_is_evaluated_again(tmp_path, tiny
     again = run_sweep(cfg, out, log=said.append)
     assert "resuming: 0 of 3 candidates stored, 3 to evaluate; 3 stored with other settings or inputs (math changed): evaluated again" in said
     def values(result):
-        table = result["results"]
+        table = result.results
         return table[table["metric"] == "gold_logprob"].set_index("candidate")["value"]
 
     before, after = values(first), values(again)

@@ -37,7 +37,7 @@ from layerswap.analysis.intervals import (
     split_gain,
 )
 from layerswap.stats import spearman_ci
-from layerswap.sweep.compare import named_best_swap
+from layerswap.sweep.selection import read_decisions
 
 HERE = Path(__file__).resolve().parent
 #: Files of an expert's folder worth keeping (its weights are not).
@@ -45,8 +45,6 @@ EXPERT_FILES = ("layerswap.json", "loss.csv", "loss.png", "recipe.yaml")
 TITLE = "# Evidence run: Gemma 3 270M, Swahili"
 #: Written into results/ by this script: only such a folder may be replaced.
 MARKER = ".collected-by-layerswap"
-#: The headline metric of each task the answers read.
-METRICS = {"mgsm": "exact_match", "proxy": "gold_logprob"}
 
 
 def copy_outputs(run: Path, dest: Path) -> None:
@@ -182,8 +180,9 @@ def answer_c(run: Path) -> list[str]:
     refs = ["math", "lang"] + [n for n in names if n == "soup" or n.startswith("ties-")]
     lines = ["## (c) Does the best swap beat each expert, the soup and TIES?", ""]
     lines += ["| comparison | task | difference | 95% CI (paired) | Holm p | verdict |", "|---|---|---|---|---|---|"]
+    decisions = read_decisions(run / "sweep")  # the sweep's own best swap per task: collect.py does not choose
     for task in ("mgsm", "proxy"):
-        best = named_best_swap(comps, task, METRICS[task])
+        best = decisions.best_swap(task)
         if best is not None:
             lines += _comparison_rows(comps, task, best, refs)
     target = results[(results["task"] == "mgsm") & (results["metric"] == "exact_match")]

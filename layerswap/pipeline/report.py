@@ -22,7 +22,7 @@ class SweepReads(NamedTuple):
 
 def sweep_reads(sweep: Any) -> SweepReads:
     """The one place the pipeline reads :func:`~layerswap.sweep.loop.run_sweep`'s result."""
-    return SweepReads(sweep["results"], sweep["comparisons"], sweep["selection"])
+    return SweepReads(sweep.results, sweep.comparisons, sweep.selection)
 
 
 def _interval(reads: SweepReads) -> str:

@@ -22,59 +22,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Collection
 
 import numpy as np
 import pandas as pd
 
 from layerswap.evaluate.tasks import higher_is_better
+from layerswap.sweep.selection import ALL, EXPERTS, SWAP_METHOD, Decisions, decide
 
-SWAP_METHOD = "layer_swap"
-ALL = "all"
 ALPHA = 0.05
-EXPERTS = ("math", "lang")
 COMPARISON_COLUMNS = [
     "task", "metric", "language", "reference", "role", "candidate", "method",
     "diff", "ci_low", "ci_high", "p_value", "p_holm", "test", "n", "verdict", "dropped",
 ]
-
-
-def leader(
-    results: pd.DataFrame, task: str, metric: str, language: str = ALL, *, method: str | None = None, among: list[str] | None = None
-) -> str | None:
-    """The candidate with the best mean over languages (``language=all``) or in one language; only
-    ``among`` these candidates when given (a halving sweep's survivors: an eliminated candidate's
-    mean is over fewer examples)."""
-    rows = results[(results["task"] == task) & (results["metric"] == metric)]
-    if among is not None:
-        rows = rows[rows["candidate"].isin(among)]
-    if language != ALL:
-        rows = rows[rows["language"] == language]
-    if method is not None:
-        rows = rows[rows["method"] == method]
-    means = rows.groupby("candidate", sort=False)["value"].mean().dropna()
-    if means.empty:
-        return None
-    return str(means.idxmax() if higher_is_better(metric) else means.idxmin())
-
-
-def named_best_swap(
-    comparisons: pd.DataFrame | None, task: str, metric: str, language: str = ALL, swaps: Collection[str] | None = None
-) -> str | None:
-    """The swap a sweep's ``comparisons.csv`` compares the others with on ``task`` in ``language``
-    (``all``: pooled): its "best swap" reference, or the leader when a swap leads. One answer for the
-    report, its figures and anything reading the table afterwards (a halving sweep's raw means are over
-    unequal examples). ``swaps``: the sweep's layer-swap candidates (``results.csv`` rows with method
-    ``layer_swap``); without it, the swaps the table itself lists as candidates."""
-    if comparisons is None or comparisons.empty:
-        return None
-    rows = comparisons[(comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == language)]
-    named = rows.loc[rows["role"] == "best swap", "reference"].unique().tolist()
-    if named:
-        return str(named[0])
-    lead = rows.loc[rows["role"] == "leader", "reference"].unique().tolist()
-    known = set(swaps) if swaps is not None else set(comparisons.loc[comparisons["method"] == SWAP_METHOD, "candidate"])
-    return str(lead[0]) if lead and lead[0] in known else None
 
 
 def _finite(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -116,17 +75,14 @@ def compare_candidates(
     tasks: list[tuple[str, str]],
     *,
     alpha: float = ALPHA,
-    among: dict[str, list[str]] | None = None,
-    best_swaps: dict[str, str] | None = None,
+    decisions: Decisions | None = None,
 ) -> pd.DataFrame:
     """Each candidate against the leader, the best swap and each baseline and expert, per task and scope.
 
-    ``among``: per task, the candidates that may lead (a halving sweep's survivors on its screen
-    task); every pair is compared on the examples both were scored on. ``best_swaps``: per task, the
-    best swap when no swap is ``among`` them (halving dropped every swap: the race's ranking, pooled
-    over languages, names it; each language's rows then use that same swap)."""
-    among = among or {}
-    best_swaps = best_swaps or {}
+    The leader and the best swap of each task and scope are ``decisions``'
+    (:mod:`~layerswap.sweep.selection`; default: decided on ``results`` alone, as an exhaustive sweep
+    does); every pair is compared on the examples both were scored on."""
+    decisions = decisions or decide(results, tasks)
     methods = results.groupby("candidate", sort=False)["method"].first()
     out: list[dict] = []
     for task, metric in tasks:
@@ -134,8 +90,8 @@ def compare_candidates(
         langs = sorted(results.loc[(results["task"] == task) & (results["metric"] == metric), "language"].unique())
         for scope in [ALL] + (langs if len(langs) > 1 else []):
             scoped = task_scores if scope == ALL else {c: s[s["lang"] == scope] for c, s in task_scores.items()}
-            lead = leader(results, task, metric, scope, among=among.get(task))
-            swap = leader(results, task, metric, scope, method=SWAP_METHOD, among=among.get(task)) or best_swaps.get(task)
+            decision = decisions.get(task, scope)
+            lead, swap = (decision.leader, decision.best_swap) if decision is not None else (None, None)
             refs = [(lead, "leader")] + ([(swap, "best swap")] if swap not in (None, lead) else [])
             if scope == ALL:  # per language: the leader and the best swap only (the heatmap's marks)
                 refs += [(str(c), _role(str(c))) for c, m in methods.items() if m != SWAP_METHOD and c != lead]

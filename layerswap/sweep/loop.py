@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
 
@@ -23,8 +23,9 @@ from layerswap.progress import bar
 from layerswap.sweep.candidates import build_candidates, merge_config_for
 from layerswap.sweep.config import Candidate, SweepConfig
 from layerswap.sweep.halving import HalvingPlan, HalvingResult, Unit, UnitStore, run_halving
-from layerswap.sweep.shard import Shard
 from layerswap.sweep.resume import ResumeKey, resume_line, settings_key
+from layerswap.sweep.selection import DECISIONS_FILE, SweepResult, decide_sweep, finalists
+from layerswap.sweep.shard import Shard
 from layerswap.sweep.store import RESULT_COLUMNS, ResultStore, rows_for
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ class InMemorySweep:
     def __init__(self, config: SweepConfig, *, log: Callable[[str], None]) -> None:
         import torch
 
-        from layerswap.evaluate.runner import load_model
+        from layerswap.evaluate.runner import auto_device, auto_dtype, load_model
         from layerswap.merge.memory import TensorCache
 
         self.config = config
@@ -158,6 +159,9 @@ class InMemorySweep:
             check_first_round(config, len(self.candidates))
         log(f"{len(self.candidates)} candidates: {', '.join(c.name for c in self.candidates)}")
         log(f"loading {config.base} once for all candidates")
+        dev = auto_device(config.device)  # a model memory cannot hold is refused here, not killed while loading
+        ref = self.cache.reference.config
+        self.cache.check_model_fits(auto_dtype(dev, ref.get("dtype") or ref.get("torch_dtype"), config.dtype), dev)
         self.lm = load_model(config.base, device=config.device, dtype=config.dtype)
         self.model_dtype = next(self.lm.model.parameters()).dtype
         if config.cache_dtype == "model":
@@ -266,28 +270,6 @@ def check_first_round(config: SweepConfig, n_candidates: int) -> None:
         )
 
 
-def finalists(result: HalvingResult, candidates: list[Candidate], k: int, always: Sequence[str] = ()) -> list[str]:
-    """What the target sees after halving: the last ``k`` survivors (by the race's ranking), the best
-    layer swap (when none of those is one: the question is whether a swap beats the rest on the target),
-    the experts (``math``, ``lang``), the best baseline (the baseline that lasted longest, then by its
-    mean) and the baselines named in ``always`` (``candidates.baselines`` names: ``base``, or a merge
-    method such as ``ties``)."""
-    from layerswap.sweep.compare import EXPERTS, SWAP_METHOD
-
-    ranking = result.ranking()
-    chosen = ranking[:k]
-    by_name = {c.name: c for c in candidates}
-    swaps = [n for n in ranking if by_name[n].method == SWAP_METHOD]
-    if swaps and not any(n in chosen for n in swaps):
-        chosen.append(swaps[0])
-    chosen += [e for e in EXPERTS if e in by_name and e not in chosen]
-    baselines = [n for n in ranking if by_name[n].method != SWAP_METHOD and n not in EXPERTS]
-    if baselines and baselines[0] not in chosen:
-        chosen.append(baselines[0])
-    chosen += [c.name for c in candidates if c.source == "baseline" and (c.name in always or c.method in always)]
-    return [c.name for c in candidates if c.name in chosen]
-
-
 def screen_summary(scores: pd.DataFrame, task: str) -> pd.DataFrame:
     """The headline metric per language from per-example scores (a mean, or a ratio of sums)."""
     spec = get_task(task)
@@ -391,34 +373,20 @@ def write_report(
     out: Path,
     scores: dict[str, pd.DataFrame | None] | None = None,
     race: HalvingResult | None = None,
-) -> dict[str, Any]:
-    """Select the leader, compare the candidates paired (``comparisons.csv``), draw the figures and
-    write ``report.md``; returns what was written. ``scores``: each candidate's per-example scores;
-    ``race``: the halving rounds (a halving sweep), whose survivors alone may lead on the screen task."""
-    from layerswap.sweep.compare import SWAP_METHOD, compare_candidates, named_best_swap
-    from layerswap.sweep.report import (
-        halving_section,
-        report_markdown,
-        screen_target_section,
-        select,
-        with_best_swap,
-        write_figures,
-    )
+) -> SweepResult:
+    """Decide (:mod:`~layerswap.sweep.selection`), compare the candidates paired (``comparisons.csv``),
+    draw the figures and write ``decisions.csv`` and ``report.md``; returns the :class:`SweepResult`.
+    ``scores``: each candidate's per-example scores; ``race``: the halving rounds (a halving sweep),
+    whose survivors alone may lead on the screen task."""
+    from layerswap.sweep.compare import compare_candidates
+    from layerswap.sweep.report import halving_section, report_markdown, screen_target_section, write_figures
 
-    task = config.decision_task()
-    among = {race.plan.task: race.survivors} if race is not None else {}
-    # Halving may drop every swap; the race's ranking (last round entered, then mean) still names the best one.
-    methods = results.groupby("candidate", sort=False)["method"].first()
-    raced_swaps = [n for n in race.ranking() if methods.get(n) == SWAP_METHOD] if race is not None else []
-    best_swaps = {race.plan.task: raced_swaps[0]} if raced_swaps else {}
-    eligible = results if task not in among else results[(results["task"] != task) | results["candidate"].isin(among[task])]
     headline = [(t, get_task(t).metric) for t in config.tasks]
-    comparisons = compare_candidates(results, scores or {}, headline, among=among, best_swaps=best_swaps)
-    metric = get_task(task).metric
-    swaps = set(methods.index[methods == SWAP_METHOD])
-    selection = with_best_swap(select(eligible, task, metric), results, named_best_swap(comparisons, task, metric, swaps=swaps))
+    decisions, selection = decide_sweep(results, headline, config.decision_task(), race)
+    comparisons = compare_candidates(results, scores or {}, headline, decisions=decisions)
     write_text_atomic(out / "comparisons.csv", comparisons.to_csv(index=False))
-    figures = write_figures(results, out / "figures", headline, comparisons)
+    write_text_atomic(out / DECISIONS_FILE, decisions.table().to_csv(index=False))
+    figures = write_figures(results, out / "figures", headline, comparisons, decisions)
     sections: list[str] = []
     if race is not None:
         sections += halving_section(race, n_candidates, out / "figures", root=out)
@@ -437,14 +405,17 @@ def write_report(
         out / "report.md",
         report_markdown(results, selection, figures, root=out, notes=notes, comparisons=comparisons, sections=sections),
     )
-    return {
-        "results": results,
-        "selection": selection,
-        "comparisons": comparisons,
-        "figures": figures,
-        "report": out / "report.md",
-        "overhead": overhead,
-    }
+    return SweepResult(
+        results=results,
+        halving=race,
+        scores=scores or {},
+        decisions=decisions,
+        selection=selection,
+        comparisons=comparisons,
+        figures=figures,
+        report=out / "report.md",
+        overhead=overhead,
+    )
 
 
 def check_sweep_output(config: SweepConfig, out: str | Path, inputs: Any = ()) -> Path:
@@ -473,11 +444,11 @@ def run_sweep(
     log: Callable[[str], None] = print,
     inputs: Any = (),
     sharding: Shard | None = None,
-) -> dict[str, Any]:
+) -> SweepResult:
     """Merge every candidate in memory into one loaded model, evaluate it, store, plot and report.
 
-    Returns a dict with the results DataFrame, the :class:`~layerswap.sweep.report.Selection` and
-    the paths written. Rerunning with the same config and ``out`` resumes where it stopped. Inputs
+    Returns the :class:`~layerswap.sweep.selection.SweepResult`: the tables, the decisions and the
+    paths written. Rerunning with the same config and ``out`` resumes where it stopped. Inputs
     (models, data folder, boundaries file, and ``inputs`` such as the config file) are checked first:
     nothing is written before they are (:func:`check_sweep_output`).
 
@@ -485,7 +456,7 @@ def run_sweep(
     process checks the inputs and loads the model once, then runs its share of the candidates (or of
     each halving round's units) into the same store; the main process alone creates the folder and
     writes ``sweep.yaml``, the rounds, ``results.csv``, the figures, the report and the best model.
-    The other processes return ``{"results": ..., "halving": ...}`` (the same table) and log nothing.
+    The other processes return only the results and the race (the same) and log nothing.
     """
     sharding = sharding or Shard.from_environment()
     if not sharding.is_main:
@@ -528,15 +499,15 @@ def run_sweep(
         results = run_candidates(sweep.candidates, store, sweep.merge_into_model, sweep.evaluate_model, sharding=sharding, log=log)
         scores = {c.name: store.load_scores(c) for c in sweep.candidates}
     if not sharding.is_main:
-        return {"results": results, "halving": race}
+        return SweepResult(results=results, halving=race, scores=scores)
     write_text_atomic(out / "results.csv", results.to_csv(index=False))
     written = write_report(results, config, len(sweep.candidates), out, scores, race)
-    written["halving"] = race
-    selection = written["selection"]
+    selection = written.selection
+    assert selection is not None and written.comparisons is not None
     if config.save_best:
-        written["best_model"] = out / "best-model"
-        sweep.save(selection.winner, written["best_model"])
-    comps = written["comparisons"]
+        written.best_model = out / "best-model"
+        sweep.save(selection.winner, written.best_model)
+    comps = written.comparisons
     tied = comps[
         (comps["role"] == "leader")
         & (comps["task"] == selection.task)

@@ -10,134 +10,18 @@ is better high or low comes from the task that reports it (``layerswap.evaluate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-from layerswap.errors import DataError
 from layerswap.evaluate.tasks import higher_is_better
 from layerswap.figures import pyplot, save_figure
-from layerswap.sweep.compare import ALL, SWAP_METHOD, named_best_swap, verdict_lines
+from layerswap.sweep.compare import verdict_lines
+from layerswap.sweep.selection import ALL, SWAP_METHOD, Decisions, Selection, decide, per_candidate
 
 plt = pyplot()
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The winner of a sweep on one (task, metric), averaged over the languages."""
-
-    task: str
-    metric: str
-    winner: str
-    value: float
-    runner_up: str | None
-    runner_up_value: float | None
-    best_baseline: str | None
-    best_baseline_value: float | None
-    winner_is_baseline: bool = False
-    best_swap: str | None = None
-    best_swap_value: float | None = None
-    #: The best swap was dropped by halving (its mean may be over fewer examples than the leader's).
-    best_swap_dropped: bool = False
-
-    @property
-    def margin_over_baseline(self) -> float | None:
-        if self.best_baseline_value is None:
-            return None
-        sign = 1 if higher_is_better(self.metric) else -1
-        return sign * (self.value - self.best_baseline_value)
-
-    def comparison(self) -> str:
-        """One sentence: the leader's mean against the best baseline's, or, when a baseline leads, the best swap's.
-
-        Means only: whether a margin is real is the paired verdict's call (``compare.verdict_lines``).
-        """
-        if self.winner_is_baseline:
-            if self.best_swap is None:
-                return "The leader is a baseline; no layer swap was evaluated."
-            if self.best_swap_dropped:
-                return (
-                    f"The leader is a baseline; halving dropped every layer swap. Best layer swap (the one that lasted "
-                    f"longest, then by its mean): `{self.best_swap}` = {self.best_swap_value:.4g} over the examples it was "
-                    "scored on (see the paired verdict on the examples it shares with the leader)."
-                )
-            sign = 1 if higher_is_better(self.metric) else -1
-            return (
-                f"The leader is a baseline: no layer swap has a better mean. Best layer swap: `{self.best_swap}` = "
-                f"{self.best_swap_value:.4g}, {sign * (self.value - self.best_swap_value):.4g} behind (see the paired verdict)."
-            )
-        if self.best_baseline is None:
-            return "No baseline was evaluated."
-        return (
-            f"Best baseline: `{self.best_baseline}` = {self.best_baseline_value:.4g}; "
-            f"margin {self.margin_over_baseline:+.4g} in the leader's favour (see the paired verdict for whether it is real)."
-        )
-
-
-def per_candidate(results: pd.DataFrame, task: str, metric: str) -> pd.DataFrame:
-    """Mean over languages of one (task, metric) per candidate, with its method, swap sizes and interval.
-
-    The interval (``ci_low``, ``ci_high``) is the stored 95% interval with one language; with several,
-    mean +- 1.96 x the standard error of the mean over languages (their errors independent).
-    """
-    rows = results[(results["task"] == task) & (results["metric"] == metric)].copy()
-    for col in ("stderr", "ci_low", "ci_high"):
-        if col not in rows:
-            rows[col] = np.nan
-    rows["var"] = rows["stderr"].astype(float) ** 2
-    keys = ["candidate", "method", "bottom", "top", "transition", "analysis_score"]
-    agg = rows.groupby("candidate", sort=False).agg(
-        value=("value", "mean"), langs=("value", "size"), var=("var", "sum"), lo=("ci_low", "first"), hi=("ci_high", "first"),
-        **{k: (k, "first") for k in keys[1:]},
-    )
-    se = np.sqrt(agg["var"].astype(float)) / agg["langs"]
-    agg["stderr"] = se.where(rows.groupby("candidate", sort=False)["stderr"].apply(lambda s: s.notna().all()))
-    one = agg["langs"] == 1
-    agg["ci_low"] = np.where(one, agg["lo"], agg["value"] - 1.96 * agg["stderr"])
-    agg["ci_high"] = np.where(one, agg["hi"], agg["value"] + 1.96 * agg["stderr"])
-    return agg.drop(columns=["langs", "var", "lo", "hi"]).reset_index()
-
-
-def select(results: pd.DataFrame, task: str, metric: str) -> Selection:
-    """Pick the best candidate (mean over languages) and the margin over the best baseline."""
-    table = per_candidate(results, task, metric).dropna(subset=["value"])
-    if table.empty:
-        raise DataError(f"the sweep has no results for task {task} metric {metric}: check the tasks and the data folder")
-    table = table.sort_values("value", ascending=not higher_is_better(metric), kind="stable")
-    winner = table.iloc[0]
-    runner = table.iloc[1] if len(table) > 1 else None
-    baselines = table[table["candidate"] != winner["candidate"]]
-    baselines = baselines[baselines["method"] != SWAP_METHOD]
-    best_base = baselines.iloc[0] if len(baselines) else None
-    swaps = table[table["method"] == SWAP_METHOD]
-    best_swap = swaps.iloc[0] if len(swaps) else None
-    return Selection(
-        task=task,
-        metric=metric,
-        winner=str(winner["candidate"]),
-        value=float(winner["value"]),
-        runner_up=None if runner is None else str(runner["candidate"]),
-        runner_up_value=None if runner is None else float(runner["value"]),
-        best_baseline=None if best_base is None else str(best_base["candidate"]),
-        best_baseline_value=None if best_base is None else float(best_base["value"]),
-        winner_is_baseline=winner["method"] != SWAP_METHOD,
-        best_swap=None if best_swap is None else str(best_swap["candidate"]),
-        best_swap_value=None if best_swap is None else float(best_swap["value"]),
-    )
-
-
-def with_best_swap(selection: Selection, results: pd.DataFrame, best_swap: str | None) -> Selection:
-    """``selection`` naming ``best_swap`` (from the paired comparisons) when it names none: halving dropped
-    every swap, so none was eligible to lead, yet the report must still say which swap came closest."""
-    if selection.best_swap is not None or best_swap is None:
-        return selection
-    table = per_candidate(results, selection.task, selection.metric).set_index("candidate")
-    if best_swap not in table.index:
-        return selection
-    return replace(selection, best_swap=best_swap, best_swap_value=float(table.loc[best_swap, "value"]), best_swap_dropped=True)
 
 
 def _metric_label(task: str, metric: str) -> str:
@@ -155,13 +39,17 @@ def _marks(comparisons: pd.DataFrame | None, task: str, metric: str, scope: str,
     return set(rows.loc[rows["verdict"] == "indistinguishable", "candidate"])
 
 
-def swap_heatmap(results: pd.DataFrame, task: str, metric: str, comparisons: pd.DataFrame | None = None) -> plt.Figure:
+def swap_heatmap(
+    results: pd.DataFrame, task: str, metric: str, comparisons: pd.DataFrame | None = None, decisions: Decisions | None = None
+) -> plt.Figure:
     """Metric over (bottom, top) language layers per language; the best transition per cell.
 
-    With ``comparisons`` (``comparisons.csv``), the best swap they name (after halving, not always the
-    best raw mean; its cell shows it) is starred and the cells whose swap is statistically
+    The best swap of each language is ``decisions``' (:mod:`~layerswap.sweep.selection`; after halving
+    not always the best raw mean: its cell shows it; default: decided on ``results``). With
+    ``comparisons`` (``comparisons.csv``) it is starred and the cells whose swap is statistically
     indistinguishable from it (paired test, Holm-adjusted p >= 0.05) are boxed.
     """
+    decisions = decisions or decide(results, [(task, metric)])
     rows = results[(results["task"] == task) & (results["metric"] == metric) & (results["method"] == SWAP_METHOD)]
     langs = sorted(rows["language"].unique())
     fig, axes = plt.subplots(1, max(1, len(langs)), figsize=(4.2 * max(1, len(langs)) + 0.8, 3.8), squeeze=False)
@@ -169,10 +57,10 @@ def swap_heatmap(results: pd.DataFrame, task: str, metric: str, comparisons: pd.
     for ax, lang in zip(axes[0], langs, strict=False):
         scope = ALL if len(langs) == 1 else lang
         sub = rows[rows["language"] == lang].dropna(subset=["value"])
-        # The best swap the comparisons name (after halving: not always the best raw mean) keeps its cell.
-        named = named_best_swap(comparisons, task, metric, scope, swaps=set(sub["candidate"]))
+        # The decided best swap (after halving: not always the best raw mean) keeps its cell.
+        best = decisions.best_swap(task, scope) or ""
         sub = sub.sort_values("value", ascending=not high, kind="stable")
-        sub = sub.sort_values("candidate", key=lambda c: c != named, kind="stable").drop_duplicates(["bottom", "top"])
+        sub = sub.sort_values("candidate", key=lambda c: c != best, kind="stable").drop_duplicates(["bottom", "top"])
         grid = sub.pivot(index="bottom", columns="top", values="value").sort_index(ascending=False)
         names = sub.pivot(index="bottom", columns="top", values="candidate").reindex_like(grid)
         im = ax.imshow(grid.values.astype(float), cmap="viridis" if high else "viridis_r", aspect="auto")
@@ -180,7 +68,6 @@ def swap_heatmap(results: pd.DataFrame, task: str, metric: str, comparisons: pd.
         ax.set_yticks(range(grid.shape[0]), [str(int(i)) for i in grid.index])
         ax.set_xlabel("top layers from the language expert")
         ax.set_ylabel("bottom layers from the language expert")
-        best = named or (str(sub.iloc[0]["candidate"]) if len(sub) else "")
         marked = _marks(comparisons, task, metric, scope, best)
         ax.set_title(lang)
         for (i, j), v in np.ndenumerate(grid.values.astype(float)):
@@ -204,10 +91,12 @@ def _yerr(frame: pd.DataFrame) -> np.ndarray:
     return np.vstack([low.to_numpy(), high.to_numpy()])
 
 
-def baseline_bars(results: pd.DataFrame, task: str, metric: str, comparisons: pd.DataFrame | None = None) -> plt.Figure:
-    """The best swap against every baseline, per language, with 95% intervals: the swap ``comparisons``
-    names (a halving sweep's: the best survivor, or the race's best when it dropped every swap), else
-    the best mean over languages.
+def baseline_bars(
+    results: pd.DataFrame, task: str, metric: str, comparisons: pd.DataFrame | None = None, decisions: Decisions | None = None
+) -> plt.Figure:
+    """The best swap against every baseline, per language, with 95% intervals: the best swap of
+    ``decisions`` (a halving sweep's: the best survivor, or the race's best when it dropped every swap;
+    default: decided on ``results``, the best mean over languages).
 
     A dot plot rather than bars from zero: log-likelihoods and bits per byte have no natural zero,
     and the differences between candidates are what matters. The error bars are each candidate's own
@@ -220,10 +109,9 @@ def baseline_bars(results: pd.DataFrame, task: str, metric: str, comparisons: pd
         if col not in rows:
             rows[col] = np.nan
     table = per_candidate(results, task, metric)
-    swaps = table[table["method"] == SWAP_METHOD].sort_values("value", ascending=not higher_is_better(metric))
-    keep = [c for c in table["candidate"] if c not in set(swaps["candidate"])]
-    named = named_best_swap(comparisons, task, metric, swaps=set(swaps["candidate"]))
-    best_swap = named or (str(swaps.iloc[0]["candidate"]) if len(swaps) else None)
+    swaps = set(table.loc[table["method"] == SWAP_METHOD, "candidate"])
+    keep = [c for c in table["candidate"] if c not in swaps]
+    best_swap = (decisions or decide(results, [(task, metric)])).best_swap(task)
     if best_swap is not None:
         keep = [best_swap] + keep
     langs = sorted(rows["language"].unique())
@@ -321,7 +209,11 @@ def _ci(low: float, high: float) -> str:
 
 
 def write_figures(
-    results: pd.DataFrame, out: Path, tasks: Iterable[tuple[str, str]], comparisons: pd.DataFrame | None = None
+    results: pd.DataFrame,
+    out: Path,
+    tasks: Iterable[tuple[str, str]],
+    comparisons: pd.DataFrame | None = None,
+    decisions: Decisions | None = None,
 ) -> dict[str, dict]:
     """All sweep figures for each (task, metric) into ``out``; returns what was drawn."""
     out.mkdir(parents=True, exist_ok=True)
@@ -330,8 +222,8 @@ def write_figures(
         key = f"{task}-{metric}"
         info: dict = {}
         if (results["method"] == SWAP_METHOD).any():
-            info["heatmap"] = save_figure(swap_heatmap(results, task, metric, comparisons), out / f"swap_heatmap_{key}")[0]
-        info["bars"] = save_figure(baseline_bars(results, task, metric, comparisons), out / f"best_vs_baselines_{key}")[0]
+            info["heatmap"] = save_figure(swap_heatmap(results, task, metric, comparisons, decisions), out / f"swap_heatmap_{key}")[0]
+        info["bars"] = save_figure(baseline_bars(results, task, metric, comparisons, decisions), out / f"best_vs_baselines_{key}")[0]
         fig, rho = score_scatter(results, task, metric)
         info["scatter"] = save_figure(fig, out / f"score_vs_metric_{key}")[0]
         info["rho"] = rho
