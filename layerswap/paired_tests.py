@@ -21,7 +21,7 @@ reject at the same level, so verdict and interval agree by construction:
 
 A family of ``m`` comparisons is judged at ``alpha / m`` (Bonferroni) with intervals at
 ``1 - alpha / m``: Holm's step-down has no interval that agrees with it, Bonferroni's does.
-:func:`examples_needed` says how many examples would detect the observed difference with the
+:func:`layerswap.power.examples_needed` says how many examples would detect the observed difference with the
 requested power at the same level.
 """
 
@@ -31,11 +31,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats as _st
 
-from layerswap.stats import NAN, Scores, _array, _same_length, is_binary, paired_binary_interval, paired_binary_n
+from layerswap.stats import NAN, Scores, _array, _same_length, is_binary, paired_binary_interval
 
-__all__ = ["PairedTest", "examples_needed", "family_level", "paired_ratio_test", "paired_test"]
+__all__ = ["PairedTest", "family_level", "paired_ratio_test", "paired_test"]
 
 #: Up to this many examples every sign pattern is enumerated (2**16 patterns): exact p-values.
 EXACT_MAX_N = 16
@@ -211,35 +210,3 @@ def paired_ratio_test(num_a: Scores, den_a: Scores, num_b: Scores, den_b: Scores
     low, high = float(t[j]), float(t[total - 1 - j])
     p_value = min(1.0, 2.0 * min(int((t <= 0).sum()), int((t >= 0).sum())) / total)
     return PairedTest(diff, low, high, p_value, level, "bootstrap", n)
-
-
-def examples_needed(a: Scores, b: Scores, *, level: float = 0.05, power: float = 0.8) -> float:
-    """Examples at which the observed mean difference of ``a - b`` would be detected with ``power``.
-
-    0/1 scores: McNemar's sample size from the observed difference and discordance
-    (:func:`layerswap.stats.paired_binary_n`); other scores: the paired t approximation
-    ``n = ((t_{1-level/2, n-1} + t_{power, n-1}) * sd(d) / |mean(d)|)^2`` solved by iteration.
-    ``inf`` when the observed difference is 0 (no sample size detects it); NaN with under 2 examples.
-    """
-    x, y = _array(a, "a"), _array(b, "b")
-    _same_length(x, y)
-    if x.size < 2:
-        return NAN
-    d = x - y
-    delta = float(d.mean())
-    if delta == 0.0:
-        return math.inf
-    if is_binary(x) and is_binary(y):
-        discordance = float(np.mean(d != 0))
-        return float(paired_binary_n(delta, discordance, power=power, alpha=level))
-    sd = float(d.std(ddof=1))
-    if sd == 0.0:
-        return 2.0
-    n = ((_st.norm.ppf(1.0 - level / 2.0) + _st.norm.ppf(power)) * sd / abs(delta)) ** 2
-    for _ in range(20):
-        df = max(1.0, n - 1.0)
-        n_next = ((_st.t.ppf(1.0 - level / 2.0, df) + _st.t.ppf(power, df)) * sd / abs(delta)) ** 2
-        if abs(n_next - n) < 1e-6:
-            break
-        n = n_next
-    return float(max(2, math.ceil(n)))

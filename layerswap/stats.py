@@ -20,8 +20,7 @@ definition of every interval:
   ``permutation_type="samples"``: each example's two scores swapped at random).
 - :func:`holm`: Holm's step-down correction for a family of p-values.
 - :func:`spearman_ci`: Spearman's rho with a bootstrap interval over pairs.
-- :func:`paired_binary_n` and :func:`mcnemar_power`: examples needed to detect an accuracy
-  difference with McNemar's test (normal approximation), and the exact power of the exact test.
+- Examples needed and power: :mod:`layerswap.power`.
 
 Empty inputs give NaN, never an exception: a caller that has no examples reports "n = 0".
 """
@@ -45,8 +44,6 @@ __all__ = [
     "mcnemar",
     "mean_estimate",
     "mean_stderr",
-    "mcnemar_power",
-    "paired_binary_n",
     "paired_difference",
     "paired_ratio_difference",
     "ratio_estimate",
@@ -417,44 +414,3 @@ def spearman_ci(x: Scores, y: Scores, *, confidence: float = 0.95,
         return rho, NAN, NAN
     low, high = np.quantile(rhos, [alpha / 2.0, 1.0 - alpha / 2.0])
     return rho, float(low), float(high)
-
-
-def paired_binary_n(delta: float, discordance: float, *, power: float = 0.8, alpha: float = 0.05,
-                    exact: bool = False) -> int:
-    """Examples needed for McNemar's test to detect an accuracy difference ``delta`` (two-sided).
-
-    ``discordance`` is the share of examples the two systems score differently (``p01 + p10``);
-    ``delta = p10 - p01`` must not exceed it. Connor's (1987) normal approximation:
-    ``n = (z_{1-alpha/2} sqrt(psi) + z_power sqrt(psi - delta^2))^2 / delta^2``, rounded up.
-    ``exact=True``: the smallest n from there up at which the exact test (:func:`mcnemar`) reaches
-    ``power`` by :func:`mcnemar_power` (a few percent more: the exact test is conservative).
-    """
-    delta = abs(float(delta))
-    if not 0.0 < delta <= discordance <= 1.0:
-        raise ValueError(f"need 0 < delta <= discordance <= 1, got delta={delta}, discordance={discordance}")
-    za, zb = _st.norm.ppf(1.0 - alpha / 2.0), _st.norm.ppf(power)
-    n = int(math.ceil((za * math.sqrt(discordance) + zb * math.sqrt(discordance - delta * delta)) ** 2 / (delta * delta)))
-    while exact and mcnemar_power(n, delta, discordance, alpha=alpha) < power:
-        n += 1
-    return n
-
-
-def mcnemar_power(n: int, delta: float, discordance: float, *, alpha: float = 0.05) -> float:
-    """Exact power of the exact two-sided McNemar test (:func:`mcnemar`) on ``n`` paired examples.
-
-    The two systems disagree on each example with probability ``discordance`` and A is the one
-    right with probability ``(discordance + delta) / 2``. Summed exactly over the number of
-    discordant examples ``m ~ Binomial(n, discordance)``: the probability that the split of the
-    ``m`` rejects at ``alpha`` (no simulation, so the figures in the docs are reproducible).
-    """
-    delta = abs(float(delta))
-    if not 0.0 <= delta <= discordance <= 1.0:
-        raise ValueError(f"need 0 <= delta <= discordance <= 1, got delta={delta}, discordance={discordance}")
-    m = np.arange(1, int(n) + 1)
-    q = (discordance + delta) / (2.0 * discordance)
-    # Largest k with P(K <= k | Binom(m, 1/2)) <= alpha/2: the lower critical value (symmetric upper one).
-    low = _st.binom.ppf(alpha / 2.0, m, 0.5)
-    low = np.where(_st.binom.cdf(low, m, 0.5) <= alpha / 2.0, low, low - 1)
-    reject = _st.binom.cdf(low, m, q) + _st.binom.sf(m - low - 1, m, q)
-    weights = _st.binom.pmf(m, int(n), discordance)
-    return float(np.sum(weights * np.where(low >= 0, reject, 0.0)))

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from layerswap.paired_tests import examples_needed, family_level, paired_ratio_test, paired_test
+from layerswap.paired_tests import family_level, paired_ratio_test, paired_test
+from layerswap.power import examples_needed
 from layerswap.stats import mcnemar, paired_difference
 
 

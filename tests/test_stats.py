@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from layerswap import stats
+from layerswap import power, stats
 
 # --- known answers -------------------------------------------------------------------------------
 
@@ -190,10 +190,10 @@ def test_paired_ratio_difference():
 
 def test_paired_binary_n_by_hand_and_by_simulation():
     # delta 0.1 at discordance 0.2: (1.95996 sqrt(.2) + 0.84162 sqrt(.19))^2 / .01 = 154.6 -> 155
-    assert stats.paired_binary_n(0.10, 0.20) == 155
-    assert stats.paired_binary_n(0.02, 0.20) > stats.paired_binary_n(0.05, 0.20) > 155
+    assert power.paired_binary_n(0.10, 0.20) == 155
+    assert power.paired_binary_n(0.02, 0.20) > power.paired_binary_n(0.05, 0.20) > 155
     with pytest.raises(ValueError):
-        stats.paired_binary_n(0.3, 0.2)
+        power.paired_binary_n(0.3, 0.2)
     # The exact McNemar test at that n detects the difference in about 80% of seeded draws.
     rng = np.random.default_rng(11)
     n, p10, p01 = 155, 0.15, 0.05
@@ -201,10 +201,10 @@ def test_paired_binary_n_by_hand_and_by_simulation():
     hits = sum(st.binomtest(int(x), int(x + y), 0.5).pvalue < 0.05 for x, y, _ in draws if x + y)
     assert 0.72 < hits / 1500 < 0.86
     # ... and mcnemar_power computes that probability exactly (0.762: the exact test is conservative)
-    assert stats.mcnemar_power(n, 0.10, 0.20) == pytest.approx(hits / 1500, abs=0.03)
-    assert stats.mcnemar_power(n, 0.10, 0.20) < 0.8 <= stats.mcnemar_power(stats.paired_binary_n(0.1, 0.2, exact=True), 0.1, 0.2)
-    assert stats.paired_binary_n(0.1, 0.2, exact=True) == 168
-    assert stats.mcnemar_power(50, 0.0, 0.2) <= 0.05  # no difference: the size, at most alpha
+    assert power.mcnemar_power(n, 0.10, 0.20) == pytest.approx(hits / 1500, abs=0.03)
+    assert power.mcnemar_power(n, 0.10, 0.20) < 0.8 <= power.mcnemar_power(power.paired_binary_n(0.1, 0.2, exact=True), 0.1, 0.2)
+    assert power.paired_binary_n(0.1, 0.2, exact=True) == 168
+    assert power.mcnemar_power(50, 0.0, 0.2) <= 0.05  # no difference: the size, at most alpha
 
 
 # --- coverage ------------------------------------------------------------------------------------
