@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_analysis_importance import LANG  # the same four Swahili sentences
 
 from layerswap.analysis.lenses import LENSES, lens_recommendations, run_lenses
 from layerswap.analysis.lenses.cka import linear_cka
@@ -21,12 +22,6 @@ MATH = [
     "Question: 4 boxes hold 6 pens each. How many pens? Step-by-Step Answer: 4 * 6 = 24. The answer is 24.",
     "Question: A train travels 60 km in 1 hour. How far in 3 hours? Step-by-Step Answer: 60 * 3 = 180.",
     "Question: Sam had 10 sweets and ate 4. How many are left? Step-by-Step Answer: 10 - 4 = 6.",
-]
-LANG = [
-    "Habari za asubuhi. Leo ni siku nzuri sana.",
-    "Juma ana machungwa manne na anapewa mengine matatu.",
-    "Tunasoma lugha na hesabu shuleni kila siku.",
-    "Mvua inanyesha leo jioni katika mji wetu.",
 ]
 
 

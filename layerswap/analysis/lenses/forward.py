@@ -113,8 +113,8 @@ class Decoder:
     softcap: float | None
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        head_device = self.head.weight.device
-        logits = self.head(self.norm(hidden.to(head_device))).float()
+        norm_device = next(self.norm.parameters(), self.head.weight).device  # with a device map they may differ
+        logits = self.head(self.norm(hidden.to(norm_device)).to(self.head.weight.device)).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -37,7 +37,7 @@ from layerswap.io import (
 from layerswap.io.swap_geometry import SwapGeometry
 
 #: Defaults of the activation lenses' knobs (``options``).
-DEFAULT_OPTIONS = {"cka_tokens": 256, "logit_tokens": 64, "lape_sentences": 16, "lape_ratio": 0.01, "lape_top": 5.0}
+DEFAULT_OPTIONS = {"cka_tokens": 256, "logit_tokens": 32, "lape_sentences": 16, "lape_ratio": 0.01, "lape_top": 5.0}
 
 
 @dataclass
