@@ -78,3 +78,21 @@ EXIT_CODES: dict[str, int] = {
         NumericalError,
     )
 }
+
+
+#: OS errors that say the environment failed (a full disk, too many open files), not the program.
+_ENVIRONMENT_ERRNOS = {28: "no space left on the device", 122: "disk quota exceeded", 24: "too many open files",
+                       23: "too many open files in the system", 5: "an input/output error", 30: "a read-only file system"}  # fmt: skip
+
+
+def environment_error(exc: OSError, where: str | None = None) -> WriteFailedError | None:
+    """The one line for an OS failure of the environment that reached the CLI (None: not one of those).
+
+    Outputs written through :mod:`layerswap.io.atomic` say "nothing was written" themselves; this line,
+    for whatever escaped them (standard output on a full device, a log), does not claim it."""
+    what = _ENVIRONMENT_ERRNOS.get(exc.errno or 0)
+    if what is None:
+        return None
+    place = where or exc.filename or "an output (or standard output)"
+    fix = "raise the limit (ulimit -n 4096)" if exc.errno in (23, 24) else "free space or write elsewhere"
+    return WriteFailedError(f"writing {place} failed: {what}; {fix}, then rerun the command")

@@ -58,11 +58,7 @@ def _write_sd(out: Path, donor: Path, edit: Callable[[dict[str, torch.Tensor]], 
 
     sd = dict(state_dict_of(donor))
     edit(sd)
-    write_tensors(out, sd, donor=donor)
-    if config:
-        cfg = json.loads((out / "config.json").read_text())
-        cfg.update(config)
-        (out / "config.json").write_text(json.dumps(cfg))
+    write_tensors(out, sd, donor=donor, config_updates=config)  # the writer refuses a config that contradicts the tensors
     return out
 
 

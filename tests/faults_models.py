@@ -291,6 +291,6 @@ CASES: list[Case] = [
     Case("config-more-layers", "swap --math FOLDER (config says 8 layers, weights hold 6) ...", _swap_math("config-more-layers"), "CheckpointError", "says 8 layers", "fix num_hidden_layers"),
     Case("config-fewer-layers", "inspect FOLDER (config says 4 layers, weights hold 6)", _inspect("config-fewer-layers"), "CheckpointError", "says 4 layers", "fix num_hidden_layers"),
     Case("expert-other-architecture", "swap --math QWEN2-CONFIG --lang LLAMA ...", _swap_math("expert-other-arch"), "IncompatibleModelsError", "model_type", "same base model"),
-    Case("expert-other-hidden-size", "swap --math HIDDEN-64-CONFIG --lang HIDDEN-32 (same shapes) ...", _swap_math("expert-other-hidden"), "IncompatibleModelsError", "hidden_size", "same base model"),
+    Case("expert-other-hidden-size", "swap --math HIDDEN-64-CONFIG --lang HIDDEN-32 (same shapes) ...", _swap_math("expert-other-hidden"), "CheckpointError", "says hidden_size 64 but tensor", "fix config.json"),
     Case("expert-other-heads", "swap --math 8-HEADS --lang 4-HEADS (same shapes) ...", _swap_math("expert-other-heads"), "IncompatibleModelsError", "num_attention_heads", "same base model"),
 ]

@@ -49,6 +49,38 @@ def build(env: Env) -> None:
     (template / "trainer_state.json").write_text(json.dumps({"global_step": 2}), encoding="utf-8")
     for name in ("optimizer.safetensors", "optimizer.json", "scheduler.json"):
         (template / name).write_text("{}", encoding="utf-8")
+    _build_contradictions(env)
+
+
+def _build_contradictions(env: Env) -> None:
+    """Inputs that contradict themselves (classes 4, 5 and 7)."""
+    from faults_catalogue import _vocab, _write_sd
+
+    d = _copy(env.math, env.p("trailing-bytes"))
+    with open(d / ST, "ab") as fh:
+        fh.write(b"\0" * 16)
+    for name, field, delta in (("config-hidden-lies", "hidden_size", 32), ("config-vocab-lies", "vocab_size", 8)):
+        d = _copy(env.math, env.p(name))
+        cfg = json.loads((d / "config.json").read_text())
+        cfg[field] += delta
+        (d / "config.json").write_text(json.dumps(cfg))
+
+    def drop_head(sd: dict) -> None:
+        sd.pop("lm_head.weight")
+
+    _write_sd(env.p("no-head"), env.math, drop_head, config={"tie_word_embeddings": False})
+    rows = _vocab(env.math) - 16
+
+    def shrink_vocab(sd: dict) -> None:
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            sd[name] = sd[name][:rows].clone()
+
+    _write_sd(env.p("small-vocab"), env.math, shrink_vocab, config={"vocab_size": rows})  # its tokenizer has 16 more tokens
+    d = _copy(env.lora, env.p("adapter-relative-base"))
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "benchmarks"  # a folder of the working directory (the repository), not beside the adapter
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    (env.p("quoted-tab.tsv")).write_text('question\tanswer\n"How much is 2\t+ 2?"\t4\n', encoding="utf-8")
 
 
 def _ex(env: Env, name: str) -> str:
@@ -164,6 +196,17 @@ def _user_cache_folder(env: Env) -> None:
 
 def _swap(env: Env, out: str) -> list[str]:
     return ["swap", "--math", str(env.math), "--lang", str(env.lang), "--bottom", "1", "--top", "1", "--out", out]
+
+
+def _long_line(env: Env) -> None:
+    with open(env.sandbox / "one-line.txt", "wb") as fh:  # 17 MiB without a newline
+        for _ in range(17):
+            fh.write(b"abc " * (1 << 18))
+
+
+def _evaluate(model: str | Path, env: Env) -> list[str]:
+    return ["evaluate", str(model), "--task", "custom", "--data", _ex(env, "custom.jsonl"), "--langs", "sw", "--limit", "1",
+            "--max-new-tokens", "2", "--device", "cpu", "--out", env.out]  # fmt: skip
 
 
 NINES = "9" * 400
@@ -313,6 +356,21 @@ CASES: list[Case] = [
         STATE,
         setup=_pickled_weights,
     ),
+    # --- classes 4, 5 and 7: inputs that contradict themselves, or would be read whole
+    Case("safetensors-trailing-bytes", "inspect FOLDER (16 bytes after the last tensor)", lambda e: ["inspect", str(e.p("trailing-bytes"))], "CheckpointError", "bytes after its last tensor", "re-download or re-save"),
+    Case("config-hidden-size-contradicts-weights", "inspect FOLDER (config.json hidden_size 64, weights 32)", lambda e: ["inspect", str(e.p("config-hidden-lies"))], "CheckpointError", "says hidden_size", "fix config.json"),
+    Case("config-vocab-contradicts-weights", "swap --math FOLDER (config.json vocab_size 8 more than the embeddings) ...", lambda e: ["swap", "--math", str(e.p("config-vocab-lies")), "--lang", str(e.lang), "--bottom", "1", "--top", "1", "--out", e.out], "CheckpointError", "says vocab_size", "fix config.json"),
+    Case("donor-from-another-model", "merge cfg.yaml (donor: a model with another hidden size)", lambda e: e.merge_yaml(f"method: linear\nexperts: {{math: {e.math}, lang: {e.lang}}}\ndonor: {e.p('other-hidden')}\n"), "IncompatibleModelsError", "its config.json says hidden_size", "donor: base or a label"),
+    Case("evaluate-missing-head", "evaluate MODEL (untied, lm_head.weight missing)", lambda e: _evaluate(e.p("no-head"), e), "CheckpointError", "lacks tensor 'lm_head.weight'", "re-save the complete model"),
+    Case("evaluate-tokenizer-bigger-than-embeddings", "evaluate MODEL (tokenizer 16 tokens past the embeddings)", lambda e: _evaluate(e.p("small-vocab"), e), "IncompatibleModelsError", "tokens but the model's embeddings have", "use the model's own tokenizer"),
+    Case("finetune-tokenizer-bigger-than-embeddings", "finetune --base MODEL (tokenizer 16 tokens past the embeddings)", lambda e: ["finetune", "--base", str(e.p("small-vocab")), "--data", _ex(e, "data.jsonl"), "--steps", "1", "--out", e.out], "IncompatibleModelsError", "tokens but the model's embeddings have", "use the model's own tokenizer"),
+    Case("adapter-relative-base", "evaluate ADAPTER (base_model_name_or_path: benchmarks, a folder of the working directory)", lambda e: _evaluate(e.p("adapter-relative-base"), e), "InputPathError", "not beside the adapter", "pass --base"),
+    Case("tsv-quoted-tab", 'evaluate MODEL --task custom --data q.tsv (a tab inside "...")', lambda e: [*_evaluate(e.base, e)[:4], "--data", str(e.p("quoted-tab.tsv")), *_evaluate(e.base, e)[6:]], "DataError", "has 3 tab-separated fields where the file has 2", "remove the tab inside a field"),
+    Case("data-file-one-huge-line", "finetune --data one-line.txt (17 MiB, no newline) --steps 1", lambda e: ["finetune", "--base", _ex(e, "base"), "--data", str(e.sandbox / "one-line.txt"), "--steps", "1", "--out", e.out], "DataError", "is over 16 mib", "split it into lines", setup=_long_line),
+    Case("evaluate-language-twice", "evaluate MODEL --task custom --langs sw,sw", lambda e: [*_evaluate(e.base, e)[:6], "--langs", "sw,sw", *_evaluate(e.base, e)[8:]], "ConfigError", "names 'sw' twice", "list each once"),
+    Case("evaluate-same-task-twice", "evaluate MODEL --task proxy,proxy --langs sw", lambda e: ["evaluate", str(e.base), "--task", "proxy,proxy", "--langs", "sw", "--out", e.out], "ConfigError", "names 'proxy' twice", "list each once"),
+    Case("sweep-language-twice", "sweep cfg.yaml (languages: [sw, sw])", lambda e: ["sweep", e.yaml("sweep.yaml", f"base: {e.base}\nmath: {e.math}\nlang: {e.lang}\nlanguages: [sw, sw]\n"), "--out", e.out], "ConfigError", "names 'sw' twice", "list each once"),
+    Case("sweep-task-twice", "sweep cfg.yaml (tasks: [proxy, proxy])", lambda e: ["sweep", e.yaml("sweep.yaml", f"base: {e.base}\nmath: {e.math}\nlang: {e.lang}\ntasks: [proxy, proxy]\n"), "--out", e.out], "ConfigError", "names 'proxy' twice", "list each once"),
     # --- class 6: one run per output
     Case(
         "finetune-out-in-use",

@@ -19,6 +19,8 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,6 +163,38 @@ def test_finetune_final_save_disk_full(tiny_experts, tmp_path, capsys, monkeypat
     line = error_line(err)
     assert code == EXIT_CODES["WriteFailedError"], line
     assert "no space left on device" in line.lower()
+    nothing_at(out)
+
+
+# --------------------------------------------------------------------------------------------
+# The environment failing: standard output on a full device, too few file descriptors
+# --------------------------------------------------------------------------------------------
+
+
+def _layerswap(args: list[str], *, stdout=None, prelude: str = "") -> subprocess.CompletedProcess:  # noqa: ANN001
+    code = f"import sys{prelude}\nfrom layerswap.cli import main\nmain(sys.argv[1:])"
+    env = {**os.environ, "LAYERSWAP_QUIET": "1"}
+    env.pop("LAYERSWAP_DEBUG", None)
+    return subprocess.run([sys.executable, "-c", code, *args], stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_on_a_full_device_is_one_line(tiny_experts):
+    with open("/dev/full", "w") as full:
+        done = _layerswap(["inspect", str(tiny_experts["math"])], stdout=full)
+    assert done.returncode == EXIT_CODES["WriteFailedError"], done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert error_line(done.stderr).endswith("free space or write elsewhere, then rerun the command")
+
+
+def test_too_few_file_descriptors_while_writing_shards(tiny_experts, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"method: linear\nexperts: {{a: {tiny_experts['math']}, b: {tiny_experts['lang']}}}\nmax_shard_size: 2000\n")
+    limit = "\nimport resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (24, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))"
+    out = tmp_path / "merged"
+    done = _layerswap(["merge", str(cfg), "--out", str(out)], prelude="\nimport layerswap.merge, torch, safetensors" + limit)
+    assert done.returncode == EXIT_CODES["WriteFailedError"], done.stderr
+    assert "too many open files" in error_line(done.stderr)
     nothing_at(out)
 
 

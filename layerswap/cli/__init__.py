@@ -114,4 +114,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (KeyboardInterrupt, typer.Abort):
         print("interrupted: no partial output was kept", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:  # the environment failed (full disk, too many open files) outside an atomic writer
+        _exit_on_environment_error(exc, debug)
+    try:
+        sys.stdout.flush()  # standard output on a full device fails here, not at exit with a traceback
+    except OSError as exc:
+        _exit_on_environment_error(exc, debug, where="standard output")
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _exit_on_environment_error(exc: OSError, debug: bool, where: str | None = None) -> None:
+    from layerswap.errors import environment_error
+
+    mapped = environment_error(exc, where)
+    if mapped is None or debug:
+        raise exc
+    try:
+        sys.stdout = open(os.devnull, "w")  # nothing more may reach the failed stream, not even at exit
+    except OSError:
+        pass
+    print(f"error: {mapped}", file=sys.stderr)
+    sys.exit(mapped.exit_code)

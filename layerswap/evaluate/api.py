@@ -30,6 +30,7 @@ from layerswap.evaluate.tasks.mgsm import evaluate_mgsm
 from layerswap.evaluate.tasks.proxy import evaluate_proxy
 from layerswap.evaluate.tasks.sib200 import evaluate_sib200
 from layerswap.io import language
+from layerswap.io.languages import refuse_repeated
 
 __all__ = [
     "TASKS",
@@ -100,12 +101,13 @@ def check_settings(langs: Sequence[str], *, batch_size: int, max_new_tokens: int
 def _inputs(model: Any, data: Any, data_dir: Any, base: Any) -> list[str | Path]:
     """What an evaluation reads from disk, so that its output can never land on it: with an adapter, its base too."""
     from layerswap.io import is_adapter_folder, load_json
+    from layerswap.io.lora import adapter_base
 
     inputs = [x for x in (model, data, data_dir, base) if isinstance(x, (str, Path))]
     if isinstance(model, (str, Path)) and is_adapter_folder(model):
-        adapter_base = load_json(Path(model) / "adapter_config.json", "adapter config").get("base_model_name_or_path")
-        if isinstance(adapter_base, str) and adapter_base:
-            inputs.append(adapter_base)
+        named = adapter_base(model, load_json(Path(model) / "adapter_config.json", "adapter config"), strict=False)
+        if named:
+            inputs.append(named)
     return inputs
 
 
@@ -139,6 +141,8 @@ def evaluate(
     if unknown or not tasks:
         raise ConfigError(f"unknown task {unknown[0] if unknown else '(none)'!r}: valid tasks are {', '.join(TASKS)}")
     check_settings(langs, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit, device=device, dtype=dtype)
+    refuse_repeated(tasks, "--task")
+    refuse_repeated(langs, "--langs")
     specs = [get_task(t) for t in tasks]  # an lm_eval: task is checked here (lm-eval installed, name, data, metric)
     request = EvalRequest(
         langs=tuple(langs), fmt=fmt, shots=shots, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,

@@ -114,6 +114,7 @@ def load_model(
 
     from layerswap.io import LoraAdapter, ModelFolder, is_adapter_folder, resolve_model
     from layerswap.io.lora import adapter_base, open_adapter_for_peft
+    from layerswap.io.model_folder import check_complete_load, check_tokenizer_fits
 
     path = resolve_model(spec)
     dev = auto_device(device)
@@ -147,9 +148,13 @@ def load_model(
     torch_dtype = auto_dtype(dev, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None), dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+        model, loading = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True
+        )
         tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").exists() else path
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
+    check_complete_load(path, loading)  # never a randomly initialised head
+    check_tokenizer_fits(tokenizer, model, tok_dir)
     if adapter is not None:
         model = _merge_adapter(model, adapter)
     model.to(dev).eval()

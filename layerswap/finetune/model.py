@@ -16,6 +16,7 @@ from layerswap.errors import ConfigError, InputPathError
 from layerswap.finetune.config import FinetuneConfig
 from layerswap.finetune.freezing import Partition, apply_partition, lora_target_modules, partition_parameters, resolve_partition
 from layerswap.io import GLOBAL_MODULES, Architecture, ModelFolder
+from layerswap.io.model_folder import check_complete_load
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ def setup_model(
     torch.manual_seed(cfg.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True)
+        model, loading = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True, output_loading_info=True)
+    check_complete_load(base_path, loading)  # never train from random weights where a tensor is missing
     union = partitions.union
     if cfg.method == "full":
         counts = apply_partition(model, arch, union)

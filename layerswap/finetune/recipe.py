@@ -49,6 +49,7 @@ from layerswap.finetune.workdir import (
 )
 from layerswap.io import ModelFolder, prepare_output_dir
 from layerswap.io.lock import output_lock
+from layerswap.io.model_folder import check_tokenizer_fits
 from layerswap.progress import is_quiet, set_quiet
 
 
@@ -124,6 +125,7 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
 
         # 3. Model, with only the partition trainable (or LoRA adapters on its layers).
         trainable = setup_model(cfg, base_path, arch, present, partitions, names)
+        check_tokenizer_fits(tokenizer, trainable.model, cfg.tokenizer or base_path)
 
         # 4. Steps and the Trainer; only now, every check passed, is OUT.work created, by the main
         #    process. Starting the process group (main_process_first) waits for every process, so all

@@ -62,21 +62,41 @@ def _not_utf8(path: Path, lineno: int) -> DataError:
     return DataError(f"{path} line {lineno} is not UTF-8 text: convert the file to UTF-8 (e.g. iconv -t UTF-8)")
 
 
+#: The longest line a data file may have: files are read a line at a time, so one line bounds the memory.
+MAX_LINE_BYTES = 16 << 20
+
+
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of a UTF-8 file (a leading BOM is dropped); bad bytes name the line."""
+    """``(line number, text)`` of a UTF-8 file (a leading BOM is dropped); bad bytes name the line.
+
+    Read a line at a time, each at most :data:`MAX_LINE_BYTES` (a 500 MB file of one line is refused
+    after 16 MiB, never read whole to take a few examples)."""
     with _open_binary(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
+        lineno = 0
+        while raw := fh.readline(MAX_LINE_BYTES + 1):
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(
+                    f"{path} line {lineno} is over {MAX_LINE_BYTES >> 20} MiB, longer than any example: split it into lines "
+                    "(one example or sentence per line)"
+                )
             try:
                 yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError:
                 raise _not_utf8(path, lineno) from None
 
 
+def iter_text(path: str | os.PathLike[str]) -> Iterator[str]:
+    """The lines of a text file (``str.splitlines`` of each line read), as they are read: stop early to read only a few."""
+    path = Path(path)
+    for _, line in _decoded_lines(path):
+        yield from line.splitlines()
+
+
 def read_lines(path: str | os.PathLike[str]) -> list[str]:
     """The lines of a text file; a missing, empty, folder or non-UTF-8 file is a one-line error."""
     path = Path(path)
-    lines = [line for _, line in _decoded_lines(path)]
-    lines = "".join(lines).splitlines()
+    lines = list(iter_text(path))
     if not any(line.strip() for line in lines):
         raise DataError(f"data file {path} is empty: pass a file with at least one line of text")
     return lines
@@ -100,7 +120,8 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
 
 
 def iter_tsv(path: str | os.PathLike[str], *, header: bool = True, fieldnames: list[str] | None = None) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield ``(line number, row)`` of a TSV file (no quoting: MGSM questions contain quotes)."""
+    """Yield ``(line number, row)`` of a TSV file (no quoting: MGSM questions contain quotes); every row must
+    have the header's number of fields."""
     path = Path(path)
     names = fieldnames
     for lineno, line in _decoded_lines(path):
@@ -112,7 +133,12 @@ def iter_tsv(path: str | os.PathLike[str], *, header: bool = True, fieldnames: l
             continue
         if names is None:
             names = [str(i) for i in range(len(row))]
-        yield lineno, dict(zip(names, row, strict=False))
+        if len(row) != len(names):  # a tab inside a field (quotes do not protect it) would shift the columns
+            raise DataError(
+                f"{path} line {lineno} has {len(row)} tab-separated fields where the file has {len(names)} "
+                f"({', '.join(names)[:60]}): remove the tab inside a field (TSV quotes do not protect it) or fix the line"
+            )
+        yield lineno, dict(zip(names, row, strict=True))
 
 
 def require_fields(record: dict[str, Any], fields: list[str], *, path: Path | str, lineno: int) -> None:

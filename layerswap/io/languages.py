@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layerswap.errors import DataError
+from layerswap.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -52,4 +52,14 @@ def parse_languages(spec: str | list[str]) -> list[Language]:
     items = spec if isinstance(spec, list) else [s for s in str(spec).split(",") if s.strip()]
     if not items:
         raise DataError("no language given: pass e.g. --langs sw,bn,te")
+    refuse_repeated([str(s).strip() for s in items], "languages")
     return [language(s) for s in items]
+
+
+def refuse_repeated(values: list[str] | tuple[str, ...], what: str) -> None:
+    """A list of languages or tasks naming one twice would score its examples twice (and weigh them double)."""
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ConfigError(f"{what} names {value!r} twice: its examples would be counted twice; list each once")
+        seen.add(value)

@@ -255,6 +255,30 @@ def open_adapter_for_peft(path: str | os.PathLike[str]) -> tuple[LoraAdapter | N
     return None, config
 
 
+def adapter_base(adapter: str | os.PathLike[str], config: dict[str, Any], *, strict: bool = True) -> str | None:
+    """The base model an adapter names (``base_model_name_or_path``), a relative path taken from the adapter folder.
+
+    A relative name can only mean relative to where the adapter was made; the working directory of a
+    later run is unrelated, so it is never used. A relative path that is not there beside the adapter is
+    an error (``strict``) or None; absolute paths and the embedded short names are kept as they are."""
+    from layerswap.io.embedded import EMBEDDED
+
+    named = config.get("base_model_name_or_path")
+    if not isinstance(named, str) or not named:
+        return None
+    if os.path.isabs(os.path.expanduser(named)) or named in EMBEDDED:
+        return named
+    beside = Path(adapter) / named
+    if beside.exists():
+        return str(beside)
+    if strict:
+        raise InputPathError(
+            f"adapter {adapter} names its base {named!r}, a relative path that is not beside the adapter ({beside}): "
+            "pass --base with the base model folder"
+        )
+    return None
+
+
 def is_adapter_folder(path: str | os.PathLike[str]) -> bool:
     """Whether a folder is a PEFT adapter (it holds ``adapter_config.json``)."""
     return (Path(path) / "adapter_config.json").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from layerswap.errors import CheckpointError, IncompatibleModelsError, InputPathError
 from layerswap.io.architecture import Architecture, architecture_from_config, generic_architecture
@@ -64,6 +64,7 @@ class ModelFolder:
                 self.architecture = generic_architecture(0)
                 return
         check_layer_count(self.architecture, self._infos, self.config, config_path)
+        check_embedding_shape(self._infos, self.config, config_path)
 
     def _read_index(self) -> dict[str, str] | None:
         """The index's weight_map, every shard a plain file name of this folder (checked before any is opened)."""
@@ -185,4 +186,76 @@ def check_layer_count(arch: Architecture, infos: dict[str, TensorInfo], config: 
         raise CheckpointError(
             f"{source} says {n} layers but the weights lack layer {missing[0]} ({len(layers)} present): fix num_hidden_layers "
             "in config.json (it must match the weights) or re-save the checkpoint"
+        )
+
+
+#: Tensors shaped ``[vocab_size, hidden_size]`` in the common architectures.
+_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "lm_head.weight")
+
+
+def _shape_mismatch(tensors: Mapping[str, Any], config: dict[str, Any]) -> str | None:
+    """Where config's ``hidden_size``/``vocab_size``/layer count contradict the tensors (with ``.shape``), else None."""
+    if isinstance(config.get("text_config"), dict):
+        return None
+    for name, info in tensors.items():
+        if not name.endswith(_EMBEDDINGS) or len(info.shape) != 2:
+            continue
+        for field, size in (("vocab_size", info.shape[0]), ("hidden_size", info.shape[1])):
+            said = config.get(field)
+            if type(said) is int and said != size:
+                return f"says {field} {said} but tensor {name} is {list(info.shape)}"
+    return None
+
+
+def check_embedding_shape(infos: Mapping[str, Any], config: dict[str, Any], source: Path) -> None:
+    """config.json's ``hidden_size`` and ``vocab_size`` must be the embedding's shape (transformers would
+    refuse the folder, or a writer would publish a config that contradicts its weights)."""
+    problem = _shape_mismatch(infos, config)
+    if problem:
+        raise CheckpointError(f"{source} {problem}: fix config.json (it must match the weights) or re-save the checkpoint")
+
+
+def check_donor_config(donor: Path, tensors: Mapping[str, Any], updates: Mapping[str, Any]) -> None:
+    """The donor's config.json (with the writer's updates) must describe the tensors about to be written:
+    checked before anything is written, so a donor from another model never publishes a contradicting config."""
+    path = donor / "config.json"
+    config = {**load_json(path, "a donor model folder needs config.json"), **updates}
+    problem = _shape_mismatch(tensors, config)
+    if problem is None and not isinstance(config.get("text_config"), dict):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arch = architecture_from_config(config, source=str(path))
+            layers = {role.layer for role in map(arch.classify, tensors) if role.layer is not None}
+            extra = config.get("num_nextn_predict_layers")
+            extra = extra if type(extra) is int and extra > 0 else 0  # multi-token-prediction layers after the decoder's
+            if layers and not arch.num_layers <= max(layers) + 1 <= arch.num_layers + extra:
+                problem = f"says {arch.num_layers} layers but the merged weights have {max(layers) + 1}"
+        except CheckpointError:
+            pass  # no layer count to compare
+    if problem:
+        raise IncompatibleModelsError(
+            f"donor {donor}: its config.json {problem}: take the config from the base or an expert (donor: base or a label)"
+        )
+
+
+def check_complete_load(path: str | os.PathLike[str], loading_info: Mapping[str, Any] | None) -> None:
+    """A model transformers loaded must have found every tensor it needs: one it had to initialise at random
+    (an untied ``lm_head.weight`` missing from the weights) would make every score meaningless."""
+    missing = sorted((loading_info or {}).get("missing_keys") or [])
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks tensor {missing[0]!r}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}, which "
+            "transformers would fill with random values: re-save the complete model (or fix tie_word_embeddings in config.json)"
+        )
+
+
+def check_tokenizer_fits(tokenizer: Any, model: Any, where: str | os.PathLike[str]) -> None:
+    """Every token id the tokenizer can produce must have a row in the model's embeddings (an id past the end
+    is an index error mid-run, or on a GPU a device-side assert)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise IncompatibleModelsError(
+            f"the tokenizer of {where} has {len(tokenizer)} tokens but the model's embeddings have {rows} rows: "
+            "use the model's own tokenizer (or one made for it)"
         )

@@ -340,8 +340,22 @@ def write_error(out: PathLike, exc: OSError) -> LayerswapError | None:
         return InputPathError(f"cannot write {out}: a name is over the file system's limit; nothing was written. Choose a shorter name")
     if code in (errno.ENOTDIR,):
         return InputPathError(f"cannot write {out}: a folder on its path is a file; nothing was written. Choose another path")
+    if code in (errno.EMFILE, errno.ENFILE):
+        return WriteFailedError(
+            f"writing {out} failed: too many open files (ulimit -n {_open_file_limit()}); nothing was written. "
+            "Raise the limit (ulimit -n 4096) or pass a larger max_shard_size"
+        )
     if code in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EFBIG):
         return WriteFailedError(
             f"writing {out} failed: {os.strerror(code or 0)}; nothing was written. Free space or pick another path"
         )
     return None
+
+
+def _open_file_limit() -> str:
+    try:
+        import resource
+
+        return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (ImportError, OSError, ValueError):
+        return "?"

@@ -228,6 +228,12 @@ def _parse_header(raw: bytes, path: Path, size: int) -> tuple[dict[str, TensorIn
             raise CheckpointError(
                 f"tensors {_show(prev)} and {_show(name)} in {path} overlap: the file is corrupted; re-save the checkpoint"
             )
+    last = max((end for _, end, _ in ranges), default=data_start)
+    if last < size:  # the format has nothing after the last tensor: bytes there were appended or hide something
+        raise CheckpointError(
+            f"{path} has {size - last} bytes after its last tensor, which a safetensors file never has: "
+            "re-download or re-save the checkpoint"
+        )
     return infos, dict(metadata)
 
 

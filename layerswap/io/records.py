@@ -21,6 +21,7 @@ Hub name: training on them would leak the test.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterable
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from layerswap.errors import ConfigError, DataError, InputPathError
-from layerswap.io.data_files import iter_jsonl, iter_tsv, read_lines, require_fields, resolve_data_dir
+from layerswap.io.data_files import iter_jsonl, iter_text, iter_tsv, read_lines, require_fields, resolve_data_dir
 from layerswap.io.languages import LANGUAGES, language
 
 Format = Literal["math", "qa", "pairs", "text"]
@@ -300,8 +301,10 @@ def _load_file(path: Path, spec: DataSpec, data_dir: Path | None) -> Records:
     fmt = spec.options.get("format", "text")
     if fmt != "text":
         raise ConfigError(f"{path}: plain text files are read as format=text; use JSONL or TSV for {fmt}")
-    texts = [ln.strip() for ln in read_lines(path) if ln.strip()]
-    return Records("text", str(path), texts=_limit(texts, spec))
+    texts = list(itertools.islice((ln.strip() for ln in iter_text(path) if ln.strip()), spec.limit))
+    if not texts:
+        raise DataError(f"data file {path} is empty: pass a file with at least one line of text")
+    return Records("text", str(path), texts=texts)
 
 
 def _load_hf(spec: DataSpec) -> Records:

@@ -21,7 +21,7 @@ from layerswap.errors import CheckpointError, ConfigError, NumericalError
 from layerswap.io.atomic import AtomicDir
 from layerswap.io.dtypes import DTYPE_SIZES, dtype_code, torch_dtype_of
 from layerswap.io.finite import FiniteCheck
-from layerswap.io.model_folder import INDEX_NAME
+from layerswap.io.model_folder import INDEX_NAME, check_donor_config
 from layerswap.io.provenance import ADAPTER_DONOR_FILES, DONOR_FILES, copy_donor_files, write_provenance
 from layerswap.io.reader import TensorInfo
 from layerswap.io.syscalls import Writeback, reserve_space
@@ -126,6 +126,8 @@ class ShardedWriter:
         self.provenance = dict(provenance or {})
         self.adapter = adapter
         self.config_updates = dict(config_updates or {})
+        if self.donor is not None and not adapter:
+            check_donor_config(self.donor, self.specs, self.config_updates)
         self._atomic = AtomicDir(out, overwrite=overwrite)
         self.out = self._atomic.out
         self._written: set[str] = set()

@@ -170,8 +170,10 @@ def check_config(config: SweepConfig) -> None:
     for task in config.tasks:
         get_task(task)  # an lm_eval: task is checked here (lm-eval installed, task known, data reachable, per-example metric)
     from layerswap.io import parse_languages
+    from layerswap.io.languages import refuse_repeated
 
     parse_languages(config.languages)
+    refuse_repeated(config.tasks, "tasks")
     if config.select is not None and config.select not in config.tasks:
         raise ConfigError(f"select {config.select!r} is not among the tasks ({', '.join(config.tasks)}): pick one of them")
     check_search(config)
