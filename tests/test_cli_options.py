@@ -210,16 +210,25 @@ def test_nested_fields_are_dotted_options_merged_key_by_key_over_the_file(tmp_pa
 
 
 def test_every_config_command_generates_its_options():
-    """evaluate, sweep, demo and finetune: one option per config field (sweep's and demo's nested ones dotted)."""
+    """Every command with settings: one option per config field (sweep's and demo's nested ones dotted)."""
     from typer.main import get_command
 
+    from layerswap.analysis.options import AnalyzeConfig, ImportanceConfig
     from layerswap.cli import app
     from layerswap.evaluate.config import EvaluateConfig
     from layerswap.pipeline.config import DemoConfig
     from layerswap.sweep.config import SweepConfig
 
     commands = get_command(app).commands  # type: ignore[attr-defined]
-    for name, model in (("evaluate", EvaluateConfig), ("sweep", SweepConfig), ("demo", DemoConfig), ("finetune", FinetuneConfig)):
+    commands_and_configs = (
+        ("evaluate", EvaluateConfig),
+        ("sweep", SweepConfig),
+        ("demo", DemoConfig),
+        ("finetune", FinetuneConfig),
+        ("analyze", AnalyzeConfig),
+        ("importance", ImportanceConfig),
+    )
+    for name, model in commands_and_configs:
         params = {p.name for p in commands[name].params}
         assert {f.param for f in flags_of(model)} <= params, name
     sweep_opts = {o for p in commands["sweep"].params for o in p.opts}

@@ -26,6 +26,7 @@ from layerswap.analysis.core import build_analysis
 from layerswap.analysis.deltas import FisherSource
 from layerswap.analysis.overlap import check_top_k
 from layerswap.analysis.report import Analysis
+from layerswap.config import check_device
 from layerswap.errors import ConfigError, DataError
 from layerswap.io import AtomicDir, ModelFolder, open_model, prepare_output_dir, write_tensors
 from layerswap.progress import bar
@@ -150,8 +151,9 @@ def importance(
     if not data:
         raise ConfigError("no data given: pass --data NAME=SPEC, e.g. --data math=gsm8k --data lang=ntrex:sw")
     for option, value in (("examples", examples), ("batch-size", batch_size), ("seq-len", seq_len)):
-        if value < 1:
-            raise ConfigError(f"--{option} must be at least 1, got {value}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--{option} {value} must be a whole number of at least 1")
+    check_device(device)
     check_top_k(top_k)
     inputs = [base, data, data_dir]  # data specs that are files, the data folder, the base
     if out is not None:
