@@ -205,3 +205,41 @@ def test_hub_task_says_so_in_one_line(tmp_path, monkeypatch):
         encoding="utf-8",
     )
     _refused(f"lm_eval:{folder / 't.yaml'}", InputPathError, "from the Hugging Face Hub, which cannot be reached", tmp_path)
+
+
+# --- in a sweep: stored, resumed and compared like every other task ---------------------------------------------
+
+
+def test_sweep_over_proxy_and_two_lm_eval_tasks(tmp_path, tiny_experts, data_dir, task_files, monkeypatch):
+    """A sweep over [proxy, lm_eval:<generative>, lm_eval:<log-likelihood>] runs, reports paired verdicts for all
+    three, and a rerun resumes from the store (lm-eval is not run again) with identical tables."""
+    from conftest import tiny_sweep_config
+
+    import pandas as pd
+
+    from layerswap.evaluate.tasks import lm_eval_bridge
+    from layerswap.sweep import run_sweep
+    from layerswap.sweep.config import validate_sweep_dict
+
+    gen, loglik = f"lm_eval:{task_files['gen']}", f"lm_eval:{task_files['loglik']}"
+    cfg = validate_sweep_dict(
+        tiny_sweep_config(tiny_experts, data_dir, tasks=["proxy", gen, loglik], limit=4, max_new_tokens=6, batch_size=2,
+                          candidates={"grid": {"bottom": [1], "top": [1], "transition": [0]}, "baselines": ["base", "math"]})
+    )
+    out = tmp_path / "sweep"
+    first = run_sweep(cfg, out, log=lambda s: None)
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["task"]) == {"proxy", gen, loglik}
+    assert {"exact_match", "acc", "lang_fidelity", "cot_fidelity"} <= set(results["metric"])
+    comps = pd.read_csv(out / "comparisons.csv")
+    assert set(comps["task"]) == {"proxy", gen, loglik} and comps["n"].eq(4).all()
+    assert set(comps.loc[comps["task"] == loglik, "test"]) == {"mcnemar"}
+    stored = pd.read_csv(out / "candidates" / "base.scores.csv")
+    assert stored.loc[stored["task"] == loglik, "id"].astype(str).tolist() == ["0", "1", "2", "3"]  # lm-eval's doc ids
+    runs = []
+    monkeypatch.setattr(lm_eval_bridge, "evaluate_lm_eval", lambda *a, **k: runs.append(a) or pytest.fail("resumed sweep ran lm-eval"))
+    again = run_sweep(cfg, out, log=lambda s: None)
+    cols = ["candidate", "task", "language", "metric", "value", "stderr", "ci_low", "ci_high", "n"]
+    pd.testing.assert_frame_equal(first.results[cols], again.results[cols])
+    pd.testing.assert_frame_equal(first.comparisons, again.comparisons)
+    assert not runs

@@ -10,6 +10,7 @@ is better high or low comes from the task that reports it (``layerswap.evaluate.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -220,12 +221,13 @@ def write_figures(
     drawn: dict[str, dict] = {}
     for task, metric in tasks:
         key = f"{task}-{metric}"
+        stem = re.sub(r"[^\w.=-]+", "_", key)  # a task named by a path (lm_eval:dir/t.yaml) is no file name
         info: dict = {}
         if (results["method"] == SWAP_METHOD).any():
-            info["heatmap"] = save_figure(swap_heatmap(results, task, metric, comparisons, decisions), out / f"swap_heatmap_{key}")[0]
-        info["bars"] = save_figure(baseline_bars(results, task, metric, comparisons, decisions), out / f"best_vs_baselines_{key}")[0]
+            info["heatmap"] = save_figure(swap_heatmap(results, task, metric, comparisons, decisions), out / f"swap_heatmap_{stem}")[0]
+        info["bars"] = save_figure(baseline_bars(results, task, metric, comparisons, decisions), out / f"best_vs_baselines_{stem}")[0]
         fig, rho = score_scatter(results, task, metric)
-        info["scatter"] = save_figure(fig, out / f"score_vs_metric_{key}")[0]
+        info["scatter"] = save_figure(fig, out / f"score_vs_metric_{stem}")[0]
         info["rho"] = rho
         info["rho_ci"] = rank_correlation(results, task, metric)[1:]
         drawn[key] = info

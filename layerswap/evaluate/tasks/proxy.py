@@ -76,6 +76,8 @@ def next_to_mgsm(summary: pd.DataFrame) -> pd.DataFrame:
         return summary
     proxy = summary[summary["task"] == "proxy"].set_index("lang")["gold_logprob"]
     is_mgsm = summary["task"] == "mgsm"
+    if not is_mgsm.any():  # e.g. exact_match came from an lm_eval: task
+        return summary
     summary.loc[is_mgsm, "gold_logprob"] = summary.loc[is_mgsm, "lang"].map(proxy)
     return summary
 
