@@ -434,3 +434,17 @@ def test_a_retrained_expert_in_the_same_folder_is_evaluated_again(tmp_path, tiny
 
     before, after = values(first), values(again)
     assert before["base"] == after["base"] and before["math"] != after["math"] and before["swap-b1-u1"] != after["swap-b1-u1"]
+
+
+def test_the_task_spec_aggregates_means_and_ratios():
+    """One aggregation per task: a mean metric's mean with its interval, a ratio's sum over sum with its bootstrap."""
+    from layerswap.evaluate.tasks import get_task
+    from layerswap.evaluate.uncertainty import mean_columns, ratio_columns
+
+    logprobs = pd.DataFrame({"task": "proxy", "lang": "sw", "id": ["0", "1", "2"], "score": [-1.0, -2.0, -4.5]})
+    got = get_task("proxy").aggregate(logprobs, lang="sw")
+    assert got == {"value": -2.5, **mean_columns([-1.0, -2.0, -4.5]), "n": 3}
+    bits = pd.DataFrame({"task": "flores", "lang": "swh", "id": ["0", "1"], "score": [2.0, 1.0], "num": [20.0, 30.0], "den": [10.0, 30.0]})
+    got = get_task("flores").aggregate(bits, lang="swh")
+    assert got == {"value": 50.0 / 40.0, **ratio_columns([20.0, 30.0], [10.0, 30.0]), "n": 2}
+    assert get_task("proxy").scores_blocks and not get_task("flores").scores_blocks

@@ -5,8 +5,8 @@ says which record field is the example's score (``score_field``: 0/1 ``correct``
 or, for a ratio metric such as bits per byte, which two fields are summed above and below the
 line (``ratio_fields``). :func:`example_scores` turns records into that table, so that a sweep can
 store it and compare candidates paired on the same examples (:mod:`layerswap.stats`); the summary
-rows' ``stderr``, ``ci_low`` and ``ci_high`` (:mod:`layerswap.evaluate.uncertainty`) come from the
-same numbers, and :func:`fill_uncertainty` adds them for a task that did not.
+rows' ``stderr``, ``ci_low`` and ``ci_high`` come from the same numbers (the task's
+:meth:`~layerswap.evaluate.tasks.spec.TaskSpec.aggregate`), and :func:`fill_uncertainty` adds them for a task that did not.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from layerswap.evaluate.uncertainty import UNCERTAINTY_COLUMNS, mean_columns, ratio_columns
+from layerswap.evaluate.uncertainty import UNCERTAINTY_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,12 +80,9 @@ def fill_uncertainty(result: Any, task: TaskSpec | str) -> Any:
         sub = scores[scores["lang"] == summary.at[i, "lang"]]
         if sub.empty:
             continue
-        if spec.ratio_fields is not None:
-            cols = ratio_columns(sub["num"].tolist(), sub["den"].tolist(), task=spec.name, lang=str(summary.at[i, "lang"]))
-        else:
-            cols = mean_columns(sub["score"].tolist(), task=spec.name, lang=str(summary.at[i, "lang"]))
-        for col, value in cols.items():
-            summary.at[i, col] = value
+        cols = spec.aggregate(sub, lang=str(summary.at[i, "lang"]))
+        for col in UNCERTAINTY_COLUMNS:
+            summary.at[i, col] = cols[col]
         if summary.at[i, "n"] != summary.at[i, "n"]:  # NaN: the runner did not count
             summary.at[i, "n"] = len(sub)
     rest = [c for c in summary.columns if c not in UNCERTAINTY_COLUMNS]

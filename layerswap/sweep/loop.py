@@ -16,7 +16,7 @@ import pandas as pd
 
 from layerswap.config import dump_config
 from layerswap.errors import InputPathError
-from layerswap.evaluate.tasks import TASKS, get_task
+from layerswap.evaluate.tasks import get_task
 from layerswap.io import write_text_atomic
 from layerswap.merge.methods.identity import identity_merge
 from layerswap.progress import bar
@@ -26,7 +26,7 @@ from layerswap.sweep.halving import HalvingPlan, HalvingResult, Unit, UnitStore,
 from layerswap.sweep.resume import ResumeKey, resume_line, settings_key
 from layerswap.sweep.selection import DECISIONS_FILE, SweepResult, decide_sweep, finalists
 from layerswap.sweep.shard import Shard
-from layerswap.sweep.store import RESULT_COLUMNS, ResultStore, rows_for
+from layerswap.sweep.store import ESTIMATE_COLUMNS, RESULT_COLUMNS, ResultStore, rows_for
 
 if TYPE_CHECKING:
     from layerswap.merge.config import MergeConfig
@@ -51,9 +51,8 @@ def run_candidates(
     ``merge_into_model(candidate)`` puts the candidate's weights into the evaluated model and
     returns the seconds it took; ``evaluate_model(candidate)`` returns a summary with the columns
     ``task, language, metric, value`` and the per-example scores (see :data:`EvalFn`). Both are
-    injected so the loop is testable on its own. The scores are stored first and each headline
-    metric's standard error and interval computed from them as read back, so a resumed sweep's
-    statistics are identical to an uninterrupted one's.
+    injected so the loop is testable on its own. The scores are stored first, then the rows with
+    each headline metric's value and interval as the task reported them.
 
     ``sharding``: this process's place among several (:class:`~layerswap.sweep.shard.Shard`): it runs
     every ``world``-th candidate, waits for the others, then reads every candidate's rows from the
@@ -62,7 +61,6 @@ def run_candidates(
     ``log``: where a resumed run says what it reuses and what it evaluates again (and why).
     """
     sharding = sharding or Shard()
-    headline = {task: spec.metric for task, spec in TASKS.items()}
     rows: list[dict[str, Any]] = []
     mine = sharding.mine(candidates)
     if log is not None:
@@ -86,9 +84,7 @@ def run_candidates(
             digest = None
             if scores is not None:
                 scores, digest = store.save_scores(cand, scores)
-            new = rows_for(
-                cand, summary, eval_seconds=eval_seconds, merge_seconds=merge_seconds, scores=scores, headline=headline
-            )
+            new = rows_for(cand, summary, eval_seconds=eval_seconds, merge_seconds=merge_seconds, scores=scores)
             store.save(cand, new, digest)
             rows += new
             progress.update(1)
@@ -118,14 +114,18 @@ def _bar(sharding: Shard, desc: str, total: int, unit: str) -> Any:
 
 
 def tidy_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """The evaluation summary (one row per task and language) as ``task, language, metric, value``."""
+    """The evaluation summary (one row per task and language) as ``task, language, metric, value`` and,
+    for the task's headline metric, the ``stderr, ci_low, ci_high, n`` its runner computed."""
     rows = []
     for rec in summary.to_dict("records"):
-        task = rec["task"]
-        for metric in get_task(task).metrics:
+        spec = get_task(rec["task"])
+        for metric in spec.metrics:
             if metric in rec and rec[metric] is not None:
-                rows.append({"task": task, "language": rec.get("lang", ""), "metric": metric, "value": float(rec[metric])})
-    return pd.DataFrame(rows, columns=["task", "language", "metric", "value"])
+                row = {"task": spec.name, "language": rec.get("lang", ""), "metric": metric, "value": float(rec[metric])}
+                if metric == spec.metric:
+                    row.update({k: rec[k] for k in ESTIMATE_COLUMNS if k in rec})
+                rows.append(row)
+    return pd.DataFrame(rows, columns=["task", "language", "metric", "value", *ESTIMATE_COLUMNS])
 
 
 def merge_overhead(results: pd.DataFrame) -> dict[str, float]:
@@ -206,28 +206,25 @@ class InMemorySweep:
     def evaluate_block(self, cand: Candidate, unit: Unit) -> pd.DataFrame:
         """``cand`` on the screen task's examples ``unit.start`` to ``unit.stop`` of each language.
 
-        A task whose function takes ``offset`` (the proxies) scores only those examples; any other
-        task is run on the first ``unit.stop`` examples and the block's are kept (correct, but the
-        earlier examples are scored again)."""
+        A task that scores blocks (``TaskSpec.scores_blocks``: the proxies) is asked for only those
+        examples through the registry; any other task is run on the first ``unit.stop`` examples and
+        the block's are kept (correct, but the earlier examples are scored again)."""
         from layerswap.evaluate import example_scores
-        from layerswap.evaluate.tasks.proxy import evaluate_proxy
-        from layerswap.evaluate.tasks.proxy_cot import evaluate_proxy_cot
+        from layerswap.evaluate.tasks import EvalRequest
 
         c = self.config
-        task = c.screen_task()
-        blockwise = {"proxy": evaluate_proxy, "proxy_cot": evaluate_proxy_cot}
-        if task in blockwise:
-            result = blockwise[task](
-                self.lm,
-                c.languages,
-                shots=get_task(task).shots_for(c.shots),
+        spec = get_task(c.screen_task())
+        if spec.scores_blocks:
+            request = EvalRequest(
+                langs=tuple(c.languages),
+                shots=spec.shots_for(c.shots),
                 limit=unit.stop,
                 offset=unit.start,
                 batch_size=c.batch_size,
                 data_dir=c.data_dir,
             )
-            return example_scores(result.records, task)
-        _, scores = self.evaluate_model(cand, [task], limit=unit.stop)
+            return example_scores(spec.run(self.lm, request).records, spec)
+        _, scores = self.evaluate_model(cand, [spec.name], limit=unit.stop)
         position = scores.groupby("lang", sort=False).cumcount()
         return scores[(position >= unit.start) & (position < unit.stop)].reset_index(drop=True)
 
@@ -271,16 +268,13 @@ def check_first_round(config: SweepConfig, n_candidates: int) -> None:
 
 
 def screen_summary(scores: pd.DataFrame, task: str) -> pd.DataFrame:
-    """The headline metric per language from per-example scores (a mean, or a ratio of sums)."""
+    """The headline metric per language with its interval, as the task aggregates per-example scores."""
     spec = get_task(task)
-    rows = []
-    for lang, sub in scores.groupby("lang", sort=False):
-        if spec.ratio_fields is not None and sub["num"].notna().all():
-            value = float(sub["num"].sum() / sub["den"].sum())
-        else:
-            value = float(sub["score"].mean())
-        rows.append({"task": task, "language": str(lang), "metric": spec.metric, "value": value})
-    return pd.DataFrame(rows, columns=["task", "language", "metric", "value"])
+    rows = [
+        {"task": task, "language": str(lang), "metric": spec.metric, **spec.aggregate(sub, lang=str(lang))}
+        for lang, sub in scores.groupby("lang", sort=False)
+    ]
+    return pd.DataFrame(rows, columns=["task", "language", "metric", "value", *ESTIMATE_COLUMNS])
 
 
 def run_halving_sweep(
@@ -314,7 +308,6 @@ def run_halving_sweep(
     )
     if sharding.is_main:
         write_text_atomic(out / "halving" / "rounds.csv", race.table().to_csv(index=False))
-    headline = {task: spec.metric for task, spec in TASKS.items()}
     rows: list[dict[str, Any]] = []
     scores: dict[str, pd.DataFrame | None] = {}
     for cand in candidates:
@@ -326,8 +319,6 @@ def run_halving_sweep(
             screen_summary(own, plan.task),
             eval_seconds=race.seconds.get(cand.name, 0.0),
             merge_seconds=race.merge_seconds.get(cand.name, 0.0),
-            scores=own,
-            headline=headline,
         )
         scores[cand.name] = own
     rest = [t for t in ([config.target] if config.target else []) + config.tasks if t != plan.task]

@@ -3,13 +3,13 @@
 A candidate's per-example scores (``candidates/NAME.scores.csv``: task, lang, id, score, num,
 den) and then its rows (``candidates/NAME.json``, which names the scores file's SHA-1) are written
 atomically (``write_text_atomic``) as soon as they exist, so a killed sweep rerun with the same
-command skips what is done and ends with identical results. Every statistic (a row's standard
-error and interval, every paired comparison) is computed from the scores as read back from that
-CSV text, so a fresh and a resumed sweep compute them from the same numbers. A stored result is
-reused only when the candidate's merge and the evaluation settings are unchanged and its scores
-file is the one its JSON names.
-The key (:mod:`~layerswap.sweep.resume`) covers the settings that change results and the contents
-of the models and data the sweep reads: a retrained expert is evaluated again.
+command skips what is done and ends with identical results. A row keeps the value and interval
+its task reported (stored once, never recomputed); every paired comparison is computed from the
+scores as read back from the CSV text, so a fresh and a resumed sweep compare the same numbers. A
+stored result is reused only when the candidate's merge and the resume key are unchanged
+(:mod:`~layerswap.sweep.resume`: the settings that change results and the contents of the models
+and data the sweep reads, so a retrained expert is evaluated again) and its scores file is the one
+its JSON names.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from layerswap.io import write_text_atomic
+from layerswap.io.stored import check_stored_result, read_stored_json, read_stored_text
 from layerswap.sweep.config import Candidate
 from layerswap.sweep.resume import ResumeKey, as_key, mismatch
 
@@ -51,6 +53,8 @@ RESULT_COLUMNS = [
 #: The columns of a candidate's per-example scores: ``num``/``den`` only for ratio metrics
 #: (bits and bytes of a FLORES sentence), empty otherwise.
 SCORE_COLUMNS = ["task", "lang", "id", "score", "num", "den"]
+#: A headline metric's uncertainty and example count, as its task reports them.
+ESTIMATE_COLUMNS = ("stderr", "ci_low", "ci_high", "n")
 
 class ResultStore:
     """Per finished candidate under ``DIR/candidates``: ``NAME.scores.csv`` then ``NAME.json``, both atomic.
@@ -73,18 +77,18 @@ class ResultStore:
         """The one load path: the stored record of ``candidate`` when it may be reused, else None and
         why not (empty: nothing stored; ``merge``, ``settings``, ``math``...: what changed)."""
         path = self.path(candidate)
-        if not path.exists():
+        if not os.path.lexists(path):
             return None, []
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            return None, []  # a torn file cannot exist (atomic rename), but never trust it
+        fix = f"delete {self.dir / candidate.name}.json and .scores.csv to evaluate it again"
+        record = read_stored_json(path, root=self.dir, fix=fix)  # stored state is validated, never trusted
         why = mismatch(record, candidate.fingerprint(), self.key)
         if why:
             return None, why
         digest = record.get("scores_sha1")
-        if digest is not None and _sha1(self._scores_text(candidate)) != digest:
+        text = self._scores_text(candidate)
+        if digest is not None and _sha1(text) != digest:
             return None, ["scores"]  # scores missing or not the ones these rows were computed from: evaluate again
+        check_stored_result(record, read_scores(text) if digest is not None and text else None, path, what=f"candidate {candidate.name}", fix=fix)
         return record, []
 
     def _record(self, candidate: Candidate) -> dict[str, Any] | None:
@@ -102,25 +106,13 @@ class ResultStore:
 
     def _scores_text(self, candidate: Candidate) -> str | None:
         path = self.scores_path(candidate)
-        return path.read_text(encoding="utf-8") if path.exists() else None
+        return read_stored_text(path, root=self.dir, fix=f"delete {path} to evaluate it again") if os.path.lexists(path) else None
 
     def load(self, candidate: Candidate) -> list[dict[str, Any]] | None:
-        """The stored rows of ``candidate``, or None when absent or made with other settings.
-
-        Their uncertainty columns are recomputed from the stored per-example scores, so a sweep resumed
-        with a newer layerswap reports every candidate's interval by the same definition."""
+        """The stored rows of ``candidate`` (its task's value and interval as first reported), or None
+        when absent or made with another resume key."""
         record = self._record(candidate)
-        if record is None:
-            return None
-        scores = self.load_scores(candidate)
-        if scores is None:
-            return record["rows"]
-        return [
-            {**row, **{k: v for k, v in metric_estimate(scores, row["task"], row["language"]).items() if k != "n"}}
-            if not pd.isna(row.get("n"))
-            else row
-            for row in record["rows"]
-        ]
+        return None if record is None else record["rows"]
 
     def load_scores(self, candidate: Candidate) -> pd.DataFrame | None:
         """The stored per-example scores of ``candidate`` (None when it has none or is not done)."""
@@ -167,29 +159,6 @@ def read_scores(text: str) -> pd.DataFrame:
     )
 
 
-def metric_estimate(scores: pd.DataFrame | None, task: str, language: str) -> dict[str, float]:
-    """Standard error, 95% interval and n of a task's headline metric in one language, from its scores.
-
-    A mean (``score``): the standard error of the mean and the normal interval (Wilson's for 0/1 scores); a ratio (``num``
-    and ``den`` present, bits per byte): a percentile bootstrap over examples (2000 resamples, seed 0).
-    NaN or infinite scores (a candidate that overflows) give NaN standard error and interval, the
-    examples' count as ``n`` and a one-line warning, so one such candidate cannot stop a sweep.
-    """
-    from layerswap.evaluate.uncertainty import mean_columns, ratio_columns
-
-    empty = {"stderr": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": float("nan")}
-    if scores is None or scores.empty:
-        return empty
-    sub = scores[(scores["task"] == task) & (scores["lang"] == language)]
-    if sub.empty:
-        return empty
-    if sub["num"].notna().all() and sub["den"].notna().all():
-        columns = ratio_columns(sub["num"].tolist(), sub["den"].tolist(), task=task, lang=language)
-    else:
-        columns = mean_columns(sub["score"].tolist(), task=task, lang=language)
-    return {**columns, "n": len(sub)}
-
-
 def rows_for(
     candidate: Candidate,
     summary: pd.DataFrame,
@@ -197,17 +166,24 @@ def rows_for(
     eval_seconds: float,
     merge_seconds: float,
     scores: pd.DataFrame | None = None,
-    headline: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Tidy rows of one candidate from an evaluation summary (task, language, metric, value).
+    """Tidy rows of one candidate from a tidy summary (``task, language, metric, value`` and, for each
+    task's headline metric, the ``stderr, ci_low, ci_high, n`` its runner reported).
 
-    The headline metric of each task (``headline``: task -> metric) gets its standard error, 95%
-    interval and n from ``scores``; other metrics leave them empty.
+    A headline row whose runner reported no uncertainty gets it from the task's own aggregation of
+    ``scores`` (:meth:`~layerswap.evaluate.tasks.spec.TaskSpec.aggregate`); other metrics leave it empty.
     """
+    from layerswap.evaluate.tasks import get_task
+
     rows = []
     for rec in summary.to_dict("records"):
-        is_headline = headline is not None and headline.get(rec["task"]) == rec["metric"]
-        est = metric_estimate(scores if is_headline else None, rec["task"], rec["language"])
+        est = {k: float(rec[k]) if rec.get(k) is not None else float("nan") for k in ESTIMATE_COLUMNS}
+        spec = get_task(rec["task"])
+        if rec["metric"] == spec.metric and scores is not None and all(pd.isna(v) for v in est.values()):
+            mine = scores[(scores["task"] == rec["task"]) & (scores["lang"] == rec["language"])]
+            if len(mine):
+                found = spec.aggregate(mine, lang=rec["language"])
+                est = {k: found[k] for k in ESTIMATE_COLUMNS}
         rows.append(
             {
                 "candidate": candidate.name,

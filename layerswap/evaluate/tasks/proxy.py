@@ -93,5 +93,6 @@ TASK = TaskSpec(
     training_refused=("mgsm",),
     check_language=check_language,
     check_shots=check_shots,
+    scores_blocks=True,
     finish=next_to_mgsm,
 )

@@ -150,4 +150,5 @@ TASK = TaskSpec(
     training_refused=("mgsm", "gsm8k:test"),
     check_language=check_language,
     check_shots=check_shots,
+    scores_blocks=True,
 )

@@ -1,6 +1,22 @@
 """A task described as data: the :class:`TaskSpec` each module of this package defines as ``TASK``,
 and the :class:`EvalRequest` that :func:`~layerswap.evaluate.api.evaluate` hands its runner.
 
+The interface a task implements (lm-eval's task YAML, ``metric_list`` with its ``aggregation``, is the model):
+
+- ``run(lm, request) -> EvalResult``: one record per example, keyed by ``(task, lang, id)`` with stable ids,
+  and one summary row per language with the headline ``metric`` and, beside it, ``n``, ``stderr``,
+  ``ci_low``, ``ci_high`` (:func:`~layerswap.evaluate.uncertainty.mean_columns` or ``ratio_columns``;
+  :func:`~layerswap.evaluate.scores.fill_uncertainty` adds them for a runner that does not).
+- The per-example score: the record field ``score_field`` (a mean metric), or ``ratio_fields`` (a ratio of
+  sums, such as bits per byte). :meth:`TaskSpec.aggregate` turns a language's scores into the metric's
+  value and interval: the one place a mean and a ratio metric are told apart. The sweep stores the
+  scores, keeps the interval the runner reported, and aggregates scores itself only where no runner
+  summarised them (a halving race's blocks).
+- ``scores_blocks``: the runner honours ``request.offset`` (score examples ``offset`` to ``limit`` only),
+  so a halving sweep asks it for one block at a time through the registry; any other task is run on the
+  first ``limit`` examples and the block's kept.
+- ``check_language``, ``check_shots``, ``check_request`` run before any model loads.
+
 Light on purpose: the CLI lists the registry in its help at start-up, so neither this module nor a
 task module's top level imports torch or pandas; a runner imports them when it runs.
 """
@@ -36,6 +52,8 @@ class EvalRequest:
     data: str | Path | None = None
     question_field: str = "question"
     answer_field: str = "answer"
+    #: Examples to skip before scoring (only a task with ``scores_blocks`` reads it: a halving block).
+    offset: int = 0
 
 
 Runner = Callable[["LoadedModel", EvalRequest], "EvalResult"]
@@ -56,7 +74,8 @@ class TaskSpec:
     model is loaded: ``check_language`` (None: any language of the data table), ``check_shots``
     (None: the task takes no exemplars), ``check_request`` (anything else). ``finish`` adjusts the
     combined summary of a run that included the task. ``in_sweep`` is False for a task a sweep
-    config cannot describe (custom needs a data file).
+    config cannot describe (custom needs a data file). ``scores_blocks``: the runner honours
+    ``EvalRequest.offset``.
     """
 
     name: str
@@ -74,11 +93,37 @@ class TaskSpec:
     check_request: Callable[[EvalRequest], Any] | None = None
     finish: Callable[[pd.DataFrame], pd.DataFrame] | None = None
     in_sweep: bool = True
+    scores_blocks: bool = False
 
     @property
     def metrics(self) -> tuple[str, ...]:
         """The headline metric, then the extra ones."""
         return (self.metric, *self.extra_metrics)
+
+    @property
+    def is_ratio(self) -> bool:
+        """The metric is a ratio of sums over examples (``ratio_fields``), not a mean of per-example scores."""
+        return self.ratio_fields is not None
+
+    def aggregate(self, scores: pd.DataFrame, *, lang: str | None = None) -> dict[str, float]:
+        """The headline metric of one language's per-example scores (``score``, and ``num``/``den`` for
+        a ratio: :func:`~layerswap.evaluate.scores.example_scores`'s columns) with its uncertainty:
+        ``value``, ``stderr``, ``ci_low``, ``ci_high`` and ``n``. A mean: the mean of ``score`` with the
+        standard error of the mean and a normal interval (Wilson's for 0/1 scores); a ratio:
+        ``sum(num) / sum(den)`` with a percentile bootstrap over examples (2000 resamples, seed 0).
+        NaN or infinite scores give NaN standard error and interval and a one-line warning."""
+        from layerswap.evaluate.uncertainty import mean_columns, ratio_columns
+
+        nan = float("nan")
+        if scores is None or scores.empty:
+            return {"value": nan, "stderr": nan, "ci_low": nan, "ci_high": nan, "n": nan}
+        if self.is_ratio and scores["num"].notna().all() and scores["den"].notna().all():
+            value = float(scores["num"].sum() / scores["den"].sum())
+            columns = ratio_columns(scores["num"].tolist(), scores["den"].tolist(), task=self.name, lang=lang)
+        else:
+            value = float(scores["score"].mean())
+            columns = mean_columns(scores["score"].tolist(), task=self.name, lang=lang)
+        return {"value": value, **columns, "n": len(scores)}
 
     def shots_for(self, shots: int | None) -> int | None:
         """The caller's ``--shots``, or this task's default when unset."""
