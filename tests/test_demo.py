@@ -347,3 +347,21 @@ def test_a_resumed_stage_reports_its_cost_over_all_runs(tmp_path):
     assert first.peak_rss_mib > 0 and read_cost(done) == first
     assert stage("analyse", done, said.append, lambda: pytest.fail("a complete stage ran again")) == first
     assert said[-1].startswith("[analyse] done already") and isinstance(first, StageCost)
+
+
+def test_the_8b_recipe_dry_run_plans_every_stage_and_writes_nothing(data_dir, tmp_path, capsys):
+    """``demo --config experiments/llama-3.1-8b-sw/config.yaml --dry-run``: inputs checked (the 8B base is
+    absent here and said to be), the stage table printed from base_params_b, nothing created."""
+    recipe = Path(__file__).resolve().parents[1] / "experiments" / "llama-3.1-8b-sw"
+    for name in ("config.yaml", "config-lora.yaml"):
+        out = tmp_path / name
+        with pytest.raises(SystemExit) as exc:
+            main(["demo", "--config", str(recipe / name), "--data-dir", str(data_dir), "--out", str(out), "--dry-run"])
+        assert exc.value.code == 0
+        said = capsys.readouterr().out
+        assert "[MISSING] base models/Llama-3.1-8B" in said and "[ok] sweep target (MGSM-sw): 250 questions" in said
+        stages = [line.split("|")[1].strip() for line in said.splitlines() if line.startswith("| ") and "---" not in line]
+        assert stages == ["stage", "finetune_math", "finetune_lang", "check_experts", "analyze", "importance", "sweep"]
+        assert "Base of 8.03e9 parameters" in said and "80% power for a difference of" in said
+        assert ("does NOT fit 80 GB" in said) == (name == "config.yaml")  # full fine-tuning of 8B: 8 GPUs
+        assert not out.exists()

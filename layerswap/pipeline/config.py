@@ -105,6 +105,10 @@ class DemoConfig(StrictModel):
         description="Whose recommended swaps the sweep evaluates: analysis (the experts' deltas) or importance (the base's Fisher).",
     )
     figures: str | None = Field(None, description="Also copy the headline figures into this folder (the repo's figures/).")
+    base_params_b: float | None = Field(
+        None,
+        description="The base's parameters in billions, for --dry-run's estimates when the base is not at hand (else read from it).",
+    )
     sweep: DemoSweep = Field(  # type: ignore[valid-type]
         default_factory=DemoSweep,
         description="Any other sweep setting (keys of a sweep YAML), laid over layerswap/pipeline/sweep.yaml and the demo's budgets.",

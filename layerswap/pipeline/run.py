@@ -64,6 +64,10 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
         log,
         lambda: analyze(base, {"math": str(experts["math"]), "lang": str(experts["lang"])}, out=analysis_dir, overwrite=True),
     )
+    boundaries = out / config.candidate_source / "boundaries.yaml"
+    sweep_cfg = sweep_config(
+        config, base=base, math=str(experts["math"]), lang=str(experts["lang"]), boundaries=str(boundaries), data_dir=data_arg
+    )
     importance_dir = out / "importance"
     costs["importance"] = stage(
         "importance of the base (diagonal Fisher)",
@@ -77,13 +81,10 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
             data_dir=data_arg,
             out=importance_dir,
             overwrite=True,
+            device=sweep_cfg.device or "cpu",  # the sweep's device (cuda for a GPU run)
         ),
     )
 
-    boundaries = out / config.candidate_source / "boundaries.yaml"
-    sweep_cfg = sweep_config(
-        config, base=base, math=str(experts["math"]), lang=str(experts["lang"]), boundaries=str(boundaries), data_dir=data_arg
-    )
     costs["sweep"], sweep = resumable_stage(out / "sweep", lambda: run_sweep(sweep_cfg, out / "sweep", log=log))
 
     write_text_atomic(out / "report.md", demo_report(config, out, costs, sweep, checks))
