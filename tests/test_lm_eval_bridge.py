@@ -221,7 +221,12 @@ def test_sweep_over_proxy_and_two_lm_eval_tasks(tmp_path, tiny_experts, data_dir
     from layerswap.sweep import run_sweep
     from layerswap.sweep.config import validate_sweep_dict
 
-    gen, loglik = f"lm_eval:{task_files['gen']}", f"lm_eval:{task_files['loglik']}"
+    xc = tmp_path / "xcopa"  # a copy: its data file is changed below
+    xc.mkdir()
+    data = xc / "xcopa_sw.jsonl"
+    data.write_bytes(task_files["xcopa_data"].read_bytes())
+    (xc / "t.yaml").write_text(task_files["loglik"].read_text(encoding="utf-8").replace(str(task_files["xcopa_data"]), str(data)), encoding="utf-8")
+    gen, loglik = f"lm_eval:{task_files['gen']}", f"lm_eval:{xc / 't.yaml'}"
     cfg = validate_sweep_dict(
         tiny_sweep_config(tiny_experts, data_dir, tasks=["proxy", gen, loglik], limit=4, max_new_tokens=6, batch_size=2,
                           candidates={"grid": {"bottom": [1], "top": [1], "transition": [0]}, "baselines": ["base", "math"]})
@@ -237,9 +242,14 @@ def test_sweep_over_proxy_and_two_lm_eval_tasks(tmp_path, tiny_experts, data_dir
     stored = pd.read_csv(out / "candidates" / "base.scores.csv")
     assert stored.loc[stored["task"] == loglik, "id"].astype(str).tolist() == ["0", "1", "2", "3"]  # lm-eval's doc ids
     runs = []
-    monkeypatch.setattr(lm_eval_bridge, "evaluate_lm_eval", lambda *a, **k: runs.append(a) or pytest.fail("resumed sweep ran lm-eval"))
+    real = lm_eval_bridge.evaluate_lm_eval
+    monkeypatch.setattr(lm_eval_bridge, "evaluate_lm_eval", lambda *a, **k: runs.append(a) or real(*a, **k))
     again = run_sweep(cfg, out, log=lambda s: None)
     cols = ["candidate", "task", "language", "metric", "value", "stderr", "ci_low", "ci_high", "n"]
     pd.testing.assert_frame_equal(first.results[cols], again.results[cols])
     pd.testing.assert_frame_equal(first.comparisons, again.comparisons)
-    assert not runs
+    assert not runs  # resumed: nothing evaluated again
+    with open(data, "a", encoding="utf-8") as fh:  # the task's data changed: the stored results are stale
+        fh.write(json.dumps(XCOPA[0], ensure_ascii=False) + "\n")
+    run_sweep(validate_sweep_dict(cfg.model_dump()), out, log=lambda s: None)
+    assert len(runs) == 2 * 3  # both lm_eval: tasks, for each of the 3 candidates

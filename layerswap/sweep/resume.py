@@ -30,7 +30,7 @@ CHANGES_RESULTS = "changes_results"
 #: Bytes read per sampled block.
 BLOCK = 1 << 16
 #: The inputs fingerprinted, in the order their changes are reported.
-INPUTS = ("base", "math", "lang", "data")
+INPUTS = ("base", "math", "lang", "data", "tasks")
 
 
 def result_fields(model: type[BaseModel]) -> tuple[str, ...]:
@@ -92,11 +92,17 @@ def path_fingerprint(path: str | os.PathLike[str] | None) -> str:
 
 
 def input_fingerprints(config: Any) -> dict[str, str]:
-    """The content fingerprint of the base, the experts and the data folder a sweep reads."""
+    """The content fingerprint of the base, the experts, the data folder and any ``lm_eval:`` task files a sweep reads."""
     from layerswap.io import resolve_data_dir
 
+    from layerswap.evaluate.tasks.lm_eval_bridge import input_paths
+
     data = config.data_dir if config.data_dir is not None else resolve_data_dir(None)
-    return {"base": path_fingerprint(config.base), "math": path_fingerprint(config.math), "lang": path_fingerprint(config.lang), "data": path_fingerprint(data)}
+    found = {"base": path_fingerprint(config.base), "math": path_fingerprint(config.math), "lang": path_fingerprint(config.lang), "data": path_fingerprint(data)}
+    files = [f for task in config.tasks for f in input_paths(task)]  # lm_eval: task YAMLs and their local data
+    if files:
+        found["tasks"] = hashlib.sha1("".join(f"{f}={path_fingerprint(f)}\n" for f in files).encode()).hexdigest()[:12]
+    return found
 
 
 @dataclass(frozen=True)

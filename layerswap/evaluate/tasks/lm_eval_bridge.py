@@ -192,6 +192,7 @@ def spec_for(name: str) -> TaskSpec:
     task_name, include = locate(text)
     task = load_task(task_name, include)
     metric, filter_name, higher = headline(task)
+    _INPUT_FILES[name] = ((include,) if include else ()) + _data_files(task)
     generative = task.OUTPUT_TYPE == GENERATIVE
 
     def run(lm: LoadedModel, req: EvalRequest) -> EvalResult:
@@ -208,6 +209,26 @@ def spec_for(name: str) -> TaskSpec:
         check_language=lambda lang: lang,  # the task's language is in its name; --langs does not select here
         check_shots=nonnegative_shots,
     )
+
+
+_INPUT_FILES: dict[str, tuple[str, ...]] = {}
+
+
+def _data_files(task: Any) -> tuple[str, ...]:
+    """The local files named by a task's ``dataset_kwargs.data_files`` (a path, a list, or split -> path(s))."""
+    files = (getattr(task.config, "dataset_kwargs", None) or {}).get("data_files") or ()
+    values = files.values() if isinstance(files, dict) else [files]
+    flat = [v for value in values for v in (value if isinstance(value, (list, tuple)) else [value])]
+    return tuple(str(v) for v in flat if isinstance(v, str) and Path(v).exists())
+
+
+def input_paths(name: str) -> tuple[str, ...]:
+    """What an ``lm_eval:`` task reads from disk (its YAML folder, its local data files), for a sweep's
+    resume key: a changed task file or data file is evaluated again. Empty for every other task."""
+    if not is_bridge_name(name):
+        return ()
+    spec_for(name)
+    return _INPUT_FILES.get(name, ())
 
 
 def evaluate_lm_eval(
