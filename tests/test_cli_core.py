@@ -45,6 +45,13 @@ def test_inspect_json_of_a_name_prepared_on_first_use_is_json_only(tiny_gemma3, 
     assert json.loads(out)["num_layers"] == 4  # nothing but the JSON on stdout
 
 
+def test_version(capsys):
+    from layerswap import __version__
+
+    code, out, _ = run_cli(["--version"], capsys)
+    assert code == 0 and out.strip() == f"layerswap {__version__}"
+
+
 def test_inspect_adapter(tiny_lora, capsys):
     code, out, _ = run_cli(["inspect", str(tiny_lora)], capsys)
     assert code == 0 and "LoRA adapter" in out and "[1, 2]" in out

@@ -28,6 +28,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from layerswap import __version__
+
+        print(f"layerswap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Cross-lingual skill transfer by modular fine-tuning and model merging."""
+
+
 # Each command group lives in its own module and registers itself on ``app`` when imported.
 from layerswap.cli import analyze as _analyze  # noqa: E402,F401
 from layerswap.cli import demo as _demo  # noqa: E402,F401
