@@ -107,9 +107,12 @@ def _filter(name: str) -> str:
 def test_bridge_equals_lm_eval_in_process(tiny_llama, task_files):
     """The same scores, outputs and log-likelihoods as lm-eval's HF backend loading the model from disk."""
     import lm_eval
+    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    names, ours = _bridge(tiny_llama, task_files)
+    with pytest.MonkeyPatch.context() as mp:  # the bridge generates with layerswap's runner, not HFLM's loop
+        mp.setattr(HFLM, "generate_until", lambda *a, **k: pytest.fail("greedy generation fell back to HFLM.generate_until"))
+        names, ours = _bridge(tiny_llama, task_files)
     task_names = ["layerswap_mgsm_native_cot_sw", "local_xcopa_sw"]
     manager = TaskManager(include_path=[str(task_files["gen"].parent), str(task_files["loglik"].parent)], include_defaults=False)
     res = lm_eval.simple_evaluate(

@@ -211,6 +211,52 @@ def spec_for(name: str) -> TaskSpec:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def fast_hflm_class() -> type:
+    """lm-eval's ``HFLM`` whose greedy ``generate_until`` runs layerswap's runner
+    (:func:`~layerswap.evaluate.runner.generate`: the tokens of ``generate``, rows leaving the batch when
+    they stop, the few-shot prefix computed once). Stop strings, the EOS stop and ``max_gen_toks`` are read
+    with lm-eval's own helpers and the text is cut as lm-eval cuts it; sampling, extra generation
+    arguments and contexts lm-eval would truncate go to ``HFLM.generate_until`` itself."""
+    import json
+
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+
+    from layerswap.evaluate.runner import encode, generate
+
+    class FastHFLM(HFLM):
+        layerswap_lm: Any = None
+
+        def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+            out: list[str | None] = [None] * len(requests)
+            eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+            groups: dict[str, list[int]] = {}
+            for i, req in enumerate(requests):
+                groups.setdefault(json.dumps(req.args[1], sort_keys=True, default=str), []).append(i)
+            rest: list[int] = []
+            for idx in groups.values():
+                kwargs = normalize_gen_kwargs(requests[idx[0]].args[1], self.max_gen_toks)
+                until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+                max_gen = kwargs.pop("max_gen_toks")
+                greedy = not kwargs.pop("do_sample", False) and not kwargs.pop("temperature", 0.0) and not kwargs
+                contexts = [requests[i].args[0] for i in idx]
+                fits = all(len(encode(self.tokenizer, c)) + max_gen <= self.max_length for c in contexts)
+                if not (greedy and fits and getattr(self, "think_end_token", None) is None and self.layerswap_lm is not None):
+                    rest.extend(idx)
+                    continue
+                texts = generate(self.layerswap_lm, contexts, stop=until, max_new_tokens=max_gen, batch_size=int(self.batch_size), desc="lm-eval generate_until")
+                for i, text in zip(idx, texts, strict=True):
+                    out[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+            if rest:
+                for i, text in zip(rest, super().generate_until([requests[i] for i in rest], disable_tqdm), strict=True):
+                    out[i] = text
+            return out
+
+    return FastHFLM
+
+
 _INPUT_FILES: dict[str, tuple[str, ...]] = {}
 
 
@@ -238,7 +284,6 @@ def evaluate_lm_eval(
     import time
 
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
 
     from layerswap.evaluate.fidelity import fidelity, fidelity_columns, identifier, token_counter
     from layerswap.evaluate.result import EvalResult
@@ -246,7 +291,8 @@ def evaluate_lm_eval(
 
     t0 = time.perf_counter()
     with _quiet():
-        hflm = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=req.batch_size, max_gen_toks=req.max_new_tokens)
+        hflm = fast_hflm_class()(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=req.batch_size, max_gen_toks=req.max_new_tokens)
+        hflm.layerswap_lm = lm
         out = lm_eval.simple_evaluate(
             model=hflm,
             tasks=[task_name],
