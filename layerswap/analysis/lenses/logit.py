@@ -69,31 +69,51 @@ def _english_texts(ctx: LensContext) -> tuple[list[str], str]:
 
 
 class LogitProbe:
+    """Keeps the sampled rows of every layer during the pass and decodes them together once the model is done.
+
+    Decoding a few rows per batch would read the whole output layer (vocabulary x width) for each batch
+    and layer; decoding all of a model's rows at once, ``CHUNK`` at a time, reads it a few times in all.
+    """
+
     name = "logit"
+    CHUNK = 256
 
     def __init__(self, models: list[str], data: list[str], target: torch.Tensor, forward: Pass | None = None) -> None:
         self.models, self.data, self.target = models, data, target
         self.forward = forward  # set by the runner: the current model's decoder
+        self.rows: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.sums: dict[tuple, torch.Tensor] = {}
 
     def wants(self, model: str, data: str) -> frozenset[str]:
         return frozenset({"embed", "residual"}) if model in self.models and data in self.data else frozenset()
 
     def update(self, model: str, data: str, where: str, layer: int, hidden: torch.Tensor, batch: Batch) -> None:
-        if not len(batch.logit):
-            return
-        rows = hidden.reshape(-1, hidden.shape[-1])[batch.logit.to(hidden.device)]
-        logp = torch.log_softmax(self.forward.decoders[model](rows), dim=-1)
-        gold = batch.gold.to(logp.device)
-        lp = logp.gather(1, gold[:, None]).squeeze(1)
-        top1 = logp.argmax(dim=-1).cpu()
-        in_target = self.target[top1.clamp_max(len(self.target) - 1)] & (top1 < len(self.target))
-        acc = torch.tensor([float(lp.exp().sum()), float(lp.sum()), float(in_target.sum()), float(len(lp))], dtype=torch.float64)
-        key = (model, data, layer)
-        self.sums[key] = self.sums.get(key, torch.zeros(4, dtype=torch.float64)) + acc
+        if len(batch.logit):
+            rows = hidden.reshape(-1, hidden.shape[-1])[batch.logit.to(hidden.device)]
+            self.rows.setdefault((model, data, layer), []).append((rows.clone(), batch.gold))
 
     def end_model(self, model: str) -> None:
-        """Nothing to fold: the sums are already small."""
+        keys = [k for k in self.rows if k[0] == model]
+        if not keys:
+            return
+        decode = self.forward.decoders[model]
+        parts = [(i, r, g) for i, k in enumerate(keys) for r, g in self.rows.pop(k)]
+        device = decode.head.weight.device
+        rows = torch.cat([r.to(device) for _, r, _ in parts])
+        gold = torch.cat([g for _, _, g in parts]).to(device)
+        segment = torch.cat([torch.full((len(g),), i, dtype=torch.long) for i, _, g in parts])
+        stats = torch.zeros(len(keys), 4, dtype=torch.float64)
+        with torch.inference_mode():
+            for start in range(0, len(rows), self.CHUNK):
+                logp = torch.log_softmax(decode(rows[start : start + self.CHUNK]), dim=-1)
+                lp = logp.gather(1, gold[start : start + self.CHUNK, None]).squeeze(1).double().cpu()
+                top1 = logp.argmax(dim=-1).cpu()
+                in_target = self.target[top1.clamp_max(len(self.target) - 1)] & (top1 < len(self.target))
+                seg = segment[start : start + self.CHUNK]
+                for col, values in enumerate((lp.exp(), lp, in_target.double(), torch.ones_like(lp))):
+                    stats[:, col].index_add_(0, seg, values)
+        for i, key in enumerate(keys):
+            self.sums[key] = stats[i]
 
 
 def logit_table(probe: LogitProbe, target_set: str) -> pd.DataFrame:
