@@ -26,7 +26,7 @@ from test_sweep_loop import _config as _loop_config
 from test_sweep_loop import _fake_eval
 
 from layerswap.sweep import ResultStore, build_candidates, run_candidates, settings_key
-from layerswap.sweep.loop import run_halving_sweep
+from layerswap.sweep.search import run_halving_sweep
 from layerswap.sweep.shard import Shard
 
 #: ``results.csv`` without its timing columns (which differ from run to run).

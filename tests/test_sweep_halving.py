@@ -29,7 +29,8 @@ from layerswap.sweep.halving import (
     run_halving,
     shard,
 )
-from layerswap.sweep.loop import check_first_round, run_halving_sweep, write_report
+from layerswap.sweep.report import write_report
+from layerswap.sweep.search import check_first_round, run_halving_sweep
 from layerswap.sweep.selection import finalists
 
 N = 240
@@ -490,3 +491,11 @@ def test_survivors_of_the_last_round_rank_before_those_it_dropped():
     dec = decide(plan, 0, ["A", "B", "C"], scores, spent=120, data_ended=True)
     assert dec.eliminated == ["B"] and "C" in dec.survivors
     assert HalvingResult(plan, [dec], scores).ranking() == ["A", "C", "B"]
+
+
+def test_every_search_mode_is_a_registered_strategy():
+    """The config's search modes and the strategies behind the one interface are the same names."""
+    from layerswap.sweep.config import SEARCH_MODES
+    from layerswap.sweep.search import STRATEGIES, SearchStrategy
+
+    assert tuple(STRATEGIES) == SEARCH_MODES and all(isinstance(s, SearchStrategy) for s in STRATEGIES.values())

@@ -19,7 +19,8 @@ from layerswap.sweep import (
     validate_sweep_dict,
 )
 from layerswap.sweep.compare import compare_candidates, verdict_lines
-from layerswap.sweep.report import report_markdown, write_figures
+from layerswap.sweep.figures import write_figures
+from layerswap.sweep.report import report_markdown
 from layerswap.sweep.selection import select
 
 
@@ -318,7 +319,7 @@ def test_verdict_colours_in_the_paired_panel():
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_hex
 
-    from layerswap.sweep.report import _paired_panel, verdict_colour
+    from layerswap.sweep.figures import _paired_panel, verdict_colour
 
     assert [verdict_colour(v) for v in ("better", "worse", "indistinguishable", "undetermined", float("nan"))] == [
         "tab:green", "tab:red", "tab:gray", "tab:gray", "tab:gray"]

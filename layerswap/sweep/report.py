@@ -1,238 +1,29 @@
-"""Plots and the markdown report of a merge-then-evaluate sweep.
+"""The markdown report of a merge-then-evaluate sweep, and :func:`write_report`, which writes it all.
 
-Everything here reads the sweep's tidy results table (one row per candidate x task x language x
-metric, with the headline metrics' standard error and 95% interval) so that a notebook can redraw
-any figure from ``results.csv`` alone; the heatmap's "indistinguishable from the best" marks and the
-report's verdict also read ``comparisons.csv`` (:mod:`~layerswap.sweep.compare`). Whether a metric
-is better high or low comes from the task that reports it (``layerswap.evaluate.tasks``).
+The report states the decisions (:mod:`~layerswap.sweep.selection`) and the paired verdicts
+(:mod:`~layerswap.sweep.compare`), the per-language tables with intervals, the halving rounds and
+whether the screen predicted the target, and embeds the figures (:mod:`~layerswap.sweep.figures`).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-from layerswap.evaluate.tasks import higher_is_better
-from layerswap.figures import pyplot, save_figure
-from layerswap.sweep.compare import verdict_lines
-from layerswap.sweep.selection import ALL, SWAP_METHOD, Decisions, Selection, decide, per_candidate
+from layerswap.evaluate.tasks import get_task, higher_is_better
+from layerswap.figures import save_figure
+from layerswap.io import write_text_atomic
+from layerswap.sweep.compare import compare_candidates, verdict_lines
+from layerswap.sweep.figures import _ci, halving_figure, plt, write_figures
+from layerswap.sweep.selection import ALL, DECISIONS_FILE, Selection, SweepResult, decide_sweep, per_candidate
 
-plt = pyplot()
-
-
-def _metric_label(task: str, metric: str) -> str:
-    arrow = "lower is better" if not higher_is_better(metric) else "higher is better"
-    return f"{task} {metric} ({arrow})"
-
-
-def _marks(comparisons: pd.DataFrame | None, task: str, metric: str, scope: str, best: str) -> set[str]:
-    """Swaps indistinguishable from ``best`` in ``scope`` (paired, Holm-adjusted; see compare)."""
-    if comparisons is None or comparisons.empty:
-        return set()
-    rows = comparisons[
-        (comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == scope) & (comparisons["reference"] == best)
-    ]
-    return set(rows.loc[rows["verdict"] == "indistinguishable", "candidate"])
-
-
-def swap_heatmap(
-    results: pd.DataFrame, task: str, metric: str, comparisons: pd.DataFrame | None = None, decisions: Decisions | None = None
-) -> plt.Figure:
-    """Metric over (bottom, top) language layers per language; the best transition per cell.
-
-    The best swap of each language is ``decisions``' (:mod:`~layerswap.sweep.selection`; after halving
-    not always the best raw mean: its cell shows it; default: decided on ``results``). With
-    ``comparisons`` (``comparisons.csv``) it is starred and the cells whose swap is statistically
-    indistinguishable from it (paired test, Holm-adjusted p >= 0.05) are boxed.
-    """
-    decisions = decisions or decide(results, [(task, metric)])
-    rows = results[(results["task"] == task) & (results["metric"] == metric) & (results["method"] == SWAP_METHOD)]
-    langs = sorted(rows["language"].unique())
-    fig, axes = plt.subplots(1, max(1, len(langs)), figsize=(4.2 * max(1, len(langs)) + 0.8, 3.8), squeeze=False)
-    high = higher_is_better(metric)
-    for ax, lang in zip(axes[0], langs, strict=False):
-        scope = ALL if len(langs) == 1 else lang
-        sub = rows[rows["language"] == lang].dropna(subset=["value"])
-        # The decided best swap (after halving: not always the best raw mean) keeps its cell.
-        best = decisions.best_swap(task, scope) or ""
-        sub = sub.sort_values("value", ascending=not high, kind="stable")
-        sub = sub.sort_values("candidate", key=lambda c: c != best, kind="stable").drop_duplicates(["bottom", "top"])
-        grid = sub.pivot(index="bottom", columns="top", values="value").sort_index(ascending=False)
-        names = sub.pivot(index="bottom", columns="top", values="candidate").reindex_like(grid)
-        im = ax.imshow(grid.values.astype(float), cmap="viridis" if high else "viridis_r", aspect="auto")
-        ax.set_xticks(range(grid.shape[1]), [str(int(c)) for c in grid.columns])
-        ax.set_yticks(range(grid.shape[0]), [str(int(i)) for i in grid.index])
-        ax.set_xlabel("top layers from the language expert")
-        ax.set_ylabel("bottom layers from the language expert")
-        marked = _marks(comparisons, task, metric, scope, best)
-        ax.set_title(lang)
-        for (i, j), v in np.ndenumerate(grid.values.astype(float)):
-            if math.isnan(v):
-                continue
-            name = names.iat[i, j]
-            ax.text(j, i, f"{v:.4g}" + ("*" if name == best and comparisons is not None else ""), ha="center", va="center", fontsize=8, color="white")
-            if name in marked:
-                ax.add_patch(plt.Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="white", linewidth=2))
-        fig.colorbar(im, ax=ax, label=metric)
-    note = "\n* best swap; boxed: indistinguishable from it (paired, Holm p >= 0.05)" if comparisons is not None else ""
-    fig.suptitle(f"Layer swap: {_metric_label(task, metric)}{note}", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def _yerr(frame: pd.DataFrame) -> np.ndarray:
-    """Asymmetric error bars (value minus low, high minus value) from ``ci_low``/``ci_high``; 0 where unknown."""
-    low = (frame["value"] - frame["ci_low"]).astype(float).fillna(0).clip(lower=0)
-    high = (frame["ci_high"] - frame["value"]).astype(float).fillna(0).clip(lower=0)
-    return np.vstack([low.to_numpy(), high.to_numpy()])
-
-
-def baseline_bars(
-    results: pd.DataFrame, task: str, metric: str, comparisons: pd.DataFrame | None = None, decisions: Decisions | None = None
-) -> plt.Figure:
-    """The best swap against every baseline, per language, with 95% intervals: the best swap of
-    ``decisions`` (a halving sweep's: the best survivor, or the race's best when it dropped every swap;
-    default: decided on ``results``, the best mean over languages).
-
-    A dot plot rather than bars from zero: log-likelihoods and bits per byte have no natural zero,
-    and the differences between candidates are what matters. The error bars are each candidate's own
-    interval; whether two candidates differ is the paired comparison's call (``comparisons.csv``),
-    which is sharper than overlapping bars suggest: with ``comparisons`` a second panel shows each
-    baseline minus the best swap (pooled over languages) with its paired 95% interval and Holm p.
-    """
-    rows = results[(results["task"] == task) & (results["metric"] == metric)].copy()
-    for col in ("ci_low", "ci_high"):
-        if col not in rows:
-            rows[col] = np.nan
-    table = per_candidate(results, task, metric)
-    swaps = set(table.loc[table["method"] == SWAP_METHOD, "candidate"])
-    keep = [c for c in table["candidate"] if c not in swaps]
-    best_swap = (decisions or decide(results, [(task, metric)])).best_swap(task)
-    if best_swap is not None:
-        keep = [best_swap] + keep
-    langs = sorted(rows["language"].unique())
-    paired = _paired_rows(comparisons, task, metric, best_swap)
-    if paired is None:
-        fig, ax = plt.subplots(figsize=(1.6 + 0.75 * len(keep), 4))
-    else:
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(3.2 + 1.5 * len(keep), 4), gridspec_kw={"width_ratios": [1, 1]})
-        _paired_panel(ax2, paired, keep[1:], metric, str(best_swap))
-    x = np.arange(len(keep))
-    for i, lang in enumerate(langs):
-        sub = rows[rows["language"] == lang].groupby("candidate").first().reindex(keep)
-        ax.errorbar(x + (i - (len(langs) - 1) / 2) * 0.12, sub["value"].to_numpy(dtype=float), yerr=_yerr(sub), fmt="o", ms=8, capsize=4, label=lang)
-    if best_swap is not None:
-        ax.axvspan(-0.4, 0.4, color="tab:green", alpha=0.12, label="best layer swap")
-    ax.set_xticks(x, keep, rotation=30, ha="right")
-    ax.set_ylabel(f"{metric} (95% interval)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"Best layer swap vs baselines: {_metric_label(task, metric)}")
-    ax.legend(fontsize=8, title="language", loc="best")
-    fig.tight_layout()
-    return fig
-
-
-def _paired_rows(comparisons: pd.DataFrame | None, task: str, metric: str, best_swap: str | None) -> pd.DataFrame | None:
-    if comparisons is None or comparisons.empty or best_swap is None:
-        return None
-    rows = comparisons[
-        (comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == ALL) & (comparisons["reference"] == best_swap)
-    ]
-    return rows.set_index("candidate") if len(rows) else None
-
-
-#: The colour of a paired verdict in the figures; anything else (indistinguishable, undetermined, none) is grey.
-VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red"}
-
-
-def verdict_colour(verdict: object) -> str:
-    """Green only for "better", red only for "worse": an undetermined verdict is no evidence either way."""
-    return VERDICT_COLOURS.get(verdict, "tab:gray") if isinstance(verdict, str) else "tab:gray"
-
-
-def _paired_panel(ax: plt.Axes, paired: pd.DataFrame, names: list[str], metric: str, best: str) -> None:
-    """Each candidate minus ``best`` with its paired 95% interval; the verdict and Holm p as labels."""
-    sub = paired.reindex(names)
-    x = np.arange(len(names))
-    yerr = np.vstack([(sub["diff"] - sub["ci_low"]).fillna(0).clip(lower=0), (sub["ci_high"] - sub["diff"]).fillna(0).clip(lower=0)])
-    colors = [verdict_colour(v) for v in sub["verdict"]]
-    for i in range(len(names)):
-        ax.errorbar(x[i], sub["diff"].iloc[i], yerr=yerr[:, i : i + 1], fmt="s", color=colors[i], capsize=4)
-        if pd.notna(sub["p_holm"].iloc[i]):
-            ax.annotate(f"p={sub['p_holm'].iloc[i]:.2g}", (x[i], sub["ci_high"].iloc[i]), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(x, names, rotation=30, ha="right")
-    ax.set_ylabel(f"{metric}: candidate minus {best}")
-    ax.set_title("Paired difference (95% CI, Holm p)\nred worse, green better, grey indistinguishable/undetermined", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-
-
-def rank_correlation(results: pd.DataFrame, task: str, metric: str) -> tuple[float | None, float, float, int]:
-    """Spearman's rho between the analysis score and the metric over the scored swaps, with a 95%
-    bootstrap interval over swaps (2000 resamples, seed 0); rho is None with too few swaps."""
-    from layerswap.stats import spearman_ci
-
-    table = per_candidate(results, task, metric).dropna(subset=["analysis_score", "value"])
-    if len(table) < 3 or table["analysis_score"].nunique() < 2 or table["value"].nunique() < 2:
-        return None, math.nan, math.nan, len(table)
-    rho, low, high = spearman_ci(table["analysis_score"].to_numpy(float), table["value"].to_numpy(float))
-    return rho, low, high, len(table)
-
-
-def score_scatter(results: pd.DataFrame, task: str, metric: str) -> tuple[plt.Figure, float | None]:
-    """Analysis score of each swap candidate against its measured metric (with its 95% interval),
-    titled with Spearman's rho and its bootstrap interval over swaps."""
-    table = per_candidate(results, task, metric).dropna(subset=["analysis_score", "value"])
-    fig, ax = plt.subplots(figsize=(5, 4))
-    rho, low, high, n = rank_correlation(results, task, metric)
-    ax.errorbar(table["analysis_score"], table["value"], yerr=_yerr(table), fmt="o", color="tab:blue", capsize=4)
-    for _, row in table.iterrows():
-        ax.annotate(str(row["candidate"]).removeprefix("swap-"), (row["analysis_score"], row["value"]), fontsize=7, alpha=0.8)
-    ax.set_xlabel("analysis score of the swap (boundaries.yaml)")
-    ax.set_ylabel(f"{metric} (mean over languages, 95% interval)")
-    title = f"Did the diagnostics predict {task}?"
-    if rho is None:
-        title += "\n(too few scored swaps for a rank correlation)"
-    else:
-        title += f"\nSpearman rho = {rho:.2f} (95% CI {_ci(low, high)}) over {n} swaps"
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig, rho
-
-
-def _ci(low: float, high: float) -> str:
-    return "n/a" if math.isnan(low) or math.isnan(high) else f"[{low:.2f}, {high:.2f}]"
-
-
-def write_figures(
-    results: pd.DataFrame,
-    out: Path,
-    tasks: Iterable[tuple[str, str]],
-    comparisons: pd.DataFrame | None = None,
-    decisions: Decisions | None = None,
-) -> dict[str, dict]:
-    """All sweep figures for each (task, metric) into ``out``; returns what was drawn."""
-    out.mkdir(parents=True, exist_ok=True)
-    drawn: dict[str, dict] = {}
-    for task, metric in tasks:
-        key = f"{task}-{metric}"
-        stem = re.sub(r"[^\w.=-]+", "_", key)  # a task named by a path (lm_eval:dir/t.yaml) is no file name
-        info: dict = {}
-        if (results["method"] == SWAP_METHOD).any():
-            info["heatmap"] = save_figure(swap_heatmap(results, task, metric, comparisons, decisions), out / f"swap_heatmap_{stem}")[0]
-        info["bars"] = save_figure(baseline_bars(results, task, metric, comparisons, decisions), out / f"best_vs_baselines_{stem}")[0]
-        fig, rho = score_scatter(results, task, metric)
-        info["scatter"] = save_figure(fig, out / f"score_vs_metric_{stem}")[0]
-        info["rho"] = rho
-        info["rho_ci"] = rank_correlation(results, task, metric)[1:]
-        drawn[key] = info
-    return drawn
-
+if TYPE_CHECKING:
+    from layerswap.sweep.config import SweepConfig
+    from layerswap.sweep.halving import HalvingResult
 
 def _with_interval(group: pd.DataFrame) -> pd.DataFrame:
     """Candidate x language table of ``value [ci_low, ci_high]`` and the mean over languages."""
@@ -328,35 +119,6 @@ def report_markdown(
 
 def _rel(path: Path, root: Path) -> Path:
     return path.relative_to(root) if path.is_relative_to(root) else path
-
-
-def halving_figure(race: Any) -> plt.Figure:
-    """One panel per round: each candidate that entered it, minus the round's leader (oriented so that
-    negative is worse), with its paired interval from the two-sided bound at the level it was tested
-    at; red: dropped in that round, grey: survives, green: the leader."""
-    rounds = race.rounds
-    names = list(dict.fromkeys(row["candidate"] for dec in rounds for row in dec.rows))
-    cols = min(4, max(1, len(rounds)))
-    nrows = math.ceil(len(rounds) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols + 1.2, 0.22 * len(names) * nrows + 1.6 * nrows), squeeze=False, sharey=True)
-    y = {name: i for i, name in enumerate(names)}
-    for ax, dec in zip(axes.ravel(), rounds, strict=False):
-        for row in dec.rows:
-            colour = {"leader": "tab:green", "eliminated": "tab:red"}.get(row["status"], "tab:gray")
-            diff, bound = row["diff"], row["bound"]
-            half = (bound - diff) if bound == bound and diff == diff else 0.0
-            ax.errorbar(diff, y[row["candidate"]], xerr=[[half], [half]], fmt="o", color=colour, capsize=3, ms=4)
-        ax.axvline(0, color="black", lw=0.8)
-        ax.set_title(f"round {dec.round}: {len(dec.entered)} on {dec.examples} ex.", fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-        ax.set_xlabel("minus leader (neg. = worse)", fontsize=8)
-    for ax in axes.ravel()[len(rounds):]:
-        ax.set_visible(False)
-    axes[0, 0].set_yticks(range(len(names)), names, fontsize=7)
-    axes[0, 0].invert_yaxis()
-    fig.suptitle(f"Halving on {race.plan.task}: paired difference with the round's leader (Holm-level interval); red dropped", fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def halving_section(race: Any, n_candidates: int, fig_dir: Path, *, root: Path) -> list[str]:
@@ -460,3 +222,61 @@ def screen_target_section(results: pd.DataFrame, scores: dict[str, Any], screen:
         path = save_figure(fig, fig_dir / f"screen_vs_target_{screen}_{target}")[0]
         lines += [f"![screen vs target]({_rel(path, root)})", ""]
     return lines
+def merge_overhead(results: pd.DataFrame) -> dict[str, float]:
+    """Per method, the largest ratio of merge time to evaluation time over its candidates."""
+    if results.empty:
+        return {}
+    per = results.groupby("candidate").agg(method=("method", "first"), m=("merge_time", "first"), t=("time", "sum"))
+    per["share"] = per["m"] / per["t"].clip(lower=1e-9)
+    return {str(k): float(v) for k, v in per.groupby("method")["share"].max().items()}
+
+
+def write_report(
+    results: pd.DataFrame,
+    config: SweepConfig,
+    n_candidates: int,
+    out: Path,
+    scores: dict[str, pd.DataFrame | None] | None = None,
+    race: HalvingResult | None = None,
+) -> SweepResult:
+    """Decide (:mod:`~layerswap.sweep.selection`), compare the candidates paired (``comparisons.csv``),
+    draw the figures and write ``decisions.csv`` and ``report.md``; returns the :class:`SweepResult`.
+    ``scores``: each candidate's per-example scores; ``race``: the halving rounds (a halving sweep),
+    whose survivors alone may lead on the screen task."""
+    headline = [(t, get_task(t).metric) for t in config.tasks]
+    decisions, selection = decide_sweep(results, headline, config.decision_task(), race)
+    comparisons = compare_candidates(results, scores or {}, headline, decisions=decisions)
+    write_text_atomic(out / "comparisons.csv", comparisons.to_csv(index=False))
+    write_text_atomic(out / DECISIONS_FILE, decisions.table().to_csv(index=False))
+    figures = write_figures(results, out / "figures", headline, comparisons, decisions)
+    sections: list[str] = []
+    if race is not None:
+        sections += halving_section(race, n_candidates, out / "figures", root=out)
+    screen, target = (race.plan.task if race is not None else config.screen), config.target
+    if screen is not None and target is not None and screen != target:
+        sections += screen_target_section(results, scores or {}, screen, target, out / "figures", root=out)
+    notes = [f"{n_candidates} candidates, each merged in memory into one loaded model (no model folder per candidate)."]
+    overhead = merge_overhead(results)
+    if overhead:
+        notes.append(
+            "Merge time as a share of the candidate's evaluation time: "
+            + "; ".join(f"{method} up to {share:.1%}" for method, share in overhead.items())
+            + "."
+        )
+    write_text_atomic(
+        out / "report.md",
+        report_markdown(results, selection, figures, root=out, notes=notes, comparisons=comparisons, sections=sections),
+    )
+    return SweepResult(
+        results=results,
+        halving=race,
+        scores=scores or {},
+        decisions=decisions,
+        selection=selection,
+        comparisons=comparisons,
+        figures=figures,
+        report=out / "report.md",
+        overhead=overhead,
+    )
+
+
