@@ -310,3 +310,37 @@ def test_in_memory_merge_equals_the_written_one(tiny_experts, tmp_path, method, 
     sd = merged_state_dict(TensorCache.from_config(cfg), cfg)
     for name in (Q.format(1), Q.format(4), "model.embed_tokens.weight"):
         assert torch.allclose(sd[name], out.get(name), atol=1e-6), name
+
+
+@pytest.fixture(scope="module")
+def bf16_experts(tiny_root, tiny_tokenizer):
+    """A bf16 Llama pair (both tools compute in float32 and cast the result to bf16 once)."""
+    from layerswap.testing import make_tiny_model
+
+    base = tiny_root / "llama-bf16-base"
+    if not base.exists():
+        make_tiny_model(base, "llama", layers=4, dtype=torch.bfloat16, tokenizer=tiny_tokenizer, seed=5)
+        planted_expert(base, tiny_root / "llama-bf16-math", layers=[1, 2], scale=0.05, noise=0.003, seed=21)
+        planted_expert(base, tiny_root / "llama-bf16-lang", layers=[0, 3], scale=0.05, noise=0.003, seed=22)
+    return {"base": base, "math": tiny_root / "llama-bf16-math", "lang": tiny_root / "llama-bf16-lang"}
+
+
+@pytest.mark.parametrize(
+    "method,params",
+    [("breadcrumbs_ties", {"density": 0.6, "gamma": 0.02}), ("model_stock", {}), ("slerp", {"t": [0.1, 0.9]}),
+     ("nuslerp", {"weights": {"math": 0.3, "lang": 0.7}}), ("task_arithmetic", {"lines": {"alpha": 0.2, "beta": 0.8}})],
+)
+def test_bf16_models_match_mergekit_within_bf16_rounding(bf16_experts, tmp_path, method, params):
+    require_module("mergekit.merge", "mergekit is not installed (dev extra): the parity tests run its merges")
+    cfg = _config(bf16_experts, method, params, base=method != "slerp")
+    res = merge(cfg, tmp_path / "ours", emit_mergekit=tmp_path / "mk.yaml")
+    doc = yaml.safe_load((tmp_path / "mk.yaml").read_text())
+    assert (doc["dtype"], doc["out_dtype"]) == ("float32", "bfloat16")  # float32 arithmetic, one cast at the end
+    ours, theirs = ModelFolder(res.out), _run_mergekit(tmp_path / "mk.yaml", tmp_path / "theirs")
+    for name in ours.names():
+        a, b = ours.get(name).float(), theirs.get(name).float()
+        assert ours.info(name).dtype == theirs.info(name).dtype == "BF16"
+        # float32 results that differ by float32 rounding may round to neighbouring bf16 values: one unit
+        # in the last place (bf16 keeps 8 significant bits) at most
+        ulp = torch.maximum(a.abs(), b.abs()) * 2.0**-7
+        assert ((a - b).abs() <= ulp).all(), (name, (a - b).abs().max().item())

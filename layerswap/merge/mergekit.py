@@ -27,9 +27,14 @@ def to_mergekit(config: MergeConfig, plan: MergePlan, *, num_layers: int) -> tup
     """The mergekit config as a dict, plus notes on anything it cannot express exactly."""
     doc, notes = get_method(plan.method).to_mergekit(config, plan, num_layers)
     if config.dtype:
-        doc["dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(config.dtype.lower(), config.dtype.lower())
+        out = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(config.dtype.lower(), config.dtype.lower())
     else:
-        doc["dtype"] = _input_dtype(config)
+        out = _input_dtype(config)
+    if plan.is_selection or out == "float32":
+        doc["dtype"] = out
+    else:  # layerswap computes in float32 and casts once at the end: so does mergekit with these two keys
+        doc["dtype"] = "float32"
+        doc["out_dtype"] = out
     return doc, notes
 
 
