@@ -449,3 +449,33 @@ def test_the_task_spec_aggregates_means_and_ratios():
     got = get_task("flores").aggregate(bits, lang="swh")
     assert got == {"value": 50.0 / 40.0, **ratio_columns([20.0, 30.0], [10.0, 30.0]), "n": 2}
     assert get_task("proxy").scores_blocks and not get_task("flores").scores_blocks
+
+
+def test_candidates_that_merge_to_the_same_weights_are_evaluated_once(tmp_path, tiny_experts, data_dir, monkeypatch):
+    """Experts trained with frozen embeddings (their non-layer tensors are the base's): the revert that keeps
+    the swap's middle from the math expert is the swap's own model. One evaluation, both names reported with
+    its scores, and the run and the report say so."""
+    from conftest import tiny_sweep_config
+
+    from layerswap.sweep import run_sweep
+    from layerswap.sweep.loop import InMemorySweep
+    from layerswap.testing import planted_expert
+
+    experts = {
+        "base": tiny_experts["base"],
+        "math": planted_expert(tiny_experts["base"], tmp_path / "math", layers=[2, 3, 4], scale=0.05, seed=1),
+        "lang": planted_expert(tiny_experts["base"], tmp_path / "lang", layers=[0, 1, 5], scale=0.05, seed=2),
+    }
+
+    runs: list[str] = []
+    real = InMemorySweep._evaluate_model
+    monkeypatch.setattr(InMemorySweep, "_evaluate_model", lambda self, tasks, limit: runs.append("x") or real(self, tasks, limit))
+    cfg = validate_sweep_dict(tiny_sweep_config(experts, data_dir, tasks=["proxy"], candidates={
+        "grid": {"bottom": [1], "top": [1], "transition": [0]}, "baselines": ["base", "revert"]}))
+    said: list[str] = []
+    result = run_sweep(cfg, tmp_path / "sweep", log=said.append)
+    revert = next(c for c in result.results["candidate"].unique() if c.startswith("revert-"))
+    assert f"same merged weights as swap-b1-u1, evaluated once: {revert}" in said and len(runs) == 2
+    values = result.results[result.results["metric"] == "gold_logprob"].set_index("candidate")["value"]
+    assert values["swap-b1-u1"] == values[revert] != values["base"]
+    assert f"`swap-b1-u1` = `{revert}`" in (tmp_path / "sweep" / "report.md").read_text()

@@ -72,6 +72,53 @@ class InMemorySweep:
         if config.cache_dtype == "model":
             self.cache.dtype = self.model_dtype
         self.cache.preload()
+        #: Each candidate's merge plan (its layer and non-layer operations), and evaluations by plan:
+        #: candidates whose plans are equal hold the same weights and are evaluated once.
+        self.plans: dict[str, tuple[Any, ...]] = {}
+        self._evaluated: dict[tuple[Any, ...], Any] = {}
+        self._sources: dict[tuple[int | None, str], str] = {}
+
+    def same_weights(self, candidates: list[Candidate]) -> dict[str, list[str]]:
+        """Candidates that merge to the same weights (equal plans), by the first of them: each group is
+        evaluated once and every name in it reported with those scores."""
+        from layerswap.merge.memory import plan_for
+
+        groups: dict[tuple[Any, ...], list[str]] = {}
+        for cand in candidates:
+            plan = plan_for(self.cache, self.merge_config(cand))
+            ops = (*plan.layer_ops, plan.non_layer_op)
+            self.plans[cand.name] = tuple(self._canonical(i if i < plan.num_layers else None, op) for i, op in enumerate(ops))
+            groups.setdefault(self.plans[cand.name], []).append(cand.name)
+        return {names[0]: names[1:] for names in groups.values() if len(names) > 1}
+
+    def _canonical(self, layer: int | None, op: Any) -> Any:
+        """``op`` with a selected source replaced by the first source (base, math, lang) whose tensors at
+        ``layer`` (None: embeddings, final norm, head) are equal to it: an expert trained with frozen
+        embeddings selects the base's own, so a revert and a swap can be one model."""
+        from layerswap.merge.ops import Select
+
+        if not isinstance(op, Select):
+            return op
+        key = (layer, op.source)
+        if key not in self._sources:
+            import torch
+
+            arch = self.cache.architecture
+            names = [n for n in self.cache.names() if arch.classify(n).layer == layer]
+            self._sources[key] = next(
+                label
+                for label in ("base", "math", "lang")
+                if label == op.source or all(torch.equal(self.cache.weight(label, n), self.cache.weight(op.source, n)) for n in names)
+            )
+        return Select(self._sources[key])
+
+    def _once(self, cand: Candidate, what: tuple[Any, ...], run: Callable[[], Any]) -> Any:
+        """``run()``'s result for ``cand``'s plan and ``what``, computed once per plan (copies handed out)."""
+        key = (self.plans.get(cand.name, cand.name), *what)
+        if key not in self._evaluated:
+            self._evaluated[key] = run()
+        found = self._evaluated[key]
+        return tuple(f.copy() for f in found) if isinstance(found, tuple) else found.copy()
 
     def merge_config(self, cand: Candidate) -> MergeConfig:
         """The candidate's validated ``MergeConfig`` (an identity is a revert that keeps one model)."""
@@ -89,11 +136,14 @@ class InMemorySweep:
         self, cand: Candidate, tasks: list[str] | None = None, *, limit: int | None = None
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``cand`` (already merged into the model) on ``tasks`` (default: the sweep's) with the sweep's
-        settings (``limit``: examples per task and language instead of the sweep's)."""
+        settings (``limit``: examples per task and language instead of the sweep's); once per plan."""
+        tasks = tasks or self.config.tasks
+        return self._once(cand, ("tasks", tuple(tasks), limit), lambda: self._evaluate_model(tasks, limit))
+
+    def _evaluate_model(self, tasks: list[str], limit: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
         from layerswap.evaluate import evaluate, example_scores
 
         c = self.config
-        tasks = tasks or c.tasks
         result = evaluate(
             self.lm,
             tasks,
@@ -113,7 +163,10 @@ class InMemorySweep:
 
         A task that scores blocks (``TaskSpec.scores_blocks``: the proxies) is asked for only those
         examples through the registry; any other task is run on the first ``unit.stop`` examples and
-        the block's are kept (correct, but the earlier examples are scored again)."""
+        the block's are kept (correct, but the earlier examples are scored again). Once per plan."""
+        return self._once(cand, ("block", unit.start, unit.stop), lambda: self._evaluate_block(cand, unit))
+
+    def _evaluate_block(self, cand: Candidate, unit: Unit) -> pd.DataFrame:
         from layerswap.evaluate import example_scores
         from layerswap.evaluate.tasks import EvalRequest
 
@@ -210,6 +263,9 @@ def run_sweep(
     search.check(config, len(candidates))
     log(f"{len(candidates)} candidates: {', '.join(c.name for c in candidates)}")
     sweep = InMemorySweep(config, cache, log=log)
+    same = sweep.same_weights(candidates)
+    for first, others in same.items():
+        log(f"same merged weights as {first}, evaluated once: {', '.join(others)}")
     if sharding.world > 1:
         log(f"{sharding.world} processes share the candidates ({len(candidates)} in all)")
     elif Shard.launched_alone():
@@ -227,7 +283,7 @@ def run_sweep(
     if not sharding.is_main:
         return SweepResult(results=found.results, halving=found.race, scores=found.scores)
     write_text_atomic(out / "results.csv", found.results.to_csv(index=False))
-    written = write_report(found.results, config, len(candidates), out, found.scores, found.race)
+    written = write_report(found.results, config, len(candidates), out, found.scores, found.race, same_weights=same)
     selection = written.selection
     assert selection is not None and written.comparisons is not None
     if config.save_best:

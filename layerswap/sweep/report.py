@@ -238,11 +238,14 @@ def write_report(
     out: Path,
     scores: dict[str, pd.DataFrame | None] | None = None,
     race: HalvingResult | None = None,
+    *,
+    same_weights: dict[str, list[str]] | None = None,
 ) -> SweepResult:
     """Decide (:mod:`~layerswap.sweep.selection`), compare the candidates paired (``comparisons.csv``),
     draw the figures and write ``decisions.csv`` and ``report.md``; returns the :class:`SweepResult`.
     ``scores``: each candidate's per-example scores; ``race``: the halving rounds (a halving sweep),
-    whose survivors alone may lead on the screen task."""
+    whose survivors alone may lead on the screen task; ``same_weights``: candidates that merge to the
+    same weights as another (evaluated once), by the first of each group."""
     headline = [(t, get_task(t).metric) for t in config.tasks]
     decisions, selection = decide_sweep(results, headline, config.decision_task(), race)
     comparisons = compare_candidates(results, scores or {}, headline, decisions=decisions)
@@ -256,6 +259,8 @@ def write_report(
     if screen is not None and target is not None and screen != target:
         sections += screen_target_section(results, scores or {}, screen, target, out / "figures", root=out)
     notes = [f"{n_candidates} candidates, each merged in memory into one loaded model (no model folder per candidate)."]
+    for first, others in (same_weights or {}).items():
+        notes.append(f"Same merged weights (equal merge plans), evaluated once and reported under each name: `{first}` = " + " = ".join(f"`{o}`" for o in others) + ".")
     overhead = merge_overhead(results)
     if overhead:
         notes.append(
