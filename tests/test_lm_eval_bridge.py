@@ -216,9 +216,8 @@ def test_hub_task_says_so_in_one_line(tmp_path, monkeypatch):
 def test_sweep_over_proxy_and_two_lm_eval_tasks(tmp_path, tiny_experts, data_dir, task_files, monkeypatch):
     """A sweep over [proxy, lm_eval:<generative>, lm_eval:<log-likelihood>] runs, reports paired verdicts for all
     three, and a rerun resumes from the store (lm-eval is not run again) with identical tables."""
-    from conftest import tiny_sweep_config
-
     import pandas as pd
+    from conftest import tiny_sweep_config
 
     from layerswap.evaluate.tasks import lm_eval_bridge
     from layerswap.sweep import run_sweep

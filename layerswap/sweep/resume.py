@@ -93,9 +93,8 @@ def path_fingerprint(path: str | os.PathLike[str] | None) -> str:
 
 def input_fingerprints(config: Any) -> dict[str, str]:
     """The content fingerprint of the base, the experts, the data folder and any ``lm_eval:`` task files a sweep reads."""
-    from layerswap.io import resolve_data_dir
-
     from layerswap.evaluate.tasks.lm_eval_bridge import input_paths
+    from layerswap.io import resolve_data_dir
 
     data = config.data_dir if config.data_dir is not None else resolve_data_dir(None)
     found = {"base": path_fingerprint(config.base), "math": path_fingerprint(config.math), "lang": path_fingerprint(config.lang), "data": path_fingerprint(data)}
