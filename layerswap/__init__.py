@@ -15,13 +15,13 @@ __all__ = [
     *lazy_exports(
         __name__,
         {
-            "finetune": "layerswap.finetune",
+            "finetune": "layerswap.finetune:",
             "FinetuneConfig": "layerswap.finetune.config",
-            "merge": "layerswap.merge",
+            "merge": "layerswap.merge:",
             "swap": "layerswap.merge.swap",
-            "evaluate": "layerswap.evaluate",
+            "evaluate": "layerswap.evaluate:",
             "analyze": "layerswap.analysis",
-            "importance": "layerswap.analysis.importance",
+            "importance": "layerswap.analysis",  # through the package: its module of the same name is not the function
             "run_demo": "layerswap.pipeline.run",
             "DemoConfig": "layerswap.pipeline.config",
         },

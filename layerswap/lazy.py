@@ -27,8 +27,8 @@ def lazy_exports(module_name: str, homes: Mapping[str, str], *, call: str | None
     """Make each name of ``homes`` (name -> module that defines it) an attribute of ``module_name``
     loaded on first use, and return the names (the module's ``__all__``).
 
-    A home that is the submodule ``<module_name>.<name>`` itself stands for that module (the root's
-    ``layerswap.finetune`` is the package). ``call`` names the function the module runs when called.
+    A home ending in ``:`` stands for the module itself (the root's ``"finetune": "layerswap.finetune:"``
+    is the package). ``call`` names the function the module runs when called.
     """
     module = sys.modules[module_name]
     table = dict(homes)
@@ -37,8 +37,8 @@ def lazy_exports(module_name: str, homes: Mapping[str, str], *, call: str | None
         home = table.get(name)
         if home is None:
             raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
-        loaded = importlib.import_module(home)
-        value = loaded if home == f"{module_name}.{name}" else getattr(loaded, name)
+        loaded = importlib.import_module(home.rstrip(":"))
+        value = loaded if home.endswith(":") else getattr(loaded, name)
         setattr(module, name, value)
         return value
 

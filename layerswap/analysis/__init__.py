@@ -12,18 +12,21 @@ from __future__ import annotations
 from layerswap.analysis.boundaries import BoundaryRule
 from layerswap.analysis.core import analyze, build_analysis, resolve_roles
 from layerswap.analysis.report import Analysis
+from layerswap.lazy import lazy_exports
 
-__all__ = ["Analysis", "BoundaryRule", "analyze", "build_analysis", "importance", "lens_recommendations", "resolve_roles", "run_lenses"]
-
-
-def __getattr__(name: str):
-    # importance pulls in transformers; import it only when asked for.
-    if name == "importance":
-        from layerswap.analysis.importance import importance
-
-        return importance
-    if name in ("run_lenses", "lens_recommendations"):  # the lens registry (analysis/lenses/), loaded when asked for
-        from layerswap.analysis import lenses
-
-        return getattr(lenses, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: importance pulls in transformers and the lens registry loads every lens: both only when asked for.
+__all__ = [
+    "Analysis",
+    "BoundaryRule",
+    "analyze",
+    "build_analysis",
+    "resolve_roles",
+    *lazy_exports(
+        __name__,
+        {
+            "importance": "layerswap.analysis.importance",
+            "run_lenses": "layerswap.analysis.lenses",
+            "lens_recommendations": "layerswap.analysis.lenses",
+        },
+    ),
+]
