@@ -21,6 +21,7 @@ import pandas as pd
 from layerswap.io import resolve_model
 from layerswap.progress import set_quiet
 from layerswap.sweep import run_sweep, validate_sweep_dict
+from layerswap.sweep.selection import SWAP_METHOD
 from layerswap.testing import planted_expert
 
 
@@ -65,7 +66,7 @@ def main() -> None:
     per["overhead"] = per["merge_s"] / per["eval_s"]
     order = list(per.index)
     first = order[0]
-    swaps = per[(per["method"] == "layer_swap") & (per.index != first)]
+    swaps = per[(per["method"] == SWAP_METHOD) & (per.index != first)]
     lines = [
         "# Sweep: in-memory merge overhead per candidate",
         "",

@@ -37,7 +37,7 @@ from layerswap.analysis.intervals import (
     split_gain,
 )
 from layerswap.stats import spearman_ci
-from layerswap.sweep.selection import read_decisions
+from layerswap.sweep.selection import SWAP_METHOD, read_decisions
 
 HERE = Path(__file__).resolve().parent
 #: Files of an expert's folder worth keeping (its weights are not).
@@ -205,7 +205,7 @@ def answer_d(run: Path) -> list[str]:
     irec = yaml.safe_load((run / "importance" / "boundaries.yaml").read_text())
     d_imp = read_table(run / "importance", "contrast")["diff"].to_numpy(float)
     tau = float(irec["rule"]["penalty_per_layer"])
-    swaps = results[(results["task"] == "proxy") & (results["metric"] == "gold_logprob") & (results["method"] == "layer_swap")].copy()
+    swaps = results[(results["task"] == "proxy") & (results["metric"] == "gold_logprob") & (results["method"] == SWAP_METHOD)].copy()
     vs_base = comps[
         (comps["task"] == "proxy") & (comps["metric"] == "gold_logprob") & (comps["language"] == "all") & (comps["reference"] == "base")
     ].set_index("candidate")

@@ -15,13 +15,14 @@ from layerswap.errors import ConfigError, InputPathError
 from layerswap.io.swap_geometry import SwapGeometry
 from layerswap.merge.methods import sweep_baselines
 from layerswap.sweep.config import Candidate, CandidatesSpec, SweepConfig
+from layerswap.sweep.selection import SWAP_METHOD
 
 
 def swap_candidate(bottom: int, top: int, transition: int = 0, *, score: float | None = None, source: str = "grid") -> Candidate:
     """A layer swap taking ``bottom`` and ``top`` layers from the language expert."""
     return Candidate(
         name=f"swap-b{bottom}-u{top}" + (f"-t{transition}" if transition else ""),
-        method="layer_swap",
+        method=SWAP_METHOD,
         params={"bottom": bottom, "top": top, "transition": transition},
         bottom=bottom,
         top=top,
@@ -108,6 +109,6 @@ def merge_config_for(candidate: Candidate, config: SweepConfig) -> dict[str, Any
         "base": config.base,
         "params": dict(candidate.params),
     }
-    if config.non_layer is not None and candidate.method == "layer_swap":
+    if config.non_layer is not None and candidate.method == SWAP_METHOD:
         data["non_layer"] = config.non_layer
     return data

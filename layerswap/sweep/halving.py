@@ -12,7 +12,8 @@ The work is explicit: a round is a list of :class:`Unit` (candidate x block), en
 function of the scores as stored (:func:`decide`). So a killed race rerun with the same command
 reuses every stored unit and takes identical decisions; and the units of a round can be shared out
 among processes (:func:`shard`) with a barrier before :func:`end_round`, which every process may
-compute (each gets the same answer) or one writes.
+compute (each gets the same answer) or one writes. The race's data (plan, units, decisions, result) is
+:mod:`~layerswap.sweep.race`.
 
 **The statistics of an elimination.** In round ``r`` every survivor has the same examples. For each
 survivor ``c`` other than the leader ``L`` (the best mean), the per-example differences
@@ -31,12 +32,12 @@ compared, an approximation of the ratio of sums).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,134 +45,28 @@ import numpy as np
 import pandas as pd
 
 from layerswap.io import write_text_atomic
+from layerswap.io.stored import check_unit_record, parse_stored_scores, read_stored_json
 from layerswap.sweep.config import Candidate
+from layerswap.sweep.race import (
+    BUDGET,
+    DATA_END,
+    FULL_SET,
+    ONE_LEFT,
+    HalvingPlan,
+    HalvingResult,
+    RoundDecision,
+    Unit,
+    round_units,
+    shard,
+)
 from layerswap.sweep.resume import ResumeKey, as_key, mismatch, resume_line
 from layerswap.sweep.shard import Shard
 from layerswap.sweep.store import read_scores, scores_csv
-
-#: Why a race stopped.
-ONE_LEFT = "one candidate left"
-FULL_SET = "survivors indistinguishable on every example allowed"
-DATA_END = "survivors indistinguishable on every example of the data"
-BUDGET = "the budget of example-evaluations is spent"
 
 #: ``evaluate_block(candidate, unit)``: the candidate's per-example scores (``task, lang, id, score[,
 #: num, den]``) on the unit's examples (positions ``unit.start`` to ``unit.stop`` of each language, in
 #: the screen task's fixed order). Fewer rows than asked for means the data has ended.
 BlockFn = Callable[[Candidate, "Unit"], pd.DataFrame]
-
-
-@dataclass(frozen=True)
-class HalvingPlan:
-    """The race's settings: examples per block and at most per candidate (per language), the budget
-    of example-evaluations (all languages), the family-wise alpha and the metric's direction."""
-
-    task: str
-    block: int
-    max_examples: int
-    languages: int = 1
-    budget: int | None = None
-    alpha: float = 0.05
-    higher_is_better: bool = True
-
-    @property
-    def rounds(self) -> int:
-        """The most rounds the race can take (one block each)."""
-        return math.ceil(self.max_examples / self.block)
-
-    @property
-    def alpha_round(self) -> float:
-        return self.alpha / self.rounds
-
-    def span(self, round_: int) -> tuple[int, int]:
-        """Example positions (per language) of round ``round_``'s block."""
-        start = round_ * self.block
-        return start, min(start + self.block, self.max_examples)
-
-    def key(self) -> str:
-        """What the decisions depend on besides the scores (stored with each round)."""
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One piece of work: one candidate on one block of examples."""
-
-    candidate: str
-    round: int
-    start: int
-    stop: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.candidate}.{self.start}-{self.stop}"
-
-
-@dataclass
-class RoundDecision:
-    """The end of a round: who was compared with whom, who was dropped, whether the race stops."""
-
-    round: int
-    examples: int  # per language, every survivor of the round
-    leader: str
-    entered: list[str]
-    survivors: list[str]
-    eliminated: list[str]
-    rows: list[dict[str, Any]]  # one per entered candidate: n, mean, diff, se, bound, level, p, status
-    spent: int  # example-evaluations of the screen so far
-    stop: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class HalvingResult:
-    """Every round, each candidate's scores (all its units), and the final ranking."""
-
-    plan: HalvingPlan
-    rounds: list[RoundDecision]
-    scores: dict[str, pd.DataFrame]
-    seconds: dict[str, float] = field(default_factory=dict)
-    merge_seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def survivors(self) -> list[str]:
-        return self.rounds[-1].survivors if self.rounds else []
-
-    @property
-    def spent(self) -> int:
-        return self.rounds[-1].spent if self.rounds else 0
-
-    def ranking(self) -> list[str]:
-        """Candidates by the last round they entered (later first), survivors of that round before those it
-        dropped, then by their mean in that round."""
-        last: dict[str, tuple[int, bool, float]] = {}
-        sign = 1.0 if self.plan.higher_is_better else -1.0
-        for dec in self.rounds:
-            for row in dec.rows:
-                mean = row["mean"] if row["mean"] == row["mean"] else -math.inf
-                dropped = row.get("status") == "eliminated"
-                last[row["candidate"]] = (dec.round, dropped, sign * mean if math.isfinite(mean) else -math.inf)
-        order = list(last)
-        return sorted(order, key=lambda c: (-last[c][0], last[c][1], -last[c][2], order.index(c)))
-
-    def table(self) -> pd.DataFrame:
-        """One row per round and candidate entered: the statistics of :func:`decide`."""
-        return pd.DataFrame(
-            [{"round": d.round, "examples": d.examples, "leader": d.leader, **row} for d in self.rounds for row in d.rows]
-        )
-
-
-def round_units(plan: HalvingPlan, round_: int, survivors: Sequence[str]) -> list[Unit]:
-    """The one place the work of a round is enumerated: each survivor on the round's block."""
-    start, stop = plan.span(round_)
-    return [Unit(name, round_, start, stop) for name in survivors]
-
-
-def shard(units: Sequence[Unit], rank: int = 0, world: int = 1) -> list[Unit]:
-    """The units process ``rank`` of ``world`` runs (round robin, so every process gets a similar share)."""
-    return [u for i, u in enumerate(units) if i % world == rank]
 
 
 class UnitStore:
@@ -191,14 +86,16 @@ class UnitStore:
     def _read(self, candidate: Candidate, unit: Unit) -> tuple[dict[str, Any] | None, list[str]]:
         """The one load path: the unit's record when it may be reused, else None and what changed."""
         path = self._path(unit)
-        if not path.exists():
+        if not os.path.lexists(path):
             return None, []
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            return None, []
+        fix = f"delete {path} to evaluate it again"
+        record = read_stored_json(path, root=self.units, fix=fix)  # stored state is validated, never trusted
         why = mismatch(record, candidate.fingerprint(), self.key)
-        return (None, why) if why else (record, [])
+        if why:
+            return None, why
+        check_unit_record(record, asdict(unit), path, fix)
+        parse_stored_scores(record["scores"], path, read=read_scores, fix=fix)
+        return record, []
 
     def load(self, candidate: Candidate, unit: Unit) -> tuple[pd.DataFrame, float, float] | None:
         record = self._read(candidate, unit)[0]

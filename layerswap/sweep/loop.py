@@ -22,7 +22,7 @@ from layerswap.io import write_text_atomic
 from layerswap.merge.methods.identity import identity_merge
 from layerswap.sweep.candidates import build_candidates, merge_config_for
 from layerswap.sweep.config import Candidate, SweepConfig
-from layerswap.sweep.halving import Unit
+from layerswap.sweep.race import Unit
 from layerswap.sweep.report import write_report
 from layerswap.sweep.resume import settings_key
 from layerswap.sweep.search import SearchContext, get_strategy

@@ -23,7 +23,7 @@ from layerswap.sweep.selection import ALL, DECISIONS_FILE, Selection, SweepResul
 
 if TYPE_CHECKING:
     from layerswap.sweep.config import SweepConfig
-    from layerswap.sweep.halving import HalvingResult
+    from layerswap.sweep.race import HalvingResult
 
 def _with_interval(group: pd.DataFrame) -> pd.DataFrame:
     """Candidate x language table of ``value [ci_low, ci_high]`` and the mean over languages."""

@@ -26,7 +26,8 @@ from layerswap.evaluate.tasks import get_task
 from layerswap.io import write_text_atomic
 from layerswap.progress import bar
 from layerswap.sweep.config import Candidate, SweepConfig
-from layerswap.sweep.halving import BlockFn, HalvingPlan, HalvingResult, UnitStore, run_halving
+from layerswap.sweep.halving import BlockFn, UnitStore, run_halving
+from layerswap.sweep.race import HalvingPlan, HalvingResult
 from layerswap.sweep.resume import ResumeKey, resume_line, settings_key
 from layerswap.sweep.selection import finalists
 from layerswap.sweep.shard import Shard

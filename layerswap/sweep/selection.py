@@ -23,7 +23,7 @@ from layerswap.merge.methods.layer_swap import LayerSwap
 
 if TYPE_CHECKING:
     from layerswap.sweep.config import Candidate
-    from layerswap.sweep.halving import HalvingResult
+    from layerswap.sweep.race import HalvingResult
 
 #: The merge method of a layer-swap candidate (every other candidate is a baseline or an expert).
 SWAP_METHOD = LayerSwap.name
