@@ -50,6 +50,38 @@ def build(env: Env) -> None:
     for name in ("optimizer.safetensors", "optimizer.json", "scheduler.json"):
         (template / name).write_text("{}", encoding="utf-8")
     _build_contradictions(env)
+    _build_sweep(env)
+
+
+#: A finished sweep over the experts of tests/faults_outputs.py (2 candidates, proxy, 2 examples), or
+#: None where the data folder is missing; its stored state is copied and tampered with per case.
+SWEEP_DONE = "sweep-done"
+
+
+def _sweep_yaml(env: Env) -> str:
+    from layerswap.io import resolve_data_dir
+
+    data = resolve_data_dir()
+    return (
+        f"base: {_ex(env, 'base')}\nmath: {_ex(env, 'math')}\nlang: {_ex(env, 'lang')}\nlimit: 2\ntasks: [proxy]\n"
+        f"data_dir: {data}\ncandidates: {{grid: {{bottom: [1], top: [1], transition: [0]}}, baselines: [base]}}\n"
+    )
+
+
+def _build_sweep(env: Env) -> None:
+    import pytest
+
+    from layerswap.io import resolve_data_dir
+
+    if resolve_data_dir() is None:
+        return
+    env.sandbox = env.root  # the YAML is written beside the folders, as a user would
+    config = env.yaml("sweep-done.yaml", _sweep_yaml(env))
+    from layerswap.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["sweep", config, "--out", str(env.p(SWEEP_DONE))])
+    assert done.value.code == 0, "the sweep the stored-state cases resume did not finish"
 
 
 def _build_contradictions(env: Env) -> None:
@@ -207,6 +239,63 @@ def _long_line(env: Env) -> None:
 def _evaluate(model: str | Path, env: Env) -> list[str]:
     return ["evaluate", str(model), "--task", "custom", "--data", _ex(env, "custom.jsonl"), "--langs", "sw", "--limit", "1",
             "--max-new-tokens", "2", "--device", "cpu", "--out", env.out]  # fmt: skip
+
+
+def _tampered_sweep(edit):  # noqa: ANN001, ANN202
+    """Copy the finished sweep into the sandbox and break its stored state with ``edit(candidates folder)``."""
+
+    def setup(env: Env) -> None:
+        import pytest
+
+        if not env.p(SWEEP_DONE).is_dir():
+            pytest.skip("needs the data folder (../shared/data or LAYERSWAP_DATA_DIR) for the finished sweep")
+        folder = shutil.copytree(env.p(SWEEP_DONE), env.sandbox / "sw")
+        edit(Path(folder) / "candidates")
+
+    return setup
+
+
+def _edit_record(change):  # noqa: ANN001, ANN202
+    def edit(candidates: Path) -> None:
+        record = json.loads((candidates / "base.json").read_text())
+        (candidates / "base.json").write_text(json.dumps(change(record)))
+
+    return edit
+
+
+def _raise_value(record: dict) -> dict:
+    record["rows"][0]["value"] += 100
+    return record
+
+
+def _retype_value(record: dict) -> dict:
+    record["rows"][0]["value"] = "high"
+    return record
+
+
+def _drop_rows(record: dict) -> dict:
+    del record["rows"]
+    return record
+
+
+def _replace(name: str, kind: str):  # noqa: ANN202
+    def edit(candidates: Path) -> None:
+        (candidates / name).unlink()
+        if kind == "fifo":
+            os.mkfifo(candidates / name)
+        elif kind == "folder":
+            (candidates / name).mkdir()
+        else:
+            (candidates / name).write_text(kind, encoding="utf-8")
+
+    return edit
+
+
+def _resume_sweep(env: Env) -> list[str]:
+    return ["sweep", env.yaml("sweep.yaml", _sweep_yaml(env)), "--out", str(env.sandbox / "sw")]
+
+
+STORED = "delete"
 
 
 NINES = "9" * 400
@@ -371,6 +460,13 @@ CASES: list[Case] = [
     Case("evaluate-same-task-twice", "evaluate MODEL --task proxy,proxy --langs sw", lambda e: ["evaluate", str(e.base), "--task", "proxy,proxy", "--langs", "sw", "--out", e.out], "ConfigError", "names 'proxy' twice", "list each once"),
     Case("sweep-language-twice", "sweep cfg.yaml (languages: [sw, sw])", lambda e: ["sweep", e.yaml("sweep.yaml", f"base: {e.base}\nmath: {e.math}\nlang: {e.lang}\nlanguages: [sw, sw]\n"), "--out", e.out], "ConfigError", "names 'sw' twice", "list each once"),
     Case("sweep-task-twice", "sweep cfg.yaml (tasks: [proxy, proxy])", lambda e: ["sweep", e.yaml("sweep.yaml", f"base: {e.base}\nmath: {e.math}\nlang: {e.lang}\ntasks: [proxy, proxy]\n"), "--out", e.out], "ConfigError", "names 'proxy' twice", "list each once"),
+    Case("sweep-stored-value-raised", "sweep cfg.yaml --out SW (candidates/base.json: rows[0].value raised by 100, scores untouched)", _resume_sweep, "CheckpointError", "does not match its scores", STORED, setup=_tampered_sweep(_edit_record(_raise_value))),
+    Case("sweep-stored-value-not-a-number", "sweep cfg.yaml --out SW (candidates/base.json: a value 'high')", _resume_sweep, "CheckpointError", "not a number", STORED, setup=_tampered_sweep(_edit_record(_retype_value))),
+    Case("sweep-stored-no-rows", "sweep cfg.yaml --out SW (candidates/base.json without rows)", _resume_sweep, "CheckpointError", "has no result rows", STORED, setup=_tampered_sweep(_edit_record(_drop_rows))),
+    Case("sweep-stored-empty-list", "sweep cfg.yaml --out SW (candidates/base.json is [])", _resume_sweep, "CheckpointError", "holds a json list", STORED, setup=_tampered_sweep(_replace("base.json", "[]"))),
+    Case("sweep-stored-fifo", "sweep cfg.yaml --out SW (candidates/base.json is a FIFO)", _resume_sweep, "CheckpointError", "is a fifo", STORED, setup=_tampered_sweep(_replace("base.json", "fifo"))),
+    Case("sweep-stored-folder", "sweep cfg.yaml --out SW (candidates/base.json is a folder)", _resume_sweep, "CheckpointError", "is a folder", STORED, setup=_tampered_sweep(_replace("base.json", "folder"))),
+    Case("sweep-scores-fifo", "sweep cfg.yaml --out SW (candidates/base.scores.csv is a FIFO)", _resume_sweep, "CheckpointError", "is a fifo", STORED, setup=_tampered_sweep(_replace("base.scores.csv", "fifo"))),
     # --- class 6: one run per output
     Case(
         "finetune-out-in-use",

@@ -154,9 +154,14 @@ class AtomicDir:
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write a small file with :func:`layerswap.files.replace_file` (never torn, never through a link);
-    an OS failure is one line (a full disk keeps the previous file), a folder at ``path`` is refused."""
+    an OS failure is one line (a full disk keeps the previous file), a folder at ``path`` is refused.
+
+    A regular file that already holds exactly ``data`` is left as it is: a rerun that changes nothing
+    (a resumed sweep's ``sweep.yaml``) writes nothing."""
     path = Path(path)
     try:
+        if _holds(path, data):
+            return path
         return replace_file(path, data)
     except IsADirectoryError as exc:
         raise InputPathError(f"{path} is a folder where layerswap writes a file: remove it or choose another output") from exc
@@ -165,6 +170,24 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
         if mapped is not None:
             raise mapped from exc
         raise
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether ``path`` is a regular file (not a link) whose bytes are ``data``."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(data):
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read(len(data) + 1) == data
+    except OSError:
+        return False
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

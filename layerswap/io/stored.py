@@ -142,9 +142,40 @@ def check_rows_match_scores(rows: list[dict[str, Any]], scores: Any, *, what: st
         if expected is None or value is None:
             raise CheckpointError(f"the stored result of {what} has no scores for {row['task']}/{row['language']}: {fix}")
         want, count = expected
-        same = (math.isnan(want) and math.isnan(value)) or math.isclose(value, want, rel_tol=1e-9, abs_tol=1e-12)
+        same = (math.isnan(want) and math.isnan(value)) or math.isclose(value, want, rel_tol=1e-6, abs_tol=1e-9)  # the task's own float32 sums may differ in the last digits
         if not same or int(n) != count:
             raise CheckpointError(
                 f"the stored result of {what} does not match its scores ({row['task']}/{row['language']}: {row['metric']} "
                 f"{value:g} on n={int(n)}, its scores give {want:g} on n={count}): {fix}"
             )
+
+
+def check_stored_result(record: dict[str, Any], scores: Any, path: Path, *, what: str, fix: str) -> None:
+    """A stored result record (``rows``, optional ``scores_sha1``) checked against its schema and, where it has
+    per-example scores, every headline row against them (:func:`check_rows_match_scores`)."""
+    rows = check_result_rows(record, path, fix)
+    if scores is not None:
+        check_rows_match_scores(rows, scores, what=what, fix=fix)
+
+
+def parse_stored_scores(text: str, path: Path, *, read: Any, fix: str) -> Any:
+    """Per-example scores stored as CSV text, parsed by ``read`` (the sweep's reader) and checked: the
+    columns task, lang, id and score, numbers where numbers belong, and each example once."""
+    try:
+        scores = read(text)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _damaged(path, f"holds scores that are not the numbers layerswap wrote ({str(exc)[:60]})", fix) from None
+    missing = [c for c in ("task", "lang", "id", "score") if c not in scores]
+    if missing:
+        raise _damaged(path, f"holds scores without the column {missing[0]!r}", fix)
+    if scores.duplicated(["task", "lang", "id"]).any():
+        raise _damaged(path, "holds the same example's score twice", fix)
+    return scores
+
+
+def check_unit_record(record: dict[str, Any], unit: dict[str, Any], path: Path, fix: str) -> None:
+    """A halving unit's record must be the unit it is named for and hold its scores as text."""
+    if record.get("unit") != unit:
+        raise _damaged(path, f"describes unit {str(record.get('unit'))[:60]}, not {unit.get('candidate')} {unit.get('start')}-{unit.get('stop')}", fix)
+    if not isinstance(record.get("scores"), str):
+        raise _damaged(path, "holds no scores", fix)
