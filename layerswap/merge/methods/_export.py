@@ -30,6 +30,16 @@ def model_path(config: MergeSpec, label: str) -> str:
     return path
 
 
+def method_doc(config: MergeSpec, method: str, labels: list[str], parameters: dict[str, Any], *, base: bool = True) -> dict[str, Any]:
+    """A named mergekit method over ``labels`` (no per-model parameters), with the base if ``base``."""
+    doc: dict[str, Any] = {"merge_method": method}
+    if base:
+        doc["base_model"] = model_path(config, BASE)
+    doc["models"] = [{"model": model_path(config, label)} for label in labels]
+    doc["parameters"] = parameters
+    return doc
+
+
 def _runs(plan: MergePlan) -> list[tuple[int, int, Op]]:
     runs: list[tuple[int, int, Op]] = []
     for i, op in enumerate(plan.layer_ops):

@@ -9,8 +9,9 @@ choosing only the sparsification (none, TIES trim, DARE drop) and whether signs 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ConfigDict, Field
@@ -19,7 +20,7 @@ from layerswap.config import StrictModel
 from layerswap.errors import ConfigError
 from layerswap.merge.methods._depth import LinesProfile
 from layerswap.merge.methods._export import model_path
-from layerswap.merge.methods._registry import Layout, MergeMethod, MergeSpec
+from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, Layout, MergeMethod, MergeSpec, baseline
 from layerswap.merge.ops import BASE, Combine, MergePlan
 
 if TYPE_CHECKING:
@@ -58,6 +59,19 @@ def non_layer_note(plan: MergePlan) -> list[str]:
         f"non_layer {plan.non_layer_policy} is not expressible here: mergekit merges embeddings, norm and LM head "
         "with the same method"
     ]
+
+
+def density_baselines(methods: dict[str, int], *, seeded: bool) -> None:
+    """Register the sweep baseline ``{method}`` at ``rank`` for each sparsifying method: its density from the
+    sweep (or its params default), with the sweep's seed where the drop is random."""
+    for method, rank in methods.items():
+        baseline(method, rank=rank)(partial(_density_candidate, method, seeded))
+
+
+def _density_candidate(method: str, seeded: bool, context: BaselineContext) -> BaselineCandidate:
+    density = context.density_for(method)
+    params: dict[str, Any] = {"density": density, "seed": context.seed} if seeded else {"density": density}
+    return f"{method.replace('_', '-')}-d{density:g}", method, params
 
 
 def layer_lambdas(plan: MergePlan) -> float | list[float]:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from layerswap.errors import ConfigError
-from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, MergeSpec, baseline, register
-from layerswap.merge.methods._weighted import SparseParams, TaskVectorMethod, TaskVectorParams
+from layerswap.merge.methods._registry import MergeSpec, register
+from layerswap.merge.methods._weighted import SparseParams, TaskVectorMethod, TaskVectorParams, density_baselines
 from layerswap.merge.ops import Combine
 
 if TYPE_CHECKING:
@@ -94,16 +94,4 @@ class BreadcrumbsTies(_Breadcrumbs):
     consensus = True
 
 
-def _breadcrumbs_baseline(method: str, context: BaselineContext) -> BaselineCandidate:
-    density = context.density_for(method)
-    return f"{method.replace('_', '-')}-d{density:g}", method, {"density": density}
-
-
-@baseline("breadcrumbs", rank=64)
-def _breadcrumbs_linear_baseline(context: BaselineContext) -> BaselineCandidate:
-    return _breadcrumbs_baseline("breadcrumbs", context)
-
-
-@baseline("breadcrumbs_ties", rank=65)
-def _breadcrumbs_ties_baseline(context: BaselineContext) -> BaselineCandidate:
-    return _breadcrumbs_baseline("breadcrumbs_ties", context)
+density_baselines({"breadcrumbs": 64, "breadcrumbs_ties": 65}, seeded=False)

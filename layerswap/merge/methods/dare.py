@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, baseline, register
-from layerswap.merge.methods._weighted import SparseParams, TaskVectorMethod, TaskVectorParams
+from layerswap.merge.methods._registry import register
+from layerswap.merge.methods._weighted import SparseParams, TaskVectorMethod, TaskVectorParams, density_baselines
 from layerswap.merge.ops import Combine
 
 if TYPE_CHECKING:
@@ -75,16 +75,4 @@ class DareTies(_Dare):
     consensus = True
 
 
-def _dare_baseline(method: str, context: BaselineContext) -> BaselineCandidate:
-    density = context.density_for(method)
-    return f"{method.replace('_', '-')}-d{density:g}", method, {"density": density, "seed": context.seed}
-
-
-@baseline("dare_ties", rank=60)
-def _dare_ties_baseline(context: BaselineContext) -> BaselineCandidate:
-    return _dare_baseline("dare_ties", context)
-
-
-@baseline("dare_linear", rank=61)
-def _dare_linear_baseline(context: BaselineContext) -> BaselineCandidate:
-    return _dare_baseline("dare_linear", context)
+density_baselines({"dare_ties": 60, "dare_linear": 61}, seeded=True)

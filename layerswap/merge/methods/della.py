@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from layerswap.errors import ConfigError
-from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, MergeSpec, baseline, register
-from layerswap.merge.methods._weighted import SparseParams, TaskVectorMethod, TaskVectorParams
+from layerswap.merge.methods._registry import MergeSpec, register
+from layerswap.merge.methods._weighted import SparseParams, TaskVectorMethod, TaskVectorParams, density_baselines
 from layerswap.merge.methods.dare import seeded_generators
 from layerswap.merge.ops import Combine
 
@@ -128,16 +128,4 @@ class DellaLinear(_Della):
     rank = 63
 
 
-def _della_baseline(method: str, context: BaselineContext) -> BaselineCandidate:
-    density = context.density_for(method)
-    return f"{method.replace('_', '-')}-d{density:g}", method, {"density": density, "seed": context.seed}
-
-
-@baseline("della", rank=62)
-def _della_ties_baseline(context: BaselineContext) -> BaselineCandidate:
-    return _della_baseline("della", context)
-
-
-@baseline("della_linear", rank=63)
-def _della_linear_baseline(context: BaselineContext) -> BaselineCandidate:
-    return _della_baseline("della_linear", context)
+density_baselines({"della": 62, "della_linear": 63}, seeded=True)

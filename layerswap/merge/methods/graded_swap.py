@@ -9,18 +9,14 @@ exactly 0 or 1 stay byte copies. The sweep can so compare a swap with its smooth
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from pydantic import Field
 
 from layerswap.config import StrictModel
-from layerswap.errors import ConfigError
 from layerswap.io.swap_geometry import SwapGeometry
 from layerswap.merge.methods._depth import graded_outer_weight
-from layerswap.merge.methods._export import slices
-from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, Layout, MergeMethod, MergeSpec, baseline, register
-from layerswap.merge.ops import Blend, MergePlan, Op, Select
+from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, Layout, MergeSpec, baseline, register
+from layerswap.merge.methods.layer_swap import LayerSwap
+from layerswap.merge.ops import Blend, Op, Select
 
 
 class GradedSwapParams(StrictModel):
@@ -44,31 +40,16 @@ def graded_layout(n: int, p: GradedSwapParams) -> list[Op]:
 
 
 @register
-class GradedSwap(MergeMethod):
+class GradedSwap(LayerSwap):
+    """The layer swap's experts checks, non-layer default and mergekit slices; its own layout."""
+
     name = "graded_swap"
     summary = "the layer swap with a smooth cut: the language expert's weight a raised cosine over depth"
-    params_model = GradedSwapParams
+    params_model = GradedSwapParams  # type: ignore[assignment]
     rank = 15
-    selection = True  # whole layers where the weight is 0 or 1; no non_layer merge
 
-    def default_non_layer(self, params: Mapping[str, Any]) -> str:
-        return params.get("middle", "math")
-
-    def check(self, config: MergeSpec, params: GradedSwapParams) -> None:
-        for role, label in (("middle", params.middle), ("outer", params.outer)):
-            if label not in config.experts:
-                raise ConfigError(
-                    f"graded_swap {role} expert {label!r} is not among the experts ({', '.join(config.experts)}): "
-                    f"set params.{role} to one of them"
-                )
-        if params.middle == params.outer:
-            raise ConfigError("graded_swap needs two different experts for params.middle and params.outer")
-
-    def layout(self, config: MergeSpec, params: GradedSwapParams, num_layers: int) -> Layout:
+    def layout(self, config: MergeSpec, params: GradedSwapParams, num_layers: int) -> Layout:  # type: ignore[override]
         return Layout(tuple(graded_layout(num_layers, params)), None, (params.middle, params.outer))
-
-    def to_mergekit(self, config: MergeSpec, plan: MergePlan, num_layers: int) -> tuple[dict[str, Any], list[str]]:
-        return slices(config, plan, num_layers), []
 
 
 @baseline("graded_swap", rank=15)

@@ -62,11 +62,11 @@ class LayerSwap(MergeMethod):
         for role, label in (("middle", params.middle), ("outer", params.outer)):
             if label not in config.experts:
                 raise ConfigError(
-                    f"layer_swap {role} expert {label!r} is not among the experts ({', '.join(config.experts)}): "
+                    f"{self.name} {role} expert {label!r} is not among the experts ({', '.join(config.experts)}): "
                     f"set params.{role} to one of them"
                 )
         if params.middle == params.outer:
-            raise ConfigError("layer_swap needs two different experts for params.middle and params.outer")
+            raise ConfigError(f"{self.name} needs two different experts for params.middle and params.outer")
 
     def layout(self, config: MergeSpec, params: LayerSwapParams, num_layers: int) -> Layout:
         return Layout(tuple(swap_layout(num_layers, params)), None, (params.middle, params.outer))

@@ -14,10 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 from layerswap.config import StrictModel
 from layerswap.errors import ConfigError
-from layerswap.merge.methods._export import model_path
-from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, Layout, MergeMethod, MergeSpec, baseline, register
+from layerswap.merge.methods._export import method_doc
+from layerswap.merge.methods._registry import (
+    BaselineCandidate,
+    BaselineContext,
+    Layout,
+    MergeMethod,
+    MergeSpec,
+    baseline,
+    register,
+)
 from layerswap.merge.methods._weighted import non_layer_note
-from layerswap.merge.ops import BASE, Combine, MergePlan
+from layerswap.merge.ops import Combine, MergePlan
 
 if TYPE_CHECKING:
     import torch
@@ -80,12 +88,7 @@ class ModelStock(MergeMethod):
     def to_mergekit(self, config: MergeSpec, plan: MergePlan, num_layers: int) -> tuple[dict[str, Any], list[str]]:
         op = plan.layer_ops[0]
         assert isinstance(op, Combine)
-        doc = {
-            "merge_method": "model_stock",
-            "base_model": model_path(config, BASE),
-            "models": [{"model": model_path(config, label)} for label, _ in op.weights],
-            "parameters": {"filter_wise": bool(op.option("filter_wise"))},
-        }
+        doc = method_doc(config, "model_stock", [label for label, _ in op.weights], {"filter_wise": bool(op.option("filter_wise"))})
         return doc, non_layer_note(plan)
 
 

@@ -17,7 +17,15 @@ from layerswap.config import StrictModel
 from layerswap.errors import ConfigError
 from layerswap.merge.methods._depth import gradient_at, layer_positions
 from layerswap.merge.methods._export import model_path
-from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, Layout, MergeMethod, MergeSpec, baseline, register
+from layerswap.merge.methods._registry import (
+    BaselineCandidate,
+    BaselineContext,
+    Layout,
+    MergeMethod,
+    MergeSpec,
+    baseline,
+    register,
+)
 from layerswap.merge.methods._weighted import non_layer_note
 from layerswap.merge.methods.slerp import Factor, per_layer, two_experts
 from layerswap.merge.ops import BASE, Combine, MergePlan

@@ -17,10 +17,10 @@ from pydantic import ConfigDict, Field
 
 from layerswap.config import StrictModel
 from layerswap.merge.methods._depth import LinesProfile
-from layerswap.merge.methods._export import model_path
+from layerswap.merge.methods._export import method_doc
 from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, MergeSpec, baseline, register
 from layerswap.merge.methods._weighted import TaskVectorMethod, layer_lambdas, non_layer_note
-from layerswap.merge.ops import BASE, Combine, MergePlan
+from layerswap.merge.ops import Combine, MergePlan
 
 if TYPE_CHECKING:
     import torch
@@ -89,12 +89,7 @@ class Sce(TaskVectorMethod):
     def to_mergekit(self, config: MergeSpec, plan: MergePlan, num_layers: int) -> tuple[dict[str, Any], list[str]]:
         op = plan.layer_ops[0]
         assert isinstance(op, Combine)
-        doc = {
-            "merge_method": "sce",
-            "base_model": model_path(config, BASE),
-            "models": [{"model": model_path(config, label)} for label, _ in op.weights],
-            "parameters": {"select_topk": op.option("select_topk")},
-        }
+        doc = method_doc(config, "sce", [label for label, _ in op.weights], {"select_topk": op.option("select_topk")})
         notes = non_layer_note(plan)
         if layer_lambdas(plan) != 1.0:
             notes.append("mergekit's sce has no lambda: its output is the unscaled merge (lambda 1, no LiNeS)")

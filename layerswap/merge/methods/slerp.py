@@ -16,8 +16,16 @@ from typing import TYPE_CHECKING, Any
 from layerswap.config import StrictModel
 from layerswap.errors import ConfigError
 from layerswap.merge.methods._depth import gradient_at, layer_positions
-from layerswap.merge.methods._export import model_path
-from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, Layout, MergeMethod, MergeSpec, baseline, register
+from layerswap.merge.methods._export import method_doc, model_path
+from layerswap.merge.methods._registry import (
+    BaselineCandidate,
+    BaselineContext,
+    Layout,
+    MergeMethod,
+    MergeSpec,
+    baseline,
+    register,
+)
 from layerswap.merge.methods._weighted import non_layer_note
 from layerswap.merge.ops import Combine, MergePlan
 
@@ -106,14 +114,9 @@ class Slerp(MergeMethod):
         return slerp(factor_for(op, name), v0, v1)
 
     def to_mergekit(self, config: MergeSpec, plan: MergePlan, num_layers: int) -> tuple[dict[str, Any], list[str]]:
-        first, second = list(config.experts)
-        doc = {
-            "merge_method": "slerp",
-            "base_model": model_path(config, first),
-            "models": [{"model": model_path(config, first)}, {"model": model_path(config, second)}],
-            "parameters": {"t": mergekit_factor(plan, "t")},
-        }
-        return doc, non_layer_note(plan)
+        first = next(iter(config.experts))
+        doc = method_doc(config, "slerp", list(config.experts), {"t": mergekit_factor(plan, "t")}, base=False)
+        return {"base_model": model_path(config, first), **doc}, non_layer_note(plan)
 
 
 def per_layer(plan: MergePlan, read: Callable[[Combine], float]) -> float | list[float]:

@@ -8,8 +8,8 @@ PEFT divides by their count, the same when every weight is 1).
 
 from __future__ import annotations
 
-from layerswap.merge.methods._registry import BaselineCandidate, BaselineContext, baseline, register
-from layerswap.merge.methods._weighted import SparseParams, TaskVectorMethod, TaskVectorParams
+from layerswap.merge.methods._registry import register
+from layerswap.merge.methods._weighted import SparseParams, TaskVectorMethod, TaskVectorParams, density_baselines
 
 
 class TiesParams(TaskVectorParams, SparseParams):
@@ -29,7 +29,4 @@ class Ties(TaskVectorMethod):
     consensus = True
 
 
-@baseline("ties", rank=50)
-def _ties_baseline(context: BaselineContext) -> BaselineCandidate:
-    density = context.density_for("ties")
-    return f"ties-d{density:g}", "ties", {"density": density}
+density_baselines({"ties": 50}, seeded=False)
