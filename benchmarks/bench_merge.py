@@ -181,6 +181,10 @@ def main() -> None:
                 runs[name].append(timed(contenders[name], env))
                 clean(work / "ours", work / "theirs")
         method_runs[method] = runs
+        partial = args.out.with_suffix(".partial.txt")  # each method's medians as soon as it is measured
+        with partial.open("a") as fh:
+            for name, samples in runs.items():
+                fh.write(f"{method}\t{name}\t{statistics.median(w for w, _ in samples):.2f}\t{statistics.median(r for _, r in samples):.0f}\n")
         for name, samples in runs.items():
             walls = sorted(w for w, _ in samples)
             rows.append((method, name, statistics.median(walls), statistics.median(r for _, r in samples)))

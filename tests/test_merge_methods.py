@@ -344,3 +344,20 @@ def test_bf16_models_match_mergekit_within_bf16_rounding(bf16_experts, tmp_path,
         # in the last place (bf16 keeps 8 significant bits) at most
         ulp = torch.maximum(a.abs(), b.abs()) * 2.0**-7
         assert ((a - b).abs() <= ulp).all(), (name, (a - b).abs().max().item())
+
+
+def test_new_methods_run_from_a_yaml_on_the_cli(tiny_experts, tmp_path):
+    from typer.testing import CliRunner
+
+    from layerswap.cli import app
+
+    data = {"method": "breadcrumbs_ties", "base": str(tiny_experts["base"]),
+            "experts": {"math": str(tiny_experts["math"]), "lang": str(tiny_experts["lang"])},
+            "params": {"density": 0.8, "gamma": 0.05, "lines": {"alpha": 0.5, "beta": 0.5}}}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(data))
+    r = CliRunner().invoke(app, ["merge", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 0, r.output
+    expected = ModelFolder(merge(merge_config(data), tmp_path / "py").out)
+    assert torch.equal(ModelFolder(tmp_path / "cli").get(Q.format(3)), expected.get(Q.format(3)))
+    r = CliRunner().invoke(app, ["merge", "--help"])
+    assert all(m in r.output for m in ("della_linear", "breadcrumbs_ties", "model_stock", "nuslerp", "graded_swap")), r.output
