@@ -496,23 +496,27 @@ def _reference(data, ks):
 
 
 def _bands_around(data, ks, mode):
-    """Bands for the stream: the whole range, a few bins around the true threshold, or exactly its bin."""
-    from layerswap.analysis.bands import TOP_BIN
+    """Bands for the stream (float32 bit patterns): the whole range, a few bins around the true threshold, its bin, or its value."""
+    from layerswap.analysis.bands import SMALLEST_CODE, TOP_CODE
 
     ref = _reference(data, ks)
     out = {}
     for (e, k), (mode_, threshold, _) in ref.items():
         if mode == "no-guess" or mode_ != "exact":
-            out[(e, k)] = (1, TOP_BIN)
+            out[(e, k)] = (SMALLEST_CODE, TOP_CODE)
             continue
-        b = int(torch.tensor(threshold).view(torch.int32)) >> 16
+        code = int(torch.tensor(threshold).view(torch.int32))
+        if mode == "one-value":
+            out[(e, k)] = (code, code + 1)
+            continue
+        b = code >> 16
         pad = 3 if mode == "good-guess" else 0
-        out[(e, k)] = (max(1, b - pad), b + pad + 1)
+        out[(e, k)] = (max(1, b - pad) << 16, (b + pad + 1) << 16)
     return out
 
 
 @pytest.mark.parametrize("case", ["continuous", "ties", "sparse", "zero"])
-@pytest.mark.parametrize("mode", ["no-guess", "good-guess", "one-bin"])
+@pytest.mark.parametrize("mode", ["no-guess", "good-guess", "one-bin", "one-value"])
 @pytest.mark.parametrize("signed", [True, False])
 def test_band_stream_equals_sorting(case, mode, signed):
     gen = torch.Generator().manual_seed(10 * len(case) + len(mode))
@@ -553,14 +557,14 @@ def test_band_stream_gives_up_rather_than_guess():
     """A band above or below the threshold, or more histogram cells than the cap: no answer (the multi-pass method runs)."""
     data = _stream_case("continuous", torch.Generator().manual_seed(3))
     exact = _bands_around(data, [5], "one-bin")
-    above = {key: (hi, hi + 4) for key, (lo, hi) in exact.items()}
-    below = {key: (max(1, lo - 8), lo) for key, (lo, hi) in exact.items()}
+    above = {key: (hi, hi + (4 << 16)) for key, (lo, hi) in exact.items()}
+    below = {key: (max(1 << 16, lo - (8 << 16)), lo) for key, (lo, hi) in exact.items()}
     assert _run_stream(data, [5], exact)[1] is not None
     assert _run_stream(data, [5], above)[1] is None
     assert _run_stream(data, [5], below)[1] is None
     assert _run_stream(data, [5], exact, cap=10)[1] is None
     sparse = _stream_case("sparse", torch.Generator().manual_seed(4))  # fewer non-zeros than K, but not all of them seen
-    assert _run_stream(sparse, [37.5], {(e, 37.5): (30000, 30001) for e in sparse})[1] is None
+    assert _run_stream(sparse, [37.5], {(e, 37.5): (30000 << 16, 30001 << 16) for e in sparse})[1] is None
 
 
 def _profile_triple(root: Path, profile: str) -> dict[str, Path]:
@@ -631,3 +635,20 @@ def test_one_pass_giving_up_falls_back_to_the_same_tables(tiny_experts, monkeypa
     assert fallback.info["top_k_method"] == "multi-pass"
     for name in ("deltas", "overlap", "topk", "thresholds"):
         assert getattr(one, name).equals(getattr(fallback, name)), name
+
+
+@pytest.mark.parametrize("case", ["continuous", "ties"])
+def test_band_stream_sorting_path_equals_sorting(case, monkeypatch):
+    """Bands with more distinct values than a dense histogram allows take the sorting path: the same counts."""
+    from layerswap.analysis import bands
+
+    monkeypatch.setattr(bands, "DENSE_CELLS", 16)
+    data = _stream_case(case, torch.Generator().manual_seed(9))
+    ks = [1, 5, 37.5]
+    _, p2 = _run_stream(data, ks, _bands_around(data, ks, "good-guess"))
+    _, want = _run_stream(data, ks, _bands_around(data, ks, "no-guess"))
+    monkeypatch.undo()
+    _, dense = _run_stream(data, ks, _bands_around(data, ks, "good-guess"))
+    for got in (p2, dense):
+        assert (got.n, got.both, got.agree) == (want.n, want.both, want.agree)
+        assert [c.threshold for c in got.cuts.values()] == [c.threshold for c in want.cuts.values()]

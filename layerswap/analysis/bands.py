@@ -33,16 +33,18 @@ from layerswap.analysis.deltas import NBINS, SMALLEST_COUNTED, Pass1, ValueSourc
 from layerswap.analysis.overlap import SAMPLE_SPANS, SAMPLE_WIDTH, Cut, Pass2, bits_to_float, k_count_of
 from layerswap.io import ModelFolder
 
-#: Bin of +inf: every finite non-negative float32 lies below it.
-TOP_BIN = 0x7F80
+#: Bit pattern of +inf: every finite non-negative float32 lies below it; and of the smallest value that counts.
+TOP_CODE, SMALLEST_CODE = 0x7F800000, 1 << 16
 #: Entries (sparse histogram cells) the band method may store before the multi-pass method is used instead.
 DEFAULT_BAND_CAP = 1 << 26
-#: The band spans the bins where the sampled count from the top lies within K x (1 -/+ MARGIN), plus PAD bins each side.
-MARGIN, PAD = 0.5, 2
+#: The band spans the values where the sampled count from the top lies within K x (1 -/+ MARGIN).
+MARGIN = 0.5
+#: A tensor where more than 1/DENSE_SHARE of the values reach the band is counted in place (no gathers); CHUNK: elements per step.
+DENSE_SHARE, CHUNK = 8, 1 << 22
 #: Widest band histogrammed with ``bincount`` (a dense array of this many cells); wider bands are sorted.
 DENSE_CELLS = 1 << 22
 
-Band = tuple[int, int]  # [lo, hi) in top-16-bit bins; lo >= 1 (bin 0 never counts)
+Band = tuple[int, int]  # [lo, hi) as float32 bit patterns of |value|; lo >= SMALLEST_CODE (smaller values never count)
 
 
 def _spans(numel: int) -> list[tuple[int, int]]:
@@ -56,12 +58,15 @@ def _spans(numel: int) -> list[tuple[int, int]]:
 def guess_bands(
     base: ModelFolder, sources: Sequence[ValueSource], tensors: Sequence[str], top_k: Sequence[float], population: int
 ) -> dict[tuple[str, float], Band]:
-    """Per (expert, k), the bins likely to hold the threshold, from weighted samples of every layer tensor.
+    """Per (expert, k), the float32 bit patterns likely to hold the threshold, from weighted samples of every layer tensor.
 
-    Experts that cannot be sampled (LoRA adapters) get the whole range: every non-zero value is
-    histogrammed, which ``cap`` bounds.
+    The band runs from where the sampled count from the top reaches K x (1 + MARGIN) to where it
+    reaches K x (1 - MARGIN): on deltas with many ties it can be one value wide. Experts that cannot
+    be sampled (LoRA adapters) get the whole range: every non-zero value is histogrammed, which
+    ``cap`` bounds.
     """
-    hist = {s.name: np.zeros(NBINS, dtype=np.float64) for s in sources}
+    codes: dict[str, list[np.ndarray]] = {s.name: [] for s in sources}
+    weights: dict[str, list[np.ndarray]] = {s.name: [] for s in sources}
     usable = {s.name: True for s in sources}
     for name in tensors:
         numel = base.info(name).numel
@@ -74,22 +79,28 @@ def guess_bands(
             if v is None:
                 usable[src.name] = False
                 continue
-            a = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).abs_()
-            hist[src.name] += np.bincount((a.view(torch.int32) >> 16).numpy(), minlength=NBINS) * (numel / taken)
+            c = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).abs_().view(torch.int32).numpy()
+            c = c[c >= SMALLEST_CODE]
+            codes[src.name].append(c)
+            weights[src.name].append(np.full(c.size, numel / taken))
     out: dict[tuple[str, float], Band] = {}
-    for e, h in hist.items():
-        from_top = np.cumsum(h[:0:-1])  # bins NBINS-1 .. 1
+    for e in codes:
+        if usable[e] and codes[e]:
+            u, inverse = np.unique(np.concatenate(codes[e]), return_inverse=True)
+            from_top = np.cumsum(np.bincount(inverse, weights=np.concatenate(weights[e]))[::-1])  # codes descending
+        else:
+            u = from_top = np.empty(0)
 
-        def bin_reaching(count: float) -> int:
-            return NBINS - 1 - int(np.searchsorted(from_top, count))  # 0 when never reached
+        def code_reaching(count: float) -> int | None:
+            i = int(np.searchsorted(from_top, count))
+            return int(u[::-1][i]) if i < from_top.size else None
 
         for k in top_k:
             kc = k_count_of(k, population)
-            if not usable[e]:
-                out[(e, k)] = (1, TOP_BIN)
-                continue
-            lo = max(1, bin_reaching(kc * (1 + MARGIN)) - PAD)
-            hi = min(TOP_BIN, max(lo + 1, bin_reaching(kc * (1 - MARGIN)) + PAD + 1))
+            lo = code_reaching(kc * (1 + MARGIN)) if usable[e] else None
+            hi = code_reaching(kc * (1 - MARGIN)) if usable[e] else None
+            lo = SMALLEST_CODE if lo is None else lo
+            hi = TOP_CODE if hi is None else max(hi + 1, lo + 1)
             out[(e, k)] = (lo, hi)
     return out
 
@@ -102,6 +113,32 @@ def _histogram(codes: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndar
         return nz, h[nz]
     u, c = np.unique(codes.astype(np.int64) - lo, return_counts=True)
     return u, c
+
+
+_EMPTY = np.empty(0, dtype=np.int64)
+
+
+def _single_counts(codes: np.ndarray, lo: int, hi: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count above the band, distinct in-band offsets from lo, their counts) of one expert on one tensor."""
+    above = int(np.count_nonzero(codes >= hi))
+    if hi - lo == 1:  # one value: a count
+        n_in = int(np.count_nonzero(codes >= lo)) - above
+        return (above, np.zeros(1, np.int64), np.array([n_in], np.int64)) if n_in else (above, _EMPTY, _EMPTY)
+    inside = codes[(codes >= lo) & (codes < hi)]
+    return (above, *_histogram(inside, lo, hi)) if inside.size else (above, _EMPTY, _EMPTY)
+
+
+def _classes(codes: np.ndarray, lo: int, hi: int, present: np.ndarray) -> np.ndarray:
+    """0 below the band, 1 + the index in ``present`` (sorted offsets from lo) inside it, len(present) + 1 above."""
+    width = hi - lo
+    if width <= DENSE_CELLS:
+        lut = np.zeros(width + 2, dtype=np.intp)
+        lut[present + 1] = np.arange(1, present.size + 1)
+        lut[width + 1] = present.size + 1
+        return lut[np.clip(codes, lo - 1, hi) - (lo - 1)]
+    off = codes.astype(np.int64) - lo
+    inside = np.searchsorted(present, np.clip(off, 0, width - 1)) + 1
+    return np.where(off < 0, 0, np.where(off >= width, present.size + 1, inside))
 
 
 def _merge(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +175,7 @@ class BandStream:
         self.signed = signed
         self.cap = cap
         self.pairs = [(a, b) for i, a in enumerate(self.experts) for b in self.experts[i + 1 :]]
-        self.code = {key: (lo << 16, hi << 16) for key, (lo, hi) in bands.items()}  # [lo, hi) as float32 bit patterns
+        self.code = dict(bands)
         self.low = {e: min(self.code[(e, k)][0] for k in self.top_k) for e in self.experts}
         # (e, k, tensor) -> (count above the band, in-band codes - lo, their counts)
         self.single: dict[tuple[str, float, str], tuple[int, np.ndarray, np.ndarray]] = {}
@@ -152,51 +189,93 @@ class BandStream:
         if self.overflow:
             return
         stored = 0
-        where: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # expert -> (positions reaching its lowest band, their codes)
+        # expert -> (positions reaching its lowest band, or None for all of them; their codes)
+        where: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
         for i, e in enumerate(self.experts):
             if e not in absvals:  # unchanged here: every count is 0
                 continue
-            a = absvals[e].numpy()
-            mask = np.greater_equal(a.view(np.int32), self.low[e], out=ws.buf(f"band{i}", a.size, torch.bool).numpy())
-            idx = np.flatnonzero(mask)
-            codes = a.view(np.int32)[idx]
+            a = absvals[e].numpy().view(np.int32)  # non-negative floats order like their bit patterns
+            mask = np.greater_equal(a, self.low[e], out=ws.buf(f"band{i}", a.size, torch.bool).numpy())
+            if np.count_nonzero(mask) > a.size // DENSE_SHARE:  # most values reach the band (dense ±lr deltas): no gathers
+                idx, codes = None, a
+            else:
+                idx = np.flatnonzero(mask)
+                codes = a[idx]
             where[e] = (idx, codes)
+            done: dict[Band, tuple[int, np.ndarray, np.ndarray]] = {}
             for k in self.top_k:
-                lo, hi = self.code[(e, k)]
-                above = int(np.count_nonzero(codes >= hi))
-                inside = codes[(codes >= lo) & (codes < hi)]
-                u, c = _histogram(inside, lo, hi) if inside.size else (np.empty(0, np.int64), np.empty(0, np.int64))
-                self.single[(e, k, name)] = (above, u, c)
-                stored += u.size
+                band = self.code[(e, k)]
+                if band not in done:
+                    done[band] = _single_counts(codes, *band)
+                    stored += done[band][1].size
+                self.single[(e, k, name)] = done[band]
         for a, b in self.pairs:
             if a not in where or b not in where:
                 continue
             idx, ca = where[a]
-            vb = values[b].numpy()[idx]
-            cb = np.abs(vb).view(np.int32)
-            same = (np.signbit(values[a].numpy()[idx]) == np.signbit(vb)) if self.signed else None
+            va, vb = values[a].numpy(), values[b].numpy()
+            if idx is None:
+                cb = absvals[b].numpy().view(np.int32)
+                same = np.signbit(va, out=ws.buf("sign_a", va.size, torch.bool).numpy())
+                same = np.equal(same, np.signbit(vb, out=ws.buf("sign_b", vb.size, torch.bool).numpy()), out=same)
+            else:
+                vb = vb[idx]
+                cb = np.abs(vb).view(np.int32)
+                same = np.signbit(va[idx]) == np.signbit(vb)
+            if not self.signed:
+                same = np.zeros(ca.size, bool)
+            done_pair: dict[tuple[Band, Band], tuple[int, int, np.ndarray, np.ndarray]] = {}
             for k in self.top_k:
-                (lo_a, hi_a), (lo_b, hi_b) = self.code[(a, k)], self.code[(b, k)]
-                sure = (ca >= hi_a) & (cb >= hi_b)
-                n_sure = int(np.count_nonzero(sure))
-                n_agree = int(np.count_nonzero(sure & same)) if same is not None else 0
-                open_ = (ca >= lo_a) & (cb >= lo_b) & ~sure
-                if open_.any():
-                    # key: a's offset in its band (band width = above), then b's offset x 2 + same sign
-                    ka = np.minimum(ca[open_], hi_a).astype(np.int64) - lo_a
-                    kb = np.minimum(cb[open_], hi_b).astype(np.int64) - lo_b
-                    key = (ka << 32) | (kb << 1) | (same[open_] if same is not None else 0)
-                    u, c = np.unique(key, return_counts=True)
-                else:
-                    u = c = np.empty(0, np.int64)
-                self.pair[(a, b, k, name)] = (n_sure, n_agree, u, c)
-                stored += u.size
+                bands = (self.code[(a, k)], self.code[(b, k)])
+                if bands not in done_pair:
+                    done_pair[bands] = self._pair_counts(ca, cb, same, *bands, self.single[(a, k, name)][1], self.single[(b, k, name)][1])
+                    stored += done_pair[bands][2].size
+                self.pair[(a, b, k, name)] = done_pair[bands]
         with self._lock:
             self.entries += stored
             if self.entries > self.cap:
                 self.overflow = True
                 self.single.clear()
                 self.pair.clear()
+
+    @staticmethod
+    def _pair_counts(
+        ca: np.ndarray, cb: np.ndarray, same: np.ndarray, band_a: Band, band_b: Band, ua: np.ndarray, ub: np.ndarray
+    ) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(sure shared members, of them same sign, open keys, their counts) at the positions where a reaches its band.
+
+        Each position's class per expert is: below the band, one of the band's values present in this
+        tensor, or above; one ``bincount`` over (class a, class b, same sign) gives everything.
+        """
+        (lo_a, hi_a), (lo_b, hi_b) = band_a, band_b
+        if hi_a - lo_a == 1 and hi_b - lo_b == 1:  # one value each: reaching both bands is membership (finish checks t)
+            both = (ca >= lo_a) & (cb >= lo_b)
+            return int(np.count_nonzero(both)), int(np.count_nonzero(both & same)), _EMPTY, _EMPTY
+        na, nb = ua.size + 2, ub.size + 2
+        cells = na * nb * 2
+        if cells > DENSE_CELLS:  # many distinct values in both bands: sort the open positions' keys instead
+            sure = (ca >= hi_a) & (cb >= hi_b)
+            open_ = (ca >= lo_a) & (cb >= lo_b) & ~sure
+            ka = np.minimum(ca[open_], hi_a).astype(np.int64) - lo_a
+            kb = np.minimum(cb[open_], hi_b).astype(np.int64) - lo_b
+            u, c = np.unique((ka << 32) | (kb << 1) | same[open_], return_counts=True)
+            return int(np.count_nonzero(sure)), int(np.count_nonzero(sure & same)), u, c
+        h = np.zeros(cells, dtype=np.int64)
+        for start in range(0, ca.size, CHUNK):  # chunks: the class arrays stay small however large the tensor
+            part = slice(start, start + CHUNK)
+            key = _classes(ca[part], lo_a, hi_a, ua) * (nb * 2)
+            key += _classes(cb[part], lo_b, hi_b, ub) * 2
+            key += same[part]
+            h += np.bincount(key, minlength=cells)
+        h = h.reshape(na, nb, 2)
+        n_sure, n_agree = int(h[-1, -1].sum()), int(h[-1, -1, 1])
+        h[-1, -1] = 0
+        h[0], h[:, 0] = 0, 0  # below a band: never a member
+        nz = np.flatnonzero(h)
+        ia, ib, sign = np.unravel_index(nz, h.shape)
+        ka = np.append(ua, hi_a - lo_a)[ia - 1]  # a band value's offset, or the band's width for "above"
+        kb = np.append(ub, hi_b - lo_b)[ib - 1]
+        return n_sure, n_agree, (ka.astype(np.int64) << 32) | (kb.astype(np.int64) << 1) | sign, h.reshape(-1)[nz]
 
     def finish(self, p1: Pass1) -> Pass2 | None:
         """Exact thresholds and per-tensor counts, or None when a threshold fell outside its band (or ``cap`` was passed)."""
@@ -217,7 +296,7 @@ class BandStream:
                     cut.mode, cut.sure_at, cut.threshold = "empty", math.inf, math.inf
                     member[(e, k)] = hi - lo + 1  # nothing, not even "above"
                 elif nonzero < cut.k_count:
-                    if lo != 1 << 16:  # not every non-zero value was seen
+                    if lo != SMALLEST_CODE:  # not every non-zero value was seen
                         return None
                     cut.mode, cut.sure_at, cut.threshold = "all_nonzero", SMALLEST_COUNTED, 0.0
                     member[(e, k)] = 0
