@@ -108,6 +108,16 @@ def _build_contradictions(env: Env) -> None:
             sd[name] = sd[name][:rows].clone()
 
     _write_sd(env.p("small-vocab"), env.math, shrink_vocab, config={"vocab_size": rows})  # its tokenizer has 16 more tokens
+    d = _copy(env.math, env.p("tokenizer-auto-map"))
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg.update(auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]}, tokenizer_class="EvilTokenizer")
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (d / "evil.py").write_text("raise SystemExit('the folder's own code ran')\n")
+
+    def huge(sd: dict) -> None:
+        sd["model.layers.3.mlp.up_proj.weight"][0, 0] = 2e5  # finite in float32, past float16's 65504 even when averaged
+
+    _write_sd(env.p("huge-weight"), env.math, huge)
     d = _copy(env.lora, env.p("adapter-relative-base"))
     cfg = json.loads((d / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = "benchmarks"  # a folder of the working directory (the repository), not beside the adapter
@@ -450,6 +460,9 @@ CASES: list[Case] = [
     Case("config-hidden-size-contradicts-weights", "inspect FOLDER (config.json hidden_size 64, weights 32)", lambda e: ["inspect", str(e.p("config-hidden-lies"))], "CheckpointError", "says hidden_size", "fix config.json"),
     Case("config-vocab-contradicts-weights", "swap --math FOLDER (config.json vocab_size 8 more than the embeddings) ...", lambda e: ["swap", "--math", str(e.p("config-vocab-lies")), "--lang", str(e.lang), "--bottom", "1", "--top", "1", "--out", e.out], "CheckpointError", "says vocab_size", "fix config.json"),
     Case("donor-from-another-model", "merge cfg.yaml (donor: a model with another hidden size)", lambda e: e.merge_yaml(f"method: linear\nexperts: {{math: {e.math}, lang: {e.lang}}}\ndonor: {e.p('other-hidden')}\n"), "IncompatibleModelsError", "its config.json says hidden_size", "donor: base or a label"),
+    Case("merge-overflows-output-dtype", "merge cfg.yaml (linear, an expert weight 2e5, dtype: F16)", lambda e: e.merge_yaml(f"method: linear\nexperts: {{math: {e.p('huge-weight')}, lang: {e.lang}}}\ndtype: F16\n"), "NumericalError", "overflows F16 when written", "write a wider dtype"),
+    Case("evaluate-tokenizer-auto-map", "evaluate MODEL (tokenizer_config.json auto_map to its own evil.py)", lambda e: _evaluate(e.p("tokenizer-auto-map"), e), "CheckpointError", "needs its own python code (auto_map)", "use a built-in tokenizer"),
+    Case("finetune-tokenizer-auto-map", "finetune --base MODEL (tokenizer_config.json auto_map to its own evil.py)", lambda e: ["finetune", "--base", str(e.p("tokenizer-auto-map")), "--data", _ex(e, "data.jsonl"), "--steps", "1", "--out", e.out], "CheckpointError", "needs its own python code (auto_map)", "pass --tokenizer with a built-in tokenizer"),
     Case("evaluate-missing-head", "evaluate MODEL (untied, lm_head.weight missing)", lambda e: _evaluate(e.p("no-head"), e), "CheckpointError", "lacks tensor 'lm_head.weight'", "re-save the complete model"),
     Case("evaluate-tokenizer-bigger-than-embeddings", "evaluate MODEL (tokenizer 16 tokens past the embeddings)", lambda e: _evaluate(e.p("small-vocab"), e), "IncompatibleModelsError", "tokens but the model's embeddings have", "use the model's own tokenizer"),
     Case("finetune-tokenizer-bigger-than-embeddings", "finetune --base MODEL (tokenizer 16 tokens past the embeddings)", lambda e: ["finetune", "--base", str(e.p("small-vocab")), "--data", _ex(e, "data.jsonl"), "--steps", "1", "--out", e.out], "IncompatibleModelsError", "tokens but the model's embeddings have", "use the model's own tokenizer"),

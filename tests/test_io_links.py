@@ -150,3 +150,18 @@ def test_stored_state_is_validated(tmp_path: Path):
     check_rows_match_scores([row], scores, what="candidate math", fix=fix)
     with pytest.raises(CheckpointError, match="does not match its scores"):
         check_rows_match_scores([{**row, "value": 70.1}], scores, what="candidate math", fix=fix)
+
+
+def test_demo_figures_replace_a_planted_link(tmp_path: Path):
+    from layerswap.pipeline.outputs import PUBLISHED, publish_figures
+
+    run, dest = tmp_path / "run", tmp_path / "figs"
+    src_rel, name = next(iter(PUBLISHED.items()))
+    (run / src_rel).parent.mkdir(parents=True)
+    (run / src_rel).with_suffix(".png").write_bytes(b"\x89PNG new figure")
+    dest.mkdir()
+    victim = _victim(tmp_path)
+    (dest / name).with_suffix(".png").symlink_to(victim)  # --figures FIGS/demo_*.png linked to the base's weights
+    publish_figures(run, dest)
+    assert victim.read_bytes() == b"an expert's weights"
+    assert (dest / name).with_suffix(".png").read_bytes() == b"\x89PNG new figure"

@@ -152,7 +152,15 @@ def load_model(
             path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code, output_loading_info=True
         )
         tok_dir = adapter if adapter is not None and (adapter / "tokenizer_config.json").exists() else path
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
+        except ValueError as exc:
+            if "custom code" not in str(exc) and "trust_remote_code" not in str(exc):
+                raise
+            raise CheckpointError(
+                f"the tokenizer of {tok_dir} needs its own Python code (auto_map), which layerswap does not run unless the "
+                "caller turns trust_remote_code on: use a built-in tokenizer, or review the code and pass trust_remote_code to load_model"
+            ) from None
     check_complete_load(path, loading)  # never a randomly initialised head
     check_tokenizer_fits(tokenizer, model, tok_dir)
     if adapter is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerswap.errors import ConfigError, InputPathError
+from layerswap.errors import CheckpointError, ConfigError, InputPathError
 from layerswap.finetune.config import FinetuneConfig
 from layerswap.finetune.freezing import Partition, apply_partition, lora_target_modules, partition_parameters, resolve_partition
 from layerswap.io import GLOBAL_MODULES, Architecture, ModelFolder
@@ -80,8 +80,13 @@ def load_tokenizer(cfg: FinetuneConfig, base_path: Path) -> Any:
 
     source = Path(resolve_model(cfg.tokenizer)) if cfg.tokenizer else base_path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)  # False, not None: never a prompt
     except (OSError, ValueError) as exc:
+        if "custom code" in str(exc):
+            raise CheckpointError(
+                f"the tokenizer of {source} needs its own Python code (auto_map), which layerswap never runs: "
+                "pass --tokenizer with a built-in tokenizer"
+            ) from None
         raise InputPathError(f"no tokenizer in {source}: pass --tokenizer PATH ({type(exc).__name__})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

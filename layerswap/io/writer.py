@@ -210,6 +210,13 @@ class ShardedWriter:
         import torch
 
         data = tensor.detach().to("cpu", torch_dtype_of(spec.dtype)).contiguous()
+        if data.dtype != tensor.dtype and data.is_floating_point() and not bool(torch.isfinite(data).all()):
+            if bool(torch.isfinite(tensor).all()):  # finite before the cast: the values as written overflow
+                largest = float(tensor.detach().abs().max())
+                raise NumericalError(
+                    f"tensor {name!r} overflows {spec.dtype} when written (|value| up to {largest:.4g} is past its range, "
+                    "so it would be stored as Inf): write a wider dtype (BF16 or F32); nothing was written"
+                )
         if data.numel():
             buf = memoryview(data.reshape(-1).view(torch.uint8).numpy())
             self._pwrite_all(fd, buf, offset)

@@ -3,9 +3,9 @@ and the headline figures it publishes into the repository's ``figures/``."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+from layerswap.io import write_bytes_atomic
 from layerswap.pipeline.config import DemoConfig
 
 #: The file a demo folder holds from its start (a rerun resumes only in such a folder).
@@ -65,6 +65,6 @@ def publish_figures(run: Path, dest: Path) -> list[Path]:
             src = (run / src_rel).with_suffix(ext)
             if src.exists():
                 target = (dest / name).with_suffix(ext)
-                shutil.copy2(src, target)
+                write_bytes_atomic(target, src.read_bytes())  # a link planted at the name is replaced, never written through
                 copied.append(target)
     return copied
