@@ -116,10 +116,11 @@ def baseline_bars(
         keep = [best_swap] + keep
     langs = sorted(rows["language"].unique())
     paired = _paired_rows(comparisons, task, metric, best_swap)
+    # Wide enough for the titles whatever the number of candidates (a few made them run into each other).
     if paired is None:
-        fig, ax = plt.subplots(figsize=(1.6 + 0.75 * len(keep), 4))
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.75 * len(keep)), 4))
     else:
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(3.2 + 1.5 * len(keep), 4), gridspec_kw={"width_ratios": [1, 1]})
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(10.0, 3.2 + 1.5 * len(keep)), 4), gridspec_kw={"width_ratios": [1, 1]})
         _paired_panel(ax2, paired, keep[1:], metric, str(best_swap))
     x = np.arange(len(keep))
     for i, lang in enumerate(langs):
@@ -130,7 +131,7 @@ def baseline_bars(
     ax.set_xticks(x, keep, rotation=30, ha="right")
     ax.set_ylabel(f"{metric} (95% interval)")
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"Best layer swap vs baselines: {_metric_label(task, metric)}")
+    ax.set_title(f"Best layer swap vs baselines:\n{_metric_label(task, metric)}", fontsize=10)
     ax.legend(fontsize=8, title="language", loc="best")
     fig.tight_layout()
     return fig
@@ -165,6 +166,7 @@ def _paired_panel(ax: plt.Axes, paired: pd.DataFrame, names: list[str], metric: 
         if pd.notna(sub["p_holm"].iloc[i]):
             ax.annotate(f"p={sub['p_holm'].iloc[i]:.2g}", (x[i], sub["ci_high"].iloc[i]), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
     ax.axhline(0, color="black", lw=0.8)
+    ax.margins(y=0.15)  # room for the p labels above the highest interval
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel(f"{metric}: candidate minus {best}")
     ax.set_title("Paired difference (95% CI, Holm p)\nred worse, green better, grey indistinguishable/undetermined", fontsize=9)
