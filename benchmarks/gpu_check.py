@@ -332,12 +332,17 @@ def swap_part(args: argparse.Namespace, state: dict[str, Any]) -> str:
         if not torch.equal(params[name], cache.weight(label, name).to(params[name].dtype)):
             raise AssertionError(f"{name} after the swap is not the {label} expert's")
     peak = _peak(args.device)
+    store = (
+        "mapped store: read from the host page cache, only changed tensors copied to " + args.device
+        if cache.store == "mapped"
+        else "memory store: held on " + args.device
+    )
     del lm, cache, params
     _peak_reset(args.device)
     return "\n".join(
         [
             f"Two planted experts written in {written:.1f} s; base loaded onto {args.device} in {loaded:.1f} s; "
-            f"experts cached on {args.device} ({str(dtype).removeprefix('torch.')}) in {cached:.1f} s. Peak memory {peak}.",
+            f"experts opened for the merge ({store}, {str(dtype).removeprefix('torch.')}) in {cached:.1f} s. Peak memory {peak}.",
             "",
             "| candidate (layer_swap) | tensors copied | unchanged (skipped) | ms |",
             "|---|---:|---:|---:|",
