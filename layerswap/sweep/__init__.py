@@ -32,6 +32,7 @@ __all__ = lazy_exports(
         "run_candidates": "layerswap.sweep.search",
         "run_sweep": "layerswap.sweep.loop",
         "ResultStore": "layerswap.sweep.store",
+        "SweepResult": "layerswap.sweep.selection",
         "ResumeKey": "layerswap.sweep.resume",
         "settings_key": "layerswap.sweep.resume",
     },
