@@ -10,6 +10,9 @@ Batch size 1 runs once (it is the identity check, not a contender).
 
     nice -n 5 python benchmarks/bench_evaluate.py --langs sw,te --limit 16 --shots 2 --max-new-tokens 24 \
         --lm-eval-batch-sizes 1,8,16 --our-batch-sizes 1,8,16 --repeats 3
+
+``--bridge``: lm-eval's HF backend against the ``lm_eval:`` bridge on the same YAMLs (at each of
+``--lm-eval-batch-sizes``), written to ``--out`` (e.g. ``benchmarks/results/evaluate_bridge.md``).
 """
 
 from __future__ import annotations
@@ -63,6 +66,77 @@ def run_ours(lm, langs: list[str], *, fmt: str, shots: int, limit: int, batch_si
     return seconds, {"records": out, "acc": acc}
 
 
+def run_bridge(lm, task_dir: str, names: list[str], *, shots: int, limit: int, batch_size: int, max_new_tokens: int) -> tuple[tuple[float, float], dict]:
+    """The same lm-eval task YAMLs through layerswap's ``lm_eval:`` bridge (lm-eval's API, layerswap's runner)."""
+    from layerswap.evaluate import evaluate
+
+    tasks = [f"lm_eval:{Path(task_dir) / name}.yaml" for name in names]
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = evaluate(lm, tasks, "sw", shots=shots, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    seconds = (time.perf_counter() - t0, time.process_time() - c0)
+    out = {(r["lang"], int(r["id"])): {"output": r["output"], **{k.split(",")[1]: r[k] for k in r if k.startswith("exact_match,")}} for r in res.records}
+    acc = {row["lang"]: {k.split(",")[1]: round(float(row[k]), 4) for k in row.index if k.startswith("exact_match,")} for _, row in res.summary.iterrows()}
+    return seconds, {"records": out, "acc": acc}
+
+
+def bridge_main(args: argparse.Namespace) -> int:
+    """``--bridge``: lm-eval's HF backend vs the ``lm_eval:`` bridge on the same task YAMLs and examples."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from layerswap.evaluate.lm_eval_config import write_lm_eval_tasks
+    from layerswap.evaluate.runner import load_model
+
+    langs = args.langs.split(",")
+    lm = load_model(args.model, device="cpu")
+    common = {"shots": args.shots, "limit": args.limit, "max_new_tokens": args.max_new_tokens}
+    sizes = [int(x) for x in args.lm_eval_batch_sizes.split(",")]
+    runs: dict = {}
+    with tempfile.TemporaryDirectory() as task_dir:
+        names = write_lm_eval_tasks(task_dir, langs, args.fmt, data_dir=args.data_dir)
+        for rep in range(args.repeats):
+            for bs in sizes:
+                for tool, fn in (("lm-eval HFLM", run_lm_eval), ("lm_eval: bridge", run_bridge)):
+                    sec, res = fn(lm, task_dir, names, batch_size=bs, **common)
+                    runs.setdefault((tool, bs), []).append((sec, res))
+                    print(f"run {rep + 1} {tool:16} bs={bs:<3} {sec[0]:7.1f} s wall {sec[1]:7.1f} s cpu", flush=True)
+    n = args.limit * len(langs)
+    med = {key: (statistics.median(s[0] for s, _ in v), statistics.median(s[1] for s, _ in v)) for key, v in runs.items()}
+    best = {tool: min((k for k in med if k[0] == tool), key=lambda k: med[k][0]) for tool in ("lm-eval HFLM", "lm_eval: bridge")}
+    lm_key, br_key = best["lm-eval HFLM"], best["lm_eval: bridge"]
+    lines = [
+        "# lm_eval: bridge vs lm-eval's HF backend (same task YAMLs, same examples)",
+        "",
+        "Command:",
+        "",
+        "    python benchmarks/bench_evaluate.py " + " ".join(sys.argv[1:]),
+        "",
+        f"Model {args.model} (float32, CPU, {torch.get_num_threads()} thread; 2 cores shared with other jobs), lm-eval's "
+        f"`mgsm_{args.fmt}_<lang>` YAMLs on the local MGSM files for {', '.join(langs)}, {args.shots}-shot, limit {args.limit} "
+        f"per language ({n} questions), max_gen_toks {args.max_new_tokens}. Both get the same in-memory model and run through "
+        "`lm_eval.simple_evaluate`: lm-eval with its `HFLM`, the bridge with `HFLM` whose greedy `generate_until` is "
+        f"layerswap's runner. Each setting {args.repeats} times, interleaved.",
+        "",
+        "| tool | batch size | median wall s | median CPU s | questions/s | wall s of each run | outputs equal to lm-eval's at this batch size |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (tool, bs), v in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        w, c = med[(tool, bs)]
+        ref = runs[("lm-eval HFLM", bs)][0][1]["records"]
+        same = sum(v[0][1]["records"].get(k, {}).get("output") == r["output"] for k, r in ref.items())
+        lines.append(f"| {tool} | {bs} | {w:.1f} | {c:.1f} | {n / w:.2f} | {', '.join(f'{s[0]:.1f}' for s, _ in v)} | {same} of {len(ref)} |")
+    ratio, cpu_ratio = med[lm_key][0] / med[br_key][0], med[lm_key][1] / med[br_key][1]
+    lines += [
+        "",
+        f"**Best batch size by median wall clock: lm-eval {lm_key[1]} ({med[lm_key][0]:.1f} s), bridge {br_key[1]} "
+        f"({med[br_key][0]:.1f} s): the bridge is {ratio:.2f}x as fast (CPU time {cpu_ratio:.2f}x).**",
+        "",
+    ]
+    Path(args.out).write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    return int(ratio < 1.0)
+
+
 def compare(a: dict, b: dict, filters: list[str]) -> list[str]:
     diffs = []
     for key in sorted(a["records"]):
@@ -90,8 +164,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both tools (1 is fastest on a shared 2-core box)")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evaluate.md"))
+    ap.add_argument("--bridge", action="store_true", help="lm-eval's HF backend vs the lm_eval: bridge at --lm-eval-batch-sizes")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
+    if args.bridge:
+        return bridge_main(args)
     import torch
 
     torch.set_num_threads(args.threads)
