@@ -308,6 +308,42 @@ def _resume_sweep(env: Env) -> list[str]:
 STORED = "delete"
 
 
+def _broken_data(sub: str, name: str, data: bytes | None):  # noqa: ANN202
+    """A copy of one folder of the real data set in the sandbox, with one file broken (or cut to ``data``)."""
+
+    def setup(env: Env) -> None:
+        import pytest
+
+        from layerswap.io import resolve_data_dir
+
+        real = resolve_data_dir()
+        if real is None or not (real / sub).is_dir():
+            pytest.skip("needs the data folder (../shared/data or LAYERSWAP_DATA_DIR)")
+        folder = shutil.copytree(real / sub, env.sandbox / "data" / sub)
+        file = Path(folder) / name
+        file.write_bytes(data if data is not None else file.read_bytes()[:100])
+
+    return setup
+
+
+def _boundaries(kind: str):  # noqa: ANN202
+    def setup(env: Env) -> None:
+        path = env.sandbox / "boundaries.yaml"
+        if kind == "yaml":
+            path.write_text("candidates: [\n  {bottom: 1, top: 1\n", encoding="utf-8")
+        elif kind == "folder":
+            path.mkdir()
+        else:
+            os.mkfifo(path)
+
+    return setup
+
+
+def _sweep_boundaries(env: Env) -> list[str]:
+    body = f"base: {env.base}\nmath: {env.math}\nlang: {env.lang}\nlimit: 2\ncandidates: {{boundaries: {env.sandbox / 'boundaries.yaml'}}}\n"
+    return ["sweep", env.yaml("sweep.yaml", body), "--out", env.out]
+
+
 NINES = "9" * 400
 LINK_OUT = ("InputPathError", "links outside", "copy the file into the folder")
 LINK_IN = ("InputPathError", "holds a symbolic link", "delete the link")
@@ -480,6 +516,11 @@ CASES: list[Case] = [
     Case("sweep-stored-fifo", "sweep cfg.yaml --out SW (candidates/base.json is a FIFO)", _resume_sweep, "CheckpointError", "is a fifo", STORED, setup=_tampered_sweep(_replace("base.json", "fifo"))),
     Case("sweep-stored-folder", "sweep cfg.yaml --out SW (candidates/base.json is a folder)", _resume_sweep, "CheckpointError", "is a folder", STORED, setup=_tampered_sweep(_replace("base.json", "folder"))),
     Case("sweep-scores-fifo", "sweep cfg.yaml --out SW (candidates/base.scores.csv is a FIFO)", _resume_sweep, "CheckpointError", "is a fifo", STORED, setup=_tampered_sweep(_replace("base.scores.csv", "fifo"))),
+    Case("ntrex-document-ids-not-utf8", "finetune --data ntrex:sw --data-dir DATA (ntrex128/DOCUMENT_IDS.tsv not UTF-8)", lambda e: ["finetune", "--base", _ex(e, "base"), "--data", "ntrex:sw", "--data-dir", str(e.sandbox / "data"), "--steps", "1", "--out", e.out], "DataError", "line 1 is not utf-8", "convert the file to utf-8", setup=_broken_data("ntrex128", "DOCUMENT_IDS.tsv", b"\xff\xfe doc \x80\n" * 3)),
+    Case("mgsm-exemplars-cut", "evaluate MODEL --task mgsm --shots 2 --data-dir DATA (mgsm/mgsm_exemplars.json cut)", lambda e: ["evaluate", str(e.base), "--task", "mgsm", "--langs", "sw", "--shots", "2", "--limit", "1", "--data-dir", str(e.sandbox / "data"), "--out", e.out], "DataError", "is not valid json", "restore the file", setup=_broken_data("mgsm", "mgsm_exemplars.json", None)),
+    Case("sweep-boundaries-not-yaml", "sweep cfg.yaml (candidates.boundaries: a file that is not YAML)", _sweep_boundaries, "DataError", "is not valid yaml", "fix it", setup=_boundaries("yaml")),
+    Case("sweep-boundaries-folder", "sweep cfg.yaml (candidates.boundaries: a folder)", _sweep_boundaries, "InputPathError", "is a folder", "pass a", setup=_boundaries("folder")),
+    Case("sweep-boundaries-fifo", "sweep cfg.yaml (candidates.boundaries: a FIFO)", _sweep_boundaries, "InputPathError", "not a regular file", "pass a", setup=_boundaries("fifo")),
     # --- class 6: one run per output
     Case(
         "finetune-out-in-use",

@@ -9,7 +9,6 @@ English ``The answer is``; few-shot answers drop ``len(cue) + 1`` characters, as
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from layerswap.errors import ConfigError, DataError, InputPathError
 from layerswap.evaluate.answers import Extractor, flexible_extractor, normalise_number, strict_extractor
 from layerswap.evaluate.generation import Example, GenerationTask
-from layerswap.io import iter_jsonl, iter_tsv, require_fields, resolve_data_dir
+from layerswap.io import iter_jsonl, iter_tsv, read_data_json, require_fields, resolve_data_dir
 
 MAX_SHOTS = 8
 FORMATS = ("direct", "native_cot")
@@ -159,7 +158,7 @@ def load_exemplars(lang: str, *, data_dir: str | Path | None = None) -> list[Exe
     path = root / "mgsm" / "mgsm_exemplars.json"
     if not path.exists():
         raise InputPathError(f"{path} does not exist: the few-shot exemplars are needed for --shots > 0")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_data_json(path)  # a cut or edited file is one line
     try:
         shots = data["MGSM_EXEMPLARS"][lang]
         numbers = data["EXEMPLAR_NUMBER_ANSWERS"]

@@ -24,7 +24,15 @@ from layerswap.io.architecture import (
     rule_for,
 )
 from layerswap.io.atomic import AtomicDir, prepare_output_dir, recover_interrupted, write_bytes_atomic, write_text_atomic
-from layerswap.io.data_files import iter_jsonl, iter_tsv, read_lines, require_fields, resolve_data_dir
+from layerswap.io.data_files import (
+    iter_jsonl,
+    iter_tsv,
+    read_data_json,
+    read_data_yaml,
+    read_lines,
+    require_fields,
+    resolve_data_dir,
+)
 from layerswap.io.deltas import Checkpoint, DeltaView, check_compatible
 from layerswap.io.dtypes import (
     DTYPE_ALIASES,
@@ -122,6 +130,8 @@ __all__ = [
     "Language",
     "iter_jsonl",
     "iter_tsv",
+    "read_data_json",
+    "read_data_yaml",
     "language",
     "parse_languages",
     "read_lines",

@@ -58,6 +58,44 @@ def _open_binary(path: Path) -> BinaryIO:
         raise InputPathError(f"cannot read data file {path}: {exc.strerror or exc}: check the path and its permissions") from None
 
 
+#: The largest JSON or YAML data file read whole (MGSM's exemplars are 40 kB; analysis boundaries a few kB).
+MAX_WHOLE_FILE = 64 << 20
+
+
+def _whole_text(path: Path) -> str:
+    """A small data file's text: a regular file (never a folder or a FIFO), bounded, UTF-8."""
+    with _open_binary(path) as fh:
+        raw = fh.read(MAX_WHOLE_FILE + 1)
+    if len(raw) > MAX_WHOLE_FILE:
+        raise DataError(f"{path} is over {MAX_WHOLE_FILE >> 20} MiB, too large for the file it should be: check the path")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text: restore the file or convert it to UTF-8") from None
+
+
+def read_data_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON data file (MGSM's exemplars): cut, edited or not JSON is one line."""
+    path = Path(path)
+    try:
+        return json.loads(_whole_text(path))
+    except (ValueError, RecursionError):
+        raise DataError(f"{path} is not valid JSON (cut or edited?): restore the file from its source") from None
+
+
+def read_data_yaml(path: str | os.PathLike[str]) -> Any:
+    """A YAML file layerswap reads as input (an analysis's ``boundaries.yaml``): not YAML is one line."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(_whole_text(path))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise DataError(f"{path} is not valid YAML{line}: fix it or write it again (layerswap analyze writes boundaries.yaml)") from None
+
+
 def _not_utf8(path: Path, lineno: int) -> DataError:
     return DataError(f"{path} line {lineno} is not UTF-8 text: convert the file to UTF-8 (e.g. iconv -t UTF-8)")
 

@@ -181,7 +181,7 @@ def _ntrex_documents(lines: list[str], data_dir: Path) -> list[str]:
     ids_path = data_dir / "ntrex128" / "DOCUMENT_IDS.tsv"
     if not ids_path.exists():
         return [ln for ln in lines if ln.strip()]
-    ids = ids_path.read_text(encoding="utf-8").splitlines()
+    ids = list(iter_text(ids_path))  # a line at a time: bytes that are not UTF-8 name their line
     if len(ids) != len(lines):
         return [ln for ln in lines if ln.strip()]
     docs: list[list[str]] = []

@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from layerswap.errors import ConfigError, InputPathError
+from layerswap.io import read_data_yaml
 from layerswap.io.swap_geometry import SwapGeometry
 from layerswap.merge.methods import sweep_baselines
 from layerswap.sweep.config import Candidate, CandidatesSpec, SweepConfig
@@ -37,7 +36,7 @@ def read_boundary_candidates(path: str | Path, top_n: int) -> list[Candidate]:
     path = Path(path)
     if not path.exists():
         raise InputPathError(f"boundaries file {path} does not exist: run layerswap analyze first or drop candidates.boundaries")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = read_data_yaml(path) or {}  # not YAML, a folder or a FIFO: one line, never a wait
     entries = data.get("candidates") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path} has no 'candidates' list: pass the boundaries.yaml written by layerswap analyze")
