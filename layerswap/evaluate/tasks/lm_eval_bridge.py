@@ -125,7 +125,7 @@ def load_task(name: str, include: str | None) -> Any:
         with _quiet():
             tasks = get_task_dict([name], manager)
     except Exception as exc:
-        if type(exc).__name__ in _HUB_ERRORS or "hub" in str(exc).lower() or "resolve" in str(exc).lower():
+        if type(exc).__name__ in _HUB_ERRORS or any(w in str(exc).lower() for w in ("the hub", "huggingface.co", "offline mode")):
             raise InputPathError(
                 f"lm-eval task {name!r} reads its data from the Hugging Face Hub, which cannot be reached: use a local copy "
                 "(a task YAML with dataset_path: json and dataset_kwargs: data_files)"
