@@ -190,7 +190,10 @@ def render(records: list[dict]) -> str:
             notes.append(
                 f"- {rec['shape']}, {rec['profile']}: analyze took the **{info['top_k_method']}** method "
                 f"(magnitudes and top-k {info['seconds']['magnitudes']} s, resolution {info['seconds']['overlap']} s, "
-                f"{info['boundary_values_kept']:,} histogram cells kept)"
+                f"{info['boundary_values_kept']:,} histogram cells kept"
+                + (f"; pass 1 CPU s outside the layers / in the layers: {info['pass1_phases']['outside_layers']['cpu']} / "
+                   f"{info['pass1_phases']['layers']['cpu']}" if "pass1_phases" in info else "")  # fmt: skip
+                + ")"
                 + (f"; tables vs `{rec['baseline']}`: " + ("**identical byte for byte**" if not rec["tables_differ"] else f"DIFFER: {rec['tables_differ']}")
                    if "tables_differ" in rec else "")  # fmt: skip
                 + f"; {rec['params'] / 1e9:.2f}e9 parameters per model, largest tensor {rec['largest'] / 1e6:.0f}M; command: `{rec['command']}`."
@@ -213,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-limit", type=int, default=2)
     ap.add_argument("--sweep-timeout", type=float, default=1800)
     ap.add_argument("--keep", action="store_true", help="keep the synthetic models (default: delete each triple after its runs)")
+    ap.add_argument("--render", action="store_true", help="only rebuild results/scale.md from results/scale.json")
     args = ap.parse_args(argv)
+    if args.render:
+        MD.write_text(render(json.loads(JSON.read_text())), encoding="utf-8")
+        print(MD.read_text())
+        return 0
     args.contenders = [c for c in args.contenders.split(",") if c]
     profiles = [p for p in args.profiles.split(",") if p]
     if bad := [c for c in args.contenders if c not in CONTENDERS] + [p for p in profiles if p not in PROFILES]:

@@ -150,6 +150,7 @@ def build_analysis(
         warnings=notes,
         info={
             "seconds": {"magnitudes": round(t1 - started, 2), "overlap": round(t2 - t1, 2)},
+            "pass1_phases": p1.phases,  # wall and CPU seconds outside the layers and in them
             "top_k_method": "one pass" if one_pass else "multi-pass",
             "threshold_refined": p2.refined,
             "boundary_values_kept": p2.kept_boundary,

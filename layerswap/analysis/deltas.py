@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -270,6 +271,8 @@ class Pass1:
     population: int = 0  # number of transformer-layer parameters
     signed: bool = True
     warnings: list[str] = field(default_factory=list)
+    #: wall and CPU seconds of the phase outside the transformer layers and of the layer phase (for per-layer costs)
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def layer_tensors(self) -> list[str]:
@@ -325,12 +328,14 @@ def run_pass1(
     outside = [t for t in names if result.layer[t] is None]
     layer_tensors = result.layer_tensors
     red = Reductions()
+    clock = (time.perf_counter(), time.process_time())
     with red, bar(total=len(names), desc=desc, unit="tensor") as shown:
         ws = Workspace()
         for name in outside:
             _measure(base, sources, name, result, ws, red, observer)
             shown.update(1)
         ws.release()  # the embedding-sized buffers: the layer phase needs far smaller ones
+        result.phases["outside_layers"], clock = _since(clock), (time.perf_counter(), time.process_time())
         if red.emulate and len(layer_tensors) > 1:
             # every op runs on one thread here, so two tensors at a time use both cores (results do not depend on it)
             lock = threading.Lock()
@@ -355,6 +360,7 @@ def run_pass1(
             for name in layer_tensors:
                 _measure(base, sources, name, result, ws, red, observer)
                 shown.update(1)
+    result.phases["layers"] = _since(clock)
     for src in sources:
         bad = sum(result.stats[(src.name, t)].nonfinite for t in names)
         if bad:
@@ -367,6 +373,10 @@ def run_pass1(
                 f"{src.name} is identical to the base: every value is zero, so its shares and overlaps are undefined"
             )
     return result
+
+
+def _since(clock: tuple[float, float]) -> dict[str, float]:
+    return {"wall": round(time.perf_counter() - clock[0], 2), "cpu": round(time.process_time() - clock[1], 2)}
 
 
 def _measure(
