@@ -72,6 +72,12 @@ BENCH_PARAMS: dict[str, dict] = {
 }
 NO_BASE = {"linear", "slerp", "graded_swap"}
 LEGACY = {"dare": "dare_ties"}
+#: What ``--emit-mergekit`` writes, without running the merge itself.
+EMIT = (
+    "import sys; from layerswap.merge import load_merge_config, open_merge; "
+    "from layerswap.merge.mergekit import write_mergekit_yaml; c = load_merge_config(sys.argv[1]); p = open_merge(c).plan; "
+    "write_mergekit_yaml(c, p, sys.argv[2], num_layers=p.num_layers)"
+)
 #: mergekit's fastest CPU settings here: asynchronous shard writes; no tokenizer copy (layerswap copies none either).
 MERGEKIT_BEST = ["--async-write", "--no-copy-tokenizer"]
 
@@ -163,8 +169,7 @@ def main() -> None:
         cfg_path.write_text(yaml.safe_dump(cfg))
         mk_yaml = work / f"{method}.mergekit.yaml"
         # mergekit reads the YAML that layerswap emits (no '# note:' lines: the same formula): write it untimed.
-        subprocess.run([*layerswap, "merge", str(cfg_path), "--out", str(work / "ours"), "--emit-mergekit", str(mk_yaml)],
-                       env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", EMIT, str(cfg_path), str(mk_yaml)], env=env, check=True, capture_output=True)
         if "# note" in mk_yaml.read_text():
             raise SystemExit(f"{method}: the emitted YAML carries a note, so mergekit would compute something else")
         clean(work / "ours")

@@ -45,7 +45,12 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
 
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
     n = rows.shape[1]
-    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1, descending=False), dim=1).to(torch.float32)
+    order = torch.argsort(rows.abs(), dim=1, descending=False)
+    # each entry's rank: the inverse of the sort permutation, scattered (mergekit argsorts the argsort,
+    # which gives the same ranks at the cost of a second sort)
+    ranks = torch.empty(rows.shape, dtype=torch.float32, device=delta.device)
+    ranks.scatter_(1, order, torch.arange(n, dtype=torch.float32, device=delta.device).expand(rows.shape))
+    del order
     if n > 1:
         ranks.div_(n - 1)
     return ranks.mul_(2 * epsilon).add_(density - epsilon).reshape(delta.shape)
@@ -91,11 +96,8 @@ class _Della(TaskVectorMethod):
     def op_fields(self, params: DellaParams) -> dict[str, Any]:
         return {"rescale": params.rescale, "seed": params.seed, "options": (("epsilon", params.epsilon),)}
 
-    def generators(self, op: Combine, name: str, base: torch.Tensor) -> list[torch.Generator]:
-        return seeded_generators(op, name, base)
-
     def sparsifier(self, op: Combine, name: str, base: torch.Tensor) -> Any:
-        generators = self.generators(op, name, base)
+        generators = seeded_generators(op, name, base)
         epsilon = op.option("epsilon")
         return lambda i, d: della_drop(d, op.densities[i], epsilon, generators[i], op.rescale)
 
