@@ -255,3 +255,18 @@ def test_sweep_over_proxy_and_two_lm_eval_tasks(tmp_path, tiny_experts, data_dir
         fh.write(json.dumps(XCOPA[0], ensure_ascii=False) + "\n")
     run_sweep(validate_sweep_dict(cfg.model_dump()), out, log=lambda s: None)
     assert len(runs) == 2 * 3  # both lm_eval: tasks, for each of the 3 candidates
+
+
+def test_a_block_scores_only_its_documents(tiny_llama, task_files):
+    """A halving block (``EvalRequest.offset``) runs lm-eval on documents offset..limit only, with their own doc ids."""
+    from layerswap.evaluate.runner import load_model
+    from layerswap.evaluate.tasks import EvalRequest
+
+    spec = get_task(f"lm_eval:{task_files['loglik']}")
+    assert spec.scores_blocks
+    lm = load_model(tiny_llama, device="cpu")
+    whole = {r["id"]: r["score"] for r in spec.run(lm, EvalRequest(limit=5, batch_size=BATCH)).records}
+    block = spec.run(lm, EvalRequest(limit=5, offset=2, batch_size=BATCH))
+    assert [r["id"] for r in block.records] == ["2", "3", "4"]
+    assert {r["id"]: r["score"] for r in block.records} == {k: whole[k] for k in ("2", "3", "4")}
+    assert block.summary["n"].tolist() == [3]

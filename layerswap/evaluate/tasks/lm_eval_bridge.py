@@ -196,9 +196,9 @@ def spec_for(name: str) -> TaskSpec:
     generative = task.OUTPUT_TYPE == GENERATIVE
 
     def run(lm: LoadedModel, req: EvalRequest) -> EvalResult:
-        return evaluate_lm_eval(lm, name, req, task_name=task_name, include=include, metric=metric, filter_name=filter_name, generative=generative)
+        return evaluate_lm_eval(lm, spec, req, task_name=task_name, include=include, filter_name=filter_name, generative=generative)
 
-    return TaskSpec(
+    spec = TaskSpec(
         name=name,
         summary=f"lm-eval's {task_name} ({task.OUTPUT_TYPE}), {metric} on filter {filter_name}",
         run=run,
@@ -208,7 +208,9 @@ def spec_for(name: str) -> TaskSpec:
         extra_metrics=("lang_fidelity", "cot_fidelity") if generative else (),
         check_language=lambda lang: lang,  # the task's language is in its name; --langs does not select here
         check_shots=nonnegative_shots,
+        scores_blocks=True,  # lm-eval's `samples`: a halving block scores only its documents
     )
+    return spec
 
 
 @functools.lru_cache(maxsize=1)
@@ -278,17 +280,20 @@ def input_paths(name: str) -> tuple[str, ...]:
 
 
 def evaluate_lm_eval(
-    lm: LoadedModel, name: str, req: EvalRequest, *, task_name: str, include: str | None, metric: str, filter_name: str, generative: bool
+    lm: LoadedModel, spec: TaskSpec, req: EvalRequest, *, task_name: str, include: str | None, filter_name: str, generative: bool
 ) -> EvalResult:
-    """Run one lm-eval task on the loaded model through ``simple_evaluate``; one record per document."""
+    """Run one lm-eval task on the loaded model through ``simple_evaluate``; one record per document
+    (documents ``req.offset`` to ``req.limit`` only where an offset is given: lm-eval's ``samples``)."""
     import time
 
     import lm_eval
+    import pandas as pd
 
     from layerswap.evaluate.fidelity import fidelity, fidelity_columns, identifier, token_counter
     from layerswap.evaluate.result import EvalResult
-    from layerswap.evaluate.uncertainty import mean_columns
 
+    name, metric = spec.name, spec.metric
+    block = req.offset > 0 and req.limit is not None
     t0 = time.perf_counter()
     with _quiet():
         hflm = fast_hflm_class()(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=req.batch_size, max_gen_toks=req.max_new_tokens)
@@ -298,7 +303,8 @@ def evaluate_lm_eval(
             tasks=[task_name],
             task_manager=task_manager(include),
             num_fewshot=req.shots,
-            limit=req.limit,
+            limit=None if block else req.limit,
+            samples={task_name: list(range(req.offset, req.limit))} if block else None,
             log_samples=True,
             gen_kwargs=f"max_gen_toks={req.max_new_tokens}" if generative else None,
             bootstrap_iters=0,
@@ -318,14 +324,14 @@ def evaluate_lm_eval(
             rec["prompt"], rec["output"] = s["arguments"][0][0], s["resps"][0][0]
         elif not generative and "logprobs" not in rec:
             rec["logprobs"] = [float(r[0][0]) for r in s["resps"]]
-    records = [by_doc[d] for d in sorted(by_doc)]
+    records = [by_doc[d] for d in sorted(by_doc) if d >= req.offset]
     if generative:
         identify = identifier()
         for rec in records:
             rec.update(fidelity(rec["output"], lang if lang != "-" else identify(rec["prompt"]) or "-", count))
-    scores = [r["score"] for r in records]
-    row: dict[str, Any] = {"task": name, "lang": lang, "shots": req.shots, "n": len(records), metric: sum(scores) / len(scores)}
-    row.update(mean_columns(scores, task=name, lang=lang))
+    agg = spec.aggregate(pd.DataFrame({"score": [r["score"] for r in records]}), lang=lang)
+    row: dict[str, Any] = {"task": name, "lang": lang, "shots": req.shots, "n": agg["n"], metric: agg["value"]}
+    row.update({k: agg[k] for k in ("stderr", "ci_low", "ci_high")})
     for key in sorted({k for r in records for k in r if "," in k}):
         row[key] = sum(r[key] for r in records) / len(records)
     if generative:
