@@ -165,3 +165,25 @@ def test_demo_figures_replace_a_planted_link(tmp_path: Path):
     publish_figures(run, dest)
     assert victim.read_bytes() == b"an expert's weights"
     assert (dest / name).with_suffix(".png").read_bytes() == b"\x89PNG new figure"
+
+
+def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temporary(tmp_path: Path, monkeypatch):
+    import errno
+
+    from layerswap.errors import WriteFailedError
+    from layerswap.figures import pyplot, save_figure
+
+    (tmp_path / "results.csv").write_text("previous\n")
+    (tmp_path / "fig.png").write_bytes(b"previous figure")
+
+    def full(*_a):  # noqa: ANN002, ANN202
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteFailedError, match="No space left on device"):
+        write_text_atomic(tmp_path / "results.csv", "new\n")
+    with pytest.raises(OSError):
+        save_figure(pyplot().figure(), tmp_path / "fig")
+    assert (tmp_path / "results.csv").read_text() == "previous\n"
+    assert (tmp_path / "fig.png").read_bytes() == b"previous figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "results.csv"]

@@ -29,7 +29,8 @@ def prepare_output_dir(out: str | os.PathLike[str], overwrite: bool, *, inputs: 
     return check_output(out, inputs, overwrite=overwrite, option=option)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -48,7 +49,7 @@ def recover_interrupted(out: Path) -> None:
     pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)-[0-9a-f]{{8}}")
     for path in sorted(parent.iterdir()):
         m = pattern.fullmatch(path.name)
-        if not m or _pid_alive(int(m.group(2))):
+        if not m or pid_alive(int(m.group(2))):
             continue
         if m.group(1) == "old" and not out.exists():
             os.rename(path, out)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from layerswap.errors import OutputExistsError
+from layerswap.io.atomic import pid_alive
 from layerswap.io.outputs import resolved
 
 
@@ -53,18 +54,6 @@ def _holder(fd: int) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _acquire(folder: Path, option: str) -> tuple[int, Path]:
     path = lock_path(folder)
     while True:
@@ -88,9 +77,10 @@ def _acquire(folder: Path, option: str) -> tuple[int, Path]:
             break
         os.close(fd)
     previous = _holder(fd)
-    if previous.get("pid") not in (None, os.getpid()) and not _alive(previous.get("pid")):
+    pid = previous.get("pid")
+    if isinstance(pid, int) and pid > 0 and pid != os.getpid() and not pid_alive(pid):
         warnings.warn(
-            f"{option} {folder} was locked by PID {previous.get('pid')}, which is no longer running (an interrupted run): taking it over",
+            f"{option} {folder} was locked by PID {pid}, which is no longer running (an interrupted run): taking it over",
             stacklevel=3,
         )
     record = json.dumps({"pid": os.getpid(), "folder": str(resolved(folder))}).encode()
