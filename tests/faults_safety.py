@@ -114,6 +114,16 @@ def _build_contradictions(env: Env) -> None:
     (d / "tokenizer_config.json").write_text(json.dumps(cfg))
     (d / "evil.py").write_text("raise SystemExit('the folder's own code ran')\n")
 
+    for name, template in (
+        ("chat-template-raises", "{{ raise_exception('this template refuses every conversation') }}"),
+        ("chat-template-loops", "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"),
+    ):
+        d = _copy(env.math, env.p(name))
+        cfg = json.loads((d / "tokenizer_config.json").read_text())
+        cfg["chat_template"] = template
+        (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+        (d / "chat_template.jinja").unlink(missing_ok=True)
+
     def huge(sd: dict) -> None:
         sd["model.layers.3.mlp.up_proj.weight"][0, 0] = 2e5  # finite in float32, past float16's 65504 even when averaged
 
@@ -499,6 +509,8 @@ CASES: list[Case] = [
     Case("merge-overflows-output-dtype", "merge cfg.yaml (linear, an expert weight 2e5, dtype: F16)", lambda e: e.merge_yaml(f"method: linear\nexperts: {{math: {e.p('huge-weight')}, lang: {e.lang}}}\ndtype: F16\n"), "NumericalError", "overflows F16 when written", "write a wider dtype"),
     Case("evaluate-tokenizer-auto-map", "evaluate MODEL (tokenizer_config.json auto_map to its own evil.py)", lambda e: _evaluate(e.p("tokenizer-auto-map"), e), "CheckpointError", "needs its own python code (auto_map)", "use a built-in tokenizer"),
     Case("finetune-tokenizer-auto-map", "finetune --base MODEL (tokenizer_config.json auto_map to its own evil.py)", lambda e: ["finetune", "--base", str(e.p("tokenizer-auto-map")), "--data", _ex(e, "data.jsonl"), "--steps", "1", "--out", e.out], "CheckpointError", "needs its own python code (auto_map)", "pass --tokenizer with a built-in tokenizer"),
+    Case("chat-template-raises", "finetune --base MODEL (its chat template raises) --chat-template auto", lambda e: ["finetune", "--base", str(e.p("chat-template-raises")), "--data", _ex(e, "data.jsonl"), "--steps", "1", "--out", e.out], "DataError", "chat template fails on an example", "pass chat_template=no"),
+    Case("chat-template-loops", "finetune --base MODEL (its chat template loops for 10^10 steps) --chat-template auto", lambda e: ["finetune", "--base", str(e.p("chat-template-loops")), "--data", _ex(e, "data.jsonl"), "--steps", "1", "--out", e.out], "DataError", "did not finish rendering one example in 10 s", "pass chat_template=no"),
     Case("evaluate-missing-head", "evaluate MODEL (untied, lm_head.weight missing)", lambda e: _evaluate(e.p("no-head"), e), "CheckpointError", "lacks tensor 'lm_head.weight'", "re-save the complete model"),
     Case("evaluate-tokenizer-bigger-than-embeddings", "evaluate MODEL (tokenizer 16 tokens past the embeddings)", lambda e: _evaluate(e.p("small-vocab"), e), "IncompatibleModelsError", "tokens but the model's embeddings have", "use the model's own tokenizer"),
     Case("finetune-tokenizer-bigger-than-embeddings", "finetune --base MODEL (tokenizer 16 tokens past the embeddings)", lambda e: ["finetune", "--base", str(e.p("small-vocab")), "--data", _ex(e, "data.jsonl"), "--steps", "1", "--out", e.out], "IncompatibleModelsError", "tokens but the model's embeddings have", "use the model's own tokenizer"),

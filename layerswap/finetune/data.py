@@ -100,12 +100,47 @@ def _use_chat_template(tokenizer: Any, choice: str) -> bool:
     raise ConfigError(f"chat_template must be auto, yes or no, not {choice!r}")
 
 
+#: Seconds one chat-template rendering may take (a real one takes milliseconds; a hostile one loops).
+CHAT_TEMPLATE_SECONDS = 10.0
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> str:
+    """The tokenizer's chat template applied to ``messages`` as text: a template that raises, or runs past
+    :data:`CHAT_TEMPLATE_SECONDS` (enforced with a timer in the main thread), is one line."""
+    import signal
+    import threading
+
+    def too_long(*_: Any) -> None:
+        raise TimeoutError
+
+    timed = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    previous = signal.signal(signal.SIGALRM, too_long) if timed else None
+    try:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, CHAT_TEMPLATE_SECONDS)
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, **kwargs))
+    except TimeoutError:
+        raise DataError(
+            f"the tokenizer's chat template did not finish rendering one example in {CHAT_TEMPLATE_SECONDS:g} s: "
+            "fix the template or pass chat_template=no"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 (jinja raises anything the template does)
+        raise DataError(
+            f"the tokenizer's chat template fails on an example ({type(exc).__name__}: {str(exc)[:80]}): "
+            "fix the template or pass chat_template=no"
+        ) from None
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
 def _prompt_completion_ids(tokenizer: Any, prompt: str, completion: str, chat: bool) -> tuple[list[int], list[int]]:
     """Token ids of the prompt (with BOS) and of the completion (with the end-of-turn/EOS)."""
     if chat:
         messages = [{"role": "user", "content": prompt.strip()}]
-        head = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion.strip()}], tokenize=False)
+        head = _render(tokenizer, messages, add_generation_prompt=True)
+        full = _render(tokenizer, messages + [{"role": "assistant", "content": completion.strip()}])
         if not full.startswith(head):
             raise DataError("the chat template renders the prompt differently inside a conversation: pass chat_template=no")
         p = tokenizer(head, add_special_tokens=False)["input_ids"]
