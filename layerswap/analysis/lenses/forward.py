@@ -57,9 +57,13 @@ def _spread(count: int, k: int) -> torch.Tensor:
 
 
 def tokenize(
-    name: str, texts: Sequence[str], tokenizer: Any, *, batch_size: int, seq_len: int, sample: int, logit: int
+    name: str, texts: Sequence[str], tokenizer: Any, *, batch_size: int, seq_len: int, sample: int, logit: int | None, decodes: int = 1
 ) -> TokenSet:
-    """Cut ``texts`` into batches and choose the positions the probes read (evenly over the whole set)."""
+    """Cut ``texts`` into batches and choose the positions the probes read (evenly over the whole set).
+
+    ``logit=None`` chooses as many logit-lens positions as keep its cost at one output layer's worth
+    for the set: ``tokens // decodes`` (``decodes``: the hidden states decoded per position, layers + 1), at least 8.
+    """
     encs = [
         tokenizer(list(texts[i : i + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=seq_len)
         for i in range(0, len(texts), batch_size)
@@ -69,6 +73,8 @@ def tokenize(
     # a position can be decoded by the logit lens when the next one in its row is a token too
     has_next = [torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], dim=1).reshape(-1).nonzero().squeeze(1) for m in masks]
     chosen_sample = _chosen(flat, sample)
+    if logit is None:
+        logit = max(8, sum(len(f) for f in flat) // decodes)
     chosen_logit = _chosen(has_next, logit)
     batches = []
     for e, s, lg in zip(encs, chosen_sample, chosen_logit, strict=True):

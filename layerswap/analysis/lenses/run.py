@@ -37,7 +37,7 @@ from layerswap.io import (
 from layerswap.io.swap_geometry import SwapGeometry
 
 #: Defaults of the activation lenses' knobs (``options``).
-DEFAULT_OPTIONS = {"cka_tokens": 256, "logit_tokens": 32, "lape_sentences": 16, "lape_ratio": 0.01, "lape_top": 5.0}
+DEFAULT_OPTIONS = {"cka_tokens": 256, "logit_tokens": None, "lape_sentences": 16, "lape_ratio": 0.01, "lape_top": 5.0}
 
 
 @dataclass
@@ -276,7 +276,8 @@ def _forward_pass(ctx: LensContext, lenses: list[Lens]) -> Any:
             batch_size=ctx.batch_size,
             seq_len=ctx.seq_len,
             sample=int(opts["cka_tokens"]),
-            logit=int(opts["logit_tokens"]),
+            logit=None if opts["logit_tokens"] is None else int(opts["logit_tokens"]),
+            decodes=ctx.base.num_layers + 1,
         )
         for role, t in ctx.texts.items()
     }
