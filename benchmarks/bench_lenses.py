@@ -115,7 +115,7 @@ def main() -> None:
         + ", ".join(f"{x:.2f}" for x in rounds_wall)
         + "; CPU: "
         + ", ".join(f"{x:.2f}" for x in rounds_cpu)
-        + "). Goal <= 1.3x.",
+        + f"; median of the per-round ratios: {statistics.median(rounds_wall):.2f}x wall, {statistics.median(rounds_cpu):.2f}x CPU). Goal <= 1.3x.",
         "",
         "The lenses' pass runs the backbone without the output layer and decodes only the logit lens's sampled positions",
         "(each through the final norm and the output layer, at every layer), which is where its extra cost lies on a model",
