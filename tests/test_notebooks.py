@@ -34,6 +34,7 @@ def test_all_four_notebooks_are_there():
         "02_overlap_heatmaps.ipynb",
         "03_choose_swap_layers.ipynb",
         "04_merge_and_evaluate.ipynb",
+        "05_lenses.ipynb",
     ]
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
