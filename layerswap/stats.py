@@ -303,6 +303,8 @@ def paired_difference(a: Scores, b: Scores, *, binary: bool | None = None, confi
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if np.all(d == 0):
         return Paired(diff, low, high, 1.0, "permutation", n)
+    if n < 2:  # one example: no permutation distribution (scipy refuses), nothing to test
+        return Paired(diff, low, high, NAN, "permutation", n)
     perm = _st.permutation_test((x, y), _mean_diff, permutation_type="samples", vectorized=True,
                                 n_resamples=n_permutations, alternative="two-sided", batch=_BATCH,
                                 rng=np.random.default_rng(seed))

@@ -264,3 +264,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="confidence"):
         stats.mean_estimate([1, 0], confidence=95)
     assert stats.paired_difference([], []).n == 0
+
+
+def test_one_example_gives_no_p_value_not_an_error():
+    # A sweep with limit: 1 compares candidates on a single example: "undetermined", never a traceback.
+    p = stats.paired_difference([1.0], [2.0])
+    assert p.n == 1 and p.diff == -1.0 and math.isnan(p.p_value)
