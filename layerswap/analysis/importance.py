@@ -115,7 +115,7 @@ def diagonal_fisher(
 def load_model(base: ModelFolder, device: str):  # noqa: ANN202
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
