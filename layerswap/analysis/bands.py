@@ -118,11 +118,16 @@ def _histogram(codes: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndar
 _EMPTY = np.empty(0, dtype=np.int64)
 
 
-def _single_counts(codes: np.ndarray, lo: int, hi: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """(count above the band, distinct in-band offsets from lo, their counts) of one expert on one tensor."""
-    above = int(np.count_nonzero(codes >= hi))
+def _single_counts(
+    codes: np.ndarray, lo: int, hi: int, *, reach: int | None = None, scratch: np.ndarray | None = None
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count above the band, distinct in-band offsets from lo, their counts) of one expert on one tensor.
+
+    ``reach``: the count of codes >= lo where already known; ``scratch``: a bool buffer of codes' size.
+    """
+    above = int(np.count_nonzero(np.greater_equal(codes, hi, out=scratch)))
     if hi - lo == 1:  # one value: a count
-        n_in = int(np.count_nonzero(codes >= lo)) - above
+        n_in = (reach if reach is not None else int(np.count_nonzero(np.greater_equal(codes, lo, out=scratch)))) - above
         return (above, np.zeros(1, np.int64), np.array([n_in], np.int64)) if n_in else (above, _EMPTY, _EMPTY)
     inside = codes[(codes >= lo) & (codes < hi)]
     return (above, *_histogram(inside, lo, hi)) if inside.size else (above, _EMPTY, _EMPTY)
@@ -191,13 +196,16 @@ class BandStream:
         stored = 0
         # expert -> (positions reaching its lowest band, or None for all of them; their codes)
         where: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
+        masks: dict[str, np.ndarray] = {}  # expert -> where it reaches its lowest band (tensors counted in place)
         for i, e in enumerate(self.experts):
             if e not in absvals:  # unchanged here: every count is 0
                 continue
             a = absvals[e].numpy().view(np.int32)  # non-negative floats order like their bit patterns
             mask = np.greater_equal(a, self.low[e], out=ws.buf(f"band{i}", a.size, torch.bool).numpy())
-            if np.count_nonzero(mask) > a.size // DENSE_SHARE:  # most values reach the band (dense ±lr deltas): no gathers
+            reach = int(np.count_nonzero(mask))
+            if reach > a.size // DENSE_SHARE:  # most values reach the band (dense ±lr deltas): no gathers
                 idx, codes = None, a
+                masks[e] = mask
             else:
                 idx = np.flatnonzero(mask)
                 codes = a[idx]
@@ -206,7 +214,9 @@ class BandStream:
             for k in self.top_k:
                 band = self.code[(e, k)]
                 if band not in done:
-                    done[band] = _single_counts(codes, *band)
+                    # a one-value band at the lowest edge: the values reaching it were just counted
+                    known = reach if band[1] - band[0] == 1 and band[0] == self.low[e] else None
+                    done[band] = _single_counts(codes, *band, reach=known, scratch=ws.buf("scratch", codes.size, torch.bool).numpy())
                     stored += done[band][1].size
                 self.single[(e, k, name)] = done[band]
         for a, b in self.pairs:
@@ -228,7 +238,13 @@ class BandStream:
             for k in self.top_k:
                 bands = (self.code[(a, k)], self.code[(b, k)])
                 if bands not in done_pair:
-                    done_pair[bands] = self._pair_counts(ca, cb, same, *bands, self.single[(a, k, name)][1], self.single[(b, k, name)][1])
+                    lowest = a in masks and b in masks and all(hi - lo == 1 and lo == self.low[x] for (lo, hi), x in zip(bands, (a, b)))
+                    if lowest:  # one value each, at both lowest edges: the masks are the memberships
+                        both = np.logical_and(masks[a], masks[b], out=ws.buf("both", ca.size, torch.bool).numpy())
+                        n_both = int(np.count_nonzero(both))
+                        done_pair[bands] = (n_both, int(np.count_nonzero(np.logical_and(both, same, out=both))), _EMPTY, _EMPTY)
+                    else:
+                        done_pair[bands] = self._pair_counts(ca, cb, same, *bands, self.single[(a, k, name)][1], self.single[(b, k, name)][1])
                     stored += done_pair[bands][2].size
                 self.pair[(a, b, k, name)] = done_pair[bands]
         with self._lock:
