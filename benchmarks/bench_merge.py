@@ -16,6 +16,7 @@ the YAML that ``--emit-mergekit`` writes, with parameters both tools state the s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -68,7 +69,7 @@ BENCH_PARAMS: dict[str, dict] = {
     "model_stock": {},
     "slerp": {"t": 0.5},
     "nuslerp": {"weights": {"math": 0.5, "lang": 0.5}},
-    "graded_swap": {"bottom": 5, "top": 2, "width": 3.0},
+    "graded_swap": {"width": 3.0},
 }
 NO_BASE = {"linear", "slerp", "graded_swap"}
 LEGACY = {"dare": "dare_ties"}
@@ -162,6 +163,9 @@ def main() -> None:
         if method not in BENCH_PARAMS:
             raise SystemExit(f"unknown --methods entry {key!r}: use swap or one of {', '.join(BENCH_PARAMS)}")
         params = {k: (args.density if v == "DENSITY" else v) for k, v in BENCH_PARAMS[method].items()}
+        if method == "graded_swap":  # the cut scaled to the model's depth (a 4-layer model has no room for 5 + 2)
+            depth = int(json.loads((base / "config.json").read_text())["num_hidden_layers"])
+            params.update(bottom=max(1, depth // 4), top=max(1, depth // 8))
         cfg = {"method": method, "experts": {"math": str(math_), "lang": str(lang)}, "params": params}
         if method not in NO_BASE:
             cfg["base"] = str(base)
