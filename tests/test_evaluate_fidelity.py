@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from layerswap.evaluate import api, example_scores, fidelity, mgsm
+from layerswap.evaluate.scores import fidelity_scores
 
 SENTENCES = {
     "sw": "Juma alinunua machungwa matatu sokoni na akampa dada yake mawili.",
@@ -48,9 +49,9 @@ def test_every_generative_row_reports_fidelity_with_its_interval(data_dir, tiny_
     assert 0 < row["lang_fidelity_ci_low"] < 0.5 < row["lang_fidelity_ci_high"] < 1
     assert 1 / 4 < row["cot_fidelity"] < 3 / 4 and row["cot_fidelity_ci_low"] < row["cot_fidelity"] < row["cot_fidelity_ci_high"]
     assert [r["answer_lang"] for r in res.records][:3] == ["sw", "en", None]
-    scores = fidelity.fidelity_scores(res, "mgsm", "lang_fidelity")  # paired by the same ids as the headline
+    scores = fidelity_scores(res, "mgsm", "lang_fidelity")  # paired by the same ids as the headline
     assert scores["score"].tolist() == [1.0, 0.0, 0.0, 1.0]
     assert scores["id"].tolist() == example_scores(res, "mgsm")["id"].tolist() == [e.id for e in mgsm.load_examples("sw", data_dir=data_dir, limit=4)]
-    assert fidelity.fidelity_scores(res, "mgsm", "cot_fidelity")["score"].iloc[0] == 1.0
+    assert fidelity_scores(res, "mgsm", "cot_fidelity")["score"].iloc[0] == 1.0
     with pytest.raises(Exception, match="unknown fidelity metric"):
-        fidelity.fidelity_scores(res, "mgsm", "fidelity")
+        fidelity_scores(res, "mgsm", "fidelity")

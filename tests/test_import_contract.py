@@ -41,7 +41,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "layerswap"
 
-FOUNDATION = {"layerswap.errors", "layerswap.config", "layerswap.progress", "layerswap.figures", "layerswap.stats", "layerswap.files", "layerswap.lazy"}
+FOUNDATION = {"layerswap.errors", "layerswap.config", "layerswap.progress", "layerswap.figures", "layerswap.stats", "layerswap.paired_tests", "layerswap.power", "layerswap.files", "layerswap.lazy"}
 WINGS = ("analysis", "finetune", "merge", "evaluate")
 #: Modules outside the layout and the layer whose rules they follow (none today). A new top-level
 #: module must be placed in the layout or here, with a reason, else it is reported as unclassified.

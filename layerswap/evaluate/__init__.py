@@ -13,8 +13,7 @@ from layerswap.lazy import lazy_exports
 _HOMES = {
     "layerswap.evaluate.api": ("evaluate",),
     "layerswap.evaluate.result": ("EvalResult", "format_summary", "save_result"),
-    "layerswap.evaluate.scores": ("example_scores", "fill_uncertainty"),
-    "layerswap.evaluate.fidelity": ("fidelity_scores",),
+    "layerswap.evaluate.scores": ("example_scores", "fidelity_scores", "fill_uncertainty"),
     "layerswap.evaluate.tasks": ("TASKS", "TaskSpec", "get_task", "higher_is_better"),
     "layerswap.evaluate.tasks.custom": ("evaluate_custom", "load_custom"),
     "layerswap.evaluate.tasks.flores": ("evaluate_flores",),

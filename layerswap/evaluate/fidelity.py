@@ -93,16 +93,3 @@ def fidelity_columns(records: Sequence[dict[str, Any]], *, task: str | None = No
         out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = cols["ci_low"], cols["ci_high"]
     return out
 
-
-def fidelity_scores(records: Any, task: Any, metric: str = "lang_fidelity") -> Any:
-    """The per-example table of a fidelity ``metric`` of ``task`` (``task, lang, id, score``), as
-    :func:`~layerswap.evaluate.scores.example_scores` gives the headline's: stable ids, for pairing."""
-    from dataclasses import replace
-
-    from layerswap.evaluate.scores import example_scores
-    from layerswap.evaluate.tasks import get_task
-
-    if metric not in FIELDS:
-        raise ConfigError(f"unknown fidelity metric {metric!r}: valid metrics are {', '.join(FIELDS)}")
-    spec = get_task(task) if isinstance(task, str) else task
-    return example_scores(records, replace(spec, score_field=FIELDS[metric], ratio_fields=None))

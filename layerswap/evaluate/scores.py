@@ -89,3 +89,18 @@ def fill_uncertainty(result: Any, task: TaskSpec | str) -> Any:
     at = rest.index(spec.metric) + 1
     result.summary = summary[rest[:at] + list(UNCERTAINTY_COLUMNS) + rest[at:]]
     return result
+
+
+def fidelity_scores(records: Any, task: Any, metric: str = "lang_fidelity") -> Any:
+    """The per-example table of a fidelity ``metric`` of ``task`` (``task, lang, id, score``), as
+    :func:`example_scores` gives the headline's: stable ids, for pairing."""
+    from dataclasses import replace
+
+    from layerswap.errors import ConfigError
+    from layerswap.evaluate.fidelity import FIELDS
+    from layerswap.evaluate.tasks import get_task
+
+    if metric not in FIELDS:
+        raise ConfigError(f"unknown fidelity metric {metric!r}: valid metrics are {', '.join(FIELDS)}")
+    spec = get_task(task) if isinstance(task, str) else task
+    return example_scores(records, replace(spec, score_field=FIELDS[metric], ratio_fields=None))
