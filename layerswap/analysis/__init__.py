@@ -9,21 +9,19 @@ data=...)`` runs any registered lenses (``analysis/lenses/``), each ending in th
 
 from __future__ import annotations
 
-from layerswap.analysis.boundaries import BoundaryRule
-from layerswap.analysis.core import analyze, build_analysis, resolve_roles
-from layerswap.analysis.report import Analysis
 from layerswap.lazy import lazy_exports
 
-#: importance pulls in transformers and the lens registry loads every lens: both only when asked for.
+#: Every name loads on first use: the analysis pulls in torch and pandas, importance transformers and the
+#: lens registry every lens, and ``import layerswap.cli`` (which reads ``analysis.options``) must pay for none.
 __all__ = [
-    "Analysis",
-    "BoundaryRule",
-    "analyze",
-    "build_analysis",
-    "resolve_roles",
     *lazy_exports(
         __name__,
         {
+            "Analysis": "layerswap.analysis.report",
+            "BoundaryRule": "layerswap.analysis.boundaries",
+            "analyze": "layerswap.analysis.core",
+            "build_analysis": "layerswap.analysis.core",
+            "resolve_roles": "layerswap.analysis.core",
             "importance": "layerswap.analysis.importance",
             "run_lenses": "layerswap.analysis.lenses",
             "lens_recommendations": "layerswap.analysis.lenses",
