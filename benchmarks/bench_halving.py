@@ -35,7 +35,7 @@ DATA = HERE / "data" / "halving_scores.csv"
 #: How the committed data file was recorded (shown when the benchmark replays it).
 PROVENANCE = (
     "Recorded on this machine (2 shared CPU cores): Gemma 3 270M with two experts fine-tuned 12 full steps each "
-    "(`layerswap.sweep.demo.train_experts`: GSM8K train, NTREX-sw), the gold-answer proxy on the first 40 MGSM-sw "
+    "(`train_experts`, today `layerswap.pipeline.train_experts`: GSM8K train, NTREX-sw), the gold-answer proxy on the first 40 MGSM-sw "
     "questions, 0 shots. Five candidates (swaps b1-2 x u1-2, base) by `layerswap sweep` (in-memory merges); the "
     "experts math and lang by `layerswap evaluate` on their folders (the same evaluation function; what the sweep's "
     "identity candidates evaluate). CPU contention limited the recording to 7 candidates x 40 examples."
