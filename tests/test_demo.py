@@ -365,3 +365,24 @@ def test_the_8b_recipe_dry_run_plans_every_stage_and_writes_nothing(data_dir, tm
         assert "Base of 8.03e9 parameters" in said and "80% power for a difference of" in said
         assert ("does NOT fit 80 GB" in said) == (name == "config.yaml")  # full fine-tuning of 8B: 8 GPUs
         assert not out.exists()
+
+
+def test_the_demo_report_shows_the_target_with_language_fidelity():
+    import pandas as pd
+
+    from layerswap.pipeline.report import SweepReads, _target_lines
+
+    def row(cand, metric, value, lo, hi):
+        return {"candidate": cand, "method": "identity", "task": "mgsm", "language": "sw", "metric": metric, "value": value,
+                "stderr": 0.1, "ci_low": lo, "ci_high": hi, "n": 12, "bottom": None, "top": None, "transition": None,
+                "analysis_score": None}
+
+    results = pd.DataFrame([
+        row("base", "exact_match", 0.0, 0.0, 0.24), row("base", "lang_fidelity", 0.75, 0.47, 0.91),
+        row("base", "cot_fidelity", 0.5, 0.3, 0.7), row("math", "exact_match", 1 / 12, 0.01, 0.35),
+    ])
+    lines = _target_lines(SweepReads(results, None, None), "sw")
+    table = "\n".join(lines)
+    assert "| `base` | 0.00 [0.00, 0.24] | 0.75 [0.47, 0.91] | 0.50 [0.30, 0.70] |" in table
+    assert "| `math` | 0.08 [0.01, 0.35] | n/a | n/a |" in table
+    assert _target_lines(SweepReads(results[results["task"] == "none"], None, None), "sw") == []

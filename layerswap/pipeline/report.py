@@ -58,6 +58,37 @@ def _language_check(reads: SweepReads, language: str) -> list[str]:
     return [f"Language check (FLORES-{language} bits per byte, paired, lower is better): `{winner}` is {said}."]
 
 
+def _target_lines(reads: SweepReads, language: str) -> list[str]:
+    """The finalists on MGSM exact match and, beside it, whether they answered in the language asked
+    (language fidelity: the share of answers, and of their chain-of-thought tokens, in that language)."""
+    from layerswap.sweep.selection import per_candidate
+
+    res = reads.results
+    exact = per_candidate(res, "mgsm", "exact_match")
+    if exact.empty:
+        return []
+    extra = {m: per_candidate(res, "mgsm", m).set_index("candidate") for m in ("lang_fidelity", "cot_fidelity")}
+
+    def cell(frame: Any, name: str) -> str:
+        if frame is None or name not in frame.index or frame.loc[name, ["value"]].isna().any():
+            return "n/a"
+        row = frame.loc[name]
+        ci = "" if row[["ci_low", "ci_high"]].isna().any() else f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+        return f"{row['value']:.2f}{ci}"
+
+    lines = [
+        f"Target (MGSM-{language} exact match, finalists; 95% intervals): language fidelity is the share of answers "
+        f"in {language} by py3langid, CoT fidelity the share of their chain-of-thought tokens.",
+        "",
+        "| candidate | exact match | language fidelity | CoT fidelity |",
+        "|---|---|---|---|",
+    ]
+    ex = exact.set_index("candidate")
+    for name in ex.index:
+        lines.append(f"| `{name}` | {cell(ex, name)} | {cell(extra['lang_fidelity'], name)} | {cell(extra['cot_fidelity'], name)} |")
+    return lines
+
+
 def stage_table(costs: dict[str, StageCost]) -> list[str]:
     """What each stage cost: seconds (over every run of it) and its peak resident memory."""
     lines = ["| stage | seconds | peak memory (MiB) |", "|---|---|---|"]
@@ -97,6 +128,8 @@ def demo_report(
         *verdict_lines(reads.comparisons, sel.task, sel.metric),
         "",
         *_language_check(reads, config.language),
+        "",
+        *_target_lines(reads, config.language),
         "",
         *stage_table(costs),
         "",
