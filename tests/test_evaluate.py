@@ -333,9 +333,9 @@ def test_generate_matches_hf_generate(tiny_gemma_lm):
 @pytest.fixture
 def screen_all(monkeypatch):
     """Screen the output layer however small the vocabulary and however many candidates a step keeps."""
-    from layerswap.evaluate import runner
+    from layerswap.evaluate import greedy_head
 
-    monkeypatch.setattr(runner, "SCREEN_MAX_CANDIDATES", 1.0)
+    monkeypatch.setattr(greedy_head, "SCREEN_MAX_CANDIDATES", 1.0)
 
 
 @pytest.mark.parametrize("which", ["tiny_llama", "tiny_gemma3"])
@@ -343,7 +343,7 @@ def test_screened_head_is_the_full_argmax(which, request, screen_all):
     """The screened output layer returns the float32 argmax, first index on ties, near ties included."""
     from transformers import AutoModelForCausalLM
 
-    from layerswap.evaluate.runner import GreedyHead
+    from layerswap.evaluate.greedy_head import GreedyHead
 
     model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(which)).eval()
     w = model.get_output_embeddings().weight
@@ -368,7 +368,7 @@ def test_screened_head_is_the_full_argmax(which, request, screen_all):
 @pytest.mark.parametrize("which", ["tiny_lm", "tiny_gemma_lm"])
 def test_screened_generate_matches_hf_generate(which, request, screen_all):
     """At batch size 1 the screened loop gives ``model.generate``'s tokens, cut at stop strings and at max_new_tokens."""
-    from layerswap.evaluate.runner import greedy_head
+    from layerswap.evaluate.greedy_head import greedy_head
 
     lm = request.getfixturevalue(which)
     for prompt in PROMPTS[:4]:
@@ -389,7 +389,7 @@ def test_screened_generate_matches_hf_generate(which, request, screen_all):
 def test_greedy_head_rebuilt_when_weights_change(tiny_llama, screen_all):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from layerswap.evaluate.runner import greedy_head
+    from layerswap.evaluate.greedy_head import greedy_head
 
     lm = as_loaded(AutoModelForCausalLM.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama))
     head = greedy_head(lm, screen=True)

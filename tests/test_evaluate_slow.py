@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from layerswap.evaluate import api
-from layerswap.evaluate.runner import generate, greedy_head, load_model
+from layerswap.evaluate.greedy_head import greedy_head
+from layerswap.evaluate.runner import generate, load_model
 
 pytestmark = pytest.mark.slow
 
