@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from layerswap.analysis.deltas import NBINS, SMALLEST_COUNTED, Pass1, ValueSource, Workspace
+from layerswap.analysis.deltas import SMALLEST_COUNTED, Pass1, ValueSource, Workspace
 from layerswap.analysis.overlap import SAMPLE_SPANS, SAMPLE_WIDTH, Cut, Pass2, bits_to_float, k_count_of
 from layerswap.io import ModelFolder
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from layerswap.analysis.bands import DEFAULT_BAND_CAP, BandStream, guess_bands
 from layerswap.analysis.boundaries import BoundaryRule, contrast_table, recommend
-from layerswap.analysis.deltas import DeltaSource, ValueSource, cell_sumsq, cosine_table, deltas_table, layers_table, run_pass1
+from layerswap.analysis.delta_tables import cell_sumsq, cosine_table, deltas_table, layers_table
+from layerswap.analysis.deltas import DeltaSource, ValueSource, run_pass1
 from layerswap.analysis.overlap import (
     DEFAULT_BOUNDARY_CAP,
     HistogramObserver,

@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from layerswap.analysis.delta_tables import _order_key
 from layerswap.analysis.deltas import (
     NBINS,
     SMALLEST_COUNTED,
     Pass1,
     ValueSource,
     Workspace,
-    _order_key,
     clean_nonfinite,
     reading_order,
 )
