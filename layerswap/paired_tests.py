@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from layerswap.stats import NAN, Scores, _array, _same_length, is_binary, paired_binary_interval
+from layerswap.stats import NAN, Scores, _array, _same_length, is_binary, paired_binary_interval, ratio_inputs
 
 __all__ = ["PairedTest", "family_level", "paired_ratio_test", "paired_test"]
 
@@ -193,14 +193,10 @@ def paired_ratio_test(num_a: Scores, den_a: Scores, num_b: Scores, den_b: Scores
     ``j = floor(level * B / 2)``; the p-value ``2 * min(#(t <= 0), #(t >= 0)) / B`` is read off the
     same resamples, so the interval excludes 0 exactly when ``p <= level``.
     """
-    na, da = _array(num_a, "num_a"), _array(den_a, "den_a")
-    nb, db = _array(num_b, "num_b"), _array(den_b, "den_b")
-    for arr in (da, nb, db):
-        _same_length(na, arr)
+    na, da, nb, db, diff = ratio_inputs(num_a, den_a, num_b, den_b)
     n = int(na.size)
-    if n == 0 or da.sum() == 0 or db.sum() == 0:
+    if math.isnan(diff):
         return PairedTest(NAN, NAN, NAN, NAN, level, "none", n)
-    diff = float(na.sum() / da.sum() - nb.sum() / db.sum())
     idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
     with np.errstate(invalid="ignore", divide="ignore"):
         t = na[idx].sum(1) / da[idx].sum(1) - nb[idx].sum(1) / db[idx].sum(1)

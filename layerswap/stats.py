@@ -325,6 +325,18 @@ def unpaired_difference(a: Scores, b: Scores, *, confidence: float = 0.95) -> tu
     return ma - mb, ma - mb - z * se, ma - mb + z * se
 
 
+def ratio_inputs(num_a: Scores, den_a: Scores, num_b: Scores, den_b: Scores) -> tuple[np.ndarray, ...]:
+    """The four per-example arrays of a paired ratio comparison, checked, and the observed difference
+    ``sum(num_a)/sum(den_a) - sum(num_b)/sum(den_b)`` (NaN with no examples or a zero denominator)."""
+    na, da = _array(num_a, "num_a"), _array(den_a, "den_a")
+    nb, db = _array(num_b, "num_b"), _array(den_b, "den_b")
+    for arr in (da, nb, db):
+        _same_length(na, arr)
+    if na.size == 0 or da.sum() == 0 or db.sum() == 0:
+        return na, da, nb, db, NAN
+    return na, da, nb, db, float(na.sum() / da.sum() - nb.sum() / db.sum())
+
+
 def paired_ratio_difference(num_a: Scores, den_a: Scores, num_b: Scores, den_b: Scores, *,
                             confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0,
                             n_permutations: int = 9999) -> Paired:
@@ -333,14 +345,10 @@ def paired_ratio_difference(num_a: Scores, den_a: Scores, num_b: Scores, den_b: 
     The interval resamples examples with all four values together (paired bootstrap); the p-value
     is a paired permutation test that swaps each example's (numerator, denominator) between A and B.
     """
-    na, da = _array(num_a, "num_a"), _array(den_a, "den_a")
-    nb, db = _array(num_b, "num_b"), _array(den_b, "den_b")
-    for arr in (da, nb, db):
-        _same_length(na, arr)
+    na, da, nb, db, diff = ratio_inputs(num_a, den_a, num_b, den_b)
     n = int(na.size)
-    if n == 0 or da.sum() == 0 or db.sum() == 0:
+    if math.isnan(diff):
         return Paired(NAN, NAN, NAN, NAN, "none", n)
-    diff = float(na.sum() / da.sum() - nb.sum() / db.sum())
 
     def stat(xa, ya, xb, yb, axis=-1):
         return _ratio(xa, ya, axis) - _ratio(xb, yb, axis)
