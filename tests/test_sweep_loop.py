@@ -479,3 +479,16 @@ def test_candidates_that_merge_to_the_same_weights_are_evaluated_once(tmp_path, 
     values = result.results[result.results["metric"] == "gold_logprob"].set_index("candidate")["value"]
     assert values["swap-b1-u1"] == values[revert] != values["base"]
     assert f"`swap-b1-u1` = `{revert}`" in (tmp_path / "sweep" / "report.md").read_text()
+
+
+def test_an_extra_metric_keeps_the_interval_its_task_computed():
+    # Language fidelity rides beside MGSM exact match with its own interval: results.csv keeps it.
+    from layerswap.sweep.loop import tidy_summary
+
+    summary = pd.DataFrame([{"task": "mgsm", "lang": "sw", "exact_match": 0.0, "stderr": 0.0, "ci_low": 0.0, "ci_high": 0.56,
+                             "n": 3, "lang_fidelity": 2 / 3, "lang_fidelity_ci_low": 0.2, "lang_fidelity_ci_high": 0.94,
+                             "cot_fidelity": 0.6}])
+    rows = tidy_summary(summary).set_index("metric")
+    assert rows.loc["lang_fidelity", "ci_low"] == 0.2 and rows.loc["lang_fidelity", "ci_high"] == 0.94
+    assert rows.loc["lang_fidelity", "n"] == 3
+    assert pd.isna(rows.loc["cot_fidelity", "ci_low"])  # no interval given: none invented

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 def tidy_summary(summary: pd.DataFrame) -> pd.DataFrame:
     """The evaluation summary (one row per task and language) as ``task, language, metric, value`` and,
-    for the task's headline metric, the ``stderr, ci_low, ci_high, n`` its runner computed."""
+    for the task's headline metric (and any other metric the summary gives an interval, ``{metric}_ci_low``),
+    the ``stderr, ci_low, ci_high, n`` its runner computed."""
     rows = []
     for rec in summary.to_dict("records"):
         spec = get_task(rec["task"])
@@ -46,6 +47,8 @@ def tidy_summary(summary: pd.DataFrame) -> pd.DataFrame:
                 row = {"task": spec.name, "language": rec.get("lang", ""), "metric": metric, "value": float(rec[metric])}
                 if metric == spec.metric:
                     row.update({k: rec[k] for k in ESTIMATE_COLUMNS if k in rec})
+                elif rec.get(f"{metric}_ci_low") is not None:  # an extra metric with its own interval (language fidelity)
+                    row.update({k: rec.get(f"{metric}_{k}") for k in ("stderr", "ci_low", "ci_high")}, n=rec.get("n"))
                 rows.append(row)
     return pd.DataFrame(rows, columns=["task", "language", "metric", "value", *ESTIMATE_COLUMNS])
 
