@@ -247,7 +247,7 @@ def test_killed_two_process_run_resumes_to_the_same_weights(tiny_llama, qa_file,
     work = runs / "two.work"
     assert not out.exists() and sorted(p.name for p in runs.iterdir()) == ["two.work"]
     assert (work / "checkpoint-2" / "trainer_state.json").is_file() and not (work / "checkpoint-4").exists()
-    assert {p.name for p in (work / "checkpoint-2").glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert {p.name for p in (work / "checkpoint-2").glob("rng_state_*.safetensors")} == {"rng_state_0.safetensors", "rng_state_1.safetensors"}
 
     proc = cli(tmp_path, flags({**config, "batch_size": 1, "out": str(out), "resume": True}))
     assert_single_writer(runs, out, proc)

@@ -194,6 +194,10 @@ class BandStream:
         if self.overflow:
             return
         stored = 0
+        # This tensor's counts, published together under the lock: another thread may overflow and clear
+        # the shared tables meanwhile, so nothing here is read back from them.
+        single: dict[tuple[str, float, str], tuple[int, np.ndarray, np.ndarray]] = {}
+        pair: dict[tuple[str, str, float, str], tuple[int, int, np.ndarray, np.ndarray]] = {}
         # expert -> (positions reaching its lowest band, or None for all of them; their codes)
         where: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
         masks: dict[str, np.ndarray] = {}  # expert -> where it reaches its lowest band (tensors counted in place)
@@ -218,7 +222,7 @@ class BandStream:
                     known = reach if band[1] - band[0] == 1 and band[0] == self.low[e] else None
                     done[band] = _single_counts(codes, *band, reach=known, scratch=ws.buf("scratch", codes.size, torch.bool).numpy())
                     stored += done[band][1].size
-                self.single[(e, k, name)] = done[band]
+                single[(e, k, name)] = done[band]
         for a, b in self.pairs:
             if a not in where or b not in where:
                 continue
@@ -244,15 +248,20 @@ class BandStream:
                         n_both = int(np.count_nonzero(both))
                         done_pair[bands] = (n_both, int(np.count_nonzero(np.logical_and(both, same, out=both))), _EMPTY, _EMPTY)
                     else:
-                        done_pair[bands] = self._pair_counts(ca, cb, same, *bands, self.single[(a, k, name)][1], self.single[(b, k, name)][1])
+                        done_pair[bands] = self._pair_counts(ca, cb, same, *bands, single[(a, k, name)][1], single[(b, k, name)][1])
                     stored += done_pair[bands][2].size
-                self.pair[(a, b, k, name)] = done_pair[bands]
+                pair[(a, b, k, name)] = done_pair[bands]
         with self._lock:
+            if self.overflow:
+                return
             self.entries += stored
             if self.entries > self.cap:
                 self.overflow = True
                 self.single.clear()
                 self.pair.clear()
+                return
+            self.single.update(single)
+            self.pair.update(pair)
 
     @staticmethod
     def _pair_counts(
