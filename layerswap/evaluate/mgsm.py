@@ -16,7 +16,7 @@ from pathlib import Path
 from layerswap.errors import ConfigError, DataError, InputPathError
 from layerswap.evaluate.answers import Extractor, flexible_extractor, normalise_number, strict_extractor
 from layerswap.evaluate.generation import Example, GenerationTask
-from layerswap.io import iter_jsonl, iter_tsv, read_data_json, require_fields, resolve_data_dir
+from layerswap.io import iter_records, iter_tsv, read_data_json, require_fields, resolve_data_dir
 
 MAX_SHOTS = 8
 FORMATS = ("direct", "native_cot")
@@ -117,12 +117,7 @@ def load_variant(path: str | Path) -> dict[str, list[tuple[str, str]]]:
     """``{language: [(question, gold number), ...]}`` of an MGSM file laid out as :data:`VARIANT_COLUMNS`
     (``.jsonl``/``.json`` lines, or ``.tsv`` with a header row); every row is checked, naming its line."""
     path = Path(path)
-    if path.suffix in (".jsonl", ".json"):
-        rows = iter_jsonl(path)
-    elif path.suffix in (".tsv", ".txt"):
-        rows = iter_tsv(path)
-    else:
-        raise DataError(f"{path}: an MGSM variant is a .jsonl file or a .tsv file with a header row ({', '.join(VARIANT_COLUMNS)})")
+    rows = iter_records(path, hint=f"an MGSM variant is a .jsonl file or a .tsv file with a header row ({', '.join(VARIANT_COLUMNS)})")
     out: dict[str, list[tuple[str, str]]] = {}
     for lineno, rec in rows:
         require_fields(rec, list(VARIANT_COLUMNS), path=path, lineno=lineno)

@@ -26,6 +26,7 @@ from layerswap.io.architecture import (
 from layerswap.io.atomic import AtomicDir, prepare_output_dir, recover_interrupted, write_bytes_atomic, write_text_atomic
 from layerswap.io.data_files import (
     iter_jsonl,
+    iter_records,
     iter_tsv,
     read_data_json,
     read_data_yaml,
@@ -129,6 +130,7 @@ __all__ = [
     "LANGUAGES",
     "Language",
     "iter_jsonl",
+    "iter_records",
     "iter_tsv",
     "read_data_json",
     "read_data_yaml",

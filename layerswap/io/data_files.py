@@ -179,6 +179,17 @@ def iter_tsv(path: str | os.PathLike[str], *, header: bool = True, fieldnames: l
         yield lineno, dict(zip(names, row, strict=True))
 
 
+def iter_records(path: str | os.PathLike[str], *, hint: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of a user's JSONL (``.jsonl``/``.json``) or headed TSV (``.tsv``/``.txt``) file;
+    any other suffix is one line ending in ``hint`` (what the file should be)."""
+    path = Path(path)
+    if path.suffix in (".jsonl", ".json"):
+        return iter_jsonl(path)
+    if path.suffix in (".tsv", ".txt"):
+        return iter_tsv(path)
+    raise DataError(f"{path}: {hint}")
+
+
 def require_fields(record: dict[str, Any], fields: list[str], *, path: Path | str, lineno: int) -> None:
     """Refuse a record that lacks one of ``fields`` (or holds it empty), naming the file and line."""
     missing = [f for f in fields if f not in record or record[f] in (None, "")]

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -45,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from layerswap.io import write_text_atomic
-from layerswap.io.stored import check_unit_record, parse_stored_scores, read_stored_json
+from layerswap.io.stored import check_unit_record, parse_stored_scores
 from layerswap.sweep.config import Candidate
 from layerswap.sweep.race import (
     BUDGET,
@@ -59,7 +58,7 @@ from layerswap.sweep.race import (
     round_units,
     shard,
 )
-from layerswap.sweep.resume import ResumeKey, as_key, mismatch, resume_line
+from layerswap.sweep.resume import ResumeKey, as_key, resume_line, reusable_record
 from layerswap.sweep.shard import Shard
 from layerswap.sweep.store import read_scores, scores_csv
 
@@ -86,12 +85,9 @@ class UnitStore:
     def _read(self, candidate: Candidate, unit: Unit) -> tuple[dict[str, Any] | None, list[str]]:
         """The one load path: the unit's record when it may be reused, else None and what changed."""
         path = self._path(unit)
-        if not os.path.lexists(path):
-            return None, []
         fix = f"delete {path} to evaluate it again"
-        record = read_stored_json(path, root=self.units, fix=fix)  # stored state is validated, never trusted
-        why = mismatch(record, candidate.fingerprint(), self.key)
-        if why:
+        record, why = reusable_record(path, root=self.units, fix=fix, fingerprint=candidate.fingerprint(), key=self.key)
+        if record is None:
             return None, why
         check_unit_record(record, asdict(unit), path, fix)
         parse_stored_scores(record["scores"], path, read=read_scores, fix=fix)

@@ -152,6 +152,18 @@ def mismatch(record: Mapping[str, Any], fingerprint: str, key: ResumeKey) -> lis
     return [] if record.get("settings") == key.value else key.changed(record)
 
 
+def reusable_record(path: Path, *, root: Path, fix: str, fingerprint: str, key: ResumeKey) -> tuple[dict[str, Any] | None, list[str]]:
+    """The stored record at ``path`` when its merge and key match, else None and why not (empty when
+    nothing is stored). The record is read as validated stored state (:func:`~layerswap.io.stored.read_stored_json`)."""
+    from layerswap.io.stored import read_stored_json
+
+    if not os.path.lexists(path):
+        return None, []
+    record = read_stored_json(path, root=root, fix=fix)
+    why = mismatch(record, fingerprint, key)
+    return (None, why) if why else (record, [])
+
+
 def resume_line(what: str, total: int, stored: int, stale: Mapping[str, list[str]]) -> str:
     """``resuming: 4 of 6 candidates stored, 2 to evaluate; 1 stored with other settings or inputs
     (math changed): evaluated again``. ``stale``: per record made with another key, what changed."""

@@ -24,9 +24,9 @@ from typing import Any
 import pandas as pd
 
 from layerswap.io import write_text_atomic
-from layerswap.io.stored import check_stored_result, read_stored_json, read_stored_text
+from layerswap.io.stored import check_stored_result, read_stored_text
 from layerswap.sweep.config import Candidate
-from layerswap.sweep.resume import ResumeKey, as_key, mismatch
+from layerswap.sweep.resume import ResumeKey, as_key, reusable_record
 
 #: The columns of ``results.csv``: one row per candidate x task x language x metric.
 RESULT_COLUMNS = [
@@ -77,12 +77,9 @@ class ResultStore:
         """The one load path: the stored record of ``candidate`` when it may be reused, else None and
         why not (empty: nothing stored; ``merge``, ``settings``, ``math``...: what changed)."""
         path = self.path(candidate)
-        if not os.path.lexists(path):
-            return None, []
         fix = f"delete {self.dir / candidate.name}.json and .scores.csv to evaluate it again"
-        record = read_stored_json(path, root=self.dir, fix=fix)  # stored state is validated, never trusted
-        why = mismatch(record, candidate.fingerprint(), self.key)
-        if why:
+        record, why = reusable_record(path, root=self.dir, fix=fix, fingerprint=candidate.fingerprint(), key=self.key)
+        if record is None:
             return None, why
         digest = record.get("scores_sha1")
         text = self._scores_text(candidate)

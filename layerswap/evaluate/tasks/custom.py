@@ -13,7 +13,7 @@ from layerswap.evaluate.generation import Example
 from layerswap.evaluate.mgsm import check_language, check_shots, load_task
 from layerswap.evaluate.tasks._common import request_runner
 from layerswap.evaluate.tasks.spec import EvalRequest, TaskSpec
-from layerswap.io import iter_jsonl, iter_tsv, require_fields
+from layerswap.io import iter_records, require_fields
 
 if TYPE_CHECKING:
     from layerswap.evaluate.result import EvalResult, ModelLike
@@ -26,12 +26,7 @@ def load_custom(path: str | Path, *, question_field: str = "question", answer_fi
     path = Path(path)
     if not path.exists():
         raise InputPathError(f"data file {path} does not exist")
-    if path.suffix in (".jsonl", ".json"):
-        rows = iter_jsonl(path)
-    elif path.suffix in (".tsv", ".txt"):
-        rows = iter_tsv(path)
-    else:
-        raise DataError(f"{path}: use a .jsonl file or a .tsv file with a header row")
+    rows = iter_records(path, hint="use a .jsonl file or a .tsv file with a header row")
     examples = []
     for lineno, rec in rows:
         require_fields(rec, [question_field, answer_field], path=path, lineno=lineno)
