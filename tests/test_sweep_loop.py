@@ -121,6 +121,26 @@ def test_resume_after_interruption_gives_identical_results(tmp_path):
     pd.testing.assert_frame_equal(first, again)
 
 
+def test_a_stored_extra_metric_with_its_own_interval_is_reused(tmp_path):
+    """A task's extra metric (language fidelity beside MGSM's exact match) is stored with its own n and
+    interval; reading the record back checks only the headline rows against the per-example scores
+    (the quick demo's finalists once failed here with 'does not match its scores')."""
+    cfg = _config(tmp_path, candidates={"grid": {"bottom": [2], "top": [1], "transition": [0]}, "baselines": ["base"]})
+    cands = build_candidates(cfg, 12)
+    base_eval = _fake_eval(n=5)
+
+    def with_fidelity(cand):
+        rows, scores = base_eval(cand)
+        extra = rows.assign(metric="lang_fidelity", value=0.8, stderr=0.1, ci_low=0.5, ci_high=0.95, n=5)
+        return pd.concat([rows, extra], ignore_index=True), scores
+
+    store = ResultStore(tmp_path, settings_key(cfg))
+    first = run_candidates(cands, store, lambda c: 0.0, with_fidelity)
+    assert (first[first["metric"] == "lang_fidelity"]["n"] == 5).all()
+    again = run_candidates(cands, ResultStore(tmp_path, settings_key(cfg)), lambda c: pytest.fail("re-merged"), with_fidelity)
+    pd.testing.assert_frame_equal(first, again)
+
+
 def test_scores_are_stored_beside_the_json_and_checked(tmp_path):
     cfg = _config(tmp_path, candidates={"grid": {"bottom": [2], "top": [1], "transition": [0]}, "baselines": ["base"]})
     cands = build_candidates(cfg, 12)

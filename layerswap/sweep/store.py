@@ -85,7 +85,8 @@ class ResultStore:
         text = self._scores_text(candidate)
         if digest is not None and _sha1(text) != digest:
             return None, ["scores"]  # scores missing or not the ones these rows were computed from: evaluate again
-        check_stored_result(record, read_scores(text) if digest is not None and text else None, path, what=f"candidate {candidate.name}", fix=fix)
+        scores = read_scores(text) if digest is not None and text else None
+        check_stored_result(record, scores, path, what=f"candidate {candidate.name}", fix=fix, headline=_headline_metric)
         return record, []
 
     def _record(self, candidate: Candidate) -> dict[str, Any] | None:
@@ -127,6 +128,13 @@ class ResultStore:
     def save(self, candidate: Candidate, rows: list[dict[str, Any]], scores_sha1: str | None = None) -> None:
         record = {"fingerprint": candidate.fingerprint(), **self.key.record(), "scores_sha1": scores_sha1, "rows": rows}
         write_text_atomic(self.path(candidate), json.dumps(record, indent=1, default=float))
+
+
+def _headline_metric(task: str) -> str:
+    """The metric a task's per-example ``score`` column holds (its registry entry's headline metric)."""
+    from layerswap.evaluate.tasks import get_task
+
+    return get_task(task).metric
 
 
 def _sha1(text: str | None) -> str | None:
