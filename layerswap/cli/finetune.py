@@ -17,9 +17,9 @@ from layerswap.finetune.config import FinetuneConfig
 @command_from_config(FinetuneConfig, example="layerswap finetune --base gemma3-270m --data gsm8k --out experts/math")
 def finetune_cmd(config: FinetuneConfig) -> None:
     """Fine-tune a model (full or LoRA) on chosen layers; simultaneous and mixed multi-data modes."""
-    from layerswap.finetune.recipe import finetune
+    from layerswap.finetune.recipe import finetune_seeds
     from layerswap.finetune.workdir import is_main_process
 
-    out = finetune(config)
-    if is_main_process():  # under accelerate launch, one line for the run, not one per process
-        print(out)
+    outs = finetune_seeds(config)
+    if is_main_process():  # under accelerate launch, one line per run, not one per process
+        print("\n".join(map(str, outs)))

@@ -75,6 +75,11 @@ class FinetuneConfig(StrictModel):
     merge_lora: bool = Field(False, description="Also write the merged model to OUT/merged.")
     # runtime
     seed: int = Field(0, description="Random seed (default 0).")
+    seeds: int = Field(
+        1,
+        description="Train N runs, seeds SEED, SEED+1, ...: run i writes OUT-s<i> (run 0 writes OUT itself), each "
+        "fully determined by its seed (initialisation, data order); the spread between runs is training noise (default 1).",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto, fp32, bf16 or fp16 (default auto: bf16 on capable GPUs, fp32 on CPU)."
@@ -115,7 +120,7 @@ class FinetuneConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
         self._check_numbers()
-        for key in ("batch_size", "grad_accum", "seq_len", "lora_r", "save_steps", "log_steps"):
+        for key in ("batch_size", "grad_accum", "seq_len", "lora_r", "save_steps", "log_steps", "seeds"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be positive")
         if self.steps is not None and self.steps <= 0:
@@ -216,9 +221,32 @@ class FinetuneConfig(StrictModel):
                 f"pip install {packages[0]}, or use --report-to none"
             )
 
+    def seed_runs(self) -> list[FinetuneConfig]:
+        """One single-seed config per run: run ``i`` has seed ``seed + i`` and writes :func:`seed_path` of
+        ``out`` (and of ``work_dir``); with ``seeds`` 1, this config alone."""
+        if self.seeds == 1:
+            return [self]
+        return [
+            self.model_copy(
+                update={
+                    "seeds": 1,
+                    "seed": self.seed + i,
+                    "out": seed_path(self.out, i),
+                    "work_dir": None if self.work_dir is None else seed_path(self.work_dir, i),
+                }
+            )
+            for i in range(self.seeds)
+        ]
+
     def learning_rate(self) -> float:
         """``lr``, else the usual peak for the method (5e-5 full, 2e-4 LoRA)."""
         return self.lr if self.lr is not None else (2e-4 if self.method == "lora" else 5e-5)
+
+
+def seed_path(path: str, index: int) -> str:
+    """Where run ``index`` of a several-seed run writes: ``path`` itself for run 0, else ``path-s<index>``
+    (so a one-seed run is the first run of a three-seed one, and growing ``seeds`` adds runs)."""
+    return path if index == 0 else f"{path.rstrip('/')}-s{index}"
 
 
 def ratio_schedule(names: Sequence[str], ratio: dict[str, int]) -> list[int]:

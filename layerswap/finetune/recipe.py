@@ -67,6 +67,10 @@ def finetune(config: FinetuneConfig | dict[str, Any] | None = None, *, callbacks
         config = validate_config(FinetuneConfig, {**config, **kwargs}, source="finetune()")
     elif kwargs:
         config = validate_config(FinetuneConfig, {**config.model_dump(), **kwargs}, source="finetune()")
+    if config.seeds > 1:
+        from layerswap.errors import ConfigError
+
+        raise ConfigError(f"seeds {config.seeds}: finetune() trains one run; call finetune_seeds() for several (the CLI does)")
     previous_quiet = is_quiet()
     if config.quiet or not is_main_process():
         set_quiet(True)  # under accelerate launch only the main process draws a progress bar
@@ -76,6 +80,12 @@ def finetune(config: FinetuneConfig | dict[str, Any] | None = None, *, callbacks
             return _run(config, list(callbacks))
     finally:
         set_quiet(previous_quiet)
+
+
+def finetune_seeds(config: FinetuneConfig, *, callbacks: Sequence[Any] = ()) -> list[Path]:
+    """Every run of ``config.seeds`` (:meth:`~layerswap.finetune.config.FinetuneConfig.seed_runs`),
+    one after the other; returns their output paths in seed order."""
+    return [finetune(run, callbacks=callbacks) for run in config.seed_runs()]
 
 
 def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:

@@ -78,6 +78,12 @@ class DemoConfig(StrictModel):
         "auto",
         description="Training precision of the experts; auto: bf16 autocast where the CPU multiplies bf16 natively (or a bf16 GPU), else fp32.",
     )
+    seeds: int = Field(
+        1,
+        ge=1,
+        description="Train each expert N times (seeds 0..N-1) and sweep each seed's experts; the report adds intervals "
+        "over seeds and examples (default 1, the demo's budget: intervals over examples only; docs/sweep.md).",
+    )
     check_examples: int = Field(
         CHECK_EXAMPLES,
         ge=2,

@@ -1,5 +1,9 @@
 """The demo's two experts: a math expert (GSM8K train, written as MGSM's English CoT answers) and a
-language expert (NTREX text), fine-tuned from the same base with the demo's budgets."""
+language expert (NTREX text), fine-tuned from the same base with the demo's budgets.
+
+With ``seeds: N`` each expert is trained N times, seed ``i`` into
+:func:`~layerswap.finetune.config.seed_path` of its folder: ``experts/math`` and ``experts/lang`` for
+seed 0 (so a one-seed demo folder is the first seed of an N-seed one), ``experts/math-s1`` ... after."""
 
 from __future__ import annotations
 
@@ -13,9 +17,12 @@ from layerswap.pipeline.stages import StageCost, stage
 ROLES = ("math", "lang")
 
 
-def expert_folders(out: str | Path) -> dict[str, Path]:
-    """Where a demo folder keeps its experts: ``out/experts/math`` and ``out/experts/lang``."""
-    return {role: Path(out) / "experts" / role for role in ROLES}
+def expert_folders(out: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Where a demo folder keeps the experts of ``seed``: ``out/experts/math`` and ``out/experts/lang``
+    for seed 0, ``out/experts/math-s<seed>`` ... for the others."""
+    from layerswap.finetune.config import seed_path
+
+    return {role: Path(seed_path(str(Path(out) / "experts" / role), seed)) for role in ROLES}
 
 
 def demo_experts(out: str | Path) -> dict[str, Path] | None:
@@ -26,9 +33,10 @@ def demo_experts(out: str | Path) -> dict[str, Path] | None:
 
 
 def train_experts(
-    config: DemoConfig, out: str | Path, *, base: str | None = None, log: Callable[[str], None] = print
+    config: DemoConfig, out: str | Path, *, base: str | None = None, log: Callable[[str], None] = print, seed: int = 0
 ) -> tuple[dict[str, Path], dict[str, StageCost]]:
-    """Fine-tune the demo's math (GSM8K train) and language (NTREX) experts into ``out/experts``.
+    """Fine-tune the demo's math (GSM8K train) and language (NTREX) experts of ``seed`` into
+    ``out/experts`` (:func:`expert_folders`); the seed fixes their initialisation and data order.
 
     Each expert is skipped when its folder is complete, so notebooks can call this to get the
     demo's experts cheaply on a second run.
@@ -38,7 +46,7 @@ def train_experts(
 
     base = base or str(resolve_model(config.base))
     data_dir = resolve_data_dir(config.data_dir)
-    experts = expert_folders(out)
+    experts = expert_folders(out, seed)
     data = {"math": f"gsm8k?limit={config.steps * config.batch_size * 4}", "lang": f"ntrex:{config.language}"}
     common = dict(
         base=base,
@@ -56,13 +64,15 @@ def train_experts(
         # Embeddings, final norm and LM head stay frozen (the paper's experts leave them to the
         # swap's non-layer policy; with a 262k vocabulary they are also most of the step time).
         train_global=["none"],
+        seed=seed,
     )
     costs: dict[str, StageCost] = {}
     for role in ROLES:
         seq_len = config.math_seq_len if role == "math" else config.seq_len
         cfg = FinetuneConfig(data=[data[role]], out=str(experts[role]), seq_len=seq_len, **common)
-        costs[f"finetune_{role}"] = stage(
-            f"fine-tune {role} expert ({data[role]})", experts[role], log, lambda cfg=cfg: finetune(cfg)
+        suffix = f"_s{seed}" if seed else ""
+        costs[f"finetune_{role}{suffix}"] = stage(
+            f"fine-tune {role} expert ({data[role]}{', seed ' + str(seed) if seed else ''})", experts[role], log, lambda cfg=cfg: finetune(cfg)
         )
     return experts, costs
 
