@@ -1,4 +1,4 @@
-"""The sweep's candidates: an analysis's ranked swaps, a grid of swaps, and the baselines.
+"""The sweep's candidates: each lens's ranked swaps (one candidate per geometry), a grid of swaps, and the baselines.
 
 Baselines come from the merge-method registry (``layerswap.merge.methods``). Each candidate is
 turned into a merge config here too, so the loop only merges and evaluates.
@@ -6,6 +6,7 @@ turned into a merge config here too, so the loop only merges and evaluates.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +32,111 @@ def swap_candidate(bottom: int, top: int, transition: int = 0, *, score: float |
     )
 
 
-def read_boundary_candidates(path: str | Path, top_n: int) -> list[Candidate]:
-    """The ranked ``candidates`` of an analysis ``boundaries.yaml``."""
-    path = Path(path)
-    if not path.exists():
-        raise InputPathError(f"boundaries file {path} does not exist: run layerswap analyze first or drop candidates.boundaries")
+@dataclass(frozen=True)
+class LensSource:
+    """One analysis the sweep takes swaps from: a lens's ``boundaries.yaml`` and what it says.
+
+    ``name`` is the lens (the file's ``kind``: ``deltas``, ``importance``, ``cka`` ...); ``why`` is set,
+    and ``data`` empty, for a lens of a ``--lens`` folder that has no recommendation (it was skipped)."""
+
+    name: str
+    path: Path
+    data: dict[str, Any]
+    why: str | None = None
+
+    def ranked(self) -> list[tuple[tuple[int, int, int], float | None]]:
+        """The file's ranked ``candidates`` as ``((bottom, top, transition), score)``."""
+        entries = self.data.get("candidates")
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError(f"{self.path} has no 'candidates' list: pass the boundaries.yaml written by layerswap analyze")
+        out = []
+        for entry in entries:
+            try:
+                geometry = (int(entry["bottom"]), int(entry["top"]), int(entry.get("transition", 0)))
+                out.append((geometry, None if entry.get("score") is None else float(entry["score"])))
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(f"{self.path}: every candidate needs integer bottom, top (and transition) and a score") from None
+        return out
+
+
+def _read_source(path: Path, fallback: str) -> LensSource:
     data = read_data_yaml(path) or {}  # not YAML, a folder or a FIFO: one line, never a wait
-    entries = data.get("candidates") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or not entries:
+    if not isinstance(data, dict):
         raise ConfigError(f"{path} has no 'candidates' list: pass the boundaries.yaml written by layerswap analyze")
-    out = []
-    for entry in entries[:top_n]:
-        try:
-            out.append(swap_candidate(int(entry["bottom"]), int(entry["top"]), int(entry.get("transition", 0)), score=None if entry.get("score") is None else float(entry["score"]), source="analysis"))
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"{path}: every candidate needs integer bottom, top (and transition) and a score") from None
+    return LensSource(str(data.get("kind") or fallback), path, data)
+
+
+def _skipped_lenses(folder: Path, found: set[str]) -> list[LensSource]:
+    """The lenses of a ``--lens`` folder without a recommendation, with the reason its ``lenses.csv`` gives."""
+    table = folder / "lenses.csv"
+    if not table.is_file():
+        return []
+    import pandas as pd
+
+    rows = pd.read_csv(table)
+    return [
+        LensSource(str(r["lens"]), folder / str(r["lens"]), {}, why=str(r["reason"]))
+        for _, r in rows.iterrows()
+        if str(r["lens"]) not in found
+    ]
+
+
+def lens_sources(paths: list[str]) -> list[LensSource]:
+    """Every analysis named by ``candidates.boundaries``, in order: a ``boundaries.yaml``, a folder that
+    holds one (``layerswap analyze`` or ``layerswap importance``), or a ``--lens`` folder (one per lens,
+    in its ``lenses.csv`` order). A lens named twice is told apart by its folder (``deltas@run2``)."""
+    out: list[LensSource] = []
+    for entry in paths:
+        path = Path(entry).expanduser()
+        if not path.exists():
+            raise InputPathError(f"boundaries file {path} does not exist: run layerswap analyze first or drop candidates.boundaries")
+        if not path.is_dir():
+            out.append(_read_source(path, "analysis"))
+        elif (path / "boundaries.yaml").exists():
+            out.append(_read_source(path / "boundaries.yaml", path.name))
+        else:
+            files = sorted(path.glob("*/boundaries.yaml"))
+            if not files and not (path / "lenses.csv").is_file():
+                raise InputPathError(
+                    f"candidates.boundaries {path} is a folder without boundaries.yaml: pass a boundaries.yaml or a folder layerswap analyze wrote"
+                )
+            found = [_read_source(f, f.parent.name) for f in files]
+            order = {name: i for i, name in enumerate(_lens_order(path))}
+            found.sort(key=lambda s: order.get(s.name, len(order)))
+            out += found + _skipped_lenses(path, {s.name for s in found})
+    seen: dict[str, int] = {}
+    for i, source in enumerate(out):
+        seen[source.name] = seen.get(source.name, 0) + 1
+        if seen[source.name] > 1:
+            out[i] = replace(source, name=f"{source.name}@{source.path.parent.name}")
     return out
+
+
+def _lens_order(folder: Path) -> list[str]:
+    table = folder / "lenses.csv"
+    if not table.is_file():
+        return []
+    import pandas as pd
+
+    return [str(n) for n in pd.read_csv(table)["lens"]]
+
+
+def lens_candidates(paths: list[str], top_n: int) -> list[Candidate]:
+    """The first ``top_n`` swaps each lens proposes, each geometry once (in the order first proposed),
+    naming every lens that proposed it; the score is the first source's for that geometry (so the
+    score of every candidate is on one lens's scale), None where that source does not rank it."""
+    sources = [s for s in lens_sources(paths) if s.why is None]
+    if not sources:
+        return []
+    first = {g: score for g, score in sources[0].ranked()}
+    proposed: dict[tuple[int, int, int], list[str]] = {}
+    for source in sources:
+        for geometry, _ in source.ranked()[:top_n]:
+            proposed.setdefault(geometry, []).append(source.name)
+    return [
+        swap_candidate(*g, score=first.get(g), source="analysis").model_copy(update={"lenses": lenses})
+        for g, lenses in proposed.items()
+    ]
 
 
 def baseline_candidates(spec: CandidatesSpec, num_layers: int, middle: tuple[int, int] | None) -> list[Candidate]:
@@ -68,7 +158,7 @@ def _swaps(spec: CandidatesSpec, num_layers: int) -> list[Candidate]:
     """Analysis swaps (ranked), then the grid's; a grid swap the analysis scored keeps its score."""
     found: list[Candidate] = []
     if spec.boundaries:
-        found += read_boundary_candidates(spec.boundaries, spec.top_n)
+        found += lens_candidates(spec.boundaries, spec.top_n)
     if spec.grid:
         found += [swap_candidate(b, u, t) for b in spec.grid.bottom for u in spec.grid.top for t in spec.grid.transition]
     scores = {c.name: c.analysis_score for c in found if c.analysis_score is not None}

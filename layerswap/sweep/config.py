@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from layerswap.config import StrictModel, load_config, validate_config
 from layerswap.errors import ConfigError
@@ -55,9 +55,13 @@ class HalvingSpec(StrictModel):
 
 
 class CandidatesSpec(StrictModel):
-    """Where candidates come from: an analysis ``boundaries.yaml``, a grid, and baselines; how they are searched."""
+    """Where candidates come from: the lenses' ``boundaries.yaml``, a grid, and baselines; how they are searched."""
 
-    boundaries: str | None = None
+    #: Analyses whose recommended swaps are evaluated, each a ``boundaries.yaml``, a folder holding one
+    #: (``layerswap analyze``, ``layerswap importance``) or a ``layerswap analyze --lens`` folder (every
+    #: lens in it); one path or a list. Each lens proposes its first ``top_n`` swaps; a geometry several
+    #: lenses propose is evaluated once and names them all.
+    boundaries: list[str] = Field(default_factory=list)
     top_n: int = Field(8, ge=1)
     grid: GridSpec | None = None
     baselines: list[str] = Field(default_factory=lambda: ["base", "math", "lang", "linear", "ties", "revert"])
@@ -67,6 +71,12 @@ class CandidatesSpec(StrictModel):
     #: ``exhaustive``: every candidate on every task and example; ``halving``: successive halving on the screen task.
     search: str = "exhaustive"
     halving: HalvingSpec = Field(default_factory=HalvingSpec)
+
+    @field_validator("boundaries", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        """One path (the form of earlier configs) or none, as a list."""
+        return [] if value is None else [str(value)] if isinstance(value, (str, Path)) else value
 
 
 class SweepConfig(StrictModel):
@@ -136,6 +146,8 @@ class Candidate(StrictModel):
     transition: int | None = None
     analysis_score: float | None = None
     source: str = "grid"
+    #: The lenses that proposed this swap (``candidates.boundaries``), in the order of the sources.
+    lenses: list[str] = Field(default_factory=list)
 
     def fingerprint(self) -> str:
         """What the stored result of this candidate depends on (its name does not count)."""
