@@ -11,15 +11,18 @@ so a resumed run matches an uninterrupted one. Sharded optimizers (FSDP, DeepSpe
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from layerswap.io import write_bytes_atomic, write_text_atomic
+from layerswap.io import write_text_atomic
 from layerswap.io.stored import read_stored_bytes, read_stored_json
 
 OPTIMIZER = "optimizer"
@@ -31,9 +34,32 @@ _FIX = "start over with --overwrite (or delete the checkpoint to resume from an 
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save
+    """Write ``tensors`` as safetensors through a temporary sibling renamed at the end (never torn).
 
-    write_bytes_atomic(path, save({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}))
+    ``save_file`` writes each tensor from its own memory; ``save`` would build the whole file in memory,
+    twice (Adam's two moments of every trained parameter: 0.8 GB of bytes, twice, for Gemma 3 270M).
+    """
+    from safetensors.torch import save_file
+
+    from layerswap.io.outputs import write_error
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)  # O_EXCL, unpredictable
+    try:
+        os.close(fd)
+        save_file({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        mapped = write_error(path, exc) if isinstance(exc, OSError) else None
+        if mapped is not None:
+            raise mapped from exc
+        raise
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
