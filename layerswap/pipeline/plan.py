@@ -107,7 +107,7 @@ def estimate_stages(config: DemoConfig, n: float) -> list[StageEstimate]:
     lora = config.method == "lora"
     rows: list[StageEstimate] = []
     for role, seq in (("math", config.math_seq_len), ("lang", config.seq_len)):
-        tokens = config.steps * config.batch_size * seq
+        tokens = config.steps * config.batch_size * seq * config.seeds  # every seed trains its own expert
         flops = (4 if lora else 6) * n * tokens  # forward 2N, backward 4N per token (2N without weight gradients)
         hours = flops / a["train_flops_per_s"] / 3600
         state = 2 * n if lora else 12 * n  # bf16 weights (+ bf16 grads and fp32 Adam moments for full)
@@ -119,7 +119,7 @@ def estimate_stages(config: DemoConfig, n: float) -> list[StageEstimate]:
         rows.append(
             StageEstimate(
                 f"finetune_{role}",
-                f"{config.steps} steps x {config.batch_size} x {seq} tokens",
+                f"{config.steps} steps x {config.batch_size} x {seq} tokens" + (f", {config.seeds} seeds" if config.seeds > 1 else ""),
                 hours,
                 hours / 8,
                 memory,
@@ -170,14 +170,14 @@ def estimate_stages(config: DemoConfig, n: float) -> list[StageEstimate]:
     step_s = 2 * n / a["decode_bytes_per_s"]
     decode_s = finals * sweep.max_new_tokens * step_s / sweep.batch_size  # sequences generated together
     forward_s = 2 * n * (screen + finals) * a["prompt_tokens"] / a["train_flops_per_s"]
-    hours = (3 * load + decode_s + forward_s) / 3600
+    hours = config.seeds * (3 * load + decode_s + forward_s) / 3600  # one sweep per seed
     cache = (4 if sweep.cache_dtype == "float32" else 2) * 3 * n
     rows.append(
         StageEstimate(
             "sweep",
-            f"<= {screen} proxy + {finals} MGSM/FLORES example-evaluations",
+            f"<= {screen} proxy + {finals} MGSM/FLORES example-evaluations" + (f", x {config.seeds} seeds" if config.seeds > 1 else ""),
             hours,
-            (3 * load + (decode_s + forward_s) / 8) / 3600,
+            config.seeds * (3 * load + (decode_s + forward_s) / 8) / 3600,
             f"{2 * n / GIB:.0f} GiB GPU + {cache / GIB:.0f} GiB RAM (expert cache, {sweep.cache_dtype})",
             f"decoding reads 2N bytes per step at {a['decode_bytes_per_s'] / 1e12:.0f} TB/s, batch {sweep.batch_size}",
         )
