@@ -102,6 +102,7 @@ def demo_report(
     config: DemoConfig, out: Path, costs: dict[str, StageCost], sweep: Any, checks: dict[str, Any] | None = None
 ) -> str:
     from layerswap.sweep.compare import verdict_lines
+    from layerswap.sweep.seeds import seed_section
 
     reads = sweep_reads(sweep)
     sel = reads.selection
@@ -130,6 +131,8 @@ def demo_report(
         *_language_check(reads, config.language),
         "",
         *_target_lines(reads, config.language),
+        "",
+        *seed_section(out, config.seeds),
         "",
         *stage_table(costs),
         "",

@@ -1,6 +1,8 @@
 """The demo as a recipe, read top to bottom: prepare the base -> fine-tune a math and a language
 expert -> check each against the base -> analyse their deltas and the base's importance -> sweep the
-recommended swaps and the baselines -> report.
+recommended swaps and the baselines -> report. With ``seeds: N`` the experts are trained N times and
+the sweep runs once per seed (``sweep``, ``sweep-s1``, ...; :mod:`layerswap.sweep.seeds`); the checks
+and the analysis read seed 0's experts, whose recommended swaps every seed's sweep evaluates.
 
 Every stage writes into its own folder and is skipped when that folder is complete, so a rerun
 resumes; each records its seconds and peak memory beside its folder (:mod:`layerswap.pipeline.stages`).
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from layerswap.config import dump_config
+from layerswap.finetune.config import seed_path
 from layerswap.io import resolve_data_dir, write_text_atomic
 from layerswap.pipeline.checks import check_experts
 from layerswap.pipeline.config import DemoConfig, sweep_config
@@ -22,6 +25,7 @@ from layerswap.pipeline.experts import train_experts
 from layerswap.pipeline.outputs import DEMO_MARKER, check_demo_outputs, publish_figures
 from layerswap.pipeline.report import demo_report, sweep_reads
 from layerswap.pipeline.stages import StageCost, peak_rss_mib, reset_peak_rss, resumable_stage, stage
+from layerswap.sweep.seeds import SEEDS_FILE, seed_comparisons
 
 
 def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -50,6 +54,10 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
 
     experts, expert_costs = train_experts(config, out, base=base, log=log)
     costs.update(expert_costs)
+    more_seeds = {}  # seeds 1..N-1: their experts, for their own sweeps (checks and analysis read seed 0's)
+    for seed in range(1, config.seeds):
+        more_seeds[seed], seed_costs = train_experts(config, out, base=base, log=log, seed=seed)
+        costs.update(seed_costs)
 
     checks_dir = out / "checks"
     costs["check_experts"] = stage(
@@ -86,6 +94,16 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
     )
 
     costs["sweep"], sweep = resumable_stage(out / "sweep", lambda: run_sweep(sweep_cfg, out / "sweep", log=log))
+    sweeps = [sweep]
+    for seed, seed_experts in more_seeds.items():  # the same sweep (seed 0's candidates) on each seed's experts
+        cfg = sweep_config(config, base=base, math=str(seed_experts["math"]), lang=str(seed_experts["lang"]),
+                           boundaries=sweep_cfg.candidates.boundaries, data_dir=data_arg)  # fmt: skip
+        folder = Path(seed_path(str(out / "sweep"), seed))
+        costs[f"sweep_s{seed}"], seed_sweep = resumable_stage(folder, lambda cfg=cfg, folder=folder: run_sweep(cfg, folder, log=log))
+        sweeps.append(seed_sweep)
+    tasks = [t for t in (sweep_cfg.decision_task(), sweep_cfg.target) if t is not None]
+    seed_table = seed_comparisons(sweeps, tasks, decision_task=sweep_cfg.decision_task())
+    write_text_atomic(out / SEEDS_FILE, seed_table.to_csv(index=False))
 
     write_text_atomic(out / "report.md", demo_report(config, out, costs, sweep, checks))
     write_provenance(
