@@ -141,7 +141,7 @@ def test_finetune_seeds_are_runs_each_fixed_by_its_seed(tmp_path):
         (7, 1, str(tmp_path / "math-s2"), str(tmp_path / "w-s2")),
     ]
     assert FinetuneConfig(base="b", data=["gsm8k"], out="o").seed_runs()[0].out == "o" and seed_path("x/", 2) == "x-s2"
-    with pytest.raises(Exception, match="seeds must be positive"):
+    with pytest.raises(ConfigError, match="--seeds 0: there must be at least one run: use --seeds 1"):
         FinetuneConfig(base="b", data=["gsm8k"], out="o", seeds=0)
     with pytest.raises(ConfigError, match="finetune_seeds"):
         finetune(cfg)

@@ -120,7 +120,7 @@ class FinetuneConfig(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
         self._check_numbers()
-        for key in ("batch_size", "grad_accum", "seq_len", "lora_r", "save_steps", "log_steps", "seeds"):
+        for key in ("batch_size", "grad_accum", "seq_len", "lora_r", "save_steps", "log_steps"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be positive")
         if self.steps is not None and self.steps <= 0:
@@ -156,6 +156,8 @@ class FinetuneConfig(StrictModel):
             ok = math.isfinite(value) and (value >= low if inclusive else value > low) and (high is None or value < high)
             if not ok:
                 raise ConfigError(f"--{key.replace('_', '-')} {value!r} is out of range: use {want}")
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds {self.seeds}: there must be at least one run: use --seeds 1, or N >= 2 for N runs")
         for key in ("warmup_steps", "save_total_limit"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"--{key.replace('_', '-')} {getattr(self, key)} is negative: use 0 or more")
