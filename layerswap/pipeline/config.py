@@ -13,7 +13,7 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, create_model, field_serializer, model_validator
+from pydantic import Field, create_model, field_serializer, field_validator, model_validator
 
 from layerswap.config import StrictModel, field_doc, merge_nested, read_yaml, validate_config
 from layerswap.errors import ConfigError
@@ -106,9 +106,9 @@ class DemoConfig(StrictModel):
         default_factory=lambda: ["base", "math", "lang", "linear", "ties", "dare_ties", "revert"],
         description="Baselines of the sweep (repeat the flag).",
     )
-    candidate_source: Literal["analysis", "importance"] = Field(
-        "analysis",
-        description="Whose recommended swaps the sweep evaluates: analysis (the experts' deltas) or importance (the base's Fisher).",
+    candidate_source: list[str] = Field(
+        default_factory=lambda: list(CANDIDATE_SOURCES),
+        description="Whose recommended swaps the sweep evaluates, top_n of each (one candidate per geometry): analysis (the experts' deltas) and importance (the base's Fisher) (repeat the flag).",
     )
     figures: str | None = Field(None, description="Also copy the headline figures into this folder (the repo's figures/).")
     base_params_b: float | None = Field(
@@ -125,6 +125,16 @@ class DemoConfig(StrictModel):
         """Only the sweep keys that were set: written back as a config (``demo.yaml``), the defaults
         of SweepConfig must not pass for choices and win over the demo's budgets."""
         return sweep.model_dump(mode="json", exclude_unset=True)
+
+    @field_validator("candidate_source", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        """One source (the form of earlier configs) or several, each a stage that writes ``boundaries.yaml``."""
+        value = [value] if isinstance(value, str) else value
+        bad = [v for v in value or [] if v not in CANDIDATE_SOURCES] if isinstance(value, list) else []
+        if bad or not value or len(set(value)) != len(value):
+            raise ConfigError(f"candidate_source {value!r}: name each of {', '.join(CANDIDATE_SOURCES)} at most once, at least one")
+        return value
 
     @model_validator(mode="after")
     def _sweep_is_valid(self) -> DemoConfig:
@@ -153,7 +163,7 @@ class DemoConfig(StrictModel):
 
 
 def sweep_config(
-    config: DemoConfig, *, base: str, math: str, lang: str, boundaries: str | None, data_dir: str | None
+    config: DemoConfig, *, base: str, math: str, lang: str, boundaries: list[str] | None, data_dir: str | None
 ) -> SweepConfig:
     """The demo's sweep: ``sweep.yaml``, then the demo's models and budgets, then ``config.sweep``'s keys."""
     halving = {"block": max(1, config.limit // 2), "max_examples": config.screen_examples or 2 * config.limit}

@@ -72,9 +72,9 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
         log,
         lambda: analyze(base, {"math": str(experts["math"]), "lang": str(experts["lang"])}, out=analysis_dir, overwrite=True),
     )
-    boundaries = out / config.candidate_source / "boundaries.yaml"
+    boundaries = [str(out / source / "boundaries.yaml") for source in config.candidate_source]
     sweep_cfg = sweep_config(
-        config, base=base, math=str(experts["math"]), lang=str(experts["lang"]), boundaries=str(boundaries), data_dir=data_arg
+        config, base=base, math=str(experts["math"]), lang=str(experts["lang"]), boundaries=boundaries, data_dir=data_arg
     )
     importance_dir = out / "importance"
     costs["importance"] = stage(
