@@ -427,10 +427,12 @@ def test_registry_lists_methods_and_baselines_in_order():
     assert list(METHODS) == [
         "layer_swap", "graded_swap", "revert", "linear", "task_arithmetic", "lines", "ties", "dare_linear", "dare_ties",
         "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "sce", "model_stock", "slerp", "nuslerp",
+        "fisher", "regmean",
     ]
     assert BASELINE_NAMES == (
         "base", "math", "lang", "graded_swap", "linear", "task_arithmetic", "lines", "ties", "dare_ties", "dare_linear",
         "della", "della_linear", "breadcrumbs", "breadcrumbs_ties", "sce", "model_stock", "slerp", "nuslerp", "revert",
+        "fisher", "regmean",
     )
     for name, method in METHODS.items():
         assert method.name == name and method.summary and method.params_model is not None

@@ -7,7 +7,7 @@ as the deltas (:class:`~layerswap.analysis.deltas.FisherSource`, values ``sqrt(F
 tables, overlap, plots and boundary recommendation mean the same with "share of squared update"
 read as "share of Fisher mass".
 
-Data comes from the core's record loader (:func:`layerswap.io.records.load_records`), as for
+Data comes from the core (:func:`layerswap.io.lm_passes.load_texts`, shared with the data-aware merges), as for
 fine-tuning: the same specs (``gsm8k``, ``ntrex:sw``, ``tico:sw``, ``tatoeba:sw``, ``hf:NAME``, JSONL/TSV/text files
 with ``?key=value`` options) and the same refusal of evaluation sets. Prompt/completion records
 become one text each (prompt followed by completion), as a language model reads them.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -27,76 +27,11 @@ from layerswap.analysis.deltas import FisherSource
 from layerswap.analysis.overlap import check_top_k
 from layerswap.analysis.report import Analysis
 from layerswap.config import check_device
-from layerswap.errors import ConfigError, DataError
+from layerswap.errors import ConfigError
 from layerswap.io import AtomicDir, ModelFolder, open_model, prepare_output_dir, write_tensors
-from layerswap.progress import bar
+from layerswap.io.lm_passes import gradient_moments, load_model, load_texts
 
-
-def _joined(prompt: str, completion: str) -> str:
-    """Prompt then completion as one text, with a space between unless one side already has it."""
-    if prompt[-1:].isspace() or completion[:1].isspace() or not prompt or not completion:
-        return prompt + completion
-    return f"{prompt} {completion}"
-
-
-def load_texts(spec: str, *, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None) -> list[str]:
-    """The first ``limit`` texts of one task's data spec, read as fine-tuning reads it."""
-    from layerswap.io.records import load_records
-
-    records = load_records(spec, data_dir=data_dir)
-    texts = records.texts if records.format == "text" else [_joined(prompt, completion) for prompt, completion in records.pairs]
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        raise DataError(f"data spec {spec!r} gave no text: pass a file or corpus with at least one example")
-    return texts[:limit] if limit else texts
-
-
-def _backward_batches(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int, seq_len: int, desc: str) -> Iterator[dict[str, torch.Tensor]]:  # noqa: ANN001
-    """One backward pass of the LM loss per batch of ``texts``; yields each trainable parameter's gradient (grads cleared after)."""
-    device = next(model.parameters()).device
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-    model.eval()  # no dropout: the gradient of the model as it is
-    with bar(desc=desc, total=len(batches), unit="batch") as progress_bar:
-        for batch in batches:
-            enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=seq_len)
-            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-            model.zero_grad(set_to_none=True)
-            loss = model(**enc, labels=labels).loss
-            if not torch.isfinite(loss):
-                raise DataError(f"the loss is {float(loss.detach())} on a batch of {desc}: check the data and the model")
-            loss.backward()
-            with torch.no_grad():
-                yield {n: p.grad for n, p in params.items() if p.grad is not None}
-            progress_bar.update(1)
-            progress_bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-    model.zero_grad(set_to_none=True)
-
-
-def gradient_moments(
-    model: torch.nn.Module,
-    tokenizer,  # noqa: ANN001 - a transformers tokenizer
-    texts: Sequence[str],
-    *,
-    batch_size: int = 4,
-    seq_len: int = 128,
-    desc: str = "gradients",
-    power: int = 2,
-) -> tuple[dict[str, torch.Tensor], int]:
-    """Mean over the batches of ``texts`` of each parameter's gradient to ``power`` (2: the diagonal Fisher, 1: the mean gradient); returns (means, batches)."""
-    sums = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
-    batches = 0
-    for grads in _backward_batches(model, tokenizer, texts, batch_size=batch_size, seq_len=seq_len, desc=desc):
-        for n, g in grads.items():
-            if power == 2:
-                sums[n].addcmul_(g, g)
-            else:
-                sums[n].add_(g)
-        batches += 1
-    for s in sums.values():
-        s.div_(max(1, batches))
-    return sums, batches
+__all__ = ["diagonal_fisher", "gradient_moments", "importance", "load_model", "load_texts"]
 
 
 def diagonal_fisher(
@@ -110,18 +45,6 @@ def diagonal_fisher(
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Mean squared gradient of the LM loss per parameter over the batches of ``texts``; returns (F, batches)."""
     return gradient_moments(model, tokenizer, texts, batch_size=batch_size, seq_len=seq_len, desc=desc, power=2)
-
-
-def load_model(base: ModelFolder, device: str):  # noqa: ANN202
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base.path, trust_remote_code=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    base.check_transformers_names()  # safetensors only: transformers never falls back to a pickle
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, use_safetensors=True)
-    return model.to(device), tokenizer
 
 
 def importance(

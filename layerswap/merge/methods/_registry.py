@@ -129,12 +129,23 @@ BaselineCandidate = tuple[str, str, dict[str, Any]]
 
 @dataclass(frozen=True)
 class BaselineContext:
-    """What a baseline may depend on: the model depth, the best swap's middle block, densities, seed."""
+    """What a baseline may depend on: the model depth, the best swap's middle block, densities, seed,
+    and each expert's data spec (the data-aware merges: Fisher, RegMean)."""
 
     num_layers: int
     middle: tuple[int, int] | None
     density: float | Mapping[str, float] | None = None
     seed: int = 0
+    data: Mapping[str, str] | None = None
+
+    def data_for(self, method: str) -> dict[str, str]:
+        """The experts' data specs, which a data-aware baseline needs (a one-line error without them)."""
+        if not self.data:
+            raise ConfigError(
+                f"baseline {method} runs each expert over its own data: give the sweep each expert's data spec "
+                "(candidates.baseline_data: {math: gsm8k, lang: ntrex:sw}) or drop the baseline"
+            )
+        return dict(self.data)
 
     def density_for(self, method: str) -> float:
         """The density given for ``method`` (one float for all, or per method name), else its default."""
@@ -180,15 +191,16 @@ def sweep_baselines(
     middle: tuple[int, int] | None,
     density: float | Mapping[str, float] | None = None,
     seed: int = 0,
+    data: Mapping[str, str] | None = None,
 ) -> list[BaselineCandidate]:
     """The sweep's baseline candidates, in the order of ``names``.
 
     ``middle``: the (first, last) middle layer of the best swap, which ``revert`` keeps from the
     math expert. ``density``: one float for every sparsifying method, or ``{method: density}``
     (e.g. ``{"ties": 0.2, "dare_ties": 0.5, "dare_linear": 0.5}``); a method left out uses its
-    params default. ``seed``: DARE's mask seed.
+    params default. ``seed``: DARE's mask seed. ``data``: each expert's data spec (Fisher, RegMean).
     """
-    context = BaselineContext(num_layers, middle, density, seed)
+    context = BaselineContext(num_layers, middle, density, seed, data)
     out: list[BaselineCandidate] = []
     for name in names:
         if name not in BASELINES:

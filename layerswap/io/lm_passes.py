@@ -1,0 +1,185 @@
+"""Passes of a causal language model over a task's texts: the data-aware machinery the wings share.
+
+The analysis (``importance``, the gradient lens) and the data-aware merges (Fisher, RegMean) read
+the same things: a data spec's texts as fine-tuning reads them (:func:`load_texts`), a model loaded
+from safetensors only (:func:`load_model`, a LoRA expert as its base plus ``B @ A * scaling``), the
+mean of each parameter's squared or plain gradient over batches (:func:`gradient_moments`) and the
+Gram matrix of each linear layer's inputs (:func:`input_grams`). They live in the core so that
+neither wing imports the other. torch is imported by the functions, not by this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from layerswap.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+    from layerswap.io.lora import LoraAdapter
+    from layerswap.io.model_folder import ModelFolder
+
+
+def _joined(prompt: str, completion: str) -> str:
+    """Prompt then completion as one text, with a space between unless one side already has it."""
+    if prompt[-1:].isspace() or completion[:1].isspace() or not prompt or not completion:
+        return prompt + completion
+    return f"{prompt} {completion}"
+
+
+def load_texts(spec: str, *, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None) -> list[str]:
+    """The first ``limit`` texts of one task's data spec, read as fine-tuning reads it."""
+    from layerswap.io.records import load_records
+
+    records = load_records(spec, data_dir=data_dir)
+    texts = records.texts if records.format == "text" else [_joined(prompt, completion) for prompt, completion in records.pairs]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise DataError(f"data spec {spec!r} gave no text: pass a file or corpus with at least one example")
+    return texts[:limit] if limit else texts
+
+
+def _batches(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int, seq_len: int, desc: str) -> Iterator[tuple[dict[str, torch.Tensor], Any]]:
+    """Each batch of ``texts`` tokenised on the model's device (with LM labels), beside a progress bar."""
+    from layerswap.progress import bar
+
+    device = next(model.parameters()).device
+    batches = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    with bar(desc=desc, total=len(batches), unit="batch") as progress_bar:
+        for batch in batches:
+            enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=seq_len)
+            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            enc["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+            yield enc, progress_bar
+            progress_bar.update(1)
+
+
+def _backward_batches(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int, seq_len: int, desc: str) -> Iterator[dict[str, torch.Tensor]]:
+    """One backward pass of the LM loss per batch of ``texts``; yields each trainable parameter's gradient (grads cleared after)."""
+    import torch
+
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    model.eval()  # no dropout: the gradient of the model as it is
+    for enc, progress_bar in _batches(model, tokenizer, texts, batch_size=batch_size, seq_len=seq_len, desc=desc):
+        model.zero_grad(set_to_none=True)
+        loss = model(**enc).loss
+        if not torch.isfinite(loss):
+            raise DataError(f"the loss is {float(loss.detach())} on a batch of {desc}: check the data and the model")
+        loss.backward()
+        with torch.no_grad():
+            yield {n: p.grad for n, p in params.items() if p.grad is not None}
+        progress_bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    model.zero_grad(set_to_none=True)
+
+
+def gradient_moments(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 4,
+    seq_len: int = 128,
+    desc: str = "gradients",
+    power: int = 2,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Mean over the batches of ``texts`` of each parameter's gradient to ``power`` (2: the diagonal Fisher, 1: the mean gradient); returns (means, batches)."""
+    import torch
+
+    sums = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
+    batches = 0
+    for grads in _backward_batches(model, tokenizer, texts, batch_size=batch_size, seq_len=seq_len, desc=desc):
+        for n, g in grads.items():
+            if power == 2:
+                sums[n].addcmul_(g, g)
+            else:
+                sums[n].add_(g)
+        batches += 1
+    for s in sums.values():
+        s.div_(max(1, batches))
+    return sums, batches
+
+
+def input_grams(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    keep: Callable[[str], bool],
+    batch_size: int = 4,
+    seq_len: int = 128,
+    desc: str = "grams",
+) -> tuple[dict[str, torch.Tensor], int]:
+    """``X^T X`` of the inputs of each ``nn.Linear`` whose weight name passes ``keep``, over the
+    non-padding tokens of ``texts`` (forward passes only); returns ({weight name: Gram}, tokens)."""
+    import torch
+
+    grams: dict[str, torch.Tensor] = {}
+    masks: list[torch.Tensor] = []
+    hooks = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def accumulate(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1])[masks[-1]].to(torch.float32)
+            if name not in grams:
+                grams[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float32, device=x.device)
+            grams[name].addmm_(x.T, x)
+
+        return accumulate
+
+    for module_name, module in model.named_modules():
+        weight = f"{module_name}.weight"
+        if isinstance(module, torch.nn.Linear) and keep(weight):
+            hooks.append(module.register_forward_hook(hook(weight)))
+    tokens = 0
+    model.eval()
+    try:
+        with torch.no_grad():
+            for enc, _ in _batches(model, tokenizer, texts, batch_size=batch_size, seq_len=seq_len, desc=desc):
+                masks.append(enc["attention_mask"].reshape(-1).bool())
+                model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+                tokens += int(masks[-1].sum())
+                masks.pop()
+    finally:
+        for h in hooks:
+            h.remove()
+    return grams, tokens
+
+
+def load_model(
+    folder: ModelFolder,
+    device: str,
+    *,
+    adapter: LoraAdapter | None = None,
+    tokenizer_from: ModelFolder | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    """A float32 causal LM from safetensors only, and its tokenizer (right padding, a pad token).
+
+    ``adapter``: a LoRA adapter on ``folder`` (its base), applied as ``B @ A * scaling`` to each
+    adapted weight (no PEFT, nothing merged to disk). ``tokenizer_from``: where the tokenizer is when
+    ``folder`` has none (an expert saved without one).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok_dir = folder.path
+    if tokenizer_from is not None and not any((folder.path / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        tok_dir = tokenizer_from.path
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    folder.check_transformers_names()  # safetensors only: transformers never falls back to a pickle
+    model = AutoModelForCausalLM.from_pretrained(folder.path, dtype=torch.float32, use_safetensors=True)
+    if adapter is not None:
+        from layerswap.io.deltas import DeltaView
+
+        view = DeltaView(adapter, folder, label=f"adapter {adapter.path}")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name in adapter.names():
+                if name in params:
+                    params[name].copy_(view.weight(name, torch.float32))
+    return model.to(device), tokenizer
