@@ -220,3 +220,27 @@ def test_the_demo_trains_and_sweeps_each_seed_and_reports_both_intervals(tmp_pat
     assert table["note"].iloc[3] == "not scored on mgsm in seed(s) 0;1"  # the target: these fakes have none
     text = (out / "report.md").read_text()
     assert "**Training seeds** (2" in text and "| `math` |" in text
+
+
+def test_a_ratio_metric_pools_bits_and_bytes_over_seeds_and_examples():
+    """Bits per byte: the difference of the two pooled ratios (bits over bytes of every seed and sentence)."""
+    from layerswap.sweep.seeds import seed_comparisons
+
+    rng = np.random.default_rng(2)
+    ids = [f"f{i}" for i in range(10)]
+    sweeps, pooled = [], {"a": [0.0, 0.0], "b": [0.0, 0.0]}
+    for s in range(2):
+        nbytes = rng.integers(50, 150, 10).astype(float)
+        frames = {}
+        for name, scale in (("swap-b2-u1", 2.0 + s), ("math", 2.5)):
+            bits = nbytes * scale + rng.normal(0, 3, 10)
+            frames[name] = pd.DataFrame({"task": "flores", "lang": "swh", "id": ids, "score": bits / nbytes, "num": bits, "den": nbytes})
+            key = "a" if name != "math" else "b"
+            pooled[key][0] += bits.sum()
+            pooled[key][1] += nbytes.sum()
+        frames["lang"] = frames["base"] = frames["math"]
+        sweeps.append(_sweep("swap-b2-u1", frames))
+    row = seed_comparisons(sweeps, ["flores"], decision_task="proxy", n_resamples=300).iloc[0]
+    assert row["metric"] == "bits_per_byte" and row["n"] == 10
+    assert row["diff"] == pytest.approx(pooled["a"][0] / pooled["a"][1] - pooled["b"][0] / pooled["b"][1])
+    assert row["example_low"] < row["diff"] < row["example_high"] and row["seed_high"] - row["seed_low"] > row["example_high"] - row["example_low"]

@@ -56,7 +56,7 @@ def _tables(sides: list[tuple[pd.DataFrame, pd.DataFrame]]) -> tuple[tuple[np.nd
         shared = a.index.intersection(b.index)
         keys = shared if keys is None else keys.intersection(shared)
     keys = sorted(keys) if keys is not None else []
-    ratio = all(a["num"].notna().all() and b["num"].notna().all() for a, b in sides)
+    ratio = all(side.get("num") is not None and side["num"].notna().all() for pair in sides for side in pair)
     columns = ["num", "den"] if ratio else ["score"]
     parts = [np.stack([side.loc[keys, c].to_numpy(dtype=np.float64) for a, b in sides for side in (a, b)]) for c in columns]
     # rows 2s (A of seed s) and 2s + 1 (B of seed s); keep the examples finite everywhere
