@@ -146,7 +146,11 @@ def test_demo_report_states_the_paired_verdict(tmp_path):
         },
     }
     report = demo_report(DemoConfig(), tmp_path, {"sweep": StageCost(1.0, 812.0)}, sweep, checks)
-    first, second = report.split("\n")[2:4]
+    lines = report.split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("math expert:"))
+    first, second = lines[at : at + 2]
+    # The answer first (the target), then the screen and the language check, then how it was made.
+    assert report.index("## The answer") < report.index("## The screen") < report.index("Language check") < report.index("## How it was made")
     assert first.startswith("math expert: +0.210 nats per token [95% CI +0.150, +0.270] over the base")
     assert second.startswith(
         "**the language expert did not measurably learn**: language expert: +0.010 [95% CI -0.020, +0.040] bits per byte"
@@ -154,7 +158,7 @@ def test_demo_report_states_the_paired_verdict(tmp_path):
     assert "Best mean on the proxy" in report and "95% CI" in report and "Winner" not in report
     assert "Not a clear winner" in report and "`swap-b3-u1`" in report  # the planted twin
     assert "beats the baseline `base`" in report and "beats the expert `math`" in report and "beats the expert `lang`" in report
-    assert "Language check (FLORES-sw" in report and "lower (better) than `math`" in report
+    assert "Language check (FLORES-sw" in report and "- `base` beats the expert `math`" in report and "the expert `lang`" in report
     assert "| stage | seconds | peak memory (MiB) |" in report and "| sweep | 1 | 812 |" in report
 
 

@@ -240,7 +240,9 @@ def test_sweep_over_proxy_and_two_lm_eval_tasks(tmp_path, tiny_experts, data_dir
     assert {"exact_match", "acc", "lang_fidelity", "cot_fidelity"} <= set(results["metric"])
     comps = pd.read_csv(out / "comparisons.csv")
     assert set(comps["task"]) == {"proxy", gen, loglik} and comps["n"].eq(4).all()
-    assert set(comps.loc[comps["task"] == loglik, "test"]) == {"mcnemar"}
+    assert set(comps.loc[comps["task"] == loglik, "test"]) == {"newcombe"}
+    # Language fidelity of the generative task is stored per example and paired like its headline (issue 31).
+    assert {"lang_fidelity", "cot_fidelity"} <= set(comps.loc[comps["task"] == gen, "metric"])
     stored = pd.read_csv(out / "candidates" / "base.scores.csv")
     assert stored.loc[stored["task"] == loglik, "id"].astype(str).tolist() == ["0", "1", "2", "3"]  # lm-eval's doc ids
     runs = []

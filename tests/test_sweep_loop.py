@@ -18,10 +18,11 @@ from layerswap.sweep import (
     settings_key,
     validate_sweep_dict,
 )
-from layerswap.sweep.compare import compare_candidates, verdict_lines
+from layerswap.sweep.compare import compare_candidates
 from layerswap.sweep.figures import write_figures
 from layerswap.sweep.report import report_markdown
 from layerswap.sweep.selection import select
+from layerswap.sweep.verdicts import verdict_lines
 
 
 def _config(tmp_path: Path, **kw):
@@ -117,7 +118,7 @@ def test_resume_after_interruption_gives_identical_results(tmp_path):
     tasks = [("proxy", "gold_logprob")]
     first = compare_candidates(full, _scores(ResultStore(tmp_path / "a", settings_key(cfg)), cands), tasks)
     again = compare_candidates(resumed, _scores(store, cands), tasks)
-    assert len(first) and first["p_holm"].notna().all()
+    assert len(first) and first["p_adjusted"].notna().all()
     pd.testing.assert_frame_equal(first, again)
 
 
@@ -177,14 +178,15 @@ def test_paired_comparisons_and_verdict(tmp_path):
     assert lead.loc[twin, "verdict"] == "indistinguishable" and lead.loc[twin, "ci_low"] < 0 < lead.loc[twin, "ci_high"]
     for loser in ("swap-b2-u2", "base", "math"):
         assert lead.loc[loser, "verdict"] == "worse" and lead.loc[loser, "ci_high"] < 0 and lead.loc[loser, "test"] == "permutation"
-    assert (lead["p_holm"] >= lead["p_value"]).all()
-    # Against each baseline, every candidate is compared too (Holm within each reference).
-    assert {"base", "math"} <= set(comps["reference"]) and set(comps.loc[comps["reference"] == "math", "role"]) == {"expert"}
+    assert (lead["p_adjusted"] >= lead["p_value"]).all()
+    # The experts and baselines meet each other once (one family per task and scope, one verdict per pair).
+    math_base = comps[(comps["language"] == "all") & comps["reference"].isin(["base", "math"]) & comps["candidate"].isin(["base", "math"])]
+    assert len(math_base) == 1 and math_base["role"].iloc[0] in ("expert", "baseline")
     text = " ".join(verdict_lines(comps, "proxy", "gold_logprob"))
-    assert "Not a clear winner" in text and f"`{twin}`" in text and "Holm" in text
+    assert "Not a clear winner" in text and f"`{twin}`" in text and "Bonferroni" in text
     assert "beats the baseline `base`" in text and "beats the expert `math`" in text
     report = report_markdown(results, select(results, "proxy", "gold_logprob"), {}, root=tmp_path, comparisons=comps)
-    assert "indistinguishable" in report and "Paired comparison with the leader" in report and "Holm-adjusted" in report
+    assert "indistinguishable" in report and "Paired comparisons with the leader" in report and "Bonferroni" in report
 
 
 def test_binary_and_ratio_scores_use_mcnemar_and_the_ratio_bootstrap(tmp_path):
@@ -213,8 +215,8 @@ def test_binary_and_ratio_scores_use_mcnemar_and_the_ratio_bootstrap(tmp_path):
     flores = results[results["task"] == "flores"]
     assert (flores["ci_low"] < flores["value"]).all() and (flores["value"] < flores["ci_high"]).all() and (flores["n"] == 40).all()
     comps = compare_candidates(results, _scores(store, cands), [("mgsm", "exact_match"), ("flores", "bits_per_byte")])
-    assert set(comps.loc[comps["task"] == "mgsm", "test"]) == {"mcnemar"}
-    assert set(comps.loc[comps["task"] == "flores", "test"]) == {"permutation"}
+    assert set(comps.loc[comps["task"] == "mgsm", "test"]) == {"newcombe"}
+    assert set(comps.loc[comps["task"] == "flores", "test"]) == {"bootstrap"}
     base_vs_lead = comps[(comps["task"] == "flores") & (comps["role"] == "leader") & (comps["candidate"] == "base")].iloc[0]
     assert base_vs_lead["verdict"] == "worse" and base_vs_lead["diff"] > 0  # lower bits per byte is better
 
@@ -268,7 +270,7 @@ def test_run_sweep_end_to_end_on_tiny_models(tmp_path, tiny_experts, data_dir):
     assert set(results["metric"]) >= {"gold_logprob", "bits_per_byte"}
     assert results["value"].notna().all()
     report = (out / "report.md").read_text()
-    assert report.count("![") >= 4 and "Paired comparison with" in report and "Holm" in report
+    assert report.count("![") >= 4 and "Paired comparisons with" in report and "Bonferroni" in report
     comps = pd.read_csv(out / "comparisons.csv")
     assert set(comps["task"]) == {"proxy", "flores"} and comps["n"].eq(2).all()
     assert (out / "candidates" / "base.scores.csv").exists() and results["stderr"].notna().any()
@@ -290,7 +292,8 @@ def test_verdict_wording_for_every_case():
     def row(cand, method, verdict, diff=-1.0, p=0.01):
         return {"task": "flores", "metric": "bits_per_byte", "language": "all", "reference": "swap-b1-u1", "role": "leader",
                 "candidate": cand, "method": method, "diff": diff, "ci_low": diff - 0.5, "ci_high": diff + 0.5,
-                "p_value": p, "p_holm": p, "test": "permutation", "n": 12, "verdict": verdict}
+                "level": 0.05, "p_value": p, "p_adjusted": p, "test": "permutation", "n": 12, "verdict": verdict,
+                "examples_needed": 30.0, "nonfinite_examples": 0, "eliminated_in_round": float("nan")}
 
     comps = pd.DataFrame([row("swap-b2-u1", "layer_swap", "better", -0.2), row("base", "identity", "worse", 1.0), row("lang", "identity", "undetermined", 0.1, float("nan"))])
     text = "\n".join(verdict_lines(comps, "flores", "bits_per_byte"))
@@ -327,9 +330,9 @@ def test_an_overflowing_candidate_does_not_stop_the_sweep(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"proxy \(all languages\): NaN or infinite scores of math \(6 examples\)"):
         comps = compare_candidates(results, _scores(store, cands), [("proxy", "gold_logprob")])
     vs_math = comps[(comps["candidate"] == "math") | (comps["reference"] == "math")]
-    assert len(vs_math) and (vs_math.loc[vs_math["language"] == "all", "dropped"] == 6).all()
+    assert len(vs_math) and (vs_math.loc[vs_math["language"] == "all", "nonfinite_examples"] == 6).all()
     assert (vs_math.loc[vs_math["language"] == "all", "n"] == 42).all() and vs_math["diff"].map(np.isfinite).all()
-    assert (comps.loc[(comps["candidate"] != "math") & (comps["reference"] != "math"), "dropped"] == 0).all()
+    assert (comps.loc[(comps["candidate"] != "math") & (comps["reference"] != "math"), "nonfinite_examples"] == 0).all()
     write_figures(results, tmp_path / "fig", [("proxy", "gold_logprob")], comps)
     report_markdown(results, select(results, "proxy", "gold_logprob"), {}, root=tmp_path, comparisons=comps)
 
@@ -344,7 +347,7 @@ def test_verdict_colours_in_the_paired_panel():
     assert [verdict_colour(v) for v in ("better", "worse", "indistinguishable", "undetermined", float("nan"))] == [
         "tab:green", "tab:red", "tab:gray", "tab:gray", "tab:gray"]
     verdicts = {"a": "better", "b": "worse", "c": "indistinguishable", "d": "undetermined"}
-    paired = pd.DataFrame([{"candidate": c, "diff": 0.1, "ci_low": 0.0, "ci_high": 0.2, "p_holm": float("nan") if v == "undetermined" else 0.01,
+    paired = pd.DataFrame([{"candidate": c, "diff": 0.1, "ci_low": 0.0, "ci_high": 0.2, "p_adjusted": float("nan") if v == "undetermined" else 0.01,
                             "verdict": v} for c, v in verdicts.items()]).set_index("candidate")
     fig, ax = plt.subplots()
     try:

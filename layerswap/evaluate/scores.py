@@ -104,3 +104,32 @@ def fidelity_scores(records: Any, task: Any, metric: str = "lang_fidelity") -> A
         raise ConfigError(f"unknown fidelity metric {metric!r}: valid metrics are {', '.join(FIELDS)}")
     spec = get_task(task) if isinstance(task, str) else task
     return example_scores(records, replace(spec, score_field=FIELDS[metric], ratio_fields=None))
+
+
+#: Per-example metrics a generative task stores beside its headline (language and chain-of-thought
+#: fidelity: :data:`layerswap.evaluate.fidelity.FIELDS`), so a sweep pairs them like the headline.
+EXTRA_METRICS = ("lang_fidelity", "cot_fidelity")
+
+
+def extra_key(task: str, metric: str) -> str:
+    """The ``task`` value of an extra metric's rows in a sweep's per-example scores (``mgsm#lang_fidelity``):
+    keyed apart from the headline's rows, which every stored-record check and halving block reads alone."""
+    return f"{task}#{metric}"
+
+
+def extra_scores(records: Any, task: Any) -> Any:
+    """The per-example tables of every :data:`EXTRA_METRICS` the records of ``task`` carry (``task`` column
+    :func:`extra_key`), concatenated; None when they carry none (a log-likelihood task: ``pd.concat`` skips it)."""
+    import pandas as pd
+
+    from layerswap.evaluate.fidelity import FIELDS
+    from layerswap.evaluate.tasks import get_task
+
+    spec = get_task(task) if isinstance(task, str) else task
+    mine = [r for r in getattr(records, "records", records) if r.get("task") == spec.name]
+    frames = [
+        fidelity_scores(mine, spec, metric).assign(task=extra_key(spec.name, metric))
+        for metric in EXTRA_METRICS
+        if mine and all(FIELDS[metric] in r for r in mine)
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else None

@@ -1,5 +1,7 @@
-"""The demo's ``report.md``: the experts' checks, what the run can show, the sweep's leader with its
-paired verdicts and language check, and what each stage cost."""
+"""The demo's ``report.md``, the answer first: the target's finalists (MGSM exact match beside language
+fidelity) and the best swap against each expert and baseline, then the screen's leader with its paired
+verdicts and the language check (the base and the best swap against both experts), then how it was made:
+the experts' checks, what the run can show, what each stage cost."""
 
 from __future__ import annotations
 
@@ -18,11 +20,16 @@ class SweepReads(NamedTuple):
     results: Any  # results.csv as a frame
     comparisons: Any  # comparisons.csv as a frame
     selection: Any  # the leader on the decision task
+    decisions: Any = None  # every decision (the best swap per task)
 
 
 def sweep_reads(sweep: Any) -> SweepReads:
     """The one place the pipeline reads :func:`~layerswap.sweep.loop.run_sweep`'s result."""
-    return SweepReads(sweep.results, sweep.comparisons, sweep.selection)
+    return SweepReads(sweep.results, sweep.comparisons, sweep.selection, getattr(sweep, "decisions", None))
+
+
+def _best_swap(reads: SweepReads, task: str) -> str | None:
+    return reads.decisions.best_swap(task) if reads.decisions is not None else None
 
 
 def _interval(reads: SweepReads) -> str:
@@ -35,33 +42,26 @@ def _interval(reads: SweepReads) -> str:
 
 
 def _language_check(reads: SweepReads, language: str) -> list[str]:
-    """Did the proxy's leader keep the language? Its FLORES bits per byte against each baseline, paired."""
-    comps, winner = reads.comparisons, reads.selection.winner
-    rows = comps[
-        (comps["task"] == "flores")
-        & (comps["language"] == "all")
-        & (comps["candidate"] == winner)
-        & comps["role"].isin(["expert", "baseline"])
-    ]
-    if rows.empty:
+    """Did the candidates keep the language? FLORES bits per byte of the base, the proxy's leader and the
+    best swap, each against both experts (and the base), paired."""
+    from layerswap.sweep.verdicts import against_lines
+
+    comps = reads.comparisons
+    subjects = dict.fromkeys(c for c in ("base", reads.selection.winner, _best_swap(reads, "flores")) if c is not None)
+    lines = []
+    for subject in subjects:
+        others = [o for o in ("math", "lang", "base") if o != subject]
+        lines += against_lines(comps, "flores", "bits_per_byte", subject, others)
+    if not lines:
         return []
-    words = {
-        "better": "lower (better) than",
-        "worse": "higher (worse) than",
-        "indistinguishable": "indistinguishable from",
-        "undetermined": "not comparable with",
-    }
-    said = "; ".join(
-        f"{words[r['verdict']]} `{r['reference']}` (diff {r['diff']:+.3g}, 95% CI [{r['ci_low']:.3g}, {r['ci_high']:.3g}], Holm p = {r['p_holm']:.2g})"
-        for _, r in rows.iterrows()
-    )
-    return [f"Language check (FLORES-{language} bits per byte, paired, lower is better): `{winner}` is {said}."]
+    return [f"Language check (FLORES-{language} bits per byte, paired, lower is better; \"beats\": lower):", "", *(f"- {x}" for x in lines)]
 
 
 def _target_lines(reads: SweepReads, language: str) -> list[str]:
     """The finalists on MGSM exact match and, beside it, whether they answered in the language asked
     (language fidelity: the share of answers, and of their chain-of-thought tokens, in that language)."""
-    from layerswap.sweep.selection import per_candidate
+    from layerswap.sweep.selection import SWAP_METHOD, per_candidate
+    from layerswap.sweep.verdicts import against_lines
 
     res = reads.results
     exact = per_candidate(res, "mgsm", "exact_match")
@@ -86,6 +86,13 @@ def _target_lines(reads: SweepReads, language: str) -> list[str]:
     ex = exact.set_index("candidate")
     for name in ex.index:
         lines.append(f"| `{name}` | {cell(ex, name)} | {cell(extra['lang_fidelity'], name)} | {cell(extra['cot_fidelity'], name)} |")
+    best = _best_swap(reads, "mgsm")
+    if best is None:
+        return lines
+    others = [c for c, m in zip(exact["candidate"], exact["method"], strict=True) if c != best and m != SWAP_METHOD]
+    others = [c for c in ("math", "lang") if c in others] + [c for c in others if c not in ("math", "lang")]
+    said = [(metric, against_lines(reads.comparisons, "mgsm", metric, best, others)) for metric in ("exact_match", "lang_fidelity")]
+    lines += [""] + [f"- {label}: {text[0]}" for (metric, text), label in zip(said, ("Exact match", "Language fidelity"), strict=True) if text]
     return lines
 
 
@@ -101,13 +108,29 @@ def stage_table(costs: dict[str, StageCost]) -> list[str]:
 def demo_report(
     config: DemoConfig, out: Path, costs: dict[str, StageCost], sweep: Any, checks: dict[str, Any] | None = None
 ) -> str:
-    from layerswap.sweep.compare import verdict_lines
+    from layerswap.sweep.lens_table import read_lens_section
     from layerswap.sweep.seeds import seed_section
+    from layerswap.sweep.verdicts import verdict_lines
 
     reads = sweep_reads(sweep)
     sel = reads.selection
     lines = [
         "# layerswap demo",
+        "",
+        "## The answer: the target",
+        "",
+        *(_target_lines(reads, config.language) or ["MGSM exact match was not evaluated."]),
+        "",
+        "## The screen",
+        "",
+        f"Best mean on the proxy (MGSM-{config.language} gold-answer log-likelihood, halving over up to {config.screen_examples or 2 * config.limit} examples): "
+        f"`{sel.winner}` = {sel.value:.4g}{_interval(reads)}. " + sel.comparison(),
+        "",
+        *verdict_lines(reads.comparisons, sel.task, sel.metric),
+        "",
+        *_language_check(reads, config.language),
+        "",
+        "## How it was made",
         "",
         *(check_lines(checks) if checks else ["The experts were not checked against the base."]),
         "",
@@ -123,17 +146,9 @@ def demo_report(
         "between the experts. The same command with a 7-8B base and real budgets on a GPU (`--base`, `--steps`, `--limit`) "
         "is the real experiment.",
         "",
-        f"Best mean on the proxy (MGSM-{config.language} gold-answer log-likelihood, halving over up to {config.screen_examples or 2 * config.limit} examples): "
-        f"`{sel.winner}` = {sel.value:.4g}{_interval(reads)}. " + sel.comparison(),
-        "",
-        *verdict_lines(reads.comparisons, sel.task, sel.metric),
-        "",
-        *_language_check(reads, config.language),
-        "",
-        *_target_lines(reads, config.language),
-        "",
         *seed_section(out, config.seeds),
         "",
+        *read_lens_section(out / "sweep", root=out),
         *stage_table(costs),
         "",
         "- [analysis summary](analysis/summary.md) (deltas of the experts)",

@@ -1,27 +1,48 @@
-"""Paired comparisons between a sweep's candidates, and the verdict the reports state in words.
+"""Paired comparisons between a sweep's candidates: one test per pair, and the verdict it gives.
 
-Every candidate of a sweep is scored on the same examples, so two candidates are compared
-example by example (``layerswap.stats``): the difference of the headline metric (candidate minus
-reference) with a 95% paired-bootstrap interval (2000 resamples, seed 0; Newcombe's paired score
-interval for 0/1 scores), and a p-value from
-McNemar's exact test for 0/1 scores or a paired permutation test otherwise (bits per byte: a
-ratio, resampled and permuted with each sentence's bits and bytes together). Each reference (the
-leader, the best layer swap, each baseline and expert; per language only the leader and the best
-swap) is compared with every other candidate on the same task and scope; the p-values of that family are Holm-adjusted across the candidates.
-A difference counts only when the adjusted p-value is below 0.05; otherwise the two candidates are
-"indistinguishable": the data cannot separate them.
+Every candidate of a sweep is scored on the same examples, so two candidates are compared example by
+example, **each unordered pair once** per task, metric and scope, by one test whose interval is the
+set of differences that same test would not reject at the same level (:mod:`layerswap.paired_tests`),
+so a verdict never contradicts the interval printed beside it: the exact sign-flip permutation test
+inverted for a shift (means: log-likelihoods), Newcombe's paired score interval as the test (0/1
+scores: exact match, language fidelity), the paired bootstrap with its p-value from the same
+resamples (ratios: bits per byte, each sentence's bits and bytes resampled together).
 
-``comparisons.csv`` columns: task, metric, language (``all``: every language's examples pooled;
-per-language rows, against the leader and the best swap, when the sweep has several), reference, role (leader, best swap, expert,
-baseline), candidate, method (the candidate's), diff, ci_low, ci_high, p_value, p_holm, test, n, verdict (better, worse,
-indistinguishable: the candidate against the reference; ``undetermined`` below two examples), dropped (example pairs
-left out because either side's score is NaN or infinite, e.g. a candidate whose weights overflow; also warned about).
+**One family per task, metric and scope.** Its ``m`` pairs are judged at family-wise ``alpha`` by
+Bonferroni: each test at ``level = alpha / m`` with its interval at ``1 - level`` (Holm's step-down has
+no interval that agrees with it). The pairs: the leader and the best swap (:mod:`~layerswap.sweep.selection`)
+against every other candidate, and every expert and baseline against every other expert and baseline
+(pooled over languages; per language, when the sweep has several, the leader and the best swap
+against the rest: the heatmap's marks).
+
+**The race's verdicts stand.** After halving, a pair the race decided (a candidate eliminated in round
+``r`` against that round's leader) keeps the race's verdict, test ``race``: its one-sided bound at the
+level the race tested it at, over the examples of that round; it is not tested again and does not count
+in the family (the race spent its own alpha: docs/sweep.md states the guarantee of the whole).
+
+Extra per-example metrics a task stores (language and chain-of-thought fidelity of a generative task:
+:func:`~layerswap.evaluate.scores.extra_scores`) are compared like the headline, against the same references.
+
+``comparisons.csv`` columns: task, metric, language (``all``: every language's examples pooled; else one
+language), reference, role (of the reference: leader, best swap, expert, baseline; ``round leader`` for a
+race pair outside the family), candidate, method (the candidate's), diff (candidate minus reference),
+ci_low, ci_high (the test's interval at ``1 - level``; one-sided for the race), level, p_value, p_adjusted
+(``min(1, p x m)``, so a difference counts exactly when ``p_adjusted <= alpha``; for the race, scaled to its
+alpha the same way), test (permutation, newcombe, bootstrap, race, none), n (examples compared), verdict
+(better, worse, indistinguishable: the candidate against the reference; ``undetermined`` below two
+examples), examples_needed (examples at which the observed difference would be detected with 80% power
+at the same level: :func:`layerswap.power.examples_needed`, on per-example scores, for a ratio the
+per-sentence ratios; ``inf`` for no difference), nonfinite_examples (example pairs left out because a
+score is NaN or infinite, e.g. a candidate whose weights overflow; also warned about), eliminated_in_round
+(the race's round in which it eliminated one of the two; empty otherwise).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,44 +50,149 @@ import pandas as pd
 from layerswap.evaluate.tasks import higher_is_better
 from layerswap.sweep.selection import ALL, EXPERTS, SWAP_METHOD, Decisions, decide
 
+if TYPE_CHECKING:
+    from layerswap.sweep.race import HalvingResult
+
 ALPHA = 0.05
+#: The power at which ``examples_needed`` is computed.
+POWER = 0.8
+RACE = "race"
 COMPARISON_COLUMNS = [
     "task", "metric", "language", "reference", "role", "candidate", "method",
-    "diff", "ci_low", "ci_high", "p_value", "p_holm", "test", "n", "verdict", "dropped",
+    "diff", "ci_low", "ci_high", "level", "p_value", "p_adjusted", "test", "n", "verdict",
+    "examples_needed", "nonfinite_examples", "eliminated_in_round",
 ]
+_FLIP = {"better": "worse", "worse": "better"}
 
 
 def _finite(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame[np.isfinite(frame[columns].to_numpy(dtype=np.float64)).all(axis=1)]
 
 
-def _paired(a: pd.DataFrame, b: pd.DataFrame):
-    """The paired comparison of ``a`` with ``b`` on their shared examples, and how many pairs were
-    left out because a score (or a ratio's bits or bytes) is NaN or infinite."""
-    from layerswap.stats import paired_difference, paired_ratio_difference
-
+def _shared(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, bool, int]:
+    """The examples ``a`` and ``b`` share with finite scores (and bits and bytes, for a ratio), whether
+    it is a ratio, and how many shared examples were left out as NaN or infinite."""
     merged = a.merge(b, on=["lang", "id"], suffixes=("_a", "_b"))
     m = _finite(merged, ["score_a", "score_b"])
-    ratio_cols = ["num_a", "den_a", "num_b", "den_b"]
-    ratio = m[ratio_cols].notna().all().all() and len(m) > 0
+    cols = ["num_a", "den_a", "num_b", "den_b"]
+    ratio = bool(len(m)) and all(c in m for c in cols) and bool(m[cols].notna().all().all())
     if ratio:
-        m = _finite(m, ratio_cols)
-    dropped = len(merged) - len(m)
-    if ratio:
-        return paired_ratio_difference(m["num_a"].to_numpy(), m["den_a"].to_numpy(), m["num_b"].to_numpy(), m["den_b"].to_numpy()), dropped
-    return paired_difference(m["score_a"].to_numpy(), m["score_b"].to_numpy()), dropped
+        m = _finite(m, cols)
+    return m, ratio, len(merged) - len(m)
 
 
-def _verdict(diff: float, p_holm: float, metric: str, alpha: float) -> str:
-    if math.isnan(p_holm):
+def _test(m: pd.DataFrame, ratio: bool, level: float) -> dict[str, Any]:
+    """The pair's one test at ``level`` and the examples its observed difference would need."""
+    from layerswap.paired_tests import paired_ratio_test, paired_test
+    from layerswap.power import examples_needed
+
+    if ratio:
+        t = paired_ratio_test(m["num_a"], m["den_a"], m["num_b"], m["den_b"], level=level)
+    else:
+        t = paired_test(m["score_a"].to_numpy(), m["score_b"].to_numpy(), level=level)
+    needed = examples_needed(m["score_a"].to_numpy(), m["score_b"].to_numpy(), level=level, power=POWER) if len(m) >= 2 else math.nan
+    return {"diff": t.diff, "ci_low": t.low, "ci_high": t.high, "level": level, "p_value": t.p_value,
+            "test": t.test, "n": t.n, "reject": t.reject, "examples_needed": needed}
+
+
+def _verdict(row: dict[str, Any], metric: str) -> str:
+    if row["test"] == "none" or row["n"] < 2:
         return "undetermined"
-    if p_holm >= alpha:
+    if not row["reject"]:
         return "indistinguishable"
-    return "better" if (diff > 0) == higher_is_better(metric) else "worse"
+    return "better" if (row["diff"] > 0) == higher_is_better(metric) else "worse"
 
 
 def _role(name: str) -> str:
     return "expert" if name in EXPERTS else "baseline"
+
+
+def race_verdicts(race: HalvingResult) -> dict[frozenset[str], dict[str, Any]]:
+    """The pairs the race decided: per eliminated candidate, its round's leader, the one-sided
+    interval of the candidate minus the leader (metric's own sign) and the level it was tested at."""
+    sign = 1.0 if race.plan.higher_is_better else -1.0
+    out: dict[frozenset[str], dict[str, Any]] = {}
+    for dec in race.rounds:
+        for row in dec.rows:
+            if row.get("status") != "eliminated":
+                continue
+            bound = float(row["bound"])  # upper bound of the oriented difference, below 0
+            low, high = (-math.inf, bound) if sign > 0 else (-bound, math.inf)
+            level, p = float(row["level"]), float(row["p"])
+            out[frozenset((row["candidate"], dec.leader))] = {
+                "reference": dec.leader, "candidate": row["candidate"], "diff": sign * float(row["diff"]),
+                "ci_low": low, "ci_high": high, "level": level, "p_value": p,
+                "p_adjusted": min(1.0, p * race.plan.alpha / level), "test": RACE, "n": int(row["n"]),
+                "verdict": "worse", "eliminated_in_round": dec.round,
+            }
+    return out
+
+
+def _pairs(decision: Any, methods: pd.Series, present: set[str], scope: str) -> list[tuple[str, str, str]]:
+    """``(reference, role, candidate)`` for each unordered pair of the family, each once, leader first."""
+    lead, swap = (decision.leader, decision.best_swap) if decision is not None else (None, None)
+    refs = [(lead, "leader")] + ([(swap, "best swap")] if swap not in (None, lead) else [])
+    plain = [str(c) for c, m in methods.items() if m != SWAP_METHOD]
+    if scope == ALL:
+        refs += [(c, _role(c)) for c in plain if c != lead]
+    seen: set[frozenset[str]] = set()
+    out = []
+    for ref, role in refs:
+        if ref is None or ref not in present:
+            continue
+        for cand in methods.index:
+            cand = str(cand)
+            key = frozenset((ref, cand))
+            if cand == ref or cand not in present or key in seen:
+                continue
+            if role in ("expert", "baseline") and cand not in plain:
+                continue  # an expert or baseline meets the swaps through the leader and the best swap
+            seen.add(key)
+            out.append((ref, role, cand))
+    return out
+
+
+def _family(
+    pairs: list[tuple[str, str, str]], scoped: dict[str, pd.DataFrame], raced: dict[frozenset[str], dict[str, Any]],
+    methods: pd.Series, head: dict[str, Any], metric: str, alpha: float,
+) -> list[dict[str, Any]]:
+    """Every pair of one family: the race's verdict where it decided the pair, else one test at alpha / m."""
+    from layerswap.paired_tests import family_level
+
+    keys = {frozenset((r, c)) for r, _, c in pairs}
+    pairs = pairs + [(v["reference"], "round leader", v["candidate"]) for k, v in raced.items() if k not in keys
+                     and v["reference"] in scoped and v["candidate"] in scoped]
+    shared = {(r, c): _shared(scoped[c], scoped[r]) for r, _, c in pairs}
+    tested = [(r, c) for r, _, c in pairs if frozenset((r, c)) not in raced and len(shared[(r, c)][0]) >= 2]
+    level = family_level(alpha, len(tested))
+    out = []
+    for ref, role, cand in pairs:
+        m, ratio, left_out = shared[(ref, cand)]
+        row = {**head, "reference": ref, "role": role, "candidate": cand, "method": methods[cand], "nonfinite_examples": left_out}
+        race = raced.get(frozenset((ref, cand)))
+        if race is not None:
+            test = _test(m, ratio, race["level"]) if len(m) >= 2 else {"examples_needed": math.nan}
+            row.update(race, reference=ref, candidate=cand, examples_needed=test["examples_needed"])
+            if race["reference"] != ref:  # the pair is listed the other way round
+                row.update(diff=-race["diff"], ci_low=-race["ci_high"], ci_high=-race["ci_low"], verdict="better")
+        else:
+            test = _test(m, ratio, level)
+            row.update(test, p_adjusted=min(1.0, test["p_value"] * len(tested)), verdict=_verdict(test, metric))
+            row["eliminated_in_round"] = math.nan
+        out.append({k: row.get(k, math.nan) for k in COMPARISON_COLUMNS})
+    return out
+
+
+def _metrics(tasks: Sequence[tuple[str, str]], scores: dict[str, pd.DataFrame | None]) -> list[tuple[str, str, str]]:
+    """``(task, metric, key in the scores' task column)``: each headline, then each extra metric stored per example."""
+    from layerswap.evaluate.scores import EXTRA_METRICS, extra_key
+
+    stored = set().union(*(set(s["task"]) for s in scores.values() if s is not None)) if scores else set()
+    out = []
+    for task, metric in tasks:
+        out.append((task, metric, task))
+        out += [(task, extra, extra_key(task, extra)) for extra in EXTRA_METRICS if extra_key(task, extra) in stored]
+    return out
 
 
 def compare_candidates(
@@ -76,111 +202,73 @@ def compare_candidates(
     *,
     alpha: float = ALPHA,
     decisions: Decisions | None = None,
+    race: HalvingResult | None = None,
 ) -> pd.DataFrame:
-    """Each candidate against the leader, the best swap and each baseline and expert, per task and scope.
+    """Every pair of the families described in the module docstring, per task, metric and scope.
 
-    The leader and the best swap of each task and scope are ``decisions``'
-    (:mod:`~layerswap.sweep.selection`; default: decided on ``results`` alone, as an exhaustive sweep
-    does); every pair is compared on the examples both were scored on."""
-    decisions = decisions or decide(results, tasks)
+    The leader and the best swap of each task and scope are ``decisions``' (default: decided on ``results``
+    and ``race``); ``race``: a halving sweep's race, whose eliminations on its screen task are verdicts;
+    every other pair is compared on the examples both were scored on."""
+    decisions = decisions or decide(results, tasks, race)
     methods = results.groupby("candidate", sort=False)["method"].first()
+    headline = dict(tasks)
     out: list[dict] = []
-    for task, metric in tasks:
-        task_scores = {c: s[s["task"] == task] for c, s in scores.items() if s is not None and (s["task"] == task).any()}
-        langs = sorted(results.loc[(results["task"] == task) & (results["metric"] == metric), "language"].unique())
+    for task, metric, key in _metrics(tasks, scores):
+        task_scores = {str(c): s[s["task"] == key] for c, s in scores.items() if s is not None and (s["task"] == key).any()}
+        langs = sorted(results.loc[(results["task"] == task) & (results["metric"] == headline[task]), "language"].unique())
+        raced = race_verdicts(race) if race is not None and race.plan.task == task and metric == headline[task] else {}
         for scope in [ALL] + (langs if len(langs) > 1 else []):
             scoped = task_scores if scope == ALL else {c: s[s["lang"] == scope] for c, s in task_scores.items()}
-            decision = decisions.get(task, scope)
-            lead, swap = (decision.leader, decision.best_swap) if decision is not None else (None, None)
-            refs = [(lead, "leader")] + ([(swap, "best swap")] if swap not in (None, lead) else [])
-            if scope == ALL:  # per language: the leader and the best swap only (the heatmap's marks)
-                refs += [(str(c), _role(str(c))) for c, m in methods.items() if m != SWAP_METHOD and c != lead]
-            bad = {str(c): int((~np.isfinite(s["score"].to_numpy(dtype=np.float64))).sum()) for c, s in scoped.items()}
-            bad = {c: k for c, k in bad.items() if k}
-            if bad:
-                warnings.warn(
-                    f"{task} ({'all languages' if scope == ALL else scope}): NaN or infinite scores of "
-                    + ", ".join(f"{c} ({k} examples)" for c, k in bad.items())
-                    + " are left out of their paired comparisons (column 'dropped' of comparisons.csv)",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            for ref, role in refs:
-                if ref not in scoped:
-                    continue
-                block = []
-                for cand in methods.index:
-                    if cand == ref or cand not in scoped:
-                        continue
-                    p, dropped = _paired(scoped[cand], scoped[ref])
-                    block.append({"task": task, "metric": metric, "language": scope, "reference": ref, "role": role,
-                                  "candidate": str(cand), "method": methods[cand], "diff": p.diff, "ci_low": p.low, "ci_high": p.high,
-                                  "p_value": p.p_value, "test": p.test, "n": p.n, "dropped": dropped})
-                out += _adjust(block, metric, alpha)
+            _warn_nonfinite(scoped, task, metric, headline[task], scope)
+            pairs = _pairs(decisions.get(task, scope), methods, set(scoped), scope)
+            head = {"task": task, "metric": metric, "language": scope}
+            out += _family(pairs, scoped, raced if scope == ALL else {}, methods, head, metric, alpha)
     return pd.DataFrame(out, columns=COMPARISON_COLUMNS)
 
 
-def _adjust(block: list[dict], metric: str, alpha: float) -> list[dict]:
-    from layerswap.stats import holm
-
-    for row, p_holm in zip(block, holm([r["p_value"] for r in block]), strict=True):
-        row["p_holm"] = p_holm
-        row["verdict"] = _verdict(row["diff"], p_holm, metric, alpha)
-    return block
-
-
-def _fmt(row: pd.Series, *, flip: bool = False) -> str:
-    """``diff +0.12, 95% CI [0.03, 0.2], Holm p = 0.01`` (``flip``: the reference minus the candidate)."""
-    sign = -1.0 if flip else 1.0
-    lo, hi = sorted((sign * row["ci_low"], sign * row["ci_high"]))
-    return f"diff {sign * row['diff']:+.3g}, 95% CI [{lo:.3g}, {hi:.3g}], Holm p = {row['p_holm']:.2g}"
-
-
-def _fewer(row: pd.Series, n: int) -> str:
-    """``, on only 6 examples`` where a candidate shares fewer examples with the leader than the most."""
-    return f", on only {int(row['n'])} examples" if pd.notna(row["n"]) and int(row["n"]) < n else ""
-
-
-def verdict_lines(comparisons: pd.DataFrame, task: str, metric: str, *, alpha: float = ALPHA) -> list[str]:
-    """The verdict in words: which candidates the leader cannot be separated from, and whether it
-    beats each expert and baseline (pooled over languages)."""
-    rows = comparisons[(comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == ALL)]
-    lead_rows = rows[rows["role"] == "leader"]
-    if lead_rows.empty:
-        return ["No per-example scores were stored, so no paired comparison: the ranking carries no uncertainty and decides nothing."]
-    lead = str(lead_rows["reference"].iloc[0])
-    n = int(lead_rows["n"].max())
-    tests = " / ".join(sorted(set(lead_rows["test"]) - {"none"})) or "none"
-    same = lead_rows[lead_rows["verdict"].isin(["indistinguishable", "undetermined"])]
-    worse = lead_rows[lead_rows["verdict"] == "worse"]
-    better = lead_rows[lead_rows["verdict"] == "better"]  # possible for a ratio: the leader is by mean over languages
-    fewest = int(lead_rows["n"].min())
-    # After a halving race, a candidate dropped early shares only its first blocks with the leader.
-    shared = f"the same {n} examples" if fewest == n else f"the examples each shares with it ({fewest} to {n}: a candidate dropped early by halving has fewer)"
-    intro = (f"Paired comparison with `{lead}` on {shared} ({tests}; 95% paired intervals{' (Newcombe score intervals for 0/1 scores)' if 'mcnemar' in tests else ''}; "
-             f"p-values Holm-adjusted across the {len(lead_rows)} other candidates, alpha = {alpha}).")
-    lines = [intro]
-    if fewest < 10 and tests != "mcnemar":  # Newcombe's score interval (0/1 scores) is not bounded by the data this way
-        lines.append(
-            f"With {fewest} examples a bootstrap interval understates the uncertainty (it cannot be wider than the observed "
-            "differences) and the permutation test cannot reach small p-values: the verdict follows the test, not the interval."
+def _warn_nonfinite(scoped: dict[str, pd.DataFrame], task: str, metric: str, headline: str, scope: str) -> None:
+    bad = {c: int((~np.isfinite(s["score"].to_numpy(dtype=np.float64))).sum()) for c, s in scoped.items()}
+    bad = {c: k for c, k in bad.items() if k}
+    if bad:
+        warnings.warn(
+            f"{task} ({'all languages' if scope == ALL else scope}{'' if metric == headline else ', ' + metric}): NaN or infinite scores of "
+            + ", ".join(f"{c} ({k} examples)" for c, k in bad.items())
+            + " are left out of their paired comparisons (column 'nonfinite_examples' of comparisons.csv)",
+            RuntimeWarning,
+            stacklevel=3,
         )
-    if same.empty and better.empty:
-        lines.append(f"`{lead}` is the winner: every other candidate is significantly worse.")
-    if len(same):
-        listed = "; ".join(f"`{r['candidate']}` ({_fmt(r)}{_fewer(r, n)})" for _, r in same.iterrows())
-        lines.append(f"**Not a clear winner**: statistically indistinguishable from `{lead}` at this sample size: {listed}.")
-    if len(better):
-        listed = "; ".join(f"`{r['candidate']}` ({_fmt(r)})" for _, r in better.iterrows())
-        lines.append(f"**Not a clear winner**: pooled over all examples these are significantly better than `{lead}`: {listed}.")
-    if len(worse) and not (same.empty and better.empty):
-        lines.append("Significantly worse than it: " + ", ".join(f"`{c}`" for c in worse["candidate"]) + ".")
-    others = lead_rows[lead_rows["method"] != SWAP_METHOD]
-    said = []
-    for _, r in others.iterrows():
-        what = {"worse": "beats", "better": "is beaten by", "indistinguishable": "is indistinguishable from",
-                "undetermined": "cannot be compared (too few examples) with"}[r["verdict"]]
-        said.append(f"{what} the {_role(r['candidate'])} `{r['candidate']}` ({_fmt(r, flip=True)})")
-    if said:
-        lines.append(f"`{lead}` " + "; ".join(said) + ".")
-    return lines
+
+
+def against(comparisons: pd.DataFrame, task: str, metric: str, reference: str, scope: str = ALL) -> pd.DataFrame:
+    """Every pair of ``reference`` on ``task``/``metric`` in ``scope``, read as candidate minus ``reference``
+    (a pair stored the other way round is flipped: its difference, interval and verdict), one row per candidate."""
+    rows = comparisons[(comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == scope)]
+    mine = rows[rows["reference"] == reference]
+    other = rows[rows["candidate"] == reference].copy()
+    if len(other):
+        other["candidate"], other["reference"] = other["reference"], reference
+        other["diff"] = -other["diff"]
+        other["ci_low"], other["ci_high"] = -other["ci_high"], -other["ci_low"]
+        other["verdict"] = other["verdict"].map(lambda v: _FLIP.get(v, v))
+        other["role"] = "flipped"
+        other["method"] = other["candidate"].map(dict(zip(rows["candidate"], rows["method"], strict=True)))
+    return pd.concat([mine, other]).reset_index(drop=True) if len(other) else mine.reset_index(drop=True)
+
+
+def eliminated(comparisons: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The race's verdicts on ``task``, read as the eliminated candidate minus its round's leader."""
+    rows = comparisons[(comparisons["task"] == task) & (comparisons["test"] == RACE) & (comparisons["language"] == ALL)]
+    flip = rows["verdict"] == "better"
+    out = rows.copy()
+    out.loc[flip, ["candidate", "reference"]] = rows.loc[flip, ["reference", "candidate"]].to_numpy()
+    out.loc[flip, "diff"] = -rows.loc[flip, "diff"]
+    out.loc[flip, ["ci_low", "ci_high"]] = -rows.loc[flip, ["ci_high", "ci_low"]].to_numpy()
+    out.loc[flip, "verdict"] = "worse"
+    return out.reset_index(drop=True)
+
+
+def compared_leader(comparisons: pd.DataFrame, task: str, metric: str, scope: str = ALL) -> str | None:
+    """The leader (the decisions' own) whose pairs ``comparisons`` holds for ``task``/``metric`` in ``scope``."""
+    rows = comparisons[(comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == scope)
+                       & (comparisons["role"] == "leader")]
+    return None if rows.empty else str(rows["reference"].iloc[0])

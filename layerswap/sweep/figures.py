@@ -19,6 +19,7 @@ import pandas as pd
 
 from layerswap.evaluate.tasks import higher_is_better
 from layerswap.figures import pyplot, save_figure
+from layerswap.sweep.compare import against, eliminated
 from layerswap.sweep.selection import ALL, SWAP_METHOD, Decisions, decide, per_candidate
 
 plt = pyplot()
@@ -29,14 +30,14 @@ def _metric_label(task: str, metric: str) -> str:
     return f"{task} {metric} ({arrow})"
 
 
-def _marks(comparisons: pd.DataFrame | None, task: str, metric: str, scope: str, best: str) -> set[str]:
-    """Swaps indistinguishable from ``best`` in ``scope`` (paired, Holm-adjusted; see compare)."""
+def _marks(comparisons: pd.DataFrame | None, task: str, metric: str, scope: str, best: str) -> tuple[set[str], set[str]]:
+    """What the verdicts say of each swap against ``best`` in ``scope``: indistinguishable from it (its pair's
+    own test, see compare), and eliminated by the halving race (pooled over languages; never boxed)."""
     if comparisons is None or comparisons.empty:
-        return set()
-    rows = comparisons[
-        (comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == scope) & (comparisons["reference"] == best)
-    ]
-    return set(rows.loc[rows["verdict"] == "indistinguishable", "candidate"])
+        return set(), set()
+    out = set(eliminated(comparisons, task).query("metric == @metric")["candidate"])
+    rows = against(comparisons, task, metric, best, scope)
+    return set(rows.loc[rows["verdict"] == "indistinguishable", "candidate"]) - out, out
 
 
 def swap_heatmap(
@@ -46,8 +47,9 @@ def swap_heatmap(
 
     The best swap of each language is ``decisions``' (:mod:`~layerswap.sweep.selection`; after halving
     not always the best raw mean: its cell shows it; default: decided on ``results``). With
-    ``comparisons`` (``comparisons.csv``) it is starred and the cells whose swap is statistically
-    indistinguishable from it (paired test, Holm-adjusted p >= 0.05) are boxed.
+    ``comparisons`` (``comparisons.csv``) it is starred, the cells whose swap its pair's test cannot
+    separate from it (indistinguishable at the family's Bonferroni level) are boxed, and the swaps the
+    halving race eliminated are marked with a dagger (whatever a later test on fewer examples says).
     """
     decisions = decisions or decide(results, [(task, metric)])
     rows = results[(results["task"] == task) & (results["metric"] == metric) & (results["method"] == SWAP_METHOD)]
@@ -68,17 +70,18 @@ def swap_heatmap(
         ax.set_yticks(range(grid.shape[0]), [str(int(i)) for i in grid.index])
         ax.set_xlabel("top layers from the language expert")
         ax.set_ylabel("bottom layers from the language expert")
-        marked = _marks(comparisons, task, metric, scope, best)
+        marked, raced = _marks(comparisons, task, metric, scope, best)
         ax.set_title(lang)
         for (i, j), v in np.ndenumerate(grid.values.astype(float)):
             if math.isnan(v):
                 continue
             name = names.iat[i, j]
-            ax.text(j, i, f"{v:.4g}" + ("*" if name == best and comparisons is not None else ""), ha="center", va="center", fontsize=8, color="white")
+            mark = "*" if name == best and comparisons is not None else "\u2020" if name in raced else ""
+            ax.text(j, i, f"{v:.4g}{mark}", ha="center", va="center", fontsize=8, color="white")
             if name in marked:
                 ax.add_patch(plt.Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="white", linewidth=2))
         fig.colorbar(im, ax=ax, label=metric)
-    note = "\n* best swap; boxed: indistinguishable from it (paired, Holm p >= 0.05)" if comparisons is not None else ""
+    note = "\n* best swap; boxed: indistinguishable from it (paired, Bonferroni); \u2020 eliminated by the race" if comparisons is not None else ""
     fig.suptitle(f"Layer swap: {_metric_label(task, metric)}{note}", fontsize=10)
     fig.tight_layout()
     return fig
@@ -140,9 +143,7 @@ def baseline_bars(
 def _paired_rows(comparisons: pd.DataFrame | None, task: str, metric: str, best_swap: str | None) -> pd.DataFrame | None:
     if comparisons is None or comparisons.empty or best_swap is None:
         return None
-    rows = comparisons[
-        (comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == ALL) & (comparisons["reference"] == best_swap)
-    ]
+    rows = against(comparisons, task, metric, best_swap)
     return rows.set_index("candidate") if len(rows) else None
 
 
@@ -156,20 +157,27 @@ def verdict_colour(verdict: object) -> str:
 
 
 def _paired_panel(ax: plt.Axes, paired: pd.DataFrame, names: list[str], metric: str, best: str) -> None:
-    """Each candidate minus ``best`` with its paired 95% interval; the verdict and Holm p as labels."""
+    """Each candidate minus ``best`` with its pair's interval (at the family's level); the verdict as colour, adjusted p as label."""
     sub = paired.reindex(names)
     x = np.arange(len(names))
-    yerr = np.vstack([(sub["diff"] - sub["ci_low"]).fillna(0).clip(lower=0), (sub["ci_high"] - sub["diff"]).fillna(0).clip(lower=0)])
+    # An unbounded side (a one-sided race bound, too few examples for the level) is drawn as an arrow, not a bar.
+    low, high = sub["ci_low"].astype(float), sub["ci_high"].astype(float)
+    yerr = np.vstack([(sub["diff"] - low.where(np.isfinite(low))).fillna(0).clip(lower=0),
+                      (high.where(np.isfinite(high)) - sub["diff"]).fillna(0).clip(lower=0)])
     colors = [verdict_colour(v) for v in sub["verdict"]]
     for i in range(len(names)):
         ax.errorbar(x[i], sub["diff"].iloc[i], yerr=yerr[:, i : i + 1], fmt="s", color=colors[i], capsize=4)
-        if pd.notna(sub["p_holm"].iloc[i]):
-            ax.annotate(f"p={sub['p_holm'].iloc[i]:.2g}", (x[i], sub["ci_high"].iloc[i]), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
+        for bound, marker in ((low.iloc[i], "v"), (high.iloc[i], "^")):
+            if bound in (-math.inf, math.inf):
+                ax.plot(x[i], sub["diff"].iloc[i], marker=marker, color=colors[i], ms=9, alpha=0.5)
+        top = sub["ci_high"].iloc[i] if np.isfinite(sub["ci_high"].iloc[i]) else sub["diff"].iloc[i]
+        if pd.notna(sub["p_adjusted"].iloc[i]):
+            ax.annotate(f"p={sub['p_adjusted'].iloc[i]:.2g}", (x[i], top), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
     ax.axhline(0, color="black", lw=0.8)
     ax.margins(y=0.15)  # room for the p labels above the highest interval
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel(f"{metric}: candidate minus {best}")
-    ax.set_title("Paired difference (95% CI, Holm p)\nred worse, green better, grey indistinguishable/undetermined", fontsize=9)
+    ax.set_title("Paired difference (interval at the family's level, adjusted p)\nred worse, green better, grey indistinguishable/undetermined", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
 
 

@@ -145,6 +145,7 @@ class InMemorySweep:
 
     def _evaluate_model(self, tasks: list[str], limit: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
         from layerswap.evaluate import evaluate, example_scores
+        from layerswap.evaluate.scores import extra_scores
 
         c = self.config
         result = evaluate(
@@ -159,6 +160,7 @@ class InMemorySweep:
             data_dir=c.data_dir,
         )
         scores = [example_scores(result.records, task) for task in tasks]  # task, lang, id, score[, num, den]
+        scores += [extra_scores(result.records, task) for task in tasks]  # language fidelity per example, for pairing
         return tidy_summary(result.summary), pd.concat(scores, ignore_index=True)
 
     def evaluate_block(self, cand: Candidate, unit: Unit) -> pd.DataFrame:
@@ -186,6 +188,7 @@ class InMemorySweep:
             )
             return example_scores(spec.run(self.lm, request).records, spec)
         _, scores = self.evaluate_model(cand, [spec.name], limit=unit.stop)
+        scores = scores[scores["task"] == spec.name]  # the headline only (not its extra metrics' rows)
         position = scores.groupby("lang", sort=False).cumcount()
         return scores[(position >= unit.start) & (position < unit.stop)].reset_index(drop=True)
 

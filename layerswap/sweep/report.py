@@ -17,9 +17,11 @@ import pandas as pd
 from layerswap.evaluate.tasks import get_task, higher_is_better
 from layerswap.figures import save_figure
 from layerswap.io import write_text_atomic
-from layerswap.sweep.compare import compare_candidates, verdict_lines
+from layerswap.sweep.compare import ALPHA, against, compare_candidates, compared_leader
 from layerswap.sweep.figures import _ci, halving_figure, plt, write_figures
-from layerswap.sweep.selection import ALL, DECISIONS_FILE, Selection, SweepResult, decide_sweep, per_candidate
+from layerswap.sweep.lens_table import lens_section
+from layerswap.sweep.selection import DECISIONS_FILE, Decisions, Selection, SweepResult, decide_sweep, per_candidate
+from layerswap.sweep.verdicts import answer_lines, verdict_lines
 
 if TYPE_CHECKING:
     from layerswap.sweep.config import SweepConfig
@@ -39,26 +41,31 @@ def _with_interval(group: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(order)
 
 
+#: The columns of a paired table in the report (``comparisons.csv`` has them all).
+PAIRED_COLUMNS = ["candidate", "diff", "ci_low", "ci_high", "level", "p_adjusted", "test", "n", "verdict", "examples_needed", "eliminated_in_round"]
+
+
 def _paired_table(comparisons: pd.DataFrame, task: str, metric: str) -> str | None:
-    rows = comparisons[(comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == ALL) & (comparisons["role"] == "leader")]
-    if rows.empty:
+    lead = compared_leader(comparisons, task, metric)
+    if lead is None:
         return None
-    shown = rows[["candidate", "diff", "ci_low", "ci_high", "p_value", "p_holm", "test", "n", "verdict"]].rename(columns={"diff": f"diff vs {rows['reference'].iloc[0]}"})
-    return shown.to_markdown(index=False, floatfmt=".3g")
+    rows = against(comparisons, task, metric, lead)
+    return rows[PAIRED_COLUMNS].rename(columns={"diff": f"diff vs {lead}"}).to_markdown(index=False, floatfmt=".3g")
 
 
 STATISTICS_NOTE = (
-    "Intervals are 95%: for means of per-example scores (the proxy's log-likelihood) the mean +- 1.96 "
-    "standard errors (ddof 1, as lm-evaluation-harness), for 0/1 scores (exact match) Wilson's score interval (a mean "
-    "over several languages: +- 1.96 combined standard errors); for bits "
-    "per byte (total bits / total bytes) a percentile bootstrap over sentences (2000 resamples, seed 0). Candidates are "
-    "compared on the same examples: the paired difference with a 95% paired-bootstrap interval (Newcombe's paired score "
-    "interval for 0/1 scores), McNemar's exact test for 0/1 scores and a paired permutation "
-    "test otherwise; each reference's p-values are Holm-adjusted across the candidates compared with it, and a "
-    "difference counts only at adjusted p < 0.05. Every comparison (against the leader, the best swap, each expert "
-    "and each baseline, pooled over languages; per language against the leader and the best swap) is in "
-    "`comparisons.csv`; the per-example scores "
-    "behind them are in `candidates/*.scores.csv`."
+    "Each candidate's interval is 95%: for means of per-example scores (the proxy's log-likelihood) the mean +- 1.96 "
+    "standard errors (ddof 1, as lm-evaluation-harness), for 0/1 scores (exact match, language fidelity) Wilson's score "
+    "interval (a mean over several languages: +- 1.96 combined standard errors); for bits per byte (total bits / total "
+    "bytes) a percentile bootstrap over sentences (2000 resamples, seed 0). Two candidates are compared on the examples "
+    "both were scored on, each pair once per task, by one test whose interval is the set of differences that test does "
+    "not reject (the sign-flip permutation test inverted for a shift; Newcombe's paired score interval for 0/1 scores; "
+    "the paired bootstrap for bits per byte), at alpha = 0.05 / m for the m pairs of the task (Bonferroni, so "
+    "adjusted p = min(1, p x m)): a verdict never contradicts its interval. A candidate the halving race eliminated keeps "
+    "the race's verdict (its round, one-sided bound and examples). `examples_needed` is the number of examples at which "
+    "the observed difference would be detected with 80% power at the same level. Every pair (the leader and the best "
+    "swap against every candidate, the experts and baselines among themselves; per language the leader and the best "
+    "swap) is in `comparisons.csv`; the per-example scores behind them are in `candidates/*.scores.csv`."
 )
 
 
@@ -72,18 +79,30 @@ def report_markdown(
     notes: Iterable[str] = (),
     comparisons: pd.DataFrame | None = None,
     sections: Iterable[str] = (),
+    target: tuple[str, str] | None = None,
+    decisions: Decisions | None = None,
 ) -> str:
-    """The report: the leader and the paired verdict, per-language tables with intervals, the figures;
-    ``sections``: more markdown lines after the notes (the halving rounds, screen against target)."""
+    """The report, the answer first: the ``target`` (task, metric)'s candidates with their intervals and the
+    best swap against each expert and baseline (with ``decisions``), then the leader on the decision task and
+    its paired verdict, then per-task tables with intervals and the figures; ``sections``: more markdown
+    lines after the notes (the halving rounds, screen against target)."""
     lines = [f"# {title}", ""]
+    comps = comparisons if comparisons is not None else pd.DataFrame(columns=["task", "metric", "language", "role", "test", "reference", "candidate"])
+    said = {(selection.task, selection.metric)}
+    if target is not None and target != (selection.task, selection.metric):
+        best = decisions.best_swap(target[0]) if decisions is not None else None
+        answer = answer_lines(results, comps, *target, best)
+        if answer:
+            said.add(target)
+            lines += [f"## The answer: {target[0]} (the target)", "", *answer, "", *verdict_lines(comps, *target), ""]
     direction = "higher" if higher_is_better(selection.metric) else "lower"
     lead = per_candidate(results, selection.task, selection.metric).set_index("candidate").loc[selection.winner]
     interval = "" if pd.isna(lead["ci_low"]) else f" (95% CI [{lead['ci_low']:.4g}, {lead['ci_high']:.4g}])"
+    lines += [f"## The decision: {selection.task}", ""] if len(said) > 1 else []
     lines.append(
         f"**Best mean on {selection.task} {selection.metric}** (mean over languages, {direction} is better): "
         f"`{selection.winner}` = {selection.value:.5g}{interval}."
     )
-    comps = comparisons if comparisons is not None else pd.DataFrame(columns=["task", "metric", "language", "role"])
     lines += verdict_lines(comps, selection.task, selection.metric)
     lines.append(selection.comparison())
     if selection.runner_up is not None:
@@ -98,9 +117,9 @@ def report_markdown(
         lines += [f"## {task}: {metric}", "", _with_interval(group).to_markdown(), ""]
         paired = _paired_table(comps, str(task), str(metric))
         if paired is not None:
-            if (task, metric) != (selection.task, selection.metric):
+            if (task, metric) not in said:
                 lines += verdict_lines(comps, str(task), str(metric)) + [""]
-            lines += ["Paired comparison with the leader (pooled over languages; candidate minus leader):", "", paired, ""]
+            lines += ["Paired comparisons with the leader (pooled over languages; candidate minus leader):", "", paired, ""]
         info = figures.get(f"{task}-{metric}", {})
         for key, caption in (("heatmap", "metric over swap sizes"), ("bars", "best swap vs baselines"), ("scatter", "analysis score vs measured metric")):
             if key in info:
@@ -133,13 +152,15 @@ def halving_section(race: Any, n_candidates: int, fig_dir: Path, *, root: Path) 
         f"{plan.rounds} rounds (alpha = {plan.alpha_round:.3g} per round) and Holm-corrected within each round "
         "(Student's t on the per-example differences). Every unit and round is in `halving/` (`rounds.csv`).",
         "",
-        "| round | examples | candidates | leader | dropped |",
+        "| round | examples | candidates | leader | dropped (upper bound of its difference with the leader; negative: worse) |",
         "|---|---|---|---|---|",
     ]
     for dec in race.rounds:
-        lines.append(f"| {dec.round} | {dec.examples} | {len(dec.entered)} | `{dec.leader}` | {', '.join(f'`{c}`' for c in dec.eliminated) or '-'} |")
+        bounds = {r["candidate"]: r["bound"] for r in dec.rows}
+        dropped = ", ".join(f"`{c}` ({bounds[c]:.3g})" for c in dec.eliminated) or "-"
+        lines.append(f"| {dec.round} | {dec.examples} | {len(dec.entered)} | `{dec.leader}` | {dropped} |")
     last = race.rounds[-1] if race.rounds else None
-    stop = last.stop if last is not None and last.stop else "every round was run"
+    stop = (getattr(last, "stop_line", None) or last.stop) if last is not None and last.stop else "every round was run"
     lines += [
         "",
         f"Stopped: {stop}. Survivors: {', '.join(f'`{c}`' for c in race.survivors)}. "
@@ -248,7 +269,7 @@ def write_report(
     same weights as another (evaluated once), by the first of each group."""
     headline = [(t, get_task(t).metric) for t in config.tasks]
     decisions, selection = decide_sweep(results, headline, config.decision_task(), race)
-    comparisons = compare_candidates(results, scores or {}, headline, decisions=decisions)
+    comparisons = compare_candidates(results, scores or {}, headline, alpha=ALPHA, decisions=decisions, race=race)
     write_text_atomic(out / "comparisons.csv", comparisons.to_csv(index=False))
     write_text_atomic(out / DECISIONS_FILE, decisions.table().to_csv(index=False))
     figures = write_figures(results, out / "figures", headline, comparisons, decisions)
@@ -258,6 +279,7 @@ def write_report(
     screen, target = (race.plan.task if race is not None else config.screen), config.target
     if screen is not None and target is not None and screen != target:
         sections += screen_target_section(results, scores or {}, screen, target, out / "figures", root=out)
+    sections += lens_section(results, comparisons, config, out, root=out)
     notes = [f"{n_candidates} candidates, each merged in memory into one loaded model (no model folder per candidate)."]
     for first, others in (same_weights or {}).items():
         notes.append(f"Same merged weights (equal merge plans), evaluated once and reported under each name: `{first}` = " + " = ".join(f"`{o}`" for o in others) + ".")
@@ -270,7 +292,8 @@ def write_report(
         )
     write_text_atomic(
         out / "report.md",
-        report_markdown(results, selection, figures, root=out, notes=notes, comparisons=comparisons, sections=sections),
+        report_markdown(results, selection, figures, root=out, notes=notes, comparisons=comparisons, sections=sections,
+                        target=None if config.target is None else (config.target, get_task(config.target).metric), decisions=decisions),
     )
     return SweepResult(
         results=results,
