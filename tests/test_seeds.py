@@ -244,3 +244,34 @@ def test_a_ratio_metric_pools_bits_and_bytes_over_seeds_and_examples():
     assert row["metric"] == "bits_per_byte" and row["n"] == 10
     assert row["diff"] == pytest.approx(pooled["a"][0] / pooled["a"][1] - pooled["b"][0] / pooled["b"][1])
     assert row["example_low"] < row["diff"] < row["example_high"] and row["seed_high"] - row["seed_low"] > row["example_high"] - row["example_low"]
+
+
+def test_two_real_tiny_sweeps_compare_across_seeds(tmp_path, tiny_experts, data_dir):
+    """run_sweep's own results (halving on the proxy) for two seeds of the planted
+    recipe (seed 1: the same layers planted with other random deltas) are what seed_comparisons reads."""
+    from conftest import tiny_sweep_config
+
+    from layerswap.sweep import run_sweep, validate_sweep_dict
+    from layerswap.sweep.seeds import seed_comparisons
+    from layerswap.testing import planted_expert
+
+    base = tiny_experts["base"]
+    retrained = {
+        "math": planted_expert(base, tmp_path / "math-s1", layers=[2, 3, 4], scale=0.05, noise=0.002, seed=11),
+        "lang": planted_expert(base, tmp_path / "lang-s1", layers=[0, 1, 5], scale=0.05, noise=0.002, seed=12),
+    }
+    sweeps = []
+    for seed, experts in enumerate((tiny_experts, {**tiny_experts, **retrained})):
+        cfg = validate_sweep_dict(
+            tiny_sweep_config(
+                experts, data_dir, tasks=["proxy"], limit=4, screen="proxy",
+                candidates={"search": "halving", "halving": {"block": 2}, "grid": {"bottom": [1], "top": [1], "transition": [0]},
+                            "baselines": ["base", "math", "lang"]},
+            )
+        )
+        sweeps.append(run_sweep(cfg, tmp_path / f"sweep-{seed}", log=lambda s: None))
+    table = seed_comparisons(sweeps, ["proxy"], decision_task="proxy", n_resamples=300)
+    assert list(table["reference"]) == ["math", "lang", "base"] and table["candidates"].iloc[0] == "swap-b1-u1;swap-b1-u1"
+    scored = table[table["n"] >= 2]  # the examples both were scored on in both seeds (halving may stop one early)
+    assert len(scored) == 3 and scored["example_low"].notna().all() and scored["seed_low"].notna().all(), table
+    assert (scored["example_low"] <= scored["diff"]).all() and (scored["diff"] <= scored["example_high"]).all()
