@@ -145,7 +145,7 @@ def baseline_candidates(spec: CandidatesSpec, num_layers: int, middle: tuple[int
     ``middle`` (the best swap's math block) is what ``revert`` keeps from the math expert.
     """
     density = {"ties": spec.ties_density, "dare_ties": spec.dare_density, "dare_linear": spec.dare_density}
-    found = sweep_baselines(spec.baselines, num_layers=num_layers, middle=middle, density=density, seed=spec.seed)
+    found = sweep_baselines(spec.baselines, num_layers=num_layers, middle=middle, density=density, seed=spec.seed, data=spec.baseline_data)
     return [Candidate(name=name, method=method, params=params, source="baseline") for name, method, params in found]
 
 

@@ -67,6 +67,8 @@ class CandidatesSpec(StrictModel):
     baselines: list[str] = Field(default_factory=lambda: ["base", "math", "lang", "linear", "ties", "revert"])
     ties_density: float = Field(0.2, gt=0, le=1)
     dare_density: float = Field(0.5, gt=0, le=1)
+    #: Each expert's data spec for the data-aware baselines (``fisher``, ``regmean``), e.g. ``{math: gsm8k, lang: "ntrex:sw"}``.
+    baseline_data: dict[str, str] = Field(default_factory=dict)
     seed: int = 0
     #: ``exhaustive``: every candidate on every task and example; ``halving``: successive halving on the screen task.
     search: str = "exhaustive"
