@@ -199,3 +199,14 @@ def test_lora_expert_with_its_base_runs_as_base_plus_adapter(tiny_experts, tiny_
                         "params": {"data": data, "batch_size": 2}})
     res = merge(cfg, tmp_path / "out")
     assert res.output == "full" and torch.isfinite(ModelFolder(res.out).get(Q.format(1))).all()
+
+
+def test_the_sweep_config_gives_the_data_baselines_their_data():
+    from layerswap.sweep.candidates import baseline_candidates
+    from layerswap.sweep.config import CandidatesSpec
+
+    data = {"math": "gsm8k", "lang": "ntrex:sw"}
+    found = baseline_candidates(CandidatesSpec(baselines=["fisher", "regmean"], baseline_data=data), 6, None)
+    assert [(c.name, c.method, c.params["data"]) for c in found] == [("fisher", "fisher", data), ("regmean", "regmean", data)]
+    with pytest.raises(ConfigError, match="candidates.baseline_data"):
+        baseline_candidates(CandidatesSpec(baselines=["regmean"]), 6, None)
