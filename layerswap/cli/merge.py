@@ -1,7 +1,8 @@
 """``layerswap merge CONFIG.yaml --out DIR`` and the ``swap`` shortcut: thin over :mod:`layerswap.merge`.
 
 ``merge``'s options that override the file's keys are generated from
-:class:`~layerswap.merge.config.MergeConfig` (``--method``, ``--params density=0.3``, ...).
+:class:`~layerswap.merge.config.MergeConfig` (``--method``, ``--params density=0.3``, ...), ``swap``'s
+from :class:`~layerswap.merge.config.SwapOptions`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import typer
 from typer.core import TyperCommand
 
 from layerswap.cli import app
-from layerswap.cli.options import command_with_overrides
-from layerswap.merge.config import MergeConfig
+from layerswap.cli.options import command_from_config, command_with_overrides
+from layerswap.merge.config import MergeConfig, SwapOptions
 
 
 def _echo(message: str) -> None:
@@ -65,22 +66,19 @@ def merge_cmd(
     typer.echo(str(result.out))
 
 
+SWAP_EXAMPLE = "layerswap swap --math experts/math --lang experts/sw --bottom 3 --top 2 --out merged/swap"
+
+
 @app.command("swap")
+@command_from_config(SwapOptions, example=SWAP_EXAMPLE, config_file=False)
 def swap_cmd(
-    math: str = typer.Option(..., "--math", help="Math expert (model folder or LoRA adapter): the middle layers."),
-    lang: str = typer.Option(..., "--lang", help="Language expert: the bottom and top layers."),
-    bottom: int = typer.Option(..., "--bottom", help="Number of bottom layers from the language expert."),
-    top: int = typer.Option(..., "--top", help="Number of top layers from the language expert."),
+    options: SwapOptions,
     out: Path = typer.Option(..., "--out", help="Output folder."),
-    base: str | None = typer.Option(None, "--base", help="Base model (needed for LoRA experts and non_layer=base)."),
-    transition: int = typer.Option(0, "--transition", help="Blended layers on each inner boundary."),
-    non_layer: str | None = typer.Option(None, "--non-layer", help="Embeddings/norm/LM head from: math, lang, base or average."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     emit_mergekit: Path | None = typer.Option(None, "--emit-mergekit", help="Also write the equivalent mergekit YAML here."),
 ) -> None:
     """Layer swap: the math expert with its bottom/top layers taken from the language expert."""
-    from layerswap.merge import merge, swap_config
+    from layerswap.merge import merge
 
-    cfg = swap_config(math=math, lang=lang, bottom=bottom, top=top, transition=transition, base=base, non_layer=non_layer)
-    result = merge(cfg, out, overwrite=overwrite, emit_mergekit=emit_mergekit, echo=_echo)
+    result = merge(options.merge_config(), out, overwrite=overwrite, emit_mergekit=emit_mergekit, echo=_echo)
     typer.echo(str(result.out))

@@ -153,3 +153,21 @@ def swap_config(
         "dtype": dtype,
     }
     return merge_config(data)
+
+
+class SwapOptions(StrictModel):
+    """The ``swap`` shortcut's settings (its command-line options are generated from these fields):
+    a layer swap of two experts, validated as the merge config :meth:`merge_config` returns."""
+
+    math: str = Field(description="Math expert (model folder or LoRA adapter): the middle layers.")
+    lang: str = Field(description="Language expert: the bottom and top layers.")
+    bottom: int = Field(description="Number of bottom layers from the language expert.")
+    top: int = Field(description="Number of top layers from the language expert.")
+    transition: int = Field(0, description="Blended layers on each inner boundary.")
+    base: str | None = Field(None, description="Base model (needed for LoRA experts and non_layer=base).")
+    non_layer: str | None = Field(None, description="Embeddings/norm/LM head from: math, lang, base or average.")
+    dtype: str | None = Field(None, description="Output dtype (bf16, fp16, fp32); default: the inputs' dtype.")
+
+    def merge_config(self) -> MergeConfig:
+        return swap_config(**self.model_dump())
+
