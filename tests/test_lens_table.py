@@ -46,7 +46,7 @@ def _planted(tmp_path: Path, swaps=SWAPS) -> tuple[dict, pd.DataFrame, pd.DataFr
         + [{"candidate": "base", "method": "identity", "task": "proxy", "language": "sw", "metric": "gold_logprob", "value": -3.0}]
     )
     comparisons = pd.DataFrame(
-        [{"task": "proxy", "metric": "gold_logprob", "language": "all", "reference": "base", "role": "baseline", "candidate": n,
+        [{"task": "proxy", "metric": "gold_logprob", "language": "all", "reference": "base", "role": "leader", "candidate": n,
           "method": "layer_swap", "diff": o, "verdict": "better" if o > 1 else "indistinguishable"} for n, o in zip(names, outcome, strict=True)]
     )
     config = validate_sweep_dict({"base": "b", "math": "m", "lang": "l", "tasks": ["proxy"],
@@ -95,3 +95,27 @@ def test_the_section_is_written_and_read_back(tmp_path):
     assert "![which lens predicted this run](figures/lens_table.png)" in text
     assert read_lens_section(out, root=out) == lines  # the demo reads what the sweep wrote
     assert lens_figure(pd.read_csv(out / "lens_table.csv")) is not None
+
+
+def test_the_sweep_report_has_the_lens_table(tmp_path):
+    """A sweep over two lenses' proposals: its report.md carries the table, every swap named by its lenses."""
+    from layerswap.sweep import ResultStore, build_candidates, run_candidates, settings_key
+    from layerswap.sweep.report import write_report
+
+    config, _, _, _, _ = _planted(tmp_path)
+    cands = build_candidates(config, num_layers=N)
+
+    def evaluate(cand):
+        offset = 0.0 if cand.method != "layer_swap" else 0.1 * cand.bottom - 0.05 * cand.top
+        values = offset + np.random.default_rng(0).normal(size=24) + np.random.default_rng(len(cand.name)).normal(scale=0.2, size=24)
+        scores = pd.DataFrame({"task": "proxy", "lang": "sw", "id": [f"m-{i}" for i in range(24)], "score": values})
+        return pd.DataFrame([{"task": "proxy", "language": "sw", "metric": "gold_logprob", "value": values.mean()}]), scores
+
+    store = ResultStore(tmp_path / "sweep", settings_key(config))
+    results = run_candidates(cands, store, lambda c: 0.0, evaluate)
+    write_report(results, config, len(cands), tmp_path / "sweep", {c.name: store.load_scores(c) for c in cands})
+    report = (tmp_path / "sweep" / "report.md").read_text()
+    assert "## Which lens predicted this run" in report and "| `swap-b2-u2` |" in report and "| deltas, cka |" in report
+    table = pd.read_csv(tmp_path / "sweep" / "lens_table.csv")
+    assert set(table["lens"]) == {"deltas", "cka", "lape"}
+    assert (table.loc[table["lens"] == "deltas", "n"] == 3).all()  # three swaps evaluated: (2,1,0), (2,2,0), (1,3,1)

@@ -4,8 +4,8 @@ The lenses are the analyses the sweep took candidates from (``candidates.boundar
 :func:`~layerswap.sweep.candidates.lens_sources`). Each scores every evaluated swap geometry by the
 one boundary rule (:func:`layerswap.analysis.boundaries.score`) on its own per-layer contrast
 (``contrast.csv`` beside its ``boundaries.yaml``), not only the swaps it proposed, so the lenses are
-compared on the same geometries. A swap's outcome is its paired difference to ``base`` (else to the
-leader) pooled over languages, from ``comparisons.csv``, oriented so that higher is better: on the
+compared on the same geometries. A swap's outcome is its paired difference to the task's leader
+pooled over languages, from ``comparisons.csv``, oriented so that higher is better: on the
 target task where it separates (at least :data:`MIN_GEOMETRIES` swaps evaluated on it and one of
 them significantly different from the reference), else on the screen. Each lens's Spearman rho
 between score and outcome carries a 95% percentile bootstrap interval over geometries
@@ -57,15 +57,18 @@ class Outcome:
 
 
 def _paired(comparisons: pd.DataFrame | None, results: pd.DataFrame, task: str) -> Outcome | None:
-    """Each evaluated swap's paired difference to ``base`` (else the leader) on ``task``, pooled over languages."""
+    """Each evaluated swap's paired difference to the task's leader, pooled over languages (the leader
+    meets every candidate in ``comparisons.csv``; a swap leader's own outcome is 0)."""
+    from layerswap.sweep.compare import against, compared_leader
+
     metric = get_task(task).metric
     if comparisons is None or comparisons.empty:
         return None
-    rows = comparisons[(comparisons["task"] == task) & (comparisons["metric"] == metric) & (comparisons["language"] == ALL)]
-    if rows.empty:
+    ref = compared_leader(comparisons, task, metric)
+    if ref is None:
         return None
-    ref = "base" if (rows["reference"] == "base").any() else str(rows.loc[rows["role"] == "leader", "reference"].iloc[0])
-    mine = rows[(rows["reference"] == ref) & (rows["method"] == SWAP_METHOD)]
+    mine = against(comparisons, task, metric, ref)
+    mine = mine[mine["method"] == SWAP_METHOD]
     sign = 1.0 if higher_is_better(metric) else -1.0
     values = pd.Series(sign * mine["diff"].to_numpy(float), index=mine["candidate"].astype(str))
     swaps = set(results.loc[(results["task"] == task) & (results["method"] == SWAP_METHOD), "candidate"].astype(str))
