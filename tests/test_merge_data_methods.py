@@ -74,7 +74,7 @@ def test_regmean_is_the_least_squares_fit_on_the_stacked_inputs():
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=(40, 6)), rng.normal(size=(30, 6)) * 2.0]
     ws = [rng.normal(size=(4, 6)), rng.normal(size=(4, 6))]  # (out, in), torch's convention
-    want, *_ = np.linalg.lstsq(np.vstack(xs), np.vstack([x @ w.T for x, w in zip(xs, ws)]), rcond=None)
+    want, *_ = np.linalg.lstsq(np.vstack(xs), np.vstack([x @ w.T for x, w in zip(xs, ws, strict=True)]), rcond=None)
     grams = [torch.tensor(x.T @ x, dtype=torch.float32) for x in xs]
     got = regmean_merge([torch.tensor(w, dtype=torch.float32) for w in ws], grams, [0.5, 0.5], alpha=1.0)
     assert np.allclose(got.numpy(), want.T, atol=1e-4)
@@ -125,7 +125,8 @@ def _inputs(folder, name, texts):
     rows = []
     for i in range(0, len(texts), 2):
         enc = tok(texts[i : i + 2], return_tensors="pt", padding=True, truncation=True, max_length=128)
-        handle = module.register_forward_hook(lambda m, a, o: rows.append(a[0][enc["attention_mask"].bool()]))
+        mask = enc["attention_mask"].bool()
+        handle = module.register_forward_hook(lambda m, a, o, mask=mask: rows.append(a[0][mask]))
         with torch.no_grad():
             model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         handle.remove()
@@ -139,7 +140,7 @@ def test_regmean_merge_from_yaml_is_the_least_squares_fit_of_both_experts(tiny_e
     name = Q.format(3)
     xs = [_inputs(tiny_experts["math"], name, MATH), _inputs(tiny_experts["lang"], name, LANG)]
     ws = [math.get(name).double().numpy(), lang.get(name).double().numpy()]
-    want, *_ = np.linalg.lstsq(np.vstack(xs), np.vstack([x @ w.T for x, w in zip(xs, ws)]), rcond=None)
+    want, *_ = np.linalg.lstsq(np.vstack(xs), np.vstack([x @ w.T for x, w in zip(xs, ws, strict=True)]), rcond=None)
     assert np.allclose(out.get(name).numpy(), want.T, atol=2e-4)
     for other in ("model.embed_tokens.weight", "model.layers.3.input_layernorm.weight"):  # not linear: the average
         assert torch.allclose(out.get(other), (math.get(other) + lang.get(other)) / 2, atol=1e-6)

@@ -31,6 +31,24 @@ EXPONENT_MASKS: dict[str, tuple[str, int]] = {
 _CHUNK = 8 * 1024 * 1024  # bytes read and tested at a time (a multiple of every element size)
 
 
+def finite_within(tensor: Any, limit: float | None = None) -> bool:
+    """Whether a tensor holds no NaN or Inf (and, with ``limit``, no value beyond ``+-limit``), in one pass.
+
+    ``torch.aminmax`` propagates NaN and Inf, so its two numbers settle it without the boolean array
+    that ``torch.isfinite(t).all()`` builds (about 10x slower on a large float32 tensor, and once per
+    computed tensor it cost a merge as much as its arithmetic)."""
+    import math
+
+    import torch
+
+    if tensor.numel() == 0:
+        return True
+    lo, hi = (float(v) for v in torch.aminmax(tensor.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return False
+    return limit is None or (-limit <= lo and hi <= limit)
+
+
 def has_nonfinite(path: str | os.PathLike[str], offset: int, nbytes: int, code: str, *, buffers: dict | None = None) -> bool:
     """Whether ``nbytes`` of dtype ``code`` at ``offset`` of ``path`` hold a NaN or Inf (False for non-floats)."""
     spec = EXPONENT_MASKS.get(code)

@@ -31,6 +31,7 @@ from layerswap.io import (
     parse_dtype_code,
     prepare_output_dir,
 )
+from layerswap.io.finite import finite_within
 from layerswap.merge.config import MergeConfig
 from layerswap.merge.engine import DiskSources, compute
 from layerswap.merge.lora import choose_output, write_adapter
@@ -188,10 +189,8 @@ def _write_full(opened: OpenedMerge, out: Path, provenance: dict[str, Any], *, o
                         writer.copy_raw(spec.name, info)
                         copied += 1
                         continue
-            import torch
-
             tensor = compute(op, spec.name, sources)
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            if tensor.is_floating_point() and not finite_within(tensor):
                 raise NumericalError(
                     f"tensor {spec.name!r} has NaN or Inf after the merge: check the inputs for NaN/Inf weights "
                     "(layerswap analyze counts them per tensor); nothing was written"

@@ -67,7 +67,7 @@ class Fisher(DataMethod):
         weights = normalised(op.weights)
         if any(f is None for f in fishers):
             return blend(tensors, weights)
-        return fisher_merge(tensors, [f.reshape(t.shape) for f, t in zip(fishers, tensors)], weights, op.option("floor"))
+        return fisher_merge(tensors, [f.reshape(t.shape) for f, t in zip(fishers, tensors, strict=True)], weights, op.option("floor"))
 
 
 @baseline("fisher", rank=95)
