@@ -36,7 +36,9 @@ from layerswap.analysis.intervals import (
     share_agreement,
     split_gain,
 )
+from layerswap.evaluate.tasks import get_task
 from layerswap.stats import spearman_ci
+from layerswap.sweep.compare import against
 from layerswap.sweep.selection import SWAP_METHOD, read_decisions
 
 HERE = Path(__file__).resolve().parent
@@ -158,17 +160,18 @@ def answer_b(run: Path) -> list[str]:
 
 
 def _comparison_rows(comps: pd.DataFrame, task: str, candidate: str, references: list[str]) -> list[str]:
-    rows = comps[(comps["task"] == task) & (comps["language"] == "all") & (comps["candidate"] == candidate)]
+    metric = get_task(task).metric
     out = []
     for ref in references:
-        r = rows[rows["reference"] == ref]
+        r = against(comps, task, metric, ref)  # one row per pair: read it as candidate minus ref
+        r = r[r["candidate"] == candidate]
         if r.empty:
             out.append(f"| `{candidate}` vs `{ref}` | {task} | not compared (not evaluated on the same examples) | | | |")
             continue
         r = r.iloc[0]
         out.append(
             f"| `{candidate}` vs `{ref}` | {task} | {r['diff']:+.4g} | {ci(r['ci_low'], r['ci_high'], '+.4g')} | "
-            f"{r['p_holm']:.2g} | {r['verdict']} (n = {int(r['n'])}) |"
+            f"{r['p_adjusted']:.2g} | {r['verdict']} (n = {int(r['n'])}) |"
         )
     return out
 
@@ -179,7 +182,7 @@ def answer_c(run: Path) -> list[str]:
     names = results["candidate"].unique().tolist()
     refs = ["math", "lang"] + [n for n in names if n == "soup" or n.startswith("ties-")]
     lines = ["## (c) Does the best swap beat each expert, the soup and TIES?", ""]
-    lines += ["| comparison | task | difference | 95% CI (paired) | Holm p | verdict |", "|---|---|---|---|---|---|"]
+    lines += ["| comparison | task | difference | CI (paired, the test's own, at the family's level) | adjusted p | verdict |", "|---|---|---|---|---|---|"]
     decisions = read_decisions(run / "sweep")  # the sweep's own best swap per task: collect.py does not choose
     for task in ("mgsm", "proxy"):
         best = decisions.best_swap(task)
@@ -206,9 +209,7 @@ def answer_d(run: Path) -> list[str]:
     d_imp = read_table(run / "importance", "contrast")["diff"].to_numpy(float)
     tau = float(irec["rule"]["penalty_per_layer"])
     swaps = results[(results["task"] == "proxy") & (results["metric"] == "gold_logprob") & (results["method"] == SWAP_METHOD)].copy()
-    vs_base = comps[
-        (comps["task"] == "proxy") & (comps["metric"] == "gold_logprob") & (comps["language"] == "all") & (comps["reference"] == "base")
-    ].set_index("candidate")
+    vs_base = against(comps, "proxy", "gold_logprob", "base").set_index("candidate")
     swaps["vs_base"] = swaps["candidate"].map(vs_base["diff"])
     swaps["paired_n"] = swaps["candidate"].map(vs_base["n"])
     base_n = results[(results["task"] == "proxy") & (results["metric"] == "gold_logprob") & (results["candidate"] == "base")]["n"]

@@ -10,9 +10,9 @@ resamples (ratios: bits per byte, each sentence's bits and bytes resampled toget
 
 **One family per task, metric and scope.** Its ``m`` pairs are judged at family-wise ``alpha`` by
 Bonferroni: each test at ``level = alpha / m`` with its interval at ``1 - level`` (Holm's step-down has
-no interval that agrees with it). The pairs: the leader and the best swap (:mod:`~layerswap.sweep.selection`)
-against every other candidate, and every expert and baseline against every other expert and baseline
-(pooled over languages; per language, when the sweep has several, the leader and the best swap
+no interval that agrees with it). The pairs: the leader, the best swap (:mod:`~layerswap.sweep.selection`)
+and the base against every other candidate, and every expert and baseline against every other expert and
+baseline (pooled over languages; per language, when the sweep has several, the leader and the best swap
 against the rest: the heatmap's marks).
 
 **The race's verdicts stand.** After halving, a pair the race decided (a candidate eliminated in round
@@ -57,6 +57,8 @@ ALPHA = 0.05
 #: The power at which ``examples_needed`` is computed.
 POWER = 0.8
 RACE = "race"
+#: The base model's candidate: every swap is compared with it (does merging help at all?).
+BASE = "base"
 COMPARISON_COLUMNS = [
     "task", "metric", "language", "reference", "role", "candidate", "method",
     "diff", "ci_low", "ci_high", "level", "p_value", "p_adjusted", "test", "n", "verdict",
@@ -145,8 +147,8 @@ def _pairs(decision: Any, methods: pd.Series, present: set[str], scope: str) -> 
             key = frozenset((ref, cand))
             if cand == ref or cand not in present or key in seen:
                 continue
-            if role in ("expert", "baseline") and cand not in plain:
-                continue  # an expert or baseline meets the swaps through the leader and the best swap
+            if role in ("expert", "baseline") and cand not in plain and ref != BASE:
+                continue  # an expert or baseline meets the swaps through the leader, the best swap and the base
             seen.add(key)
             out.append((ref, role, cand))
     return out

@@ -63,9 +63,9 @@ STATISTICS_NOTE = (
     "the paired bootstrap for bits per byte), at alpha = 0.05 / m for the m pairs of the task (Bonferroni, so "
     "adjusted p = min(1, p x m)): a verdict never contradicts its interval. A candidate the halving race eliminated keeps "
     "the race's verdict (its round, one-sided bound and examples). `examples_needed` is the number of examples at which "
-    "the observed difference would be detected with 80% power at the same level. Every pair (the leader and the best "
-    "swap against every candidate, the experts and baselines among themselves; per language the leader and the best "
-    "swap) is in `comparisons.csv`; the per-example scores behind them are in `candidates/*.scores.csv`."
+    "the observed difference would be detected with 80% power at the same level. Every pair (the leader, the best "
+    "swap and the base against every candidate, the experts and baselines among themselves; per language the leader "
+    "and the best swap) is in `comparisons.csv`; the per-example scores behind them are in `candidates/*.scores.csv`."
 )
 
 
