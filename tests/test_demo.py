@@ -160,6 +160,7 @@ def test_demo_report_states_the_paired_verdict(tmp_path):
     assert "beats the baseline `base`" in report and "beats the expert `math`" in report and "beats the expert `lang`" in report
     assert "Language check (FLORES-sw" in report and "- `base` beats the expert `math`" in report and "the expert `lang`" in report
     assert "| stage | seconds | peak memory (MiB) |" in report and "| sweep | 1 | 812 |" in report
+    assert "**Examples needed.** The best swap `swap-b2-u1` against `base`" in report and "with 80% power" in report
 
 
 def test_demo_options_come_from_its_config_and_quick_keeps_what_was_given(monkeypatch, tmp_path):

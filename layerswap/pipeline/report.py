@@ -96,6 +96,25 @@ def _target_lines(reads: SweepReads, language: str) -> list[str]:
     return lines
 
 
+def closing_note(reads: SweepReads) -> list[str]:
+    """How many examples would settle the method's question: the best swap against the base on the screen."""
+    from layerswap.sweep.compare import against
+    from layerswap.sweep.verdicts import fmt
+
+    sel = reads.selection
+    best = _best_swap(reads, sel.task) or sel.best_swap
+    rows = against(reads.comparisons, sel.task, sel.metric, "base") if best is not None else None
+    if rows is None or not (rows["candidate"] == best).any():
+        return []
+    r = rows[rows["candidate"] == best].iloc[0]
+    need = r["examples_needed"]
+    if r["test"] == "race" or need != need:
+        return []
+    size = "no number of examples would (the observed difference is 0)" if need == float("inf") else f"about {int(need):,} examples would"
+    return [f"**Examples needed.** The best swap `{best}` against `base` on the {sel.task} ({fmt(r)}, over {int(r['n'])} examples, "
+            f"{r['verdict']}): {size} detect the observed difference with 80% power at the same level."]
+
+
 def stage_table(costs: dict[str, StageCost]) -> list[str]:
     """What each stage cost: seconds (over every run of it) and its peak resident memory."""
     lines = ["| stage | seconds | peak memory (MiB) |", "|---|---|---|"]
@@ -129,6 +148,8 @@ def demo_report(
         *verdict_lines(reads.comparisons, sel.task, sel.metric),
         "",
         *_language_check(reads, config.language),
+        "",
+        *closing_note(reads),
         "",
         "## How it was made",
         "",
