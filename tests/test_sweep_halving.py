@@ -18,6 +18,7 @@ from layerswap.sweep import build_candidates, validate_sweep_dict
 from layerswap.sweep.halving import (
     BUDGET,
     FULL_SET,
+    NO_SEPARATION,
     ONE_LEFT,
     HalvingPlan,
     HalvingResult,
@@ -98,7 +99,7 @@ def test_halving_keeps_the_planted_twin_and_spends_less(tmp_path):
     assert race.rounds[0].entered == [c.name for c in cands]
     assert {"swap-b3-u2", "swap-b3-u2-t1"} <= set(race.survivors)
     assert {"base", "math", "lang", "soup", "swap-b1-u1"} <= set(race.rounds[0].eliminated)
-    assert race.rounds[-1].stop in (FULL_SET, ONE_LEFT)
+    assert race.rounds[-1].stop in (FULL_SET, ONE_LEFT, NO_SEPARATION)
     assert race.spent < len(cands) * 96 * 0.6
     # Each candidate's screen row is over the examples it was scored on; the finalists have the target too.
     screen = results[results["task"] == "proxy"].set_index("candidate")
@@ -148,8 +149,10 @@ def test_the_report_names_the_best_swap_when_halving_drops_every_swap(tmp_path):
     assert not set(swaps) & set(race.survivors)
     written = write_report(results, cfg, len(cands), tmp_path, scores, race)
     sel, comps = written.selection, written.comparisons
+    from layerswap.sweep.compare import against
+
     assert sel.winner in ("math", "lang") and sel.best_swap == swaps[0] and sel.best_swap_dropped
-    best = comps[(comps["role"] == "best swap") & (comps["language"] == "all")]
+    best = against(comps, "proxy", "gold_logprob", swaps[0])  # every pair of the best swap, one row per pair
     assert set(best["reference"]) == {swaps[0]} and {"math", "lang"} <= set(best["candidate"])
     assert (best.set_index("candidate").loc[["math", "lang"], "n"] == 16).all()  # on the examples the swap had
     report = (tmp_path / "report.md").read_text()
@@ -499,3 +502,46 @@ def test_every_search_mode_is_a_registered_strategy():
     from layerswap.sweep.search import STRATEGIES, SearchStrategy
 
     assert tuple(STRATEGIES) == SEARCH_MODES and all(isinstance(s, SearchStrategy) for s in STRATEGIES.values())
+
+
+def _two_tied(gap: float):
+    """``a`` and ``b`` apart by ``gap`` (0: tied), ``c`` far behind; shared example effect, own noise."""
+
+    def block(cand, unit):
+        offset = {"a": 0.0, "b": -gap, "c": -3.0}[cand.name]
+        own = np.random.default_rng(zlib.crc32(cand.name.encode())).normal(scale=0.5, size=N)
+        values = offset + SHARED + own
+        ids = [f"sw-{i}" for i in range(unit.start, unit.stop)]
+        return pd.DataFrame({"task": "proxy", "lang": "sw", "id": ids, "score": values[unit.start : unit.stop]})
+
+    return block
+
+
+def test_the_race_stops_when_its_survivors_could_not_be_separated(tmp_path):
+    """Tied survivors: the pair would need far more than max_examples to be told apart, so the race stops
+    after round 0 (not after 4 rounds), says why with the figures, records it, and a rerun decides the same."""
+    from layerswap.sweep.config import Candidate
+
+    cands = [Candidate(name=n, method="linear", params={"n": n}) for n in ("a", "b", "c")]
+    plan = HalvingPlan(task="proxy", block=16, max_examples=64)
+    lines: list[str] = []
+    race = run_halving(cands, plan, UnitStore(tmp_path / "tied", "k"), lambda c: 0.0, _two_tied(0.0), log=lines.append)
+    first = race.rounds[0]
+    assert len(race.rounds) == 1 and first.eliminated == ["c"] and first.stop == NO_SEPARATION
+    assert first.closest["needed"] > 64 and {first.closest["a"], first.closest["b"]} == {"a", "b"}
+    assert f"stop: {NO_SEPARATION}=64: `a` vs `b` needs ~{int(first.closest['needed'])} examples" in lines[-1]
+    assert first.stop_line == first.note and "needs ~" in first.note
+    assert race.spent == 3 * 16
+    # Resumed from the store: no unit runs again and every decision (with its figures) is the same.
+    ran: list[str] = []
+
+    def counting(cand, unit):
+        ran.append(unit.name)
+        return _two_tied(0.0)(cand, unit)
+
+    again = run_halving(cands, plan, UnitStore(tmp_path / "tied", "k"), lambda c: 0.0, counting, log=lambda s: None)
+    assert ran == [] and [d.as_dict() for d in again.rounds] == [d.as_dict() for d in race.rounds]
+    # A gap the allowed examples can detect: the race goes on past round 0 and drops b later.
+    apart = run_halving(cands, plan, UnitStore(tmp_path / "apart", "k"), lambda c: 0.0, _two_tied(0.2), log=lambda s: None)
+    assert apart.rounds[0].stop is None and apart.rounds[0].closest["needed"] <= 64
+    assert apart.survivors == ["a"] and apart.rounds[-1].stop == ONE_LEFT

@@ -4,8 +4,11 @@ Every candidate is scored on the first block of examples; a candidate whose pair
 bound against the round's leader lies below zero is dropped; the survivors are scored on the next
 block (the same fixed example order for all, so every comparison stays paired and earlier scores are
 reused); the race stops when one candidate is left, the survivors are indistinguishable on all the
-examples allowed (``max_examples``, or the data runs out), or the next round would overspend the
-budget of example-evaluations.
+examples allowed (``max_examples``, or the data runs out), the next round would overspend the
+budget of example-evaluations, or no further round can be expected to separate the survivors: even the
+pair of survivors the fewest examples would tell apart needs more than ``max_examples`` per language
+(:func:`~layerswap.power.examples_needed` at 80% power and the race's level, two-sided
+``2 alpha / rounds``; :func:`~layerswap.sweep.race_stats.closest_pair`), and the round's decision says so.
 
 The work is explicit: a round is a list of :class:`Unit` (candidate x block), enumerated in one place
 (:func:`round_units`), and a round ends in one place (:func:`end_round`), whose decision is a pure
@@ -50,14 +53,17 @@ from layerswap.sweep.race import (
     BUDGET,
     DATA_END,
     FULL_SET,
+    NO_SEPARATION,
     ONE_LEFT,
     HalvingPlan,
     HalvingResult,
     RoundDecision,
     Unit,
     round_units,
+    separation_note,
     shard,
 )
+from layerswap.sweep.race_stats import aligned, closest_pair, paired_bound
 from layerswap.sweep.resume import ResumeKey, as_key, resume_line, reusable_record
 from layerswap.sweep.shard import Shard
 from layerswap.sweep.store import read_scores, scores_csv
@@ -127,48 +133,13 @@ class UnitStore:
         )
 
 
-def _paired_bound(d: np.ndarray, level: float) -> tuple[float, float, float, float]:
-    """Mean, standard error, one-sided upper bound at ``1 - level`` and the one-sided p-value of ``mean(d) >= 0``."""
-    from scipy import stats
-
-    n = d.size
-    mean = float(d.mean()) if n else math.nan
-    if n < 2:
-        return mean, math.nan, math.nan, math.nan
-    se = float(d.std(ddof=1) / math.sqrt(n))
-    if se == 0.0:
-        # Every difference equal: Student's t is degenerate (p = 0 after two 0/1 examples). The exact
-        # sign test instead: n equal negative differences happen with probability 0.5**n under no
-        # difference; the bound is only finite (and below zero) where that p clears the level.
-        if mean < 0:
-            p = 0.5**n
-            return mean, 0.0, (mean if p < level else math.nan), p
-        return mean, 0.0, math.nan, (0.5 if mean == 0 else 1.0)
-    return mean, se, mean + float(stats.t.ppf(1.0 - level, n - 1)) * se, float(stats.t.cdf(mean / se, n - 1))
-
-
-def _aligned(scores: dict[str, pd.DataFrame], names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """An examples x candidates matrix of the scores every candidate in ``names`` has (by language and id)."""
-    keys = None
-    for name in names:
-        ids = set(zip(scores[name]["lang"], scores[name]["id"], strict=True))
-        keys = ids if keys is None else keys & ids
-    first = scores[names[0]]
-    order = [k for k in zip(first["lang"], first["id"], strict=True) if k in (keys or set())]
-    cols = []
-    for name in names:
-        s = scores[name].set_index(["lang", "id"])["score"]
-        cols.append(s.loc[order].to_numpy(dtype=np.float64) if order else np.zeros(0))
-    return (np.column_stack(cols) if cols else np.zeros((0, 0))), [f"{lang}:{i}" for lang, i in order]
-
-
 def decide(
     plan: HalvingPlan, round_: int, entered: Sequence[str], scores: dict[str, pd.DataFrame], spent: int, data_ended: bool
 ) -> RoundDecision:
     """The round's verdict from the scores alone (deterministic): the leader, each candidate's paired
     bound against it, who is dropped (Holm within the round at ``alpha / rounds``) and whether to stop."""
     sign = 1.0 if plan.higher_is_better else -1.0
-    matrix, _ = _aligned(scores, entered)
+    matrix, _ = aligned(scores, entered)
     finite = np.isfinite(matrix).all(axis=1) if matrix.size else np.zeros(0, dtype=bool)
     matrix = matrix[finite] if matrix.size else matrix
     n = int(matrix.shape[0])
@@ -178,14 +149,14 @@ def decide(
     diffs = {
         name: sign * (matrix[:, i] - matrix[:, lead_i]) if n else np.zeros(0) for i, name in enumerate(entered) if i != lead_i
     }
-    pvals = {name: _paired_bound(d, plan.alpha_round)[3] for name, d in diffs.items()}
+    pvals = {name: paired_bound(d, plan.alpha_round)[3] for name, d in diffs.items()}
     order = sorted(diffs, key=lambda c: (math.inf if math.isnan(pvals[c]) else pvals[c], entered.index(c)))
     dropped: set[str] = set()
     stats: dict[str, tuple[float, float, float, float, float]] = {}
     holding = False  # Holm step-down: once one comparison holds, every later (larger p) one holds too
     for k, name in enumerate(order):
         level = plan.alpha_round / (len(order) - k)
-        mean, se, bound, p = _paired_bound(diffs[name], level)
+        mean, se, bound, p = paired_bound(diffs[name], level)
         stats[name] = (mean, se, bound, p, level)
         if not holding and bound == bound and bound < 0:
             dropped.add(name)
@@ -227,6 +198,8 @@ def decide(
     start, stop = plan.span(round_)
     decision = RoundDecision(round_, stop, leader, list(entered), survivors, [c for c in entered if c in dropped], rows, spent)
     next_start, next_stop = plan.span(round_ + 1)
+    kept = [entered.index(c) for c in survivors]
+    decision.closest = closest_pair(matrix, entered, kept, level=plan.separation_level, languages=plan.languages)
     if len(survivors) == 1:
         decision.stop = ONE_LEFT
     elif data_ended:
@@ -235,6 +208,8 @@ def decide(
         decision.stop = FULL_SET
     elif plan.budget is not None and spent + len(survivors) * (next_stop - next_start) * plan.languages > plan.budget:
         decision.stop = BUDGET
+    elif decision.closest is not None and decision.closest["needed"] > plan.max_examples:
+        decision.stop, decision.note = NO_SEPARATION, separation_note(plan, decision.closest)
     return decision
 
 
@@ -333,7 +308,7 @@ def run_halving(
         spent = decision.spent
         log(
             f"halving round {round_}: {len(entered)} candidates on {decision.examples} examples per language, leader {decision.leader}; "
-            f"dropped {len(decision.eliminated)}" + (f"; stop: {decision.stop}" if decision.stop else "")
+            f"dropped {len(decision.eliminated)}" + (f"; stop: {decision.stop_line}" if decision.stop else "")
         )
         if decision.stop:
             break

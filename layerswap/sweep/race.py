@@ -17,6 +17,9 @@ ONE_LEFT = "one candidate left"
 FULL_SET = "survivors indistinguishable on every example allowed"
 DATA_END = "survivors indistinguishable on every example of the data"
 BUDGET = "the budget of example-evaluations is spent"
+#: Even the closest pair of survivors would need more than ``max_examples`` per language to be told apart
+#: (:func:`~layerswap.sweep.race_stats.closest_pair`): more rounds would spend examples without a decision.
+NO_SEPARATION = "the survivors could not be separated within max_examples"
 
 @dataclass(frozen=True)
 class HalvingPlan:
@@ -49,6 +52,20 @@ class HalvingPlan:
         """What the decisions depend on besides the scores (stored with each round)."""
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
+    @property
+    def separation_level(self) -> float:
+        """The two-sided level at which the race asks whether more examples could separate its survivors:
+        its own one-sided test at ``alpha / rounds``."""
+        return 2.0 * self.alpha_round
+
+
+def separation_note(plan: HalvingPlan, closest: dict[str, Any]) -> str:
+    """``the survivors could not be separated within max_examples=96: `a` vs `b` needs ~412 examples``."""
+    if math.isinf(closest["needed"]):
+        return f"{NO_SEPARATION}={plan.max_examples}: no two survivors differ on the examples so far"
+    per = " per language" if plan.languages > 1 else ""
+    return f"{NO_SEPARATION}={plan.max_examples}: `{closest['a']}` vs `{closest['b']}` needs ~{int(closest['needed'])} examples{per}"
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -77,6 +94,15 @@ class RoundDecision:
     rows: list[dict[str, Any]]  # one per entered candidate: n, mean, diff, se, bound, level, p, status
     spent: int  # example-evaluations of the screen so far
     stop: str | None = None
+    #: The survivors' pair the fewest examples would separate (``a, b, diff, needed`` per language), if any.
+    closest: dict[str, Any] | None = None
+    #: The stop reason with its figures, as the log and the report print it (None: ``stop`` says it all).
+    note: str | None = None
+
+    @property
+    def stop_line(self) -> str | None:
+        """Why the race stopped here, in words (None when it went on)."""
+        return self.note or self.stop
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
