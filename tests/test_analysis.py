@@ -601,6 +601,32 @@ def test_delta_profiles_one_read_equals_multi_pass_and_sorting(tmp_path, profile
         assert (row.n_a, row.n_b, row.n_both) == (int(ma.sum()), int(mb.sum()), int((ma & mb).sum()))
 
 
+@pytest.mark.parametrize("profile", ["planted", "dense-varying"])
+def test_guessed_bands_are_narrow_and_hold_the_threshold(tmp_path, monkeypatch, profile):
+    """The sampled guess brackets each threshold tightly (a few % of K values in the band, where a fixed 50%
+    margin held about K): what the one read stores per tensor shrinks with the band."""
+    from layerswap.analysis import bands, core
+
+    paths = _profile_triple(tmp_path, profile)
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(bands.guess_bands(*args, **kwargs))
+        return seen
+
+    monkeypatch.setattr(core, "guess_bands", spy)
+    one = analyze(paths["base"], {"math": paths["math"], "lang": paths["lang"]}, top_k=[1, 5])
+    assert one.info["top_k_method"] == "one pass"
+    thresholds = one.thresholds.set_index(["expert", "k_percent"])
+    for (expert, k), (lo, hi) in seen.items():
+        codes = _layer_deltas(paths["base"], paths[expert]).abs().view(torch.int32)
+        row = thresholds.loc[(expert, k)]
+        assert lo <= int(torch.tensor(row["threshold"], dtype=torch.float32).view(torch.int32)) < hi
+        # every tensor of this tiny model is sampled whole: the margin is MIN_MARGIN, and only the values
+        # strictly between the band's edge values (ties at the edges aside) lie within K x (1 -/+ it)
+        assert int(((codes > lo) & (codes < hi - 1)).sum()) <= 2 * bands.MIN_MARGIN * row["k_count"], (expert, k)
+
+
 def test_one_pass_and_multi_pass_tables_are_identical(tiny_experts, tiny_lora):
     experts = {"math": tiny_experts["math"], "lang": tiny_experts["lang"], "lora": tiny_lora}
     one = analyze(tiny_experts["base"], experts, top_k=[1, 5])

@@ -37,8 +37,9 @@ from layerswap.io import ModelFolder
 TOP_CODE, SMALLEST_CODE = 0x7F800000, 1 << 16
 #: Entries (sparse histogram cells) the band method may store before the multi-pass method is used instead.
 DEFAULT_BAND_CAP = 1 << 26
-#: The band spans the values where the sampled count from the top lies within K x (1 -/+ MARGIN).
-MARGIN = 0.5
+#: The band spans the values where the sampled count from the top lies within K x (1 -/+ m): m is Z standard
+#: errors of that count, at least MIN_MARGIN, at most MAX_MARGIN (see ``guess_bands``).
+Z, MIN_MARGIN, MAX_MARGIN = 6.0, 0.02, 0.5
 #: A tensor where more than 1/DENSE_SHARE of the values reach the band is counted in place (no gathers); CHUNK: elements per step.
 DENSE_SHARE, CHUNK = 8, 1 << 22
 #: Widest band histogrammed with ``bincount`` (a dense array of this many cells); wider bands are sorted.
@@ -60,13 +61,17 @@ def guess_bands(
 ) -> dict[tuple[str, float], Band]:
     """Per (expert, k), the float32 bit patterns likely to hold the threshold, from weighted samples of every layer tensor.
 
-    The band runs from where the sampled count from the top reaches K x (1 + MARGIN) to where it
-    reaches K x (1 - MARGIN): on deltas with many ties it can be one value wide. Experts that cannot
-    be sampled (LoRA adapters) get the whole range: every non-zero value is histogrammed, which
-    ``cap`` bounds.
+    The band runs from where the sampled count from the top reaches K x (1 + m) to where it reaches
+    K x (1 - m), m = ``Z`` standard errors of that count (each sampled span a cluster: neighbouring
+    values may share a scale), at least ``MIN_MARGIN``: the band holds about 2m x K values, so on
+    continuous deltas its width, and what is stored per tensor, shrinks as the sample grows rather
+    than growing with the model. On deltas with many ties it can be one value wide. Experts that
+    cannot be sampled (LoRA adapters) get the whole range: every non-zero value is histogrammed,
+    which ``cap`` bounds.
     """
     codes: dict[str, list[np.ndarray]] = {s.name: [] for s in sources}
     weights: dict[str, list[np.ndarray]] = {s.name: [] for s in sources}
+    spans_of: dict[str, list[np.ndarray]] = {s.name: [] for s in sources}  # per tensor, its spans' lengths
     usable = {s.name: True for s in sources}
     for name in tensors:
         numel = base.info(name).numel
@@ -79,26 +84,41 @@ def guess_bands(
             if v is None:
                 usable[src.name] = False
                 continue
-            c = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).abs_().view(torch.int32).numpy()
-            c = c[c >= SMALLEST_CODE]
-            codes[src.name].append(c)
-            weights[src.name].append(np.full(c.size, numel / taken))
+            codes[src.name].append(torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0).abs_().view(torch.int32).numpy())
+            weights[src.name].append(np.full(v.numel(), numel / taken))
+            spans_of[src.name].append(np.array([b - a for a, b in spans]))
     out: dict[tuple[str, float], Band] = {}
     for e in codes:
         if usable[e] and codes[e]:
-            u, inverse = np.unique(np.concatenate(codes[e]), return_inverse=True)
-            from_top = np.cumsum(np.bincount(inverse, weights=np.concatenate(weights[e]))[::-1])  # codes descending
+            c, w = np.concatenate(codes[e]), np.concatenate(weights[e])
+            lengths = np.concatenate(spans_of[e])
+            cluster = np.repeat(np.arange(lengths.size), lengths)  # each sample's span
+            owner = np.repeat(np.arange(len(spans_of[e])), [x.size for x in spans_of[e]])  # each span's tensor
+            u, inverse = np.unique(c, return_inverse=True)
+            from_top = np.cumsum(np.bincount(inverse, weights=w)[::-1])  # codes descending
         else:
             u = from_top = np.empty(0)
 
         def code_reaching(count: float) -> int | None:
             i = int(np.searchsorted(from_top, count))
-            return int(u[::-1][i]) if i < from_top.size else None
+            code = int(u[::-1][i]) if i < from_top.size else None
+            return code if code is not None and code >= SMALLEST_CODE else None  # zeros never count
+
+        def margin(code: int | None) -> float:
+            """Z standard errors of the sampled count of values >= ``code``, relative to it (cluster sampling)."""
+            if code is None:
+                return MAX_MARGIN
+            s = np.bincount(cluster, weights=w * (c >= code), minlength=lengths.size)  # each span's weighted count
+            g = np.bincount(owner).astype(float)
+            s1, s2 = np.bincount(owner, weights=s), np.bincount(owner, weights=s * s)
+            var = np.where(g > 1, (s2 - s1 * s1 / g) / np.maximum(g - 1, 1) * g, 0.0)  # G x the spans' sample variance
+            return Z * math.sqrt(max(float(var.sum()), 0.0)) / max(float(s1.sum()), 1.0)
 
         for k in top_k:
             kc = k_count_of(k, population)
-            lo = code_reaching(kc * (1 + MARGIN)) if usable[e] else None
-            hi = code_reaching(kc * (1 - MARGIN)) if usable[e] else None
+            m = min(MAX_MARGIN, max(MIN_MARGIN, margin(code_reaching(kc)))) if usable[e] and u.size else MAX_MARGIN
+            lo = code_reaching(kc * (1 + m)) if usable[e] else None
+            hi = code_reaching(kc * (1 - m)) if usable[e] else None
             lo = SMALLEST_CODE if lo is None else lo
             hi = TOP_CODE if hi is None else max(hi + 1, lo + 1)
             out[(e, k)] = (lo, hi)
