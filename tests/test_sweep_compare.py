@@ -154,3 +154,26 @@ def test_the_heatmap_marks_what_the_verdicts_say():
     said = against(comps, "proxy", "gold_logprob", best)
     assert raced == {"lang"} and "lang" not in boxed
     assert boxed == set(said.loc[said["verdict"] == "indistinguishable", "candidate"]) - raced
+
+
+def test_the_sweep_report_leads_with_the_target(tmp_path):
+    """The answer first: the target's finalists and verdict, then the race and the screen (issue 27 item 4)."""
+    from test_sweep_halving import SMALL, _block, _cands, _config, _target
+
+    from layerswap.sweep.report import write_report
+    from layerswap.sweep.search import run_halving_sweep
+
+    cfg = _config(candidates=SMALL, finalists=1)
+    cands = _cands(cfg)
+    results, scores, race = run_halving_sweep(cfg, cands, tmp_path, lambda c: 0.0, _block, _target, log=lambda s: None)
+    written = write_report(results, cfg, len(cands), tmp_path, scores, race)
+    report = (tmp_path / "report.md").read_text()
+    assert report.split("\n")[2] == "## The answer: mgsm (the target)"
+    assert report.index("**mgsm exact_match**") < report.index("## Successive halving on proxy") < report.index("## proxy: gold_logprob")
+    # On the screen, every candidate the race dropped is said to be dropped, with its round; none is called
+    # indistinguishable (on the target, evaluated on its own examples, they may well be).
+    screen = report.split("## proxy: gold_logprob")[1]
+    for name in race.rounds[0].eliminated:
+        assert f"`{name}` dropped in round 0: worse than" in screen
+    assert not any(f"`{n}`" in line for n in race.rounds[0].eliminated for line in screen.split("\n") if line.startswith("**Not a clear winner**"))
+    assert set(eliminated(written.comparisons, "proxy")["candidate"]) == set(race.rounds[0].eliminated)

@@ -88,17 +88,21 @@ def report_markdown(
     lines after the notes (the halving rounds, screen against target)."""
     lines = [f"# {title}", ""]
     comps = comparisons if comparisons is not None else pd.DataFrame(columns=["task", "metric", "language", "role", "test", "reference", "candidate"])
-    said = {(selection.task, selection.metric)}
-    if target is not None and target != (selection.task, selection.metric):
+    decided = (selection.task, selection.metric)
+    said = {decided}
+    if target is not None:
         best = decisions.best_swap(target[0]) if decisions is not None else None
+        if target == decided and best == selection.winner:
+            best = None  # the leader's own verdict below says how it fares against each expert and baseline
         answer = answer_lines(results, comps, *target, best)
         if answer:
             said.add(target)
-            lines += [f"## The answer: {target[0]} (the target)", "", *answer, "", *verdict_lines(comps, *target), ""]
+            lines += [f"## The answer: {target[0]} (the target)", "", *answer, ""]
+            lines += [*verdict_lines(comps, *target), ""] if target != decided else []
     direction = "higher" if higher_is_better(selection.metric) else "lower"
     lead = per_candidate(results, selection.task, selection.metric).set_index("candidate").loc[selection.winner]
     interval = "" if pd.isna(lead["ci_low"]) else f" (95% CI [{lead['ci_low']:.4g}, {lead['ci_high']:.4g}])"
-    lines += [f"## The decision: {selection.task}", ""] if len(said) > 1 else []
+    lines += [f"## The decision: {selection.task}", ""] if target is not None and target != decided and len(said) > 1 else []
     lines.append(
         f"**Best mean on {selection.task} {selection.metric}** (mean over languages, {direction} is better): "
         f"`{selection.winner}` = {selection.value:.5g}{interval}."
