@@ -23,11 +23,19 @@ def test_demo_quick_runs_end_to_end(tmp_path, data_dir, capsys):
         main(["demo", "--quick", "--data-dir", str(data_dir), "--out", str(out), "--figures", str(figures)])
     assert exc.value.code == 0
     report = (out / "report.md").read_text()
-    opening = report.split("\n")[2:4]  # after the title: the experts' checks, math then language
+    lines = report.split("\n")
+    assert lines[2] == "## The answer: the target", lines[:4]  # the answer first, then the screen, then how it was made
+    at = next(i for i, line in enumerate(lines) if line.startswith("math expert"))
+    opening = lines[at : at + 2]  # the experts' checks, math then language
     assert "math expert" in opening[0] and "over the base" in opening[0] and "language expert" in opening[1], opening
     assert (out / "checks" / "checks.json").exists() and (out / "checks" / "scores.csv").exists()
-    assert "not a replication" in report and "Best mean on the proxy" in report and "Paired comparison with" in report
+    assert "not a replication" in report and "Best mean on the proxy" in report and "Paired comparisons with" in report
     assert "Language check (FLORES-sw bits per byte" in report and (out / "sweep" / "comparisons.csv").exists()
+    from test_sweep_compare import _contradicts  # no verdict of the run contradicts its interval
+
+    comps = pd.read_csv(out / "sweep" / "comparisons.csv")
+    assert len(comps) and not comps.apply(_contradicts, axis=1).any()
+    assert "lang_fidelity" in set(comps.loc[comps["task"] == "mgsm", "metric"])  # paired like the headline
     for stage in ("experts/math", "experts/lang", "checks", "analysis", "importance"):
         assert (out / stage / "layerswap.json").exists(), stage
     assert (out / "analysis" / "boundaries.yaml").exists()
