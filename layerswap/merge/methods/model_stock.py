@@ -50,7 +50,7 @@ def model_stock_merge(deltas: list[torch.Tensor], filter_wise: bool) -> torch.Te
     cosines = []
     for i in range(len(rows)):
         for j in range(i + 1, len(rows)):
-            dot = (rows[i] * rows[j]).sum(dim=-1)
+            dot = torch.matmul(rows[i].unsqueeze(-2), rows[j].unsqueeze(-1))[..., 0, 0]  # no product tensor
             cosines.append((dot / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1))
     cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
     n = len(rows)

@@ -10,6 +10,8 @@ interpolated linearly. This is mergekit's ``nuslerp``.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -44,13 +46,19 @@ class NuslerpParams(StrictModel):
 
 
 def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool, row_wise: bool, eps: float = 1e-8) -> torch.Tensor:
-    """NuSLERP of two float32 tensors (a new tensor)."""
+    """NuSLERP of two float32 tensors (a new tensor, or ``v0`` overwritten when ``flatten``)."""
     import torch
 
     shape = v0.shape
-    if flatten:
-        v0, v1 = v0.reshape(-1), v1.reshape(-1)
-    elif row_wise:
+    if flatten:  # one angle: two norms and a dot product, then v0 * a + v1 * b in place
+        n0 = float(torch.linalg.vector_norm(v0))
+        n1 = float(torch.linalg.vector_norm(v1))
+        cos = min(1.0, max(-1.0, float(torch.dot(v0.reshape(-1), v1.reshape(-1))) / (max(n0, 1e-7) * max(n1, 1e-7))))
+        if 1 - cos * cos <= eps**2:
+            return v0.mul_(1 - t).add_(v1, alpha=t)
+        theta = math.acos(cos)
+        return v0.mul_(math.sin((1 - t) * theta) / math.sin(theta)).add_(v1, alpha=math.sin(t * theta) / math.sin(theta))
+    if row_wise:
         v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)
     u0 = v0 / torch.linalg.vector_norm(v0, dim=-1, keepdim=True).clamp(min=1e-7)
     u1 = v1 / torch.linalg.vector_norm(v1, dim=-1, keepdim=True).clamp(min=1e-7)
@@ -61,7 +69,7 @@ def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool, row_
     sin = torch.sin(theta)
     out = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / sin
     out = torch.where(collinear, (1 - t) * v0 + t * v1, out)
-    if row_wise and not flatten:
+    if row_wise:
         out = out.transpose(0, -1)
     return out.reshape(shape)
 
