@@ -31,15 +31,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of a command run under /usr/bin/time -v."""
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds user + system) of a command run under /usr/bin/time -v.
+
+    CPU time is what a contender computed, the fairer number on a machine whose cores other jobs share."""
     start = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    return wall, (int(m.group(1)) / 1024 if m else float("nan"))
+    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr))
+    return wall, (int(m.group(1)) / 1024 if m else float("nan")), cpu
 
 
 def copy_cmd(src: Path, dst: Path, *, durable: bool = False) -> list[str]:
@@ -143,7 +146,7 @@ def main() -> None:
         emit = [*contenders[f"layerswap swap (b={args.bottom}, u={args.top})"], "--emit-mergekit", str(mk_yaml)]
         subprocess.run(emit, env=env, check=True, capture_output=True)
         clean(work / "out")
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in contenders}
         names = list(contenders)
         for i in range(args.repeats):
             for name in names[i % len(names):] + names[: i % len(names)]:  # rotate: nobody always follows mergekit
@@ -152,10 +155,10 @@ def main() -> None:
                 runs[name].append(timed(contenders[name], env_of.get(name, env)))
                 clean(work / "out")
         for name, samples in runs.items():
-            walls = sorted(w for w, _ in samples)
-            rows.append(("layer swap", name, statistics.median(walls), max(r for _, r in samples)))
+            walls = sorted(w for w, *_ in samples)
+            rows.append(("layer swap", name, statistics.median(walls), max(r for _, r, *_ in samples)))
             spread[name] = (walls[0], walls[-1])
-    method_runs: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    method_runs: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     for key in methods:
         if key == "swap":
             continue
@@ -193,10 +196,11 @@ def main() -> None:
         partial = args.out.with_suffix(".partial.txt")  # each method's medians as soon as it is measured
         with partial.open("a") as fh:
             for name, samples in runs.items():
-                fh.write(f"{method}\t{name}\t{statistics.median(w for w, _ in samples):.2f}\t{statistics.median(r for _, r in samples):.0f}\n")
+                fh.write(f"{method}\t{name}\t{statistics.median(w for w, *_ in samples):.2f}\t{statistics.median(r for _, r, *_ in samples):.0f}"
+                         f"\t{statistics.median(c for *_, c in samples):.2f}\n")
         for name, samples in runs.items():
-            walls = sorted(w for w, _ in samples)
-            rows.append((method, name, statistics.median(walls), statistics.median(r for _, r in samples)))
+            walls = sorted(w for w, *_ in samples)
+            rows.append((method, name, statistics.median(walls), statistics.median(r for _, r, *_ in samples)))
             spread[f"{method}/{name}"] = (walls[0], walls[-1])
 
     cmd = "python benchmarks/bench_merge.py " + " ".join(sys.argv[1:])
@@ -234,14 +238,15 @@ def main() -> None:
             + "; ".join(f"{fastest[ours_name] / lo:.2f}x {n}" for n, lo in fastest.items() if n != ours_name)
         )
     if method_runs:
-        lines += ["", "Methods, layerswap against mergekit on the same files (medians; wall time and peak RSS ratios):", "",
-                  "| method | layerswap s | mergekit s | time ratio | layerswap MiB | mergekit MiB | memory ratio |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "Methods, layerswap against mergekit on the same files (medians; wall time, CPU time and peak RSS ratios):", "",
+                  "| method | layerswap s | mergekit s | time ratio | layerswap CPU s | mergekit CPU s | CPU ratio | layerswap MiB | mergekit MiB | memory ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for method, runs in method_runs.items():
             (ours, theirs) = runs.values()
-            ow, tw = statistics.median(w for w, _ in ours), statistics.median(w for w, _ in theirs)
-            orss, trss = statistics.median(r for _, r in ours), statistics.median(r for _, r in theirs)
-            lines.append(f"| {method} | {ow:.1f} | {tw:.1f} | {ow / tw:.2f} | {orss:.0f} | {trss:.0f} | {orss / trss:.2f} |")
+            ow, tw = statistics.median(w for w, *_ in ours), statistics.median(w for w, *_ in theirs)
+            orss, trss = statistics.median(r for _, r, *_ in ours), statistics.median(r for _, r, *_ in theirs)
+            oc, tc = statistics.median(c for *_, c in ours), statistics.median(c for *_, c in theirs)
+            lines.append(f"| {method} | {ow:.1f} | {tw:.1f} | {ow / tw:.2f} | {oc:.1f} | {tc:.1f} | {oc / tc:.2f} | {orss:.0f} | {trss:.0f} | {orss / trss:.2f} |")
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
