@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layerswap.config import check_device
-from layerswap.errors import ConfigError
+from layerswap.errors import CheckpointError, ConfigError
 from layerswap.io import cache_dir, is_adapter_folder
 from layerswap.merge.methods._registry import Layout, MergeSpec
 from layerswap.merge.methods._weighted import WeightedMethod, WeightedParams
@@ -182,6 +182,11 @@ def _compute(spec: StatsSpec, label: str, path: Path) -> None:
         stats, count = input_grams(model, tokenizer, texts, keep=lambda n: n in names and arch.classify(n).layer is not None, **common)
     del model
     tensors = {n: t.detach().to("cpu", torch.float32).contiguous() for n, t in stats.items() if n in names}
+    if not tensors:  # parameter names the checkpoint does not use would silently make the merge an average
+        raise CheckpointError(
+            f"the {spec.kind} statistics of expert {label!r} name none of its checkpoint's tensors (e.g. {next(iter(stats), 'none')!r}): "
+            "its architecture names parameters differently from its safetensors; use linear or task_arithmetic"
+        )
     meta = {k: str(v) for k, v in asdict(spec).items() if k != "experts"} | {"expert": expert_path, "data": data, "count": str(count)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
