@@ -361,3 +361,19 @@ def test_new_methods_run_from_a_yaml_on_the_cli(tiny_experts, tmp_path):
     assert torch.equal(ModelFolder(tmp_path / "cli").get(Q.format(3)), expected.get(Q.format(3)))
     r = CliRunner().invoke(app, ["merge", "--help"])
     assert all(m in r.output for m in ("della_linear", "breadcrumbs_ties", "model_stock", "nuslerp", "graded_swap")), r.output
+
+
+def test_finite_within_agrees_with_isfinite_and_the_cast_range():
+    """The merge's one-pass NaN/Inf check (io.finite.finite_within) says what torch.isfinite(t).all() says."""
+    from layerswap.io.finite import finite_within
+
+    bf16_max = torch.finfo(torch.bfloat16).max
+    for value, finite, fits in [(1.0, True, True), (float("nan"), False, False), (float("inf"), False, False),
+                                (-float("inf"), False, False), (3.0e38, True, True), (3.4e38, True, False)]:
+        t = torch.randn(64, 32)
+        t[5, 7] = value
+        assert finite_within(t) is finite and finite == bool(torch.isfinite(t).all()), value
+        assert finite_within(t, bf16_max) is fits, value
+        if not fits and finite:  # beyond bf16's range: the cast overflows, which the writer then finds
+            assert not torch.isfinite(t.to(torch.bfloat16)).all()
+    assert finite_within(torch.empty(0)) and finite_within(torch.zeros(3, dtype=torch.bfloat16))
