@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from layerswap.evaluate.tasks import higher_is_better
+from layerswap.paired_tests import EXACT_MAX_N
 from layerswap.sweep.compare import ALPHA, POWER, RACE, against, compared_leader, eliminated
 from layerswap.sweep.selection import EXPERTS, SWAP_METHOD
 
@@ -61,9 +62,17 @@ def family_intro(rows: pd.DataFrame, task: str, alpha: float) -> str:
     if level.empty:
         return f"Paired tests ({tests})."
     m = max(1, round(alpha / float(level.iloc[0])))
-    return (f"One paired test per pair ({tests}), each at level {float(level.iloc[0]):.2g} = {alpha} / {m} (Bonferroni over the "
+    text = (f"One paired test per pair ({tests}), each at level {float(level.iloc[0]):.2g} = {alpha} / {m} (Bonferroni over the "
             f"{m} pairs compared on {task}); each interval is the set of differences the same test does not reject at that level, "
             "so a verdict never contradicts its interval.")
+    unbounded = final[(final["test"] == "permutation") & ~(final["ci_low"].abs() < math.inf)]
+    if len(unbounded):
+        n = int(unbounded["n"].min())
+        smallest = f"2 / 2^{n} = {2.0 / 2**n:.2g}" if n <= EXACT_MAX_N else "2 / 10,000 (its random sign patterns)"
+        text += (f" On {n} examples the permutation test's smallest p-value is {smallest}, above that level: it cannot "
+                 "separate anything there, so its intervals are unbounded; the examples-needed figures say how many examples "
+                 "would settle each difference.")
+    return text
 
 
 def verdict_lines(comparisons: pd.DataFrame, task: str, metric: str, *, alpha: float = ALPHA) -> list[str]:
