@@ -6,15 +6,17 @@ sweep runs (:func:`layerswap.sweep.search.run_halving_sweep`, with no target tas
 the planted table: no model), each candidate's results over the examples it was scored on, the selection
 module's decisions (:func:`~layerswap.sweep.selection.decide_sweep`) and the final verdicts
 (:func:`~layerswap.sweep.compare.compare_candidates`, given the race). A sweep **names a winner** when its
-verdicts say the leader beats every other candidate: each one is worse than the leader, directly or
-through a chain of verdicts (dropped by a round leader that the leader beat later). The error is a
-named winner that is not strictly the best (another candidate is as good or better); in the tied
-scenarios, where two candidates share the top, any named winner is that error. Reported per scenario:
+report does (:func:`layerswap.sweep.verdicts.verdict_lines`: every other candidate is significantly worse
+than the leader or was eliminated by the race). The error is a named winner that is not strictly the
+best (another candidate is as good or better); in the tied scenarios, where two candidates share the
+top, any named winner is that error. Beside it, on the same sweeps: a more generous reading (chains of
+verdicts) and a deliberately bad procedure (the leader, whatever the verdicts say). Reported per scenario:
 the winner-error rate with its 95% Clopper-Pearson interval next to alpha, the power (the true best
 named, where it is unique) and what the race spent and why it stopped.
 
     python benchmarks/bench_verdicts.py --sweeps 1000 --jobs 2 --out benchmarks/results/verdicts.md
     python benchmarks/bench_verdicts.py --scenarios mean-tied=1000 binary-best=200   # KEY=SWEEPS each
+    python benchmarks/bench_verdicts.py --scenarios binary-best --without-early-stop  # the race's early stop against none
 
 Score tables (six candidates: four layer swaps and the two experts, one language): ``mean`` (the
 proxy's log-likelihood: an offset, a shared example effect N(0, 1) and the candidate's own N(0, 1));
@@ -321,7 +323,9 @@ def report(found: list[dict], chain: list[dict], bad: list[dict], alpha: float, 
     worst = max(found, key=lambda r: r["ci_high"])
     total = sum(r["errors"] for r in found), sum(r["sweeps"] for r in found)
     return "\n".join([
-        "# Verdicts: the family-wise guarantee of the whole procedure, by simulation (issue 27)",
+        "# Verdicts: " + ("the halving race with and without its early stop, by simulation (issue 27)"
+                          if any("without the early stop" in r["scenario"] for r in found)
+                          else "the family-wise guarantee of the whole procedure, by simulation (issue 27)"),
         "",
         f"Command: `{command}` ({seconds / 60:.0f} minutes on this machine's shared cores)",
         "",

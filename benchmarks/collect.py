@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["merge", "merge_nan_check", "merge_swap_final", "analysis", "evaluate", "finetune", "finetune_gemma", "sweep", "halving", "verdicts", "load", "gpu_check"]
+ORDER = ["merge", "merge_nan_check", "merge_swap_final", "analysis", "evaluate", "finetune", "finetune_gemma", "sweep", "halving", "verdicts", "verdicts_early_stop", "load", "gpu_check"]
 
 HEADER = """# Benchmark results
 
