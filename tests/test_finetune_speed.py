@@ -76,10 +76,18 @@ def _loss_and_grads(model, batches, num_items, masked: bool):
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("accumulate", [False, True], ids=["mean", "num_items"])
-def test_masked_head_loss_and_gradients_equal_the_standard_path(arch, lora, accumulate):
+@pytest.mark.parametrize("chunk", [None, 4], ids=["one-chunk", "chunked"])
+def test_masked_head_loss_and_gradients_equal_the_standard_path(arch, lora, accumulate, chunk, monkeypatch):
     """Same loss and gradients as transformers' ForCausalLMLoss: per micro-batch mean, or two
-    accumulated micro-batches each divided by the labelled tokens of both (num_items_in_batch)."""
+    accumulated micro-batches each divided by the labelled tokens of both (num_items_in_batch);
+    also when the labelled rows go through the output layer in chunks (the head's own weights trained too)."""
+    if chunk is not None:
+        from layerswap.finetune import loss as loss_module
+
+        monkeypatch.setattr(loss_module, "HEAD_CHUNK", chunk)
     model = _model(arch, lora)
+    if chunk is not None and not lora:  # the head's weight (tied to the embeddings) gets its gradient through the chunks
+        assert model.get_output_embeddings().weight.requires_grad
     assert why_not(model) is None
     batches = [_batch(1), _batch(2)] if accumulate else [_batch(1)]
     num_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches) if accumulate else None
