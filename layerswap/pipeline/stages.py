@@ -41,6 +41,23 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def release_free_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the OS (glibc's ``malloc_trim``).
+
+    glibc keeps freed blocks below its mmap threshold (up to 32 MiB) in the process's heap: after a
+    270M fine-tune returns, 2.5 of its 3.15 GiB of resident memory were such free blocks, and every
+    later stage's peak included them. Elsewhere (no glibc) only the garbage collection runs.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_rss_mib() -> float:
     """The process's resident high-water mark in MiB (since the last :func:`reset_peak_rss` on Linux)."""
     try:
@@ -68,6 +85,7 @@ def read_cost(folder: Path) -> StageCost | None:
 
 def _measured(run: Callable[[], T], before: StageCost | None, folder: Path) -> tuple[StageCost, T]:
     """``run()`` timed and its memory peak taken; the cost is recorded even when ``run`` is interrupted."""
+    release_free_memory()  # what earlier stages freed is not this stage's memory
     reset_peak_rss()
     t0 = time.perf_counter()
     cost = before
