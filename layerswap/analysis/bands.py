@@ -2,8 +2,11 @@
 
 The top-k% set of an expert is every transformer-layer |value| >= ``t``, the K-th largest (see
 ``overlap.py``). Before the pass, a few thousand sampled values per layer tensor estimate, per expert
-and k, a *band* of top-16-bit histogram bins ``[lo, hi)`` that holds ``t`` (generous margins: the
-guess only decides what is counted finely, and is checked at the end). During the pass, per tensor:
+and k, a *band* of float32 bit patterns ``[lo, hi)`` that holds ``t``: about K x (1 -/+ m) values
+from the top, m six standard errors of the sampled count (``guess_bands``). The guess only decides
+what is counted finely and is checked at the end; a narrow band is what keeps the histograms small
+when the deltas take many distinct values (Gaussian deltas whose scale varies by tensor). During the
+pass, per tensor:
 
 - values at or above the band (``>= edge(hi)``) are in the set for sure: only counted;
 - values inside the band are counted per exact float32 bit pattern (a histogram of their codes,
