@@ -11,7 +11,6 @@ interpolated linearly. This is mergekit's ``nuslerp``.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
