@@ -25,7 +25,7 @@ def test_demo_quick_runs_end_to_end(tmp_path, data_dir, capsys):
     report = (out / "report.md").read_text()
     lines = report.split("\n")
     assert lines[2] == "## The answer: the target", lines[:4]  # the answer first, then the screen, then how it was made
-    at = next(i for i, line in enumerate(lines) if line.startswith("math expert"))
+    at = next(i for i, line in enumerate(lines) if "math expert" in line)  # "**the math expert did not ...**: math expert: ..."
     opening = lines[at : at + 2]  # the experts' checks, math then language
     assert "math expert" in opening[0] and "over the base" in opening[0] and "language expert" in opening[1], opening
     assert (out / "checks" / "checks.json").exists() and (out / "checks" / "scores.csv").exists()

@@ -227,7 +227,8 @@ def answer_d(run: Path) -> list[str]:
     )
     lines += ["", "| score | rho | 95% CI |", "|---|---|---|"]
     for label, column in (("deltas' analysis score (boundaries.yaml)", "analysis_score"), ("importance score of the same geometry", "importance_score")):
-        rho, low, high = spearman_ci(swaps[column].to_numpy(float), swaps["vs_base"].to_numpy(float))
+        scored = swaps.dropna(subset=[column])  # a swap proposed by another lens has no score of this one
+        rho, low, high = spearman_ci(scored[column].to_numpy(float), scored["vs_base"].to_numpy(float))
         lines.append(f"| {label} | {rho:+.2f} | {ci(low, high, '+.2f')} |")
     lines += ["", "| swap | analysis score | importance score | proxy minus base | paired examples |", "|---|---|---|---|---|"]
     for r in swaps.sort_values("vs_base", ascending=False).itertuples():
