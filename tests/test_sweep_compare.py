@@ -177,3 +177,21 @@ def test_the_sweep_report_leads_with_the_target(tmp_path):
         assert f"`{name}` dropped in round 0: worse than" in screen
     assert not any(f"`{n}`" in line for n in race.rounds[0].eliminated for line in screen.split("\n") if line.startswith("**Not a clear winner**"))
     assert set(eliminated(written.comparisons, "proxy")["candidate"]) == set(race.rounds[0].eliminated)
+
+
+def test_the_published_demo_verdicts_agree_with_their_intervals():
+    """The committed demo output (figures/): no verdict in its comparisons table contradicts its interval, each
+    pair has one row, and its report states no Holm-adjusted verdict (the old, contradicting ones)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "figures"
+    comps = pd.read_csv(root / "demo_comparisons.csv")
+    assert len(comps) and list(comps.columns) == COMPARISON_COLUMNS
+    bad = comps[comps.apply(_contradicts, axis=1)]
+    assert bad.empty, bad.to_string()
+    pair = comps.apply(lambda r: frozenset((r["reference"], r["candidate"])), axis=1)
+    assert not pd.DataFrame({"k": comps["task"] + comps["metric"] + comps["language"], "pair": pair}).duplicated().any()
+    readme = (root / "README.md").read_text()
+    assert "Holm p" not in readme and "## The answer" in readme.split("## The run")[1].split("## The sweep's report")[0]
+    for _, r in eliminated(comps, "proxy").iterrows():  # the race's eliminations are stated as such
+        assert f"`{r['candidate']}` dropped in round {int(r['eliminated_in_round'])}: worse than `{r['reference']}`" in readme
