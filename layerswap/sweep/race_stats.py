@@ -5,14 +5,10 @@
 - :func:`paired_bound`: a candidate's one-sided upper bound against the leader (Student's t, the exact
   sign test when every difference is equal);
 - :func:`closest_pair`: of the survivors, the pair that the fewest examples would separate, by
-  :func:`layerswap.power.examples_needed` (80% power; the computation the report's "examples needed"
-  uses) applied to an *optimistic* difference: the observed mean difference moved away from 0 by
-  :data:`OPTIMISM` standard errors. When even that pair needs more than ``max_examples`` per language,
-  no further round can be expected to separate the survivors and the race stops
-  (:data:`~layerswap.sweep.race.NO_SEPARATION`). Judged on the observed difference instead, a noisy
-  first round that happens to show a small gap between the best and the runner-up stops the race: in
-  the simulation (``benchmarks/bench_verdicts.py``) that halved the power on 0/1 scores (0.40 against
-  0.78 without any early stop).
+  :func:`layerswap.power.examples_needed` (80% power, the paired t approximation or McNemar's for 0/1
+  scores: the computation the report's "examples needed" uses). When even that pair needs more than
+  ``max_examples`` per language, no further round can be expected to separate the survivors and the
+  race stops (:data:`~layerswap.sweep.race.NO_SEPARATION`).
 """
 
 from __future__ import annotations
@@ -25,10 +21,6 @@ import pandas as pd
 
 #: The power at which the race asks whether more examples could separate its survivors.
 POWER = 0.8
-#: Standard errors by which the observed difference is moved away from 0 before asking how many
-#: examples would detect it (the far end of its two-sided 95% interval): a pair is judged hopeless only
-#: when even a difference that large would need more than ``max_examples``.
-OPTIMISM = 1.96
 
 
 def paired_bound(d: np.ndarray, level: float) -> tuple[float, float, float, float]:
@@ -64,33 +56,19 @@ def aligned(scores: dict[str, pd.DataFrame], names: Sequence[str]) -> tuple[np.n
     return matrix, [f"{lang}:{i}" for lang, i in order]
 
 
-def optimistic_needed(x: np.ndarray, y: np.ndarray, *, level: float) -> float:
-    """Examples at which a difference :data:`OPTIMISM` standard errors further from 0 than the observed
-    ``mean(x - y)`` would be detected with :data:`POWER` at two-sided ``level`` (the paired t
-    approximation of :func:`layerswap.power.examples_needed` on the shifted differences).
-    NaN where the differences carry no spread (all equal): no basis to judge the pair hopeless."""
+def closest_pair(matrix: np.ndarray, names: Sequence[str], columns: Sequence[int], *, level: float, languages: int) -> dict | None:
+    """Of the candidates ``columns`` of ``matrix`` (examples x candidates, finite), the pair whose observed
+    mean difference the fewest examples would detect with :data:`POWER` at two-sided ``level``:
+    ``{"a", "b", "diff", "needed"}`` with ``needed`` per language (``inf``: no observed difference).
+    None with fewer than two candidates or two examples (nothing to judge)."""
     from layerswap.power import examples_needed
 
-    d = x - y
-    sd = float(d.std(ddof=1))
-    if not sd > 0.0:
-        return math.nan
-    mean = float(d.mean())
-    shifted = d + math.copysign(OPTIMISM * sd / math.sqrt(d.size), mean if mean != 0.0 else 1.0)
-    return examples_needed(shifted, np.zeros_like(shifted), level=level, power=POWER)
-
-
-def closest_pair(matrix: np.ndarray, names: Sequence[str], columns: Sequence[int], *, level: float, languages: int) -> dict | None:
-    """Of the candidates ``columns`` of ``matrix`` (examples x candidates, finite), the pair whose
-    optimistic difference (:func:`optimistic_needed`) the fewest examples would detect:
-    ``{"a", "b", "diff", "needed"}`` with ``diff`` the observed mean difference and ``needed`` per language.
-    None with fewer than two candidates or two examples, or when no pair can be judged."""
     if len(columns) < 2 or matrix.shape[0] < 2:
         return None
     best: dict | None = None
     for k, i in enumerate(columns):
         for j in columns[k + 1 :]:
-            needed = optimistic_needed(matrix[:, i], matrix[:, j], level=level)
+            needed = examples_needed(matrix[:, i], matrix[:, j], level=level, power=POWER)
             if needed != needed:
                 continue
             per_lang = needed if math.isinf(needed) else float(math.ceil(needed / max(1, languages)))
