@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from layerswap.errors import InputPathError
+from layerswap.errors import ConfigError, InputPathError
 from layerswap.sweep import build_candidates, validate_sweep_dict
 from layerswap.sweep.candidates import lens_sources
 
@@ -87,3 +87,21 @@ def test_the_demo_sweeps_every_source_by_default():
     assert DemoConfig.quick_config(candidate_source="importance").candidate_source == ["importance"]
     sweep = sweep_config(config, base="b", math="m", lang="l", boundaries=["a/boundaries.yaml", "i/boundaries.yaml"], data_dir=None)
     assert sweep.candidates.boundaries == ["a/boundaries.yaml", "i/boundaries.yaml"]
+
+
+def test_the_demo_runs_the_lenses_it_names_and_sweeps_their_recommendations(tiny_experts, data_dir, tmp_path):
+    from layerswap.pipeline.config import DemoConfig
+    from layerswap.pipeline.plan import estimate_stages
+    from layerswap.pipeline.run import demo_lenses
+
+    config = DemoConfig.quick_config(candidate_source=["analysis", "cka", "grad"], lens_examples=4, seq_len=16)
+    assert config.lenses() == ["cka", "grad"]
+    assert config.boundary_sources(tmp_path) == [str(tmp_path / "analysis" / "boundaries.yaml"), str(tmp_path / "lenses")]
+    assert "lenses" in [row.stage for row in estimate_stages(config, 1e9)]
+    assert DemoConfig.quick_config().lenses() == [] and "lenses" not in [r.stage for r in estimate_stages(DemoConfig.quick_config(), 1e9)]
+    experts = {"math": tiny_experts["math"], "lang": tiny_experts["lang"]}
+    run = demo_lenses(config, str(tiny_experts["base"]), experts, tmp_path / "lenses", data_dir=str(data_dir), device="cpu")
+    assert list(run.results) == ["cka", "grad"]
+    assert [s.name for s in lens_sources(config.boundary_sources(tmp_path)[1:])] == ["cka", "grad"]
+    with pytest.raises(ConfigError, match="analysis, importance, cka, logit, lape, grad at most once"):
+        DemoConfig.quick_config(candidate_source=["analysis", "bogus"])

@@ -32,6 +32,8 @@ SWEEP_YAML = Path(__file__).with_name("sweep.yaml")
 _MADE_BY_THE_DEMO = ("base", "math", "lang")
 #: Stages whose ``boundaries.yaml`` can seed the sweep's candidates.
 CANDIDATE_SOURCES = ("analysis", "importance")
+#: Lenses of ``layerswap analyze --lens`` the demo can run (one shared "lenses" stage) to seed them too.
+LENS_SOURCES = ("cka", "logit", "lape", "grad")
 
 
 def _described(model: type[StrictModel], name: str) -> Any:
@@ -90,6 +92,11 @@ class DemoConfig(StrictModel):
         description=f"Examples of each expert's check against the base (GSM8K test beyond MGSM's 250; FLORES) (default {CHECK_EXAMPLES}).",
     )
     importance_examples: int = Field(16, ge=1, description="Examples per task for the base's diagonal Fisher.")
+    lens_examples: int = Field(
+        16,
+        ge=2,
+        description="Examples per task (GSM8K train, NTREX) for the lenses named in candidate_source (cka, logit, lape, grad).",
+    )
     limit: int = Field(
         12, ge=1, description="Examples per evaluation task in the sweep (the finals; halving blocks are half of it)."
     )
@@ -108,7 +115,7 @@ class DemoConfig(StrictModel):
     )
     candidate_source: list[str] = Field(
         default_factory=lambda: list(CANDIDATE_SOURCES),
-        description="Whose recommended swaps the sweep evaluates, top_n of each (one candidate per geometry): analysis (the experts' deltas) and importance (the base's Fisher) (repeat the flag).",
+        description="Whose recommended swaps the sweep evaluates, top_n of each (one candidate per geometry): analysis (the experts' deltas), importance (the base's Fisher), and any of the lenses cka, logit, lape, grad (run in one 'lenses' stage, docs/analysis.md) (repeat the flag).",
     )
     figures: str | None = Field(None, description="Also copy the headline figures into this folder (the repo's figures/).")
     base_params_b: float | None = Field(
@@ -129,12 +136,23 @@ class DemoConfig(StrictModel):
     @field_validator("candidate_source", mode="before")
     @classmethod
     def _sources(cls, value: Any) -> Any:
-        """One source (the form of earlier configs) or several, each a stage that writes ``boundaries.yaml``."""
+        """One source (the form of earlier configs) or several: a stage that writes ``boundaries.yaml`` or a lens."""
         value = [value] if isinstance(value, str) else value
-        bad = [v for v in value or [] if v not in CANDIDATE_SOURCES] if isinstance(value, list) else []
+        known = CANDIDATE_SOURCES + LENS_SOURCES
+        bad = [v for v in value or [] if v not in known] if isinstance(value, list) else []
         if bad or not value or len(set(value)) != len(value):
-            raise ConfigError(f"candidate_source {value!r}: name each of {', '.join(CANDIDATE_SOURCES)} at most once, at least one")
+            raise ConfigError(f"candidate_source {value!r}: name each of {', '.join(known)} at most once, at least one")
         return value
+
+    def lenses(self) -> list[str]:
+        """The lenses the demo's "lenses" stage runs (those named in ``candidate_source``), in that order."""
+        return [s for s in self.candidate_source if s in LENS_SOURCES]
+
+    def boundary_sources(self, out: Path) -> list[str]:
+        """What the sweep's ``candidates.boundaries`` reads in ``out``: each stage's ``boundaries.yaml``
+        in the order named, then the lenses stage's folder (one source per lens, skipped ones with why)."""
+        stages = [str(out / s / "boundaries.yaml") for s in self.candidate_source if s in CANDIDATE_SOURCES]
+        return stages + ([str(out / "lenses")] if self.lenses() else [])
 
     @model_validator(mode="after")
     def _sweep_is_valid(self) -> DemoConfig:

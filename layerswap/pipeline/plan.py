@@ -164,7 +164,21 @@ def estimate_stages(config: DemoConfig, n: float) -> list[StageEstimate]:
             "6N FLOPs per token; Fisher float32 per task",
         )
     )
-    candidates = config.top_n + len(sweep.candidates.baselines)
+    if config.lenses():
+        per_model = 2 * config.lens_examples * config.seq_len  # both tasks' texts through each model
+        flops = 3 * 2 * n * per_model + (6 * n * per_model if "grad" in config.lenses() else 0)
+        hours = (3 * load + flops / a["train_flops_per_s"]) / 3600
+        rows.append(
+            StageEstimate(
+                "lenses",
+                f"{', '.join(config.lenses())}: 3 models x 2 tasks x {config.lens_examples} x {config.seq_len} tokens",
+                hours,
+                hours,
+                f"{4 * n / GIB:.0f} GiB (one model's float32 weights at a time)" + (" + fp32 grads" if "grad" in config.lenses() else ""),
+                "one shared forward pass per model (2N FLOPs per token), the gradient lens a backward on the base (6N)",
+            )
+        )
+    candidates = config.top_n * len(config.candidate_source) + len(sweep.candidates.baselines)
     screen = candidates * (sweep.screen_examples() or config.limit) * len(sweep.languages)
     finals = (sweep.finalists + 3 + len(sweep.final_baselines)) * config.limit * len(sweep.languages)
     step_s = 2 * n / a["decode_bytes_per_s"]

@@ -1,6 +1,6 @@
 """The demo as a recipe, read top to bottom: prepare the base -> fine-tune a math and a language
-expert -> check each against the base -> analyse their deltas and the base's importance -> sweep the
-recommended swaps and the baselines -> report. With ``seeds: N`` the experts are trained N times and
+expert -> check each against the base -> analyse their deltas and the base's importance (and the
+lenses named in ``candidate_source``) -> sweep the recommended swaps and the baselines -> report. With ``seeds: N`` the experts are trained N times and
 the sweep runs once per seed (``sweep``, ``sweep-s1``, ...; :mod:`layerswap.sweep.seeds`); the checks
 and the analysis read seed 0's experts, whose recommended swaps every seed's sweep evaluates.
 
@@ -72,7 +72,7 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
         log,
         lambda: analyze(base, {"math": str(experts["math"]), "lang": str(experts["lang"])}, out=analysis_dir, overwrite=True),
     )
-    boundaries = [str(out / source / "boundaries.yaml") for source in config.candidate_source]
+    boundaries = config.boundary_sources(out)
     sweep_cfg = sweep_config(
         config, base=base, math=str(experts["math"]), lang=str(experts["lang"]), boundaries=boundaries, data_dir=data_arg
     )
@@ -92,6 +92,15 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
             device=sweep_cfg.device or "cpu",  # the sweep's device (cuda for a GPU run)
         ),
     )
+
+    if config.lenses():
+        lenses_dir = out / "lenses"
+        costs["lenses"] = stage(
+            f"lenses ({', '.join(config.lenses())})",
+            lenses_dir,
+            log,
+            lambda: demo_lenses(config, base, experts, lenses_dir, data_dir=data_arg, device=sweep_cfg.device or "cpu"),
+        )
 
     costs["sweep"], sweep = resumable_stage(out / "sweep", lambda: run_sweep(sweep_cfg, out / "sweep", log=log))
     sweeps = [sweep]
@@ -123,3 +132,27 @@ def run_demo(config: DemoConfig, out: str | Path, *, log: Callable[[str], None] 
         "selection": sweep_reads(sweep).selection,
         "report": out / "report.md",
     }
+
+
+def demo_lenses(
+    config: DemoConfig, base: str, experts: dict[str, Path], out: Path, *, data_dir: str | None, device: str
+) -> Any:
+    """The lenses named in ``candidate_source`` on the base and seed 0's experts, each task's data as the
+    experts were trained on (GSM8K train, NTREX), written to ``out`` for the sweep's candidates."""
+    from layerswap.analysis.lenses import run_lenses
+
+    return run_lenses(
+        base,
+        {"math": str(experts["math"]), "lang": str(experts["lang"])},
+        config.lenses(),
+        data={"math": "gsm8k", "lang": f"ntrex:{config.language}"},
+        out=out,
+        overwrite=True,
+        data_dir=data_dir,
+        examples=config.lens_examples,
+        seq_len=config.seq_len,
+        device=device,
+        target_lang=config.language,
+        math_expert="math",
+        lang_expert="lang",
+    )
