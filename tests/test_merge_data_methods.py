@@ -113,6 +113,27 @@ def test_fisher_merge_from_yaml_matches_the_formula_on_its_cached_fishers(tiny_e
     assert stats_file(spec, "math").stat().st_mtime_ns == stamp
 
 
+
+def test_statistics_files_are_found_once_per_merge_not_per_tensor(tiny_experts, data, tmp_path, monkeypatch):
+    """Finding an expert's statistics file hashes its file list: once per merge, then one dict lookup per tensor."""
+    from layerswap.merge.methods import _data
+
+    calls: list[str] = []
+    real = _data.stats_file
+
+    def counted(spec, label):  # noqa: ANN001, ANN202
+        calls.append(label)
+        return real(spec, label)
+
+    monkeypatch.setattr(_data, "stats_file", counted)
+    cfg = _config(tiny_experts, "regmean", data)
+    res = merge(cfg, tmp_path / "out")
+    assert res.computed > 2  # many tensors read the statistics...
+    assert sorted(calls) == ["lang", "math"]  # ...whose files were found once
+    merge(cfg, tmp_path / "again")  # the next merge looks again (an expert may have changed), once
+    assert sorted(calls) == ["lang", "lang", "math", "math"]
+
+
 def _inputs(folder, name, texts):
     """The inputs of linear ``name`` over ``texts`` (non-padding tokens), captured independently."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

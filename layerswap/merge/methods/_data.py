@@ -137,10 +137,21 @@ class StatsReader:
 
 #: Statistics opened in this process, by their files (a sweep's candidates share them).
 _OPEN: dict[tuple[Path, ...], dict[str, StatsReader]] = {}
+#: The readers of the merge in progress, by spec: a tensor's lookup is one dict access, while finding
+#: the files (hashing the experts' file lists) is done once per merge, when its plan is built.
+_BY_SPEC: dict[StatsSpec, dict[str, StatsReader]] = {}
+
+
+def forget(spec: StatsSpec) -> None:
+    """Start a new merge of ``spec``: its files are looked up again (an expert may have changed on disk)."""
+    _BY_SPEC.pop(spec, None)
 
 
 def statistics(spec: StatsSpec) -> dict[str, StatsReader]:
     """Each expert's statistics, computed (and cached on disk) on first use."""
+    readers = _BY_SPEC.get(spec)
+    if readers is not None:
+        return readers
     paths = {label: stats_file(spec, label) for label, _, _ in spec.experts}
     key = tuple(paths.values())
     if key not in _OPEN:
@@ -148,6 +159,7 @@ def statistics(spec: StatsSpec) -> dict[str, StatsReader]:
             if not path.exists():
                 _compute(spec, label, path)
         _OPEN[key] = {label: StatsReader(path) for label, path in paths.items()}
+    _BY_SPEC[spec] = _OPEN[key]
     return _OPEN[key]
 
 
@@ -222,5 +234,6 @@ class DataMethod(WeightedMethod):
 
     def layout(self, config: MergeSpec, params: DataParams, num_layers: int) -> Layout:
         stats = StatsSpec.of(self.name, config, params)
+        forget(stats)  # a plan is built once per merge: its first tensor finds the statistics' files again
         op = Combine(self.name, tuple(self.weights(config, params).items()), from_base=False, options=(("stats", stats), *self.options(params)))
         return Layout((op,) * num_layers, op, tuple(config.experts))
