@@ -9,8 +9,10 @@ place). The swap contenders run ``--repeats`` times, interleaved in a rotating o
 
     python benchmarks/bench_merge.py --models /work/synth/1e9 --methods swap,ties,della,slerp
 
-Each merge method runs ``--method-repeats`` times against ``mergekit-yaml`` (at its fastest CPU settings) on
-the YAML that ``--emit-mergekit`` writes, with parameters both tools state the same way (``BENCH_PARAMS``).
+Each merge method runs ``--method-repeats`` rounds (every method once per round) against ``mergekit-yaml``
+(at its fastest CPU settings) on the YAML that ``--emit-mergekit`` writes, with parameters both tools state
+the same way (``BENCH_PARAMS``). Each sample is appended to ``<out>.partial.txt`` as it lands;
+``--table-from <out>.partial.txt`` prints the medians of a run stopped early.
 """
 
 from __future__ import annotations
@@ -86,6 +88,32 @@ EMIT = (
 MERGEKIT_BEST = ["--async-write", "--no-copy-tokenizer"]
 
 
+def method_table(method_runs: dict[str, dict[str, list[tuple[float, float, float]]]]) -> list[str]:
+    """The methods' table: medians of each tool's (wall s, peak RSS MiB, CPU s) samples, and their ratios."""
+    lines = ["| method | runs | layerswap s | mergekit s | time ratio | layerswap CPU s | mergekit CPU s | CPU ratio | layerswap MiB | mergekit MiB | memory ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for method, runs in method_runs.items():
+        ours, theirs = (next(v for k, v in runs.items() if k.startswith(tool)) for tool in ("layerswap", "mergekit"))
+        if not ours or not theirs:
+            continue
+        ow, tw = statistics.median(w for w, *_ in ours), statistics.median(w for w, *_ in theirs)
+        orss, trss = statistics.median(r for _, r, *_ in ours), statistics.median(r for _, r, *_ in theirs)
+        oc, tc = statistics.median(c for *_, c in ours), statistics.median(c for *_, c in theirs)
+        lines.append(f"| {method} | {min(len(ours), len(theirs))} | {ow:.1f} | {tw:.1f} | {ow / tw:.2f} | {oc:.1f} | {tc:.1f} | {oc / tc:.2f} "
+                     f"| {orss:.0f} | {trss:.0f} | {orss / trss:.2f} |")
+    return lines
+
+
+def table_from_partial(path: Path) -> list[str]:
+    """The methods' table from a partial file (one sample a line), e.g. of a run stopped early."""
+    runs: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    for line in path.read_text().splitlines():
+        method, name, wall, rss, cpu = line.split("\t")
+        runs.setdefault(method, {"layerswap merge": [], "mergekit-yaml": []})
+        runs[method]["layerswap merge" if name.startswith("layerswap") else "mergekit-yaml"].append((float(wall), float(rss), float(cpu)))
+    return method_table(runs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, default=Path("/work/synth/1e9"), help="folder with base/, math/, lang/")
@@ -100,7 +128,11 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=PYTHONPATH",
                     help="also time the swap with layerswap imported from PYTHONPATH (e.g. a copy of the tree before a change); repeat")
     ap.add_argument("--skip-mergekit", action="store_true", help="leave mergekit out of the swap rows")
+    ap.add_argument("--table-from", type=Path, metavar="PARTIAL", help="print the methods' table from a partial file and exit")
     args = ap.parse_args()
+    if args.table_from is not None:
+        print("\n".join(table_from_partial(args.table_from)))
+        return
     base, math_, lang = (args.models / k for k in ("base", "math", "lang"))
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
@@ -159,6 +191,7 @@ def main() -> None:
             rows.append(("layer swap", name, statistics.median(walls), max(r for _, r, *_ in samples)))
             spread[name] = (walls[0], walls[-1])
     method_runs: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    prepared: dict[str, dict[str, list[str]]] = {}
     for key in methods:
         if key == "swap":
             continue
@@ -179,25 +212,27 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", EMIT, str(cfg_path), str(mk_yaml)], env=env, check=True, capture_output=True)
         if "# note" in mk_yaml.read_text():
             raise SystemExit(f"{method}: the emitted YAML carries a note, so mergekit would compute something else")
-        clean(work / "ours")
-        contenders = {
+        prepared[method] = {
             "layerswap merge": [*layerswap, "merge", str(cfg_path), "--out", str(work / "ours")],
             "mergekit-yaml " + " ".join(MERGEKIT_BEST): [*mergekit, str(mk_yaml), str(work / "theirs"), *MERGEKIT_BEST],
         }
-        runs = {name: [] for name in contenders}
-        names = list(contenders)
-        for i in range(args.method_repeats):
-            for name in names[i % 2:] + names[: i % 2]:  # alternate who goes first
+        method_runs[method] = {name: [] for name in prepared[method]}
+    # Rounds: every method once per round (a run stopped early still has each method measured), the
+    # two tools alternating who goes first; each sample is appended to the partial file as it lands.
+    partial = args.out.with_suffix(".partial.txt")
+    for i in range(args.method_repeats):
+        for method, contenders in prepared.items():
+            names = list(contenders)
+            for name in names[i % 2:] + names[: i % 2]:
+                clean(work / "ours", work / "theirs")
                 os.sync()
                 time.sleep(1)
-                runs[name].append(timed(contenders[name], env))
-                clean(work / "ours", work / "theirs")
-        method_runs[method] = runs
-        partial = args.out.with_suffix(".partial.txt")  # each method's medians as soon as it is measured
-        with partial.open("a") as fh:
-            for name, samples in runs.items():
-                fh.write(f"{method}\t{name}\t{statistics.median(w for w, *_ in samples):.2f}\t{statistics.median(r for _, r, *_ in samples):.0f}"
-                         f"\t{statistics.median(c for *_, c in samples):.2f}\n")
+                sample = timed(contenders[name], env)
+                method_runs[method][name].append(sample)
+                with partial.open("a") as fh:
+                    fh.write(f"{method}\t{name}\t{sample[0]:.2f}\t{sample[1]:.0f}\t{sample[2]:.2f}\n")
+        clean(work / "ours", work / "theirs")
+    for method, runs in method_runs.items():
         for name, samples in runs.items():
             walls = sorted(w for w, *_ in samples)
             rows.append((method, name, statistics.median(walls), statistics.median(r for _, r, *_ in samples)))
@@ -239,14 +274,7 @@ def main() -> None:
         )
     if method_runs:
         lines += ["", "Methods, layerswap against mergekit on the same files (medians; wall time, CPU time and peak RSS ratios):", "",
-                  "| method | layerswap s | mergekit s | time ratio | layerswap CPU s | mergekit CPU s | CPU ratio | layerswap MiB | mergekit MiB | memory ratio |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for method, runs in method_runs.items():
-            (ours, theirs) = runs.values()
-            ow, tw = statistics.median(w for w, *_ in ours), statistics.median(w for w, *_ in theirs)
-            orss, trss = statistics.median(r for _, r, *_ in ours), statistics.median(r for _, r, *_ in theirs)
-            oc, tc = statistics.median(c for *_, c in ours), statistics.median(c for *_, c in theirs)
-            lines.append(f"| {method} | {ow:.1f} | {tw:.1f} | {ow / tw:.2f} | {oc:.1f} | {tc:.1f} | {oc / tc:.2f} | {orss:.0f} | {trss:.0f} | {orss / trss:.2f} |")
+                  *method_table(method_runs)]
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
