@@ -6,6 +6,10 @@ YAML that ``--emit-mergekit`` writes (``bench_merge.BENCH_PARAMS``, the same for
 the table gives the largest absolute difference over all tensors and the share of entries that differ
 by more than bf16's rounding step at their magnitude (``2^-8 |x|``, plus 1e-6 for entries near 0).
 
+DELLA draws its masks at random (its parity with one injected stream is in the unit tests): its own
+draws on the pair's real deltas are compared for the share kept, the share of each row's larger half
+kept, and the L1 rescale.
+
 Cost: Fisher merging and RegMean on the same pair (``--examples`` of each expert's own data), each run
 cold (statistics computed: a fresh cache) and warm (cached, what a rerun or a sweep's next candidate
 pays), against the pass they are made of: one forward (RegMean) or forward + backward (Fisher) pass of
@@ -76,6 +80,37 @@ def parity(args: argparse.Namespace, work: Path, env: dict[str, str]) -> list[st
         lines.append(f"| {method} | {worst:.2e} | {share:.2e} | {ow:.1f} ({oc:.1f}) | {tw:.1f} ({tc:.1f}) |")
         print(lines[-1], flush=True)
         subprocess.run(["rm", "-rf", str(ours), str(theirs)], check=True)
+    return lines
+
+
+#: Real deltas DELLA's draws are checked on (math expert - base): attention, MLP, a middle and a top layer.
+DELLA_TENSORS = ["model.layers.4.self_attn.q_proj.weight", "model.layers.9.mlp.down_proj.weight", "model.layers.16.mlp.gate_proj.weight"]
+
+
+def della_draws(args: argparse.Namespace, density: float = 0.4, epsilon: float = 0.2) -> list[str]:
+    """DELLA's own random draws (no injected stream) on the pair's real deltas, in both tools: the share
+    kept, the share kept of each row's larger half (``density + epsilon/2`` expected), and the L1 rescale."""
+    import torch
+    from mergekit.sparsify import RescaleNorm, della_magprune
+
+    from layerswap.io import ModelFolder
+    from layerswap.merge.methods._math import stable_seed
+    from layerswap.merge.methods.della import della_drop
+
+    base, math_ = ModelFolder(args.base), ModelFolder(args.math)
+    lines = [f"| tensor (math - base) | tool | kept (expected {density}) | kept of each row's larger half (expected {density + epsilon / 2:.2f}) "
+             "| max relative error of the L1 rescale |", "|---|---|---:|---:|---:|"]
+    for name in DELLA_TENSORS:
+        delta = math_.get(name, torch.float32) - base.get(name, torch.float32)
+        large = delta.abs() > delta.abs().median(dim=1, keepdim=True).values
+        torch.manual_seed(7)
+        draws = {"layerswap": della_drop(delta.clone(), density, epsilon, torch.Generator().manual_seed(stable_seed(0, name, "math")), "l1"),
+                 "mergekit": della_magprune(delta.clone(), density, epsilon, RescaleNorm.l1)}
+        for tool, out in draws.items():
+            kept = out != 0
+            factor = delta.abs().sum() / delta[kept].abs().sum()
+            err = float(((out[kept] - delta[kept] * factor).abs() / (delta[kept] * factor).abs().clamp_min(1e-30)).max())
+            lines.append(f"| {name} {tuple(delta.shape)} | {tool} | {kept.float().mean():.4f} | {kept[large].float().mean():.4f} | {err:.1e} |")
     return lines
 
 
@@ -156,6 +191,7 @@ def main() -> None:
     text = ["# Merge methods on a real pair", "", f"Command: `python benchmarks/bench_merge_real.py {' '.join(sys.argv[1:])}`", "",
             f"Pair: base `{args.base}`, experts `{args.math}` and `{args.lang}`; {os.cpu_count()} CPU cores shared with other jobs.", ""]
     if args.skip != "parity":
+        text += ["## DELLA's real draws on the pair's deltas (density 0.4, epsilon 0.2, rescale l1; one draw per tool)", "", *della_draws(args), ""]
         text += ["## Parity with mergekit (one run per tool; outputs in the inputs' dtype)", "", *parity(args, args.work, env), ""]
     if args.skip != "cost":
         text += [f"## Fisher and RegMean cost ({args.examples} examples per expert: math `{args.math_data}`, lang `{args.lang_data}`; "
