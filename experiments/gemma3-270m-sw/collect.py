@@ -9,10 +9,11 @@ interval, from those tables alone:
 
 (a) does each expert learn its skill (the demo's expert checks, paired against the base);
 (b) do the experts' deltas separate (magnitude, top-k overlap and cosine lenses, each against
-    chance) and does the base's Fisher importance agree with where they changed;
+    chance), does the base's Fisher importance agree with where they changed, and which of every
+    lens the run ran (deltas, importance, CKA, logit lens, LAPE, gradients) separates the tasks;
 (c) does the best swap beat each expert, the soup and TIES on MGSM-sw (the target, on the
     finalists) and on the proxy (all candidates, halving);
-(d) does the analysis score (of the deltas, and of importance) predict the measured ranking of swaps.
+(d) does each lens's score predict the measured ranking of swaps (the sweep's lens table).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from layerswap.analysis.boundaries import score as boundary_score
 from layerswap.analysis.intervals import (
     cells_from_deltas,
     contrast_agreement,
@@ -36,10 +36,11 @@ from layerswap.analysis.intervals import (
     share_agreement,
     split_gain,
 )
+from layerswap.errors import LayerswapError
 from layerswap.evaluate.tasks import get_task
-from layerswap.stats import spearman_ci
 from layerswap.sweep.compare import against
-from layerswap.sweep.selection import SWAP_METHOD, read_decisions
+from layerswap.sweep.lens_table import LENS_TABLE_FILE, table_lines
+from layerswap.sweep.selection import read_decisions
 
 HERE = Path(__file__).resolve().parent
 #: Files of an expert's folder worth keeping (its weights are not).
@@ -154,8 +155,60 @@ def answer_b(run: Path) -> list[str]:
         f"{ci(c['low'], c['high'], '+.2f')} over {c['layers']} layers. Intervals over cells treat cells as independent; "
         "neighbouring layers are not, so read them as lower bounds on the uncertainty.",
         "",
-        "Summaries: [deltas](results/analysis/summary.md), [importance](results/importance/summary.md).",
+        "Summaries: [deltas](results/analysis/summary.md), [importance](results/importance/summary.md)"
+        + (", [lenses](results/lenses/summary.md)." if (run / "lenses").is_dir() else "."),
+        "",
+        *lens_separation(run, n),
     ]
+    return lines
+
+
+def _lens_folders(run: Path) -> list[tuple[str, Path]]:
+    """Every lens of the run with its folder: the deltas (analysis), importance, then the lenses stage's."""
+    folders = [("deltas", run / "analysis"), ("importance", run / "importance")]
+    lenses = run / "lenses"
+    if (lenses / "lenses.csv").is_file():
+        folders += [(str(name), lenses / str(name)) for name in pd.read_csv(lenses / "lenses.csv")["lens"]]
+    return folders
+
+
+def _lens_cells(folder: Path) -> pd.DataFrame:
+    if (folder / "cells.csv").is_file():
+        return read_table(folder, "cells")
+    return cells_from_deltas(read_table(folder, "deltas"))
+
+
+def lens_separation(run: Path, num_layers: int) -> list[str]:
+    """Each lens's recommended swap and whether its language-minus-math share in those layers is
+    positive over module kinds (the boundary rule's gain, bootstrap interval over module kinds)."""
+    skipped = {}
+    if (run / "lenses" / "lenses.csv").is_file():
+        table = pd.read_csv(run / "lenses" / "lenses.csv")
+        skipped = {str(r.lens): str(r.reason) for r in table.itertuples() if r.separation == "skipped"}
+    lines = [
+        "Does each lens separate the tasks? Each lens's own recommendation by the same boundary rule, and the language-minus-math "
+        "share it gives those layers (the rule's gain; 95% bootstrap interval over module kinds, which treats them as independent):",
+        "",
+        "| lens | recommends (bottom, top, transition) | the lens's verdict | gain (all cells) | mean over module kinds [95% interval] | reads as |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, folder in _lens_folders(run):
+        if name in skipped or not (folder / "boundaries.yaml").is_file():
+            lines.append(f"| {name} | none | skipped | | | {skipped.get(name, 'no recommendation').replace('|', '/')} |")
+            continue
+        bd = yaml.safe_load((folder / "boundaries.yaml").read_text())
+        head = f"| {name} | ({bd['bottom']}, {bd['top']}, {bd['transition']}) | {bd['separation']} (basis {bd['basis']}) |"
+        try:
+            g = split_gain(_lens_cells(folder), "lang", "math", int(bd["bottom"]), int(bd["top"]), num_layers=num_layers)
+        except (LayerswapError, KeyError, ValueError) as exc:
+            lines.append(f"{head} | | | no gain: {str(exc).replace('|', '/')} |")
+            continue
+        low, high = g["module_low"], g["module_high"]
+        reads = "n/a (one module kind)" if g["modules"] < 2 else "separates" if low > 0 else "opposite of the hypothesis" if high < 0 else "no separation"
+        lines.append(
+            f"{head} {g['gain']:+.3f}; {g['modules_positive']}/{g['modules']} module kinds positive | "
+            f"{g['module_mean']:+.3f} {ci(low, high) if g['modules'] >= 2 else '[n/a]'} | {reads} |"
+        )
     return lines
 
 
@@ -203,37 +256,15 @@ def answer_c(run: Path) -> list[str]:
 
 
 def answer_d(run: Path) -> list[str]:
-    results = pd.read_csv(run / "sweep" / "results.csv")
-    comps = pd.read_csv(run / "sweep" / "comparisons.csv")
-    irec = yaml.safe_load((run / "importance" / "boundaries.yaml").read_text())
-    d_imp = read_table(run / "importance", "contrast")["diff"].to_numpy(float)
-    tau = float(irec["rule"]["penalty_per_layer"])
-    swaps = results[(results["task"] == "proxy") & (results["metric"] == "gold_logprob") & (results["method"] == SWAP_METHOD)].copy()
-    vs_base = against(comps, "proxy", "gold_logprob", "base").set_index("candidate")
-    swaps["vs_base"] = swaps["candidate"].map(vs_base["diff"])
-    swaps["paired_n"] = swaps["candidate"].map(vs_base["n"])
-    base_n = results[(results["task"] == "proxy") & (results["metric"] == "gold_logprob") & (results["candidate"] == "base")]["n"]
-    swaps["importance_score"] = [
-        boundary_score(d_imp, int(r.bottom), int(r.top), int(r.transition), tau) for r in swaps.itertuples()
-    ]
-    swaps = swaps.dropna(subset=["vs_base"])
-    lines = ["## (d) Does the analysis score predict the measured ranking of swaps?", ""]
-    most = int(swaps["n"].max()) if len(swaps) else 0
-    base_saw = f"the base saw {int(base_n.iloc[0])} examples" if len(base_n) else "the base was not scored"
-    lines.append(
-        f"{len(swaps)} swaps, measured by their paired difference to `base` on the MGSM-sw proxy over the examples both were "
-        f"scored on (halving gives dropped swaps fewer examples; pairing with the base takes the examples' difficulty out; "
-        f"{base_saw}, the longest-lasting swap {most}). Spearman's rho with a 95% bootstrap interval over swaps:"
-    )
-    lines += ["", "| score | rho | 95% CI |", "|---|---|---|"]
-    for label, column in (("deltas' analysis score (boundaries.yaml)", "analysis_score"), ("importance score of the same geometry", "importance_score")):
-        scored = swaps.dropna(subset=[column])  # a swap proposed by another lens has no score of this one
-        rho, low, high = spearman_ci(scored[column].to_numpy(float), scored["vs_base"].to_numpy(float))
-        lines.append(f"| {label} | {rho:+.2f} | {ci(low, high, '+.2f')} |")
-    lines += ["", "| swap | analysis score | importance score | proxy minus base | paired examples |", "|---|---|---|---|---|"]
-    for r in swaps.sort_values("vs_base", ascending=False).itertuples():
-        lines.append(f"| `{r.candidate}` | {r.analysis_score:+.4f} | {r.importance_score:+.4f} | {r.vs_base:+.3f} | {int(r.paired_n)} |")
-    lines += ["", "![analysis score against the proxy](results/sweep/figures/score_vs_metric_proxy-gold_logprob.png)"]
+    """The sweep's lens table as the sweep wrote it (``sweep/lens_table.csv``): collect.py does not recompute it."""
+    lines = ["## (d) Does each lens's score predict the measured ranking of swaps?", ""]
+    path = run / "sweep" / LENS_TABLE_FILE
+    if not path.is_file():
+        return lines + ["The sweep wrote no lens table (no lens proposed candidates).", ""]
+    lines += table_lines(pd.read_csv(path))[2:]
+    figure = run / "sweep" / "figures" / "lens_table.png"
+    if figure.is_file():
+        lines += ["![which lens predicted this run](results/sweep/figures/lens_table.png)"]
     return lines
 
 
