@@ -484,6 +484,56 @@ def test_equal_differences_use_the_exact_sign_test():
     assert dec.eliminated == ["other"]
 
 
+def _size_on_tied_binary(rule, n: int, discordance: float, level: float) -> float:
+    """Exact probability that ``rule(d, level)`` drops a candidate tied with the leader on ``n`` paired 0/1
+    examples (each discordant with probability ``discordance``, either way alike): summed over every count
+    of wins and losses (trinomial), no simulation."""
+    import math
+
+    size = 0.0
+    for wins in range(n + 1):
+        for losses in range(n + 1 - wins):
+            prob = math.comb(n, wins) * math.comb(n - wins, losses) * (discordance / 2) ** (wins + losses) * (1 - discordance) ** (n - wins - losses)
+            d = np.array([1.0] * wins + [-1.0] * losses + [0.0] * (n - wins - losses))
+            size += prob * rule(d, level)
+    return size
+
+
+def test_the_race_bound_on_tied_binary_scores_is_exact_where_students_t_is_anti_conservative():
+    """On 0/1 scores the race drops a candidate tied with the leader at most at the round's level (the exact
+    sign test on the discordant examples); Student's t on the same differences, the race's bound before,
+    drops it more often than the level (16 examples, half of them discordant, level 0.05 / 3 rounds / 5)."""
+    from scipy import stats
+
+    from layerswap.sweep.race_stats import paired_bound
+
+    def exact(d, level):
+        return paired_bound(d, level, binary=True)[2] < 0
+
+    def student(d, level):
+        mean, se = d.mean(), d.std(ddof=1) / np.sqrt(d.size)
+        return mean < 0 and 0.5**d.size < level if se == 0 else mean + stats.t.ppf(1 - level, d.size - 1) * se < 0
+
+    level = 0.05 / 3 / 5
+    assert _size_on_tied_binary(student, 16, 0.5, level) > 1.2 * level
+    for n in (8, 16, 32):
+        for discordance in (0.1, 0.3, 0.5, 0.9):
+            for lvl in (level, 0.0125, 0.05):
+                assert _size_on_tied_binary(exact, n, discordance, lvl) <= lvl
+    # The bound agrees with its p-value (the same test inverted), and it is reported in the scores' units.
+    for wins, losses in ((0, 9), (1, 9), (2, 9), (3, 12)):
+        d = np.array([1.0] * wins + [-1.0] * losses + [0.0] * 7)
+        mean, _, bound, p = paired_bound(d, level, binary=True)
+        assert (bound < 0) == (p < level) and p == pytest.approx(stats.binomtest(wins, wins + losses, 0.5, alternative="less").pvalue)
+        assert mean <= bound <= (wins + losses) / d.size
+    # decide() takes the exact test whenever both sides of a pair are 0/1: 7 of 16 examples lost, none won
+    # (Student's t: p = 0.002, dropped; exact: p = 0.5**7 = 0.008 > 0.05 / 8 rounds / 1 comparison).
+    plan = HalvingPlan(task="mgsm", block=16, max_examples=128)
+    dec = decide(plan, 0, ["lead", "other"], _binary({"lead": [1] * 7 + [0] * 9, "other": [0] * 16}), spent=32, data_ended=False)
+    row = next(r for r in dec.rows if r["candidate"] == "other")
+    assert dec.eliminated == [] and row["p"] == pytest.approx(0.5**7)
+
+
 def test_survivors_of_the_last_round_rank_before_those_it_dropped():
     """B is consistently a little worse than A (dropped); C is worse on average but noisy (survives): the
     finalists are the survivors, so C ranks before B although B's mean is better."""
@@ -518,20 +568,21 @@ def _two_tied(gap: float):
 
 
 def test_the_race_stops_when_its_survivors_could_not_be_separated(tmp_path):
-    """Tied survivors: the pair would need far more than max_examples to be told apart, so the race stops
-    after round 0 (not after 4 rounds), says why with the figures, records it, and a rerun decides the same."""
+    """Tied survivors: even an optimistic difference (2 standard errors beyond the observed one) would need
+    more than max_examples, so the race stops before its last round, says why with the figures, records it,
+    and a rerun decides the same."""
     from layerswap.sweep.config import Candidate
 
     cands = [Candidate(name=n, method="linear", params={"n": n}) for n in ("a", "b", "c")]
     plan = HalvingPlan(task="proxy", block=16, max_examples=64)
     lines: list[str] = []
     race = run_halving(cands, plan, UnitStore(tmp_path / "tied", "k"), lambda c: 0.0, _two_tied(0.0), log=lines.append)
-    first = race.rounds[0]
-    assert len(race.rounds) == 1 and first.eliminated == ["c"] and first.stop == NO_SEPARATION
-    assert first.closest["needed"] > 64 and {first.closest["a"], first.closest["b"]} == {"a", "b"}
-    assert f"stop: {NO_SEPARATION}=64: `a` vs `b` needs ~{int(first.closest['needed'])} examples" in lines[-1]
-    assert first.stop_line == first.note and "needs ~" in first.note
-    assert race.spent == 3 * 16
+    first, last = race.rounds[0], race.rounds[-1]
+    assert len(race.rounds) < plan.rounds and first.eliminated == ["c"] and last.stop == NO_SEPARATION
+    assert last.closest["needed"] > 64 and {last.closest["a"], last.closest["b"]} == {"a", "b"}
+    assert f"stop: {NO_SEPARATION}=64: `a` vs `b` needs ~{int(last.closest['needed'])} examples" in lines[-1]
+    assert last.stop_line == last.note and "needs ~" in last.note
+    assert race.spent == 3 * 16 + 2 * 16 * (len(race.rounds) - 1)
     # Resumed from the store: no unit runs again and every decision (with its figures) is the same.
     ran: list[str] = []
 
@@ -545,3 +596,21 @@ def test_the_race_stops_when_its_survivors_could_not_be_separated(tmp_path):
     apart = run_halving(cands, plan, UnitStore(tmp_path / "apart", "k"), lambda c: 0.0, _two_tied(0.2), log=lambda s: None)
     assert apart.rounds[0].stop is None and apart.rounds[0].closest["needed"] <= 64
     assert apart.survivors == ["a"] and apart.rounds[-1].stop == ONE_LEFT
+
+
+def test_the_race_judges_a_pair_hopeless_on_an_optimistic_difference():
+    """The early stop asks how many examples a difference 1.96 standard errors beyond the observed one would
+    need: never more than the observed difference needs (a noisy small first gap does not end the race),
+    and no judgement at all from differences without spread."""
+    from layerswap.power import examples_needed
+    from layerswap.sweep.race_stats import optimistic_needed
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        x = rng.normal(size=12)
+        y = x + rng.normal(loc=0.05, scale=1.0, size=12)
+        assert optimistic_needed(x, y, level=0.01) <= examples_needed(x, y, level=0.01)
+    a = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    b = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0])  # observed difference 0: inf examples observed
+    assert examples_needed(a, b) == float("inf") and optimistic_needed(a, b, level=0.05) < float("inf")
+    assert np.isnan(optimistic_needed(a, a + 1.0, level=0.05))

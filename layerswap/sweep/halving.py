@@ -6,8 +6,9 @@ block (the same fixed example order for all, so every comparison stays paired an
 reused); the race stops when one candidate is left, the survivors are indistinguishable on all the
 examples allowed (``max_examples``, or the data runs out), the next round would overspend the
 budget of example-evaluations, or no further round can be expected to separate the survivors: even the
-pair of survivors the fewest examples would tell apart needs more than ``max_examples`` per language
-(:func:`~layerswap.power.examples_needed` at 80% power and the race's level, two-sided
+pair of survivors the fewest examples would tell apart needs more than ``max_examples`` per language to
+detect an optimistic version of its difference (the observed one moved 1.96 standard errors away from 0;
+:func:`~layerswap.power.examples_needed` at 80% power and the race's level, two-sided
 ``2 alpha / rounds``; :func:`~layerswap.sweep.race_stats.closest_pair`), and the round's decision says so.
 
 The work is explicit: a round is a list of :class:`Unit` (candidate x block), enumerated in one place
@@ -22,15 +23,18 @@ compute (each gets the same answer) or one writes. The race's data (plan, units,
 survivor ``c`` other than the leader ``L`` (the best mean), the per-example differences
 ``d_i = s_c,i - s_L,i`` (sign flipped for a lower-is-better metric, so ``d < 0`` means worse) give the
 mean ``d``, its standard error ``se`` and the one-sided upper bound ``d + t_{1-a}(n-1) * se``
-(Student's t). ``c`` is dropped when that bound lies below zero. Multiplicity: the race may look at
+(Student's t); when both candidates' scores are all 0 or 1, the exact sign test on the examples where
+they differ and its Clopper-Pearson bound instead (:func:`~layerswap.sweep.race_stats.binary_bound`:
+Student's t is anti-conservative on 0/1 differences at the race's small levels). ``c`` is dropped when
+that bound lies below zero. Multiplicity: the race may look at
 the data once per round, so the family-wise error ``alpha`` is split evenly over the rounds
 (``alpha_r = alpha / rounds``, Bonferroni over rounds: the leader is data dependent, and a union bound
 over the looks holds regardless); within a round the ``m`` comparisons with the leader are
 Holm-corrected (step-down: the ``k``-th smallest one-sided p-value is tested at ``alpha_r / (m - k)``;
 the bound reported for each candidate is at the level it was tested at). The probability that the
-truly best candidate is ever dropped is then at most about ``alpha`` (normal approximation of the
-mean of paired differences; for a ratio metric such as bits per byte the per-example ratios are
-compared, an approximation of the ratio of sums).
+truly best candidate is ever dropped is then at most about ``alpha`` (exact for 0/1 scores; otherwise
+the t approximation of the mean of paired differences; for a ratio metric such as bits per byte the
+per-example ratios are compared, an approximation of the ratio of sums).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import pandas as pd
 
 from layerswap.io import write_text_atomic
 from layerswap.io.stored import check_unit_record, parse_stored_scores
+from layerswap.stats import is_binary
 from layerswap.sweep.config import Candidate
 from layerswap.sweep.race import (
     BUDGET,
@@ -149,14 +154,16 @@ def decide(
     diffs = {
         name: sign * (matrix[:, i] - matrix[:, lead_i]) if n else np.zeros(0) for i, name in enumerate(entered) if i != lead_i
     }
-    pvals = {name: paired_bound(d, plan.alpha_round)[3] for name, d in diffs.items()}
+    # 0/1 scores on both sides: the exact sign test (race_stats.binary_bound), else Student's t.
+    binary = {name: n > 0 and is_binary(matrix[:, i]) and is_binary(matrix[:, lead_i]) for i, name in enumerate(entered) if i != lead_i}
+    pvals = {name: paired_bound(d, plan.alpha_round, binary=binary[name])[3] for name, d in diffs.items()}
     order = sorted(diffs, key=lambda c: (math.inf if math.isnan(pvals[c]) else pvals[c], entered.index(c)))
     dropped: set[str] = set()
     stats: dict[str, tuple[float, float, float, float, float]] = {}
     holding = False  # Holm step-down: once one comparison holds, every later (larger p) one holds too
     for k, name in enumerate(order):
         level = plan.alpha_round / (len(order) - k)
-        mean, se, bound, p = paired_bound(diffs[name], level)
+        mean, se, bound, p = paired_bound(diffs[name], level, binary=binary[name])
         stats[name] = (mean, se, bound, p, level)
         if not holding and bound == bound and bound < 0:
             dropped.add(name)

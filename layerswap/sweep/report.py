@@ -20,6 +20,7 @@ from layerswap.io import write_text_atomic
 from layerswap.sweep.compare import ALPHA, against, compare_candidates, compared_leader
 from layerswap.sweep.figures import _ci, halving_figure, plt, write_figures
 from layerswap.sweep.lens_table import lens_section
+from layerswap.sweep.race_stats import RULE
 from layerswap.sweep.selection import DECISIONS_FILE, Decisions, Selection, SweepResult, decide_sweep, per_candidate
 from layerswap.sweep.verdicts import answer_lines, verdict_lines
 
@@ -154,7 +155,7 @@ def halving_section(race: Any, n_candidates: int, fig_dir: Path, *, root: Path) 
         f"Blocks of {plan.block} examples per language (at most {plan.max_examples}); a candidate is dropped when its paired "
         f"one-sided upper bound against the round's leader lies below zero, at family-wise alpha = {plan.alpha} split over "
         f"{plan.rounds} rounds (alpha = {plan.alpha_round:.3g} per round) and Holm-corrected within each round "
-        "(Student's t on the per-example differences). Every unit and round is in `halving/` (`rounds.csv`).",
+        f"({RULE}). Every unit and round is in `halving/` (`rounds.csv`).",
         "",
         "| round | examples | candidates | leader | dropped (upper bound of its difference with the leader; negative: worse) |",
         "|---|---|---|---|---|",
