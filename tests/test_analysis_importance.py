@@ -111,6 +111,43 @@ def test_diagonal_fisher_is_the_mean_squared_gradient(tiny_llama):
     assert all((f >= 0).all() for f in fisher.values())
 
 
+@pytest.mark.parametrize("chunk", [4, 64], ids=["chunked-head", "one-chunk"])
+@pytest.mark.parametrize("arch", ["gemma3", "llama"], ids=["tied-softcapped", "untied"])
+def test_fisher_of_the_masked_chunked_head_equals_the_standard_loss(arch, chunk, request, monkeypatch):
+    """The pass takes the output layer at labelled positions in chunks, embedding gradients sparse and
+    each gradient squared as the backward completes it: every parameter's Fisher (a tied, soft-capped
+    embedding or an untied one included) is still the mean squared gradient of the model's own loss,
+    and no grad is left."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from layerswap.io import head_loss
+
+    monkeypatch.setattr(head_loss, "HEAD_CHUNK", chunk)
+    folder = request.getfixturevalue(f"tiny_{arch}")
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert tied == (arch == "gemma3") and head_loss.why_not(model) is None
+    if arch == "gemma3":
+        model.config.final_logit_softcapping = 3.0  # the cap bends this tiny model's logits
+    texts = MATH[:6]
+    fisher, batches = diagonal_fisher(model, tok, texts, batch_size=3, seq_len=24)
+    assert batches == 2 and all(p.grad is None for p in model.parameters())
+    assert not any(m.sparse for m in model.modules() if isinstance(m, torch.nn.Embedding))  # restored
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in (0, 3):
+        enc = tok(texts[i : i + 3], return_tensors="pt", padding=True, truncation=True, max_length=24)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        assert int((labels[:, 1:] != -100).sum()) > 4  # more labelled rows than a chunk
+        model.zero_grad()
+        model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels).loss.backward()
+        for n, p in model.named_parameters():
+            expected[n] += p.grad**2
+    assert fisher.keys() == expected.keys()
+    for n, f in fisher.items():
+        torch.testing.assert_close(f, expected[n] / 2, rtol=1e-4, atol=1e-9, msg=n)
+
+
 def test_importance_reports_like_deltas(tiny_llama, text_files, tmp_path):
     out = tmp_path / "imp"
     result = importance(tiny_llama, {"math": str(text_files["math"]), "lang": str(text_files["lang"])}, examples=4, batch_size=2, seq_len=16, out=out, keep_fisher=True)

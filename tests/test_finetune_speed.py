@@ -82,9 +82,9 @@ def test_masked_head_loss_and_gradients_equal_the_standard_path(arch, lora, accu
     accumulated micro-batches each divided by the labelled tokens of both (num_items_in_batch);
     also when the labelled rows go through the output layer in chunks (the head's own weights trained too)."""
     if chunk is not None:
-        from layerswap.finetune import loss as loss_module
+        from layerswap.io import head_loss
 
-        monkeypatch.setattr(loss_module, "HEAD_CHUNK", chunk)
+        monkeypatch.setattr(head_loss, "HEAD_CHUNK", chunk)
     model = _model(arch, lora)
     if chunk is not None and not lora:  # the head's weight (tied to the embeddings) gets its gradient through the chunks
         assert model.get_output_embeddings().weight.requires_grad

@@ -16,6 +16,7 @@ become one text each (prompt followed by completion), as a language model reads 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 
@@ -67,9 +68,10 @@ def importance(
 ) -> Analysis:
     """Diagonal Fisher of ``base`` on each named data spec, analysed like deltas (module docstring).
 
-    With ``out`` the tables, figures and summary go there. Each task's Fisher is held in memory
-    (float32, model-sized) unless ``keep_fisher``, which writes it to ``out/fisher/<task>/``
-    (safetensors) and streams the analysis from there instead.
+    With ``out`` the tables, figures and summary go there, and each task's Fisher (float32,
+    model-sized) is written to ``out/fisher/<task>/`` (safetensors) as soon as it is complete and the
+    analysis streams it from there, so memory holds one task's Fisher at a time; ``keep_fisher`` keeps
+    those folders. Without ``out`` the Fishers are held in memory.
     """
     if not data:
         raise ConfigError("no data given: pass --data NAME=SPEC, e.g. --data math=gsm8k --data lang=ntrex:sw")
@@ -98,7 +100,7 @@ def importance(
             seconds_by_task[name] = round(time.perf_counter() - t0, 2)
             kept = {n: f.cpu() for n, f in fisher.items() if n in base_names}
             del fisher
-            if keep_fisher and atomic is not None:
+            if atomic is not None:  # on disk, so the next task's pass does not hold this one's (model-sized) Fisher too
                 folder = write_tensors(
                     work / "fisher" / name,
                     kept,
@@ -133,6 +135,8 @@ def importance(
         )
         if atomic is not None:
             result.write_into(work, plots_too=plots, provenance={"data": dict(data)})
+            if not keep_fisher:
+                shutil.rmtree(work / "fisher")
     except BaseException as exc:
         if atomic is not None:
             atomic.__exit__(type(exc), exc, None)

@@ -10,6 +10,7 @@ neither wing imports the other. torch is imported by the functions, not by this 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -57,22 +58,83 @@ def _batches(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, ba
             progress_bar.update(1)
 
 
-def _backward_batches(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int, seq_len: int, desc: str) -> Iterator[dict[str, torch.Tensor]]:
-    """One backward pass of the LM loss per batch of ``texts``; yields each trainable parameter's gradient (grads cleared after)."""
+def _lm_loss(model: torch.nn.Module, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The batch's LM loss (mean over label tokens): the output layer only at labelled positions, in
+    chunks (:mod:`layerswap.io.head_loss`) where the architecture allows, else the model's own forward."""
+    from layerswap.io.head_loss import core_causal_lm, masked_head_loss, why_not
+
+    if why_not(model) is None:
+        return masked_head_loss(core_causal_lm(model), enc["input_ids"], enc["labels"], attention_mask=enc["attention_mask"])
+    return model(**enc).loss
+
+
+@contextlib.contextmanager
+def _sparse_embedding_grads(model: torch.nn.Module) -> Iterator[None]:
+    """Input embeddings give sparse gradients (only the rows of the batch's tokens) for the block.
+
+    The dense gradient of an embedding lookup is ``vocabulary x hidden`` (0.67 GB on Gemma 3) although
+    a batch touches a few hundred rows; with tied embeddings it is added to the output layer's dense
+    gradient, so the sum is formed in place. The values are the same (rows summed per token id)."""
+    import torch
+
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and not m.sparse]
+    for m in embeddings:
+        m.sparse = True
+    try:
+        yield
+    finally:
+        for m in embeddings:
+            m.sparse = False
+
+
+def _backward_batches(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    seq_len: int,
+    desc: str,
+    take: Callable[[str, torch.Tensor], None] | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """One backward pass of the LM loss per batch of ``texts``; yields each trainable parameter's gradient (grads cleared after).
+
+    With ``take``, each parameter's gradient is handed to ``take(name, grad)`` as soon as the backward
+    has it complete and dropped at once (the batches then yield empty dicts; an untied input
+    embedding's gradient comes sparse): a pass never holds the whole model's gradient, only the part
+    of it the backward is still forming.
+    """
     import torch
 
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    hooks = []
+    if take is not None:
+
+        def handover(name: str) -> Callable[[torch.Tensor], None]:
+            def hook(p: torch.Tensor) -> None:
+                with torch.no_grad():
+                    take(name, p.grad)
+                p.grad = None
+
+            return hook
+
+        hooks = [p.register_post_accumulate_grad_hook(handover(n)) for n, p in params.items()]
     model.eval()  # no dropout: the gradient of the model as it is
-    for enc, progress_bar in _batches(model, tokenizer, texts, batch_size=batch_size, seq_len=seq_len, desc=desc):
+    try:
+        with _sparse_embedding_grads(model):
+            for enc, progress_bar in _batches(model, tokenizer, texts, batch_size=batch_size, seq_len=seq_len, desc=desc):
+                model.zero_grad(set_to_none=True)
+                loss = _lm_loss(model, enc)
+                if not torch.isfinite(loss):
+                    raise DataError(f"the loss is {float(loss.detach())} on a batch of {desc}: check the data and the model")
+                loss.backward()
+                with torch.no_grad():
+                    yield {n: (p.grad.to_dense() if p.grad.is_sparse else p.grad) for n, p in params.items() if p.grad is not None}
+                progress_bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    finally:
+        for h in hooks:
+            h.remove()
         model.zero_grad(set_to_none=True)
-        loss = model(**enc).loss
-        if not torch.isfinite(loss):
-            raise DataError(f"the loss is {float(loss.detach())} on a batch of {desc}: check the data and the model")
-        loss.backward()
-        with torch.no_grad():
-            yield {n: p.grad for n, p in params.items() if p.grad is not None}
-        progress_bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-    model.zero_grad(set_to_none=True)
 
 
 def gradient_moments(
@@ -85,18 +147,26 @@ def gradient_moments(
     desc: str = "gradients",
     power: int = 2,
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """Mean over the batches of ``texts`` of each parameter's gradient to ``power`` (2: the diagonal Fisher, 1: the mean gradient); returns (means, batches)."""
+    """Mean over the batches of ``texts`` of each parameter's gradient to ``power`` (2: the diagonal Fisher, 1: the mean gradient); returns (means, batches).
+
+    Each gradient is added into its sum as the backward completes it (:func:`_backward_batches`'
+    ``take``), so memory is the model, the sums and the gradient being formed, not a second full gradient.
+    """
     import torch
 
     sums = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
-    batches = 0
-    for grads in _backward_batches(model, tokenizer, texts, batch_size=batch_size, seq_len=seq_len, desc=desc):
-        for n, g in grads.items():
-            if power == 2:
-                sums[n].addcmul_(g, g)
-            else:
-                sums[n].add_(g)
-        batches += 1
+
+    def take(name: str, g: torch.Tensor) -> None:
+        if g.is_sparse:  # an untied embedding: only the batch's rows, each token's rows summed first
+            g = g.coalesce()
+            rows, values = g.indices()[0], g.values()
+            sums[name].index_add_(0, rows, values * values if power == 2 else values)
+        elif power == 2:
+            sums[name].addcmul_(g, g)
+        else:
+            sums[name].add_(g)
+
+    batches = sum(1 for _ in _backward_batches(model, tokenizer, texts, batch_size=batch_size, seq_len=seq_len, desc=desc, take=take))
     for s in sums.values():
         s.div_(max(1, batches))
     return sums, batches
