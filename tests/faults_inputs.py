@@ -74,6 +74,7 @@ CASES: list[Case] = [
     # --- the demo's config (flags or --config FILE.yaml)
     Case("demo-config-unknown-key", "demo --config cfg.yaml (stepz: 3)", lambda e: _demo(e, "--config", e.yaml("demo.yaml", "stepz: 3\n")), "ConfigError", "unknown key 'stepz'", "valid keys here"),
     Case("demo-screen-below-block", "demo --limit 20 --screen-examples 5", lambda e: _demo(e, "--limit", "20", "--screen-examples", "5"), "ConfigError", "candidates.halving.max_examples 5 (else limit) is smaller than one block (10 examples)", "lower candidates.halving.block or raise the limit"),
+    Case("demo-candidate-source-unknown", "demo --candidate-source pca", lambda e: _demo(e, "--candidate-source", "pca"), "ConfigError", "candidate_source ['pca']", "name each of analysis, importance, cka, logit, lape, grad at most once"),
     Case("demo-final-baseline-not-swept", "demo --baselines base --baselines math --final-baselines ties", lambda e: _demo(e, "--baselines", "base", "--baselines", "math", "--final-baselines", "ties"), "ConfigError", "final_baselines names 'ties', which is not among candidates.baselines", "add it there or drop it"),
     # --- finite weights in the swap's raw byte copy
     Case("swap-nan-math", "swap --math NAN-EXPERT (NaN/Inf in a middle layer) ...", lambda e: ["swap", "--math", str(e.p("nan-expert")), "--lang", str(e.lang), "--bottom", "1", "--top", "1", "--out", e.out], "NumericalError", "model.layers.3.mlp.up_proj.weight", "check the inputs"),
