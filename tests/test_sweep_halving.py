@@ -303,7 +303,7 @@ def test_budget_and_direction():
     assert dec.leader in ("good", "twin") and dec.eliminated == ["bad"]
     assert dec.stop == BUDGET  # 60 spent + 2 survivors x 20 > 90
     row = next(r for r in dec.rows if r["candidate"] == "bad")
-    assert row["diff"] < 0 and row["bound"] < 0 and row["level"] == pytest.approx(0.05 / 3 / 2)
+    assert row["diff"] < 0 and row["bound"] < 0 and row["level"] == pytest.approx(0.05 / (2 * 3) / 2)  # 3 rounds, 2 directions, Holm over 2
     # Deterministic: the same scores give the same decision.
     assert (
         decide(lower, 0, ["good", "bad", "twin"], {k: v.iloc[:20] for k, v in scores.items()}, 60, False).as_dict()
@@ -479,7 +479,7 @@ def test_equal_differences_use_the_exact_sign_test():
     dec = decide(plan, 0, ["lead", "other"], _binary({"lead": [1, 1], "other": [0, 0]}), spent=4, data_ended=False)
     row = next(r for r in dec.rows if r["candidate"] == "other")
     assert dec.eliminated == [] and row["p"] == pytest.approx(0.25)
-    # Twelve such examples: p = 0.5**12 clears the level (0.05 / 10 rounds), and the candidate is dropped.
+    # Twelve such examples: p = 0.5**12 clears the level (0.05 / (2 directions x 10 rounds)), and the candidate is dropped.
     dec = decide(plan, 0, ["lead", "other"], _binary({"lead": [1] * 12, "other": [0] * 12}), spent=24, data_ended=False)
     assert dec.eliminated == ["other"]
 
@@ -527,7 +527,7 @@ def test_the_race_bound_on_tied_binary_scores_is_exact_where_students_t_is_anti_
         assert (bound < 0) == (p < level) and p == pytest.approx(stats.binomtest(wins, wins + losses, 0.5, alternative="less").pvalue)
         assert mean <= bound <= (wins + losses) / d.size
     # decide() takes the exact test whenever both sides of a pair are 0/1: 7 of 16 examples lost, none won
-    # (Student's t: p = 0.002, dropped; exact: p = 0.5**7 = 0.008 > 0.05 / 8 rounds / 1 comparison).
+    # (Student's t: p = 0.002, dropped; exact: p = 0.5**7 = 0.008 > 0.05 / (2 directions x 8 rounds), 1 comparison).
     plan = HalvingPlan(task="mgsm", block=16, max_examples=128)
     dec = decide(plan, 0, ["lead", "other"], _binary({"lead": [1] * 7 + [0] * 9, "other": [0] * 16}), spent=32, data_ended=False)
     row = next(r for r in dec.rows if r["candidate"] == "other")

@@ -9,7 +9,7 @@ budget of example-evaluations, or no further round can be expected to separate t
 pair of survivors the fewest examples would tell apart needs more than ``max_examples`` per language to
 detect an optimistic version of its difference (the observed one moved 1.96 standard errors away from 0;
 :func:`~layerswap.power.examples_needed` at 80% power and the race's level, two-sided
-``2 alpha / rounds``; :func:`~layerswap.sweep.race_stats.closest_pair`), and the round's decision says so.
+``alpha / rounds``; :func:`~layerswap.sweep.race_stats.closest_pair`), and the round's decision says so.
 
 The work is explicit: a round is a list of :class:`Unit` (candidate x block), enumerated in one place
 (:func:`round_units`), and a round ends in one place (:func:`end_round`), whose decision is a pure
@@ -27,12 +27,13 @@ mean ``d``, its standard error ``se`` and the one-sided upper bound ``d + t_{1-a
 they differ and its Clopper-Pearson bound instead (:func:`~layerswap.sweep.race_stats.binary_bound`:
 Student's t is anti-conservative on 0/1 differences at the race's small levels). ``c`` is dropped when
 that bound lies below zero. Multiplicity: the race may look at
-the data once per round, so the family-wise error ``alpha`` is split evenly over the rounds
-(``alpha_r = alpha / rounds``, Bonferroni over rounds: the leader is data dependent, and a union bound
-over the looks holds regardless); within a round the ``m`` comparisons with the leader are
-Holm-corrected (step-down: the ``k``-th smallest one-sided p-value is tested at ``alpha_r / (m - k)``;
-the bound reported for each candidate is at the level it was tested at). The probability that the
-truly best candidate is ever dropped is then at most about ``alpha`` (exact for 0/1 scores; otherwise
+the data once per round, so the family-wise error ``alpha`` is split evenly over the rounds, and over
+the two directions a comparison can take, since the leader is chosen from the same data (of two tied
+candidates either may lead and drop the other): ``alpha_r = alpha / (2 rounds)``, Bonferroni (a union
+bound over the looks and directions holds whoever leads); within a round the ``m`` comparisons with the
+leader are Holm-corrected (step-down: the ``k``-th smallest one-sided p-value is tested at
+``alpha_r / (m - k)``; the bound reported for each candidate is at the level it was tested at). The
+probability that a best candidate (tied or not) is ever dropped is then at most about ``alpha`` (exact for 0/1 scores; otherwise
 the t approximation of the mean of paired differences; for a ratio metric such as bits per byte the
 per-example ratios are compared, an approximation of the ratio of sums).
 """

@@ -154,7 +154,7 @@ def halving_section(race: Any, n_candidates: int, fig_dir: Path, *, root: Path) 
         "",
         f"Blocks of {plan.block} examples per language (at most {plan.max_examples}); a candidate is dropped when its paired "
         f"one-sided upper bound against the round's leader lies below zero, at family-wise alpha = {plan.alpha} split over "
-        f"{plan.rounds} rounds (alpha = {plan.alpha_round:.3g} per round) and Holm-corrected within each round "
+        f"{plan.rounds} rounds and both directions (alpha = {plan.alpha_round:.3g} per round and direction) and Holm-corrected within each round "
         f"({RULE}). Every unit and round is in `halving/` (`rounds.csv`).",
         "",
         "| round | examples | candidates | leader | dropped (upper bound of its difference with the leader; negative: worse) |",
