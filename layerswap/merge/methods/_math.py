@@ -41,8 +41,10 @@ def trim_magnitude(delta: torch.Tensor, density: float, *, inplace: bool = False
         return delta if inplace else delta.clone()
     k = max(1, int(density * delta.numel()))
     flat = delta.reshape(-1)
-    # topk (not a quickselect threshold): equal magnitudes at the cut are then broken the way
-    # mergekit's sort breaks them, so the two tools keep the same entries.
+    # topk keeps exactly k entries, as mergekit's sort does. Entries whose magnitude equals the cut's
+    # are kept in an order neither tool defines: on the demo's real pair 764 of 2.0e8 layer entries,
+    # all at the cut, go the other way in mergekit (benchmarks/results/merge_real.md). Copying its
+    # unstable argsort would cost more than the rest of TIES, for an order torch does not define.
     keep = torch.topk(flat.abs(), k, sorted=False).indices
     mask = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
     mask[keep] = True
