@@ -90,41 +90,51 @@ def _plain_linear_weight(head: Any, params: list[torch.Tensor], rows: torch.Tens
     return head.weight
 
 
-class _ChunkedHeadLoss(torch.autograd.Function):
-    """Summed cross-entropy of the output layer over row chunks; each chunk's gradients (rows and the
-    head's trained parameters) are taken in the forward, so nothing of size rows x vocabulary is kept
-    for the backward, and no logits are computed twice (as checkpointing would).
+def head_chunks(
+    lm: Any, rows: torch.Tensor, targets: torch.Tensor, params: list[torch.Tensor], chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Summed cross-entropy of ``lm``'s output layer on ``rows`` against ``targets``, ``chunk`` rows
+    (default :data:`HEAD_CHUNK`) at a time, with its gradients: (sum, d sum / d rows, d sum / d each
+    of ``params``). Nothing of size rows x vocabulary outlives its chunk; a bias-free linear head's
+    weight gradient is summed in place (``addmm_``: no vocabulary x hidden tensor per chunk, 0.67 GB
+    on Gemma 3)."""
+    chunk = chunk or HEAD_CHUNK
+    head = lm.get_output_embeddings()
+    weight = _plain_linear_weight(head, params, rows)
+    rows = rows.detach()
+    grad_rows = torch.zeros_like(rows)
+    grad_params = [torch.zeros_like(p) for p in params]
+    total = torch.zeros((), dtype=torch.float32, device=rows.device)
+    for start in range(0, rows.shape[0], chunk):
+        part = slice(start, start + chunk)
+        h = rows[part]
+        with torch.enable_grad():
+            if weight is not None:  # z = h W^T; d/dh = dz W, d/dW = dz^T h (as linear's own backward)
+                z = torch.nn.functional.linear(h, weight.detach()).requires_grad_(True)
+                loss = torch.nn.functional.cross_entropy(_softcap(lm, z).float(), targets[part], reduction="sum")
+                (grad_z,) = torch.autograd.grad(loss, [z])
+                grad_rows[part] = grad_z.mm(weight.detach())
+                grad_params[0].addmm_(grad_z.t(), h)
+            else:
+                h = h.detach().requires_grad_(True)
+                loss = torch.nn.functional.cross_entropy(_softcap(lm, head(h)).float(), targets[part], reduction="sum")
+                grads = torch.autograd.grad(loss, [h, *params], allow_unused=True)
+                grad_rows[part] = grads[0]
+                for acc, g in zip(grad_params, grads[1:], strict=True):
+                    if g is not None:
+                        acc += g
+        total += loss.detach()
+    return total, grad_rows, grad_params
 
-    A bias-free linear head's weight gradient is summed in place (``addmm_``: no vocabulary x hidden
-    tensor per chunk, 0.67 GB on Gemma 3), and the backward scales the kept gradients in place
-    instead of copying them."""
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """:func:`head_chunks` as an autograd function: its gradients are taken in the forward, so nothing
+    of size rows x vocabulary is kept for the backward, and no logits are computed twice (as
+    checkpointing would); the backward scales the kept gradients in place instead of copying them."""
 
     @staticmethod
     def forward(ctx: Any, rows: torch.Tensor, targets: torch.Tensor, lm: Any, *params: torch.Tensor) -> torch.Tensor:
-        head = lm.get_output_embeddings()
-        weight = _plain_linear_weight(head, list(params), rows)
-        grad_rows = torch.zeros_like(rows)
-        grad_params = [torch.zeros_like(p) for p in params]
-        total = torch.zeros((), dtype=torch.float32, device=rows.device)
-        for start in range(0, rows.shape[0], HEAD_CHUNK):
-            part = slice(start, start + HEAD_CHUNK)
-            h = rows[part].detach()
-            with torch.enable_grad():
-                if weight is not None:  # z = h W^T; d/dh = dz W, d/dW = dz^T h (as linear's own backward)
-                    z = torch.nn.functional.linear(h, weight.detach()).requires_grad_(True)
-                    loss = torch.nn.functional.cross_entropy(_softcap(lm, z).float(), targets[part], reduction="sum")
-                    (grad_z,) = torch.autograd.grad(loss, [z])
-                    grad_rows[part] = grad_z.mm(weight.detach())
-                    grad_params[0].addmm_(grad_z.t(), h)
-                else:
-                    h.requires_grad_(True)
-                    loss = torch.nn.functional.cross_entropy(_softcap(lm, head(h)).float(), targets[part], reduction="sum")
-                    grads = torch.autograd.grad(loss, [h, *params], allow_unused=True)
-                    grad_rows[part] = grads[0]
-                    for acc, g in zip(grad_params, grads[1:], strict=True):
-                        if g is not None:
-                            acc += g
-            total += loss.detach()
+        total, grad_rows, grad_params = head_chunks(lm, rows, targets, list(params))
         ctx.kept = (grad_rows, grad_params)  # not inputs or outputs: kept on ctx, released by the backward
         return total
 
@@ -134,6 +144,18 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             raise RuntimeError("the chunked head loss was backpropagated twice: its gradients are used up by the first")
         (grad_rows, grad_params), ctx.kept = ctx.kept, None
         return (grad_rows.mul_(grad), None, None, *(g.mul_(grad) for g in grad_params))
+
+
+def labelled_rows(
+    lm: Any, input_ids: torch.Tensor, labels: torch.Tensor, **body_kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body's hidden states at the positions whose shifted label is not -100, and those labels.
+
+    Position ``t`` predicts ``labels[t + 1]``; only these rows reach the output layer."""
+    hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False, **body_kwargs).last_hidden_state
+    targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].to(hidden.device)
+    keep = targets != IGNORE_INDEX
+    return hidden[keep], targets[keep]
 
 
 def masked_head_loss(
@@ -152,12 +174,7 @@ def masked_head_loss(
     that reach the output layer. Reduction: sum over targets divided by ``num_items_in_batch``
     when given, else the mean over targets (NaN when there are none, as the standard path).
     """
-    hidden = lm.get_decoder()(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **body_kwargs
-    ).last_hidden_state
-    targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].to(hidden.device)
-    keep = targets != IGNORE_INDEX
-    rows, targets = hidden[keep], targets[keep]
+    rows, targets = labelled_rows(lm, input_ids, labels, attention_mask=attention_mask, position_ids=position_ids, **body_kwargs)
     if rows.shape[0] > HEAD_CHUNK:
         params = [p for p in lm.get_output_embeddings().parameters() if p.requires_grad]
         total = _ChunkedHeadLoss.apply(rows, targets, lm, *params)
