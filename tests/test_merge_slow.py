@@ -1,4 +1,4 @@
-"""Merges on the real Gemma 3 270M (tied embeddings, 18 layers): on disk and in place, and three of
+"""Merges on the real Gemma 3 270M (tied embeddings, 18 layers): on disk and in place, and two of
 mergekit's methods through the YAML ``--emit-mergekit`` writes (the full set on the demo's fine-tuned
 experts is ``benchmarks/bench_merge_real.py``, its table in RESULTS.md).
 
@@ -66,9 +66,7 @@ def gemma_dense_pair(tmp_path_factory, gemma3_270m):
 
 @pytest.mark.parametrize(
     "method,params",
-    [("breadcrumbs_ties", {"density": 0.5, "gamma": 0.01, "weights": {"math": 0.5, "lang": 0.5}}),
-     ("model_stock", {}),
-     ("nuslerp", {"weights": {"math": 0.5, "lang": 0.5}})],
+    [("model_stock", {}), ("nuslerp", {"weights": {"math": 0.5, "lang": 0.5}})],  # the sparsifying ones sort 1.7e8 entries: minutes
 )
 def test_gemma_methods_match_mergekit_within_bf16_rounding(gemma_dense_pair, tmp_path, method, params):
     """Every tensor of the real model (the 262144 x 640 embedding included) within bf16's rounding step."""
