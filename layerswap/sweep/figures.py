@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from layerswap.evaluate.tasks import higher_is_better
 from layerswap.figures import pyplot, save_figure
@@ -202,6 +203,7 @@ def score_scatter(results: pd.DataFrame, task: str, metric: str) -> tuple[plt.Fi
     ax.errorbar(table["analysis_score"], table["value"], yerr=_yerr(table), fmt="o", color="tab:blue", capsize=4)
     for _, row in table.iterrows():
         ax.annotate(str(row["candidate"]).removeprefix("swap-"), (row["analysis_score"], row["value"]), fontsize=7, alpha=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # scores like -0.0826: fewer ticks, no overlapping labels
     ax.set_xlabel("analysis score of the swap (boundaries.yaml)")
     ax.set_ylabel(f"{metric} (mean over languages, 95% interval)")
     title = f"Did the diagnostics predict {task}?"
@@ -267,7 +269,13 @@ def halving_figure(race: Any) -> plt.Figure:
         ax.set_visible(False)
     axes[0, 0].set_yticks(range(len(names)), names, fontsize=7)
     axes[0, 0].invert_yaxis()
-    fig.suptitle(f"Halving on {race.plan.task}: paired difference with the round's leader (Holm-level interval); red dropped", fontsize=10)
+    for ax in axes[:, 0]:  # the shared y axis: every row's labels at the first row's size
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(
+        f"Halving on {race.plan.task}: each candidate minus the round's leader\n"
+        "(interval at the level the round tested it; red: dropped in that round)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
