@@ -28,6 +28,7 @@ from layerswap.progress import set_quiet
 from layerswap.sweep.compare import compare_candidates
 from layerswap.sweep.config import Candidate
 from layerswap.sweep.halving import HalvingPlan, UnitStore, run_halving
+from layerswap.sweep.race_stats import RULE
 from layerswap.sweep.store import read_scores
 
 HERE = Path(__file__).resolve().parent
@@ -167,8 +168,9 @@ def main() -> None:
         f"{', '.join(f'`{c}`' for c in sorted(tied - {leader})) or 'none'}.",
         "",
         *([PROVENANCE, ""] if args.data.resolve() == DATA else []),
-        f"The race: the sweep's own `run_halving` (blocks of {args.block} examples, family-wise alpha {args.alpha} split over the rounds, "
-        "Holm within a round), fed by a replay of the recorded scores; seed 0 keeps the data's order, each other seed a fixed permutation.",
+        f"The race: the sweep's own `run_halving` (blocks of {args.block} examples, family-wise alpha {args.alpha} split over the rounds "
+        f"and both directions, Holm within a round; {RULE}), fed by a replay of the recorded scores; seed 0 keeps the data's order, "
+        "each other seed a fixed permutation.",
         "",
         frame.to_markdown(index=False, floatfmt=".3g"),
         "",
