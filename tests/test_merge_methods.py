@@ -174,26 +174,14 @@ def test_della_matches_mergekit_with_one_random_stream(arch_experts, tmp_path, m
 @pytest.mark.parametrize("density,epsilon", [(0.3, 0.1), (0.5, 0.2), (0.8, 0.15)])
 def test_della_real_draws_keep_the_same_share_and_favour_large_entries_like_mergekit(density, epsilon):
     require_module("mergekit.sparsify", "mergekit is not installed (dev extra)")
-    from mergekit.sparsify import RescaleNorm, della_magprune
+    from merge_checks import assert_della_draws_like_mergekit
 
-    from layerswap.merge.methods._math import stable_seed
     from layerswap.merge.methods.della import della_drop, della_probabilities
 
     rows, cols = 200, 1000
     delta = torch.randn(rows, cols, generator=torch.Generator().manual_seed(0))
-    n = delta.numel()
-    sigma = (density * (1 - density) / n) ** 0.5
-    large = delta.abs() > delta.abs().median(dim=1, keepdim=True).values  # the top half of each row
-    ours = della_drop(delta, density, epsilon, torch.Generator().manual_seed(stable_seed(0, "w", "math")), "l1")
-    torch.manual_seed(1234)  # not 0: the global stream seeded 0 is the one that drew ``delta``, and correlates with it
-    theirs = della_magprune(delta, density, epsilon, RescaleNorm.l1)
-    for out in (ours, theirs):
-        kept = out != 0
-        assert abs(kept.float().mean().item() - density) < 5 * sigma
-        # keep probability rises linearly with rank: the top half keeps density + epsilon/2 on average
-        assert abs(kept[large].float().mean().item() - (density + epsilon / 2)) < 10 * sigma
-        factor = delta.abs().sum() / delta[kept].abs().sum()
-        assert torch.allclose(out[kept], delta[kept] * factor, rtol=1e-5)
+    # global seed not 0: the global stream seeded 0 is the one that drew ``delta``, and correlates with it
+    assert_della_draws_like_mergekit(delta, density, epsilon, global_seed=1234)
     by_prob = della_drop(delta, density, epsilon, torch.Generator().manual_seed(1), "probability")
     kept = by_prob != 0
     probs = della_probabilities(delta, density, epsilon)

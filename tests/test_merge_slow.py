@@ -95,21 +95,7 @@ def test_della_real_draws_on_gemma_weights_keep_the_same_share_and_rescale_like_
     """DELLA's own random draws on a real weight matrix's heavy-tailed magnitudes (not a Gaussian):
     both tools keep ``density`` of the entries, more of the large ones, and rescale the kept alike."""
     require_module("mergekit.sparsify", "mergekit is not installed (dev extra)")
-    from mergekit.sparsify import RescaleNorm, della_magprune
-
-    from layerswap.merge.methods._math import stable_seed
-    from layerswap.merge.methods.della import della_drop
+    from merge_checks import assert_della_draws_like_mergekit
 
     delta = ModelFolder(gemma3_270m).get("model.layers.9.mlp.down_proj.weight", torch.float32)  # 640 x 2048
-    density, epsilon = 0.4, 0.2
-    sigma = (density * (1 - density) / delta.numel()) ** 0.5
-    large = delta.abs() > delta.abs().median(dim=1, keepdim=True).values
-    ours = della_drop(delta.clone(), density, epsilon, torch.Generator().manual_seed(stable_seed(0, "w", "math")), "l1")
-    torch.manual_seed(7)
-    theirs = della_magprune(delta.clone(), density, epsilon, RescaleNorm.l1)
-    for out in (ours, theirs):
-        kept = out != 0
-        assert abs(kept.float().mean().item() - density) < 5 * sigma
-        assert abs(kept[large].float().mean().item() - (density + epsilon / 2)) < 10 * sigma
-        factor = delta.abs().sum() / delta[kept].abs().sum()
-        assert torch.allclose(out[kept], delta[kept] * factor, rtol=1e-5)
+    assert_della_draws_like_mergekit(delta, 0.4, 0.2, global_seed=7)
