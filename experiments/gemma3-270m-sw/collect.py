@@ -38,6 +38,7 @@ from layerswap.analysis.intervals import (
 )
 from layerswap.errors import LayerswapError
 from layerswap.evaluate.tasks import get_task
+from layerswap.sweep.candidates import lens_sources
 from layerswap.sweep.compare import against
 from layerswap.sweep.lens_table import LENS_TABLE_FILE, table_lines
 from layerswap.sweep.selection import read_decisions
@@ -163,15 +164,6 @@ def answer_b(run: Path) -> list[str]:
     return lines
 
 
-def _lens_folders(run: Path) -> list[tuple[str, Path]]:
-    """Every lens of the run with its folder: the deltas (analysis), importance, then the lenses stage's."""
-    folders = [("deltas", run / "analysis"), ("importance", run / "importance")]
-    lenses = run / "lenses"
-    if (lenses / "lenses.csv").is_file():
-        folders += [(str(name), lenses / str(name)) for name in pd.read_csv(lenses / "lenses.csv")["lens"]]
-    return folders
-
-
 def _lens_cells(folder: Path) -> pd.DataFrame:
     if (folder / "cells.csv").is_file():
         return read_table(folder, "cells")
@@ -181,10 +173,7 @@ def _lens_cells(folder: Path) -> pd.DataFrame:
 def lens_separation(run: Path, num_layers: int) -> list[str]:
     """Each lens's recommended swap and whether its language-minus-math share in those layers is
     positive over module kinds (the boundary rule's gain, bootstrap interval over module kinds)."""
-    skipped = {}
-    if (run / "lenses" / "lenses.csv").is_file():
-        table = pd.read_csv(run / "lenses" / "lenses.csv")
-        skipped = {str(r.lens): str(r.reason) for r in table.itertuples() if r.separation == "skipped"}
+    folders = [run / "analysis", run / "importance"] + ([run / "lenses"] if (run / "lenses").is_dir() else [])
     lines = [
         "Does each lens separate the tasks? Each lens's own recommendation by the same boundary rule, and the language-minus-math "
         "share it gives those layers (the rule's gain; 95% bootstrap interval over module kinds, which treats them as independent):",
@@ -192,11 +181,11 @@ def lens_separation(run: Path, num_layers: int) -> list[str]:
         "| lens | recommends (bottom, top, transition) | the lens's verdict | gain (all cells) | mean over module kinds [95% interval] | reads as |",
         "|---|---|---|---|---|---|",
     ]
-    for name, folder in _lens_folders(run):
-        if name in skipped or not (folder / "boundaries.yaml").is_file():
-            lines.append(f"| {name} | none | skipped | | | {skipped.get(name, 'no recommendation').replace('|', '/')} |")
+    for source in lens_sources([str(f) for f in folders]):  # the sweep's own reading of these folders
+        name, bd, folder = source.name, source.data, source.path.parent
+        if source.why is not None:
+            lines.append(f"| {name} | none | skipped | | | {source.why.replace('|', '/')} |")
             continue
-        bd = yaml.safe_load((folder / "boundaries.yaml").read_text())
         head = f"| {name} | ({bd['bottom']}, {bd['top']}, {bd['transition']}) | {bd['separation']} (basis {bd['basis']}) |"
         try:
             g = split_gain(_lens_cells(folder), "lang", "math", int(bd["bottom"]), int(bd["top"]), num_layers=num_layers)
