@@ -52,3 +52,50 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
     finally:
         pyplot().close(fig)
     return paths
+
+
+# Offsets (in points) tried in turn for a point's label: beside it first, then further out.
+_LABEL_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3, 4) for dx, dy in ((4, 4), (4, -10), (-4, 4), (-4, -10), (0, 9), (0, -15))]
+
+
+def label_points(ax: Any, xs: list[float], ys: list[float], labels: list[str], *, fontsize: int = 7) -> None:
+    """Name each point of a scatter without two names overlapping (greedy, in display space).
+
+    Call it once the axes are final (after ``tight_layout`` and tick locators). Each label takes the
+    first offset from its point whose box overlaps no point and no label placed before it and stays
+    inside the axes; points at one position share one label listing their names; a thin leader line ties each
+    label to its point (neighbours' labels can sit closer to another point than to their own). Deterministic: the same data, the same figure.
+    """
+    merged: dict[tuple[float, float], list[str]] = {}
+    for x, y, name in zip(xs, ys, labels, strict=True):
+        merged.setdefault((float(x), float(y)), []).append(str(name))
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    radius = 4 * ax.figure.dpi / 72  # a default marker's half-width: no label covers a point
+    centres = ax.transData.transform([(float(x), float(y)) for x, y in merged])
+    placed: list[Any] = [Bbox.from_extents(cx - radius, cy - radius, cx + radius, cy + radius) for cx, cy in centres]
+
+    def annotate(text: str, xy: tuple[float, float], offset: tuple[float, float], leader: bool = False) -> Any:
+        return ax.annotate(text, xy, xytext=offset, textcoords="offset points", fontsize=fontsize, alpha=0.85,
+                           ha="left" if offset[0] >= 0 else "right",
+                           arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5", "shrinkA": 0, "shrinkB": 3} if leader else None)
+
+    for xy, names in sorted(merged.items()):
+        text = ", ".join(names)
+        chosen, box = 0, None
+        for i, offset in enumerate(_LABEL_OFFSETS):
+            probe = annotate(text, xy, offset)
+            extent = probe.get_window_extent(renderer)
+            probe.remove()
+            inside = axes_box.x0 <= extent.x0 and extent.x1 <= axes_box.x1 and axes_box.y0 <= extent.y0 and extent.y1 <= axes_box.y1
+            if inside and not any(extent.overlaps(other) for other in placed):
+                chosen, box = i, extent
+                break
+        final = annotate(text, xy, _LABEL_OFFSETS[chosen], leader=True)  # crowded everywhere: the first offset
+        if box is None:
+            final.update_positions(renderer)
+            box = Text.get_window_extent(final, renderer)  # the text, not its leader line
+        placed.append(box)

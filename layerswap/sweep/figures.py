@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from layerswap.evaluate.tasks import higher_is_better
-from layerswap.figures import pyplot, save_figure
+from layerswap.figures import label_points, pyplot, save_figure
 from layerswap.sweep.compare import against, eliminated
 from layerswap.sweep.selection import ALL, SWAP_METHOD, Decisions, decide, per_candidate
 
@@ -201,8 +201,6 @@ def score_scatter(results: pd.DataFrame, task: str, metric: str) -> tuple[plt.Fi
     fig, ax = plt.subplots(figsize=(5, 4))
     rho, low, high, n = rank_correlation(results, task, metric)
     ax.errorbar(table["analysis_score"], table["value"], yerr=_yerr(table), fmt="o", color="tab:blue", capsize=4)
-    for _, row in table.iterrows():
-        ax.annotate(str(row["candidate"]).removeprefix("swap-"), (row["analysis_score"], row["value"]), fontsize=7, alpha=0.8)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # scores like -0.0826: fewer ticks, no overlapping labels
     ax.set_xlabel("analysis score of the swap (boundaries.yaml)")
     ax.set_ylabel(f"{metric} (mean over languages, 95% interval)")
@@ -212,7 +210,8 @@ def score_scatter(results: pd.DataFrame, task: str, metric: str) -> tuple[plt.Fi
     else:
         title += f"\nSpearman rho = {rho:.2f} (95% CI {_ci(low, high)}) over {n} swaps"
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout()  # the final axes box first: the labels are placed inside it
+    label_points(ax, list(table["analysis_score"]), list(table["value"]), [str(c).removeprefix("swap-") for c in table["candidate"]])
     return fig, rho
 
 

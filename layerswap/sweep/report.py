@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from layerswap.evaluate.tasks import get_task, higher_is_better
-from layerswap.figures import save_figure
+from layerswap.figures import label_points, save_figure
 from layerswap.io import write_text_atomic
 from layerswap.sweep.compare import ALPHA, against, compare_candidates, compared_leader
 from layerswap.sweep.figures import _ci, halving_figure, plt, write_figures
@@ -238,13 +239,13 @@ def screen_target_section(results: pd.DataFrame, scores: dict[str, Any], screen:
         xs = [corr["screen_values"][c] for c in corr["candidates"]]
         ys = [corr["target_values"][c] for c in corr["candidates"]]
         ax.plot(xs, ys, "o", color="tab:blue")
-        for c, x, yv in zip(corr["candidates"], xs, ys, strict=True):
-            ax.annotate(str(c).removeprefix("swap-"), (x, yv), fontsize=7, alpha=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # long tick labels (-15.75): fewer ticks, none overlapping
         ax.set_xlabel(f"{screen} (on the examples all share)")
         ax.set_ylabel(f"{target} (mean over languages)")
         rho = "n/a" if corr["rho"] is None else f"{corr['rho']:.2f} {_ci(corr['low'], corr['high'])}"
         ax.set_title(f"Screen vs target: Spearman rho = {rho}", fontsize=10)
-        fig.tight_layout()
+        fig.tight_layout()  # the final axes box first: the labels are placed inside it
+        label_points(ax, xs, ys, [str(c).removeprefix("swap-") for c in corr["candidates"]])
         path = save_figure(fig, fig_dir / f"screen_vs_target_{screen}_{target}")[0]
         lines += [f"![screen vs target]({_rel(path, root)})", ""]
     return lines
