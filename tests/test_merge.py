@@ -63,6 +63,54 @@ def test_trim_magnitude_keeps_top_k():
     assert torch.equal(trim_magnitude(d, 0.01), torch.tensor([0.0, -3.0, 0, 0, 0, 0]))  # at least one kept
 
 
+@pytest.mark.parametrize("profile", ["gaussian", "dense-uniform", "sparse", "nan"])
+def test_trim_magnitude_keeps_what_topk_keeps_in_chunks_of_any_size(monkeypatch, profile):
+    """Above ``_TOPK_MAX`` entries the histogram cut keeps exactly the k largest magnitudes (topk's multiset of values), whatever
+    the ties (Adam's first steps leave deltas of one magnitude: nearly every entry ties at the cut),
+    chunk boundaries included; of the entries tied at the cut the first in memory order are kept."""
+    import layerswap.merge.methods._math as math_mod
+
+    g = torch.Generator().manual_seed(3)
+    n = 5003
+    if profile == "gaussian":
+        d = torch.randn(n, generator=g)
+    elif profile == "dense-uniform":  # +-lr everywhere, a few larger: massive ties at the cut
+        d = torch.where(torch.rand(n, generator=g) < 0.5, -1e-5, 1e-5)
+        d[:40] *= 3
+    elif profile == "sparse":  # most entries unchanged (zero delta): the cut can fall on zero
+        d = torch.where(torch.rand(n, generator=g) < 0.1, torch.randn(n, generator=g), torch.zeros(n))
+    else:
+        d = torch.randn(n, generator=g)
+        d[7] = float("nan")
+    monkeypatch.setattr(math_mod, "_CHUNK", 97)  # many chunks, ties spanning their boundaries
+    monkeypatch.setattr(math_mod, "_TOPK_MAX", 1000)  # the histogram cut, not topk
+    for density in (0.001, 0.05, 0.2, 0.5, 0.9):
+        k = max(1, int(density * n))
+        kept = trim_magnitude(d.clone(), density, inplace=True)
+        chosen = (kept != 0) | kept.isnan()
+        expected = torch.topk(d.abs().nan_to_num(nan=float("inf")), k).values
+        if profile != "sparse":  # topk counts kept zeros; a zero kept is indistinguishable from one dropped
+            assert int(chosen.sum()) == k
+        got = torch.sort(kept.abs().nan_to_num(nan=float("inf"))[chosen], descending=True).values
+        assert torch.equal(got, expected[: got.numel()]) and (expected[got.numel():] == 0).all()
+        if profile == "dense-uniform" and k > 40:  # the tied entries kept are the first ones
+            tied = torch.nonzero(chosen[40:]).view(-1)
+            assert torch.equal(tied, torch.arange(tied.numel()))
+
+
+def test_ties_consensus_in_chunks_gives_the_same_bits(monkeypatch):
+    """The sign election and disjoint mean run chunk by chunk: any chunk size, the same result."""
+    import layerswap.merge.methods._math as math_mod
+
+    g = torch.Generator().manual_seed(5)
+    deltas = [torch.randn(37, 11, generator=g) for _ in range(3)]
+    kwargs = {"sparsify": "magnitude", "densities": [0.5, 0.3, 0.7], "consensus": True, "normalize": True, "lam": 0.8}
+    whole = combine_deltas([d.clone() for d in deltas], [0.5, 0.2, 0.3], **kwargs)
+    monkeypatch.setattr(math_mod, "_CHUNK", 13)
+    chunked = combine_deltas([d.clone() for d in deltas], [0.5, 0.2, 0.3], **kwargs)
+    assert torch.equal(whole, chunked) and whole.shape == (37, 11)
+
+
 def test_ties_formula_by_hand():
     d1 = torch.tensor([1.0, -2.0, 3.0, 0.5])
     d2 = torch.tensor([-4.0, -1.0, 1.0, 0.2])

@@ -34,22 +34,82 @@ def blend(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Te
     return out
 
 
+#: Entries per chunk of the magnitude passes: 16 MiB of float32, whatever the tensor's size.
+_CHUNK = 1 << 22
+_CELLS = 1 << 16
+
+
+def _magnitude_bits(chunk: torch.Tensor) -> torch.Tensor:
+    """``|chunk|`` as int32 bit patterns: non-negative floats order like their bits (NaN above inf)."""
+    return chunk.abs().view(torch.int32)
+
+
+def magnitude_cut(flat: torch.Tensor, k: int) -> tuple[int, int]:
+    """The bit pattern of the k-th largest ``|value|`` of a flat float32 tensor, and how many entries
+    equal to it are among the k largest.
+
+    Two histogram passes over the bit patterns, in chunks: the top 16 bits, then the low 16 bits
+    inside the one bucket that holds the k-th value. Memory is two 65,536-cell counts and a chunk,
+    where ``torch.topk`` builds a (value, index) pair per entry: 2.7 GB for Gemma 3 270M's embedding,
+    8.4 GB for Llama-3.1-8B's.
+    """
+    high = torch.zeros(_CELLS, dtype=torch.int64)
+    for chunk in flat.split(_CHUNK):
+        high += torch.bincount(_magnitude_bits(chunk) >> 16, minlength=_CELLS)
+    from_top = high.flip(0).cumsum(0)  # entries in this bucket or above, buckets descending
+    j = int(torch.searchsorted(from_top, k))
+    bucket = _CELLS - 1 - j
+    above = int(from_top[j]) - int(high[bucket])
+    low = torch.zeros(_CELLS, dtype=torch.int64)
+    for chunk in flat.split(_CHUNK):
+        bits = _magnitude_bits(chunk)
+        low += torch.bincount(bits[(bits >> 16) == bucket] & 0xFFFF, minlength=_CELLS)
+    from_top = low.flip(0).cumsum(0)
+    j = int(torch.searchsorted(from_top, k - above))
+    cut = (bucket << 16) | (_CELLS - 1 - j)
+    greater = above + int(from_top[j]) - int(low[_CELLS - 1 - j])
+    return cut, k - greater
+
+
+#: Up to this many entries ``torch.topk`` picks the k largest (its (value, index) pairs cost at most
+#: 256 MiB there); above it, the histogram cut of :func:`magnitude_cut` does, in bounded memory.
+_TOPK_MAX = 1 << 24
+
+
 def trim_magnitude(delta: torch.Tensor, density: float, *, inplace: bool = False) -> torch.Tensor:
     """Keep the ``max(1, int(density * numel))`` entries of largest magnitude, zero the rest
-    (in ``delta`` itself with ``inplace``, which saves a full copy of a 2 GB embedding)."""
+    (in ``delta`` itself with ``inplace``, which saves a full copy of a 2 GB embedding).
+
+    Exactly k entries are kept, as mergekit's sort keeps them. Which of the entries whose magnitude
+    equals the cut's are kept is defined by neither tool: mergekit's unstable argsort and
+    ``torch.topk`` agree on small tensors (the tests' models); on the demo's real pair 764 of 2.0e8
+    layer entries, all at the cut, differ (``benchmarks/results/merge_real.md``). Above
+    ``_TOPK_MAX`` entries, whose topk workspace would be 16 bytes per entry (2.7 GB for Gemma 3
+    270M's embedding, 8.4 GB for Llama-3.1-8B's), the cut comes from :func:`magnitude_cut`, the tied
+    entries kept are the first in memory order, and the mask is applied chunk by chunk.
+    """
     if density >= 1.0 or delta.numel() == 0:
         return delta if inplace else delta.clone()
     k = max(1, int(density * delta.numel()))
-    flat = delta.reshape(-1)
-    # topk keeps exactly k entries, as mergekit's sort does. Entries whose magnitude equals the cut's
-    # are kept in an order neither tool defines: on the demo's real pair 764 of 2.0e8 layer entries,
-    # all at the cut, go the other way in mergekit (benchmarks/results/merge_real.md). Copying its
-    # unstable argsort would cost more than the rest of TIES, for an order torch does not define.
-    keep = torch.topk(flat.abs(), k, sorted=False).indices
-    mask = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
-    mask[keep] = True
-    del keep
-    return delta.mul_(mask.view(delta.shape)) if inplace else delta * mask.view(delta.shape)
+    if inplace:
+        out = delta if delta.is_contiguous() else delta.contiguous()
+    else:
+        out = delta.clone(memory_format=torch.contiguous_format)
+    flat = out.view(-1)
+    if flat.numel() <= _TOPK_MAX:
+        mask = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+        mask[torch.topk(flat.abs(), k, sorted=False).indices] = True
+        return out.mul_(mask.view(out.shape))
+    cut, ties_kept = magnitude_cut(flat, k)
+    for chunk in flat.split(_CHUNK):
+        bits = _magnitude_bits(chunk)
+        keep = bits > cut
+        if ties_kept > 0:
+            at_cut = (bits == cut).nonzero().view(-1)[:ties_kept]
+            keep[at_cut] = True
+            ties_kept -= at_cut.numel()
+        chunk.masked_fill_(~keep, 0.0)
+    return out
 
 
 def dare_mask(delta: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -93,6 +153,32 @@ def elect_positive(weighted: Sequence[torch.Tensor]) -> torch.Tensor:
     return total >= 0
 
 
+def _consensus_mean(taus: list[torch.Tensor], weights: Sequence[float], normalize: bool) -> torch.Tensor:
+    """TIES's sign election and disjoint mean over weighted task vectors, written into ``taus[0]``.
+
+    Elementwise, so it runs chunk by chunk: the running sum, the elected sign, the agreement masks and
+    the divisor exist for one chunk at a time (two full float32 copies and three masks of a 2 GB
+    embedding before), with the same operations in the same order, hence the same bits.
+    """
+    flats = [t.view(-1) for t in taus]
+    for start in range(0, flats[0].numel(), _CHUNK):
+        parts = [f[start : start + _CHUNK] for f in flats]
+        positive = elect_positive(parts)
+        divisor = torch.zeros_like(parts[0]) if normalize else None
+        acc = parts[0]
+        for i, (part, w) in enumerate(zip(parts, weights, strict=True)):
+            agree = torch.where(positive, part > 0, part < 0)  # nonzero and of the elected sign
+            part.mul_(agree)
+            if divisor is not None:
+                divisor.add_(agree, alpha=float(w))
+            if i:
+                acc.add_(part)
+        if divisor is not None:
+            divisor.masked_fill_(divisor == 0, 1.0)
+            acc.div_(divisor)
+    return taus[0]
+
+
 def combine_deltas(
     deltas: Iterable[torch.Tensor],
     weights: Sequence[float],
@@ -115,11 +201,11 @@ def combine_deltas(
 
     Memory is what limits merging a 7-8B model's embedding (500M entries, 2 GB per float32 copy),
     so ``deltas`` may be a generator (each delta is read only once the previous one is trimmed),
-    and every intermediate is updated in place: at most the task vectors, the result, the divisor
-    and one transient per entry are alive at once. The inputs are left untouched unless
+    and every intermediate is updated in place or made one chunk at a time: at most the task vectors
+    (the result is written into the first) and a chunk's transients are alive at once. The inputs are left untouched unless
     ``consume`` says they are the caller's fresh float32 reads, free to be overwritten.
     """
-    taus: list[torch.Tensor | None] = []
+    taus: list[torch.Tensor] = []
     for i, d in enumerate(deltas):
         given = None if consume else d
         d = d.to(torch.float32)
@@ -130,33 +216,21 @@ def combine_deltas(
         elif sparsify == "random":
             gen = generators[i] if generators else None
             d = dare_drop(d, densities[i] if densities else 1.0, gen, rescale)
-        taus.append(d.mul_(float(weights[i])) if d is not given else d * float(weights[i]))
+        taus.append((d.mul_(float(weights[i])) if d is not given else d * float(weights[i])).contiguous())
         del given, d  # a generator's delta is freed before the next one is read
     if len(taus) != len(weights):
         raise ValueError(f"{len(taus)} deltas for {len(weights)} weights")
-    divisor = torch.zeros_like(taus[0]) if normalize and consensus else None
-    positive = elect_positive(taus) if consensus else None
-    mixed: torch.Tensor | None = None
-    for i, w in enumerate(weights):
-        tau = taus[i]
-        taus[i] = None
-        assert tau is not None
-        if positive is not None:
-            agree = torch.where(positive, tau > 0, tau < 0)  # nonzero and of the elected sign
-            tau.mul_(agree)
-            if divisor is not None:
-                divisor.add_(agree, alpha=float(w))
-            del agree
-        mixed = tau if mixed is None else mixed.add_(tau)
-        del tau
-    assert mixed is not None
-    if divisor is not None:
-        divisor.masked_fill_(divisor == 0, 1.0)
-        mixed.div_(divisor)
-    elif normalize and not consensus:
-        total = float(sum(weights))
-        if abs(total) >= 1e-8:
-            mixed.div_(total)
+    if consensus:
+        mixed = _consensus_mean(taus, weights, normalize)  # into taus[0]'s storage
+    else:
+        mixed = taus[0]
+        for tau in taus[1:]:
+            mixed.add_(tau)
+        if normalize:
+            total = float(sum(weights))
+            if abs(total) >= 1e-8:
+                mixed.div_(total)
+    taus.clear()
     if lam != 1.0:
         mixed.mul_(lam)
     return mixed

@@ -1,7 +1,8 @@
 """TIES: trim each delta to its largest magnitudes, elect the sign by total mass, take the disjoint mean.
 
 Conventions where references differ (docs/merge.md): ``k = max(1, int(density * numel))`` kept by
-``torch.topk`` (ties at the cut broken as mergekit's sort does); the sign of the *weighted sum*
+``torch.topk``, or above 16M entries a histogram cut in bounded memory (which of the entries tied at the
+cut are kept is defined by neither tool: ``trim_magnitude``); the sign of the *weighted sum*
 (``0`` counts as ``+``); the mean divides by the summed weights of the agreeing entries (mergekit;
 PEFT divides by their count, the same when every weight is 1).
 """
