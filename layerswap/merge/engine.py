@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # torch is imported on the first computed tensor: raw copies 
 
 
 class Sources(Protocol):
+    #: Whether ``weight`` returns a new tensor on every call (one read, free to overwrite), or a held one.
+    fresh_weights: bool
+
     def weight(self, label: str, name: str) -> torch.Tensor: ...
 
     def delta(self, label: str, name: str, base_weight: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -30,6 +33,8 @@ class Sources(Protocol):
 
 class DiskSources:
     """Base and experts opened lazily; LoRA experts seen as base + ``B @ A * scaling``."""
+
+    fresh_weights = True  # every weight is a new read
 
     def __init__(self, base: ModelFolder | None, experts: Mapping[str, Checkpoint]) -> None:
         self.base = base
@@ -74,7 +79,8 @@ def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
     if isinstance(op, Combine):
         method = get_method(op.method)
         if not op.from_base:  # the formula reads the experts' weights (fresh float32 copies)
-            weights = (src.weight(label, name).to(torch.float32, copy=True) for label, _ in op.weights)
+            copy = not src.fresh_weights  # a held tensor is copied; a fresh read is already the formula's to overwrite
+            weights = (src.weight(label, name).to(torch.float32, copy=copy) for label, _ in op.weights)
             return method.combine(op, name, weights, None)
         base = src.weight(BASE, name).to(torch.float32)
 

@@ -180,6 +180,8 @@ class TensorCache:
                 self._tensors[key] = ckpt.get(name, self.dtype).to(self.device)
         return self._tensors[key]
 
+    fresh_weights = False  # ``store="memory"`` returns held tensors
+
     def weight(self, label: str, name: str) -> torch.Tensor:
         """The source's tensor (cached; do not mutate). LoRA experts: base + delta (a new tensor)."""
         if label != BASE and isinstance(self.experts.get(label), LoraAdapter):

@@ -67,17 +67,29 @@ def factor_for(op: Combine, name: str) -> float:
     return op.option("t")
 
 
+#: Entries per chunk of the norms and the cosine (mergekit's chunk).
+_CHUNK = 1 << 20
+
+
 def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
-    """SLERP of two float32 tensors over all their entries (``v0`` is overwritten)."""
+    """SLERP of two float32 tensors over all their entries (``v0`` is overwritten).
+
+    The norms (norms of chunk norms, as mergekit) and the cosine (chunk dot products) are summed a
+    chunk at a time, with no temporary: the coefficients equal mergekit's to float rounding.
+    """
     import torch
 
     if v0.numel() == 0:
         return v0.mul_(1 - t).add_(v1, alpha=t)
     a, b = v0.reshape(-1), v1.reshape(-1)
-    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    na = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in a.split(_CHUNK)]))
+    nb = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(y) for y in b.split(_CHUNK)]))
     na = na if na > eps else torch.ones_like(na)
     nb = nb if nb > eps else torch.ones_like(nb)
-    dot = float(((a / na) * (b / nb)).sum().clamp(-1, 1))
+    # <a, b> / (|a| |b|): chunk dot products (no temporary: dividing each chunk first, as mergekit
+    # does, allocates three chunk-sized tensors per chunk, most of SLERP's time) summed in float64
+    raw = sum(float(torch.dot(x, y)) for x, y in zip(a.split(_CHUNK), b.split(_CHUNK), strict=True))
+    dot = min(1.0, max(-1.0, raw / (float(na) * float(nb))))
     if abs(dot) > dot_threshold:
         return v0.mul_(1 - t).add_(v1, alpha=t)
     theta = torch.acos(torch.tensor(dot, dtype=torch.float32))
