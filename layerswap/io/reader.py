@@ -268,16 +268,21 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     return _parse_header(raw, path, size)
 
 
+def _pread_range(fd: int, info: TensorInfo, target: memoryview, offset: int) -> None:
+    """Fill ``target`` with the file's bytes from ``offset`` (inside ``info``'s range)."""
+    done = 0
+    while done < len(target):
+        n = os.preadv(fd, [target[done:]], offset + done)
+        if n <= 0:
+            raise CheckpointError(f"{info.file} ended while reading tensor {info.name!r}: the file is truncated")
+        done += n
+
+
 def _pread_into(info: TensorInfo, target: memoryview) -> None:
     """Fill ``target`` (``info.nbytes`` long) with the tensor's bytes."""
     fd = os.open(info.file, _READ_FLAGS)
     try:
-        done = 0
-        while done < info.nbytes:
-            n = os.preadv(fd, [target[done:]], info.offset + done)
-            if n <= 0:
-                raise CheckpointError(f"{info.file} ended while reading tensor {info.name!r}: the file is truncated")
-            done += n
+        _pread_range(fd, info, target, info.offset)
     finally:
         os.close(fd)
 
@@ -358,18 +363,43 @@ def read_tensor_into(info: TensorInfo, out: torch.Tensor, scratch: bytearray | N
     return view.view(info.shape)
 
 
-def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Read one tensor (a private copy, never a view of a memory map), converted to ``dtype`` if given.
+#: Bytes read per ``pread`` when a tensor is converted on the way (a scratch of the stored dtype).
+_CONVERT_CHUNK = 16 << 20
 
-    One copy from the mapped file pages into the result, converting on the way.
+
+def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Read one tensor (a private copy, never a view of a file), converted to ``dtype`` if given.
+
+    ``pread`` straight into the result, or, when converting, into a 16 MiB scratch converted chunk by
+    chunk: no memory map, because a mapped range counts in the process's resident memory while it is
+    copied, so every read of a large tensor counted twice in the peak (Gemma 3 270M's embedding:
+    +640 MiB at each merge that reads it). Streaming passes use :func:`read_tensor_into`.
     """
     import torch
 
     target = dtype if dtype is not None else info.torch_dtype
     out = torch.empty(info.shape, dtype=target)
-    if info.numel:
-        with mapped_tensor(info) as src:
-            out.view(-1).copy_(src)
+    if not info.numel:
+        return out
+    flat = out.view(-1)
+    fd = os.open(info.file, _READ_FLAGS)
+    try:
+        if os.fstat(fd).st_size < info.offset + info.nbytes:
+            raise CheckpointError(f"{info.file} ended while reading tensor {info.name!r}: the file is truncated")
+        if target == info.torch_dtype:
+            _pread_range(fd, info, memoryview(flat.view(torch.uint8).numpy()), info.offset)
+            return out
+        stored = info.torch_dtype
+        size = info.nbytes // info.numel
+        per = max(1, _CONVERT_CHUNK // size)
+        scratch = torch.empty(min(per, info.numel), dtype=stored)
+        raw = memoryview(scratch.view(torch.uint8).numpy())
+        for start in range(0, info.numel, per):
+            n = min(per, info.numel - start)
+            _pread_range(fd, info, raw[: n * size], info.offset + start * size)
+            flat[start : start + n].copy_(scratch[:n])
+    finally:
+        os.close(fd)
     return out
 
 

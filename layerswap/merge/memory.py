@@ -180,7 +180,10 @@ class TensorCache:
                 self._tensors[key] = ckpt.get(name, self.dtype).to(self.device)
         return self._tensors[key]
 
-    fresh_weights = False  # ``store="memory"`` returns held tensors
+    @property
+    def fresh_weights(self) -> bool:
+        """``store="mapped"`` reads every weight anew (free to overwrite); ``store="memory"`` returns held tensors."""
+        return self.store == "mapped"
 
     def weight(self, label: str, name: str) -> torch.Tensor:
         """The source's tensor (cached; do not mutate). LoRA experts: base + delta (a new tensor)."""
@@ -198,7 +201,8 @@ class TensorCache:
             d = self._load(label, name)
             return None if d is None else d.clone()
         base = base_weight if base_weight is not None else self.weight(BASE, name)
-        return self.weight(label, name).to(torch.float32) - base.to(torch.float32)
+        # one new float32 tensor, the expert's weight, turned into the delta in place (a held weight is copied first)
+        return self.weight(label, name).to(torch.float32, copy=not self.fresh_weights).sub_(base)
 
     def preload(self, labels: Iterable[str] | None = None) -> TensorCache:
         """Read every tensor of the named sources (default: all) now, with a progress bar.
