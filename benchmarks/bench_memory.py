@@ -10,7 +10,7 @@ no command above 4 GB (4 x the float32 model).
 
     python benchmarks/bench_memory.py --experts EXPERTS --data-dir ../shared/data [--baseline-src OLD]
 
-``EXPERTS`` holds ``math/`` and ``sw/`` (the CLI tour's experts: full fine-tunes of the 270M).
+``EXPERTS`` holds ``math/`` and ``sw/``: the CLI tour's experts (a full fine-tune and a LoRA adapter of the 270M).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def shown(args: list[str], work: Path, experts: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--experts", required=True, help="folder with math/ and sw/ (full fine-tunes of gemma3-270m)")
+    ap.add_argument("--experts", required=True, help="folder with math/ and sw/ (the CLI tour's experts of gemma3-270m)")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
     ap.add_argument("--baseline-src", help="a folder holding another checkout's layerswap package, run first")
@@ -98,9 +98,9 @@ def main() -> None:
         f"Command: `python benchmarks/bench_memory.py --experts EXPERTS --data-dir ../shared/data --runs {','.join(runs)}"
         + (" --baseline-src OLD`" if before else "`"),
         "",
-        "Gemma 3 270M (1.07 GB in float32, 262,144-token vocabulary), CPU, float32; EXPERTS: two full 12-step fine-tunes "
-        "of it (the demo's math and sw experts). Each command in its own subprocess under `/usr/bin/time -v` (peak RSS = "
-        "maximum resident set size, MiB = 2^20 bytes), one at a time, on 2 CPU cores shared with other jobs; "
+        "Gemma 3 270M (1.07 GB in float32, 262,144-token vocabulary), CPU, float32; EXPERTS: the CLI tour's experts "
+        "(math: full fine-tune, 20 steps; sw: LoRA r=16 adapter, 20 steps). Each command in its own subprocess under `/usr/bin/time -v` (peak RSS = "
+        "maximum resident set size, MiB = 2^20 bytes), one at a time, on 2 CPU cores (other jobs beside them slow them, not their peak); "
         "the goal is 4 GB (3815 MiB), 4 x the float32 model."
         + (" `before`: the same command with an older checkout's package (OLD) first on PYTHONPATH, in the same run." if before else ""),
         "",
