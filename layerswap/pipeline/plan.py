@@ -185,14 +185,15 @@ def estimate_stages(config: DemoConfig, n: float) -> list[StageEstimate]:
     decode_s = finals * sweep.max_new_tokens * step_s / sweep.batch_size  # sequences generated together
     forward_s = 2 * n * (screen + finals) * a["prompt_tokens"] / a["train_flops_per_s"]
     hours = config.seeds * (3 * load + decode_s + forward_s) / 3600  # one sweep per seed
-    cache = (4 if sweep.cache_dtype == "float32" else 2) * 3 * n
+    files = 2 * 3 * n  # base and two experts in bf16, read through the page cache, never held by the process
     rows.append(
         StageEstimate(
             "sweep",
             f"<= {screen} proxy + {finals} MGSM/FLORES example-evaluations" + (f", x {config.seeds} seeds" if config.seeds > 1 else ""),
             hours,
             config.seeds * (3 * load + (decode_s + forward_s) / 8) / 3600,
-            f"{2 * n / GIB:.0f} GiB GPU + {cache / GIB:.0f} GiB RAM (expert cache, {sweep.cache_dtype})",
+            f"{2 * n / GIB:.0f} GiB GPU + one tensor's merge in RAM ({sweep.cache_dtype}); the {files / GIB:.0f} GiB of "
+            "checkpoints stay in the page cache (reclaimable)",
             f"decoding reads 2N bytes per step at {a['decode_bytes_per_s'] / 1e12:.0f} TB/s, batch {sweep.batch_size}",
         )
     )
