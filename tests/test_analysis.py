@@ -446,7 +446,8 @@ def _stream_case(case: str, gen: torch.Generator) -> dict[str, dict[str, torch.T
 
 def _run_stream(data, ks, bands, *, cap=1 << 26, signed=True):
     from layerswap.analysis.bands import BandStream
-    from layerswap.analysis.deltas import SMALLEST_COUNTED, Pass1, TensorStat, Workspace
+    from layerswap.analysis.deltas import SMALLEST_COUNTED, Pass1, TensorStat
+    from layerswap.analysis.workspace import Workspace
 
     experts = list(data)
     tensors = list(data[experts[0]])
@@ -638,7 +639,7 @@ def test_one_pass_and_multi_pass_tables_are_identical(tiny_experts, tiny_lora):
 
 def test_reductions_keep_torch_bits():
     """The one-thread reductions give exactly what torch's own (threaded) dot and sum give on this machine."""
-    from layerswap.analysis.deltas import Reductions
+    from layerswap.analysis.workspace import Reductions
 
     gen = torch.Generator().manual_seed(5)
     cases = [torch.randn(n, generator=gen) for n in (0, 1, 2048, 8191, 8192, 32768, 32769, 65537, 1 << 20)]
@@ -678,3 +679,60 @@ def test_band_stream_sorting_path_equals_sorting(case, monkeypatch):
     for got in (p2, dense):
         assert (got.n, got.both, got.agree) == (want.n, want.both, want.agree)
         assert [c.threshold for c in got.cuts.values()] == [c.threshold for c in want.cuts.values()]
+
+
+def test_halves_on_two_workers_give_the_same_bits():
+    """Outside the layers each large tensor's halves go to two workers: reductions, reads and elementwise ops equal one worker's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from layerswap.analysis import workspace
+
+    gen = torch.Generator().manual_seed(11)
+    red = workspace.Reductions()
+    red.emulate = True  # the two-way split, whatever this machine's thread count
+    with ThreadPoolExecutor(2) as pool:
+        for n in (workspace.HALVES_FROM - 1, workspace.HALVES_FROM, workspace.HALVES_FROM + 12345):
+            x, y = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+            alone = (red.dot(x, y), red.sum(x))
+            red.pool = pool
+            assert (red.dot(x, y), red.sum(x)) == alone
+            red.pool = None
+
+
+def test_pass1_with_halves_and_arena_equals_plain(tiny_experts, tiny_lora, monkeypatch):
+    """Every tensor split between two workers, and layer buffers carved from the outside phase's: the same pass 1."""
+    from layerswap.analysis import workspace
+    from layerswap.analysis.deltas import DeltaSource, Reductions, run_pass1
+    from layerswap.io import DeltaView, ModelFolder
+
+    base = ModelFolder(tiny_experts["base"])
+    sources = [DeltaSource(DeltaView(base, ModelFolder(tiny_experts[e]))) for e in ("math", "lang")]
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(Reductions, "_probe", lambda self: True)  # the two-way split on any machine
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    try:
+        monkeypatch.setattr(workspace, "HALVES_FROM", 1 << 60)
+        plain = run_pass1(base, sources)
+        monkeypatch.setattr(workspace, "HALVES_FROM", 1)
+        halves = run_pass1(base, sources)
+    finally:
+        torch.set_num_threads(threads)
+    assert halves.stats == plain.stats and halves.dots == plain.dots
+    assert halves.base_sumsq == plain.base_sumsq
+
+
+def test_arena_hands_out_disjoint_aligned_slices():
+    from layerswap.analysis.workspace import Arena, Workspace
+
+    ws = Workspace()
+    ws.buf("a", 1000)
+    ws.buf("b", 300, torch.bool)
+    arena = ws.hand_over()
+    x, y = arena.take(100, torch.float32), arena.take(100, torch.bool)
+    assert x is not None and y is not None
+    x.fill_(1.0)
+    y.fill_(True)
+    assert float(x.sum()) == 100.0 and x.data_ptr() % 64 == 0 and y.data_ptr() % 64 == 0
+    assert arena.take(10_000, torch.float32) is None
+    fresh = Workspace(arena, least=50)
+    assert fresh.buf("c", 10).numel() == 10 and Arena([]).take(1, torch.float32) is None

@@ -32,8 +32,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from layerswap.analysis.deltas import SMALLEST_COUNTED, Pass1, ValueSource, Workspace
+from layerswap.analysis.deltas import SMALLEST_COUNTED, Pass1, ValueSource
 from layerswap.analysis.overlap import SAMPLE_SPANS, SAMPLE_WIDTH, Cut, Pass2, bits_to_float, k_count_of
+from layerswap.analysis.workspace import Workspace
 from layerswap.io import ModelFolder
 
 #: Bit pattern of +inf: every finite non-negative float32 lies below it; and of the smallest value that counts.
@@ -243,7 +244,9 @@ class BandStream:
                 if band not in done:
                     # a one-value band at the lowest edge: the values reaching it were just counted
                     known = reach if band[1] - band[0] == 1 and band[0] == self.low[e] else None
-                    done[band] = _single_counts(codes, *band, reach=known, scratch=ws.buf("scratch", codes.size, torch.bool).numpy())
+                    done[band] = _single_counts(
+                        codes, *band, reach=known, scratch=ws.buf("scratch", codes.size, torch.bool).numpy()
+                    )
                     stored += done[band][1].size
                 single[(e, k, name)] = done[band]
         for a, b in self.pairs:
@@ -265,13 +268,19 @@ class BandStream:
             for k in self.top_k:
                 bands = (self.code[(a, k)], self.code[(b, k)])
                 if bands not in done_pair:
-                    lowest = a in masks and b in masks and all(hi - lo == 1 and lo == self.low[x] for (lo, hi), x in zip(bands, (a, b)))
+                    lowest = (
+                        a in masks
+                        and b in masks
+                        and all(hi - lo == 1 and lo == self.low[x] for (lo, hi), x in zip(bands, (a, b)))
+                    )
                     if lowest:  # one value each, at both lowest edges: the masks are the memberships
                         both = np.logical_and(masks[a], masks[b], out=ws.buf("both", ca.size, torch.bool).numpy())
                         n_both = int(np.count_nonzero(both))
                         done_pair[bands] = (n_both, int(np.count_nonzero(np.logical_and(both, same, out=both))), _EMPTY, _EMPTY)
                     else:
-                        done_pair[bands] = self._pair_counts(ca, cb, same, *bands, single[(a, k, name)][1], single[(b, k, name)][1])
+                        done_pair[bands] = self._pair_counts(
+                            ca, cb, same, *bands, single[(a, k, name)][1], single[(b, k, name)][1]
+                        )
                     stored += done_pair[bands][2].size
                 pair[(a, b, k, name)] = done_pair[bands]
         with self._lock:
@@ -366,8 +375,8 @@ class BandStream:
                 for e in self.experts:
                     entry = self.single.get((e, k, t))
                     m = member[(e, k)]
-                    result.n[(e, k, t)] = 0 if entry is None or cuts[(e, k)].mode == "empty" else (
-                        entry[0] + int(entry[2][entry[1] >= m].sum())
+                    result.n[(e, k, t)] = (
+                        0 if entry is None or cuts[(e, k)].mode == "empty" else (entry[0] + int(entry[2][entry[1] >= m].sum()))
                     )
                 for a, b in self.pairs:
                     entry = self.pair.get((a, b, k, t))

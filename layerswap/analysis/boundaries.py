@@ -115,22 +115,46 @@ def _ranges(layers: list[int]) -> str:
     return ",".join(parts)
 
 
-def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str, rule: BoundaryRule = BoundaryRule()) -> dict[str, Any]:
+def recommend(
+    contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str, rule: BoundaryRule = BoundaryRule()
+) -> dict[str, Any]:
     """The recommended bottom/top/transition with score and reason, and the ranked ``candidates``."""
     n = len(contrast)
     d = contrast["diff"].to_numpy(dtype=float)
     tau = rule.penalty / n
     min_middle = rule.middle(n)
     head: dict[str, Any] = {"experts": {"lang": lang, "math": math_}, "num_layers": n}
-    rule_info = {"penalty_per_layer": round(tau, 6), "min_middle": min_middle, "min_gain": rule.min_gain, "min_consistency": rule.min_consistency}
-    grid = [(b, u, t) for b in range(n + 1) for u in range(n + 1 - b) for t in range(rule.max_transition + 1) if _valid(n, b, u, t, min_middle)]
+    rule_info = {
+        "penalty_per_layer": round(tau, 6),
+        "min_middle": min_middle,
+        "min_gain": rule.min_gain,
+        "min_consistency": rule.min_consistency,
+    }
+    grid = [
+        (b, u, t)
+        for b in range(n + 1)
+        for u in range(n + 1 - b)
+        for t in range(rule.max_transition + 1)
+        if _valid(n, b, u, t, min_middle)
+    ]
     if not grid:
-        raise ConfigError(f"no swap boundary fits {n} layers with a middle of at least {min_middle}: lower min_middle or use a deeper model")
+        raise ConfigError(
+            f"no swap boundary fits {n} layers with a middle of at least {min_middle}: lower min_middle or use a deeper model"
+        )
     if np.isnan(d).any():
         zero = lang if np.isnan(contrast["share_lang"]).any() else math_
         kind = str(cells.attrs.get("kind", "deltas"))
         what = "update" if kind in ("deltas", "importance") else f"{kind} lens value"
-        return _prior(head, rule_info, d, tau, n, min_middle, rule, f"no clear separation: {zero} has no {what} in the transformer layers, so there are no shares to compare")
+        return _prior(
+            head,
+            rule_info,
+            d,
+            tau,
+            n,
+            min_middle,
+            rule,
+            f"no clear separation: {zero} has no {what} in the transformer layers, so there are no shares to compare",
+        )
 
     scores = {c: score(d, *c, tau) for c in grid}
     best_b, best_u = max(((b, u) for b, u, t in grid if t == 0), key=lambda c: (scores[(c[0], c[1], 0)], -(c[0] + c[1])))
@@ -139,11 +163,17 @@ def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str
     per_module = module_diffs(cells, lang, math_, n)
     positive = sum(1 for md in per_module if md[outer].sum() > 0)
     consistency = positive / len(per_module) if per_module else 0.0
-    measured = {"gain": round(gain, 6), "module_consistency": round(consistency, 4), "modules_agreeing": f"{positive}/{len(per_module)}"}
+    measured = {
+        "gain": round(gain, 6),
+        "module_consistency": round(consistency, 4),
+        "modules_agreeing": f"{positive}/{len(per_module)}",
+    }
     if gain < rule.min_gain or consistency < rule.min_consistency or scores[(best_b, best_u, 0)] <= 0:
         why = []
         if gain < rule.min_gain:
-            why.append(f"the best split puts only {gain:.3f} more of {lang}'s share than of {math_}'s into the outer layers (needs {rule.min_gain})")
+            why.append(
+                f"the best split puts only {gain:.3f} more of {lang}'s share than of {math_}'s into the outer layers (needs {rule.min_gain})"
+            )
         if consistency < rule.min_consistency:
             why.append(f"only {positive}/{len(per_module)} module kinds agree on it (needs {rule.min_consistency:.0%})")
         if not why:
@@ -153,7 +183,9 @@ def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str
     t = _ambiguous_transition(d, best_b, best_u, tau, rule.max_transition, n, min_middle)
     s_l = float(contrast["share_lang"].to_numpy()[outer].sum())
     s_m = float(contrast["share_math"].to_numpy()[outer].sum())
-    what = {"importance": "importance", "deltas": "update"}.get(str(cells.attrs.get("kind", "deltas")), f"{cells.attrs.get('kind')} lens value")
+    what = {"importance": "importance", "deltas": "update"}.get(
+        str(cells.attrs.get("kind", "deltas")), f"{cells.attrs.get('kind')} lens value"
+    )
     reason = (
         f"{lang} has {s_l:.0%} of its {what} in layers {_ranges(outer)} against {math_}'s {s_m:.0%} "
         f"(gain {gain:.2f}, {positive}/{len(per_module)} module kinds agree)"
@@ -162,7 +194,10 @@ def recommend(contrast: pd.DataFrame, cells: pd.DataFrame, lang: str, math_: str
     rec = {"bottom": best_b, "top": best_u, "transition": t, "score": round(scores[(best_b, best_u, t)], 6), "reason": reason}
     ranked = sorted(grid, key=lambda c: (-scores[c], c[0] + c[1], c[2]))
     cands = [(best_b, best_u, t)] + [c for c in ranked if c != (best_b, best_u, t)]
-    candidates = [{"bottom": b, "top": u, "transition": tt, "score": round(scores[(b, u, tt)], 6)} for b, u, tt in cands[: rule.n_candidates]]
+    candidates = [
+        {"bottom": b, "top": u, "transition": tt, "score": round(scores[(b, u, tt)], 6)}
+        for b, u, tt in cands[: rule.n_candidates]
+    ]
     return rec | {"separation": "clear", "basis": "measured"} | head | {"rule": rule_info | measured, "candidates": candidates}
 
 
@@ -186,7 +221,9 @@ def _ambiguous_transition(d: np.ndarray, b: int, u: int, tau: float, cap: int, n
     return t
 
 
-def _prior(head: dict, rule_info: dict, d: np.ndarray, tau: float, n: int, min_middle: int, rule: BoundaryRule, reason: str) -> dict[str, Any]:
+def _prior(
+    head: dict, rule_info: dict, d: np.ndarray, tau: float, n: int, min_middle: int, rule: BoundaryRule, reason: str
+) -> dict[str, Any]:
     """The paper's proportions (5/32 bottom, 2/32 top) when the data cannot place the boundaries."""
     b0 = max(1, round(5 * n / 32))
     u0 = max(1, round(2 * n / 32))
@@ -210,7 +247,8 @@ def _prior(head: dict, rule_info: dict, d: np.ndarray, tau: float, n: int, min_m
         "top": u0,
         "transition": 0,
         "score": sc(b0, u0, 0),
-        "reason": reason + f"; bottom={b0}, top={u0} are the paper's proportions (5/32, 2/32 of {n} layers), not a measurement: sweep the candidates",
+        "reason": reason
+        + f"; bottom={b0}, top={u0} are the paper's proportions (5/32, 2/32 of {n} layers), not a measurement: sweep the candidates",
     }
     candidates = [{"bottom": b, "top": u, "transition": t, "score": sc(b, u, t)} for b, u, t in near[: rule.n_candidates]]
     return rec | {"separation": "none", "basis": "prior"} | head | {"rule": rule_info, "candidates": candidates}

@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from layerswap.io import DeltaView, ModelFolder, TensorInfo, read_tensor_into
+from layerswap.analysis.workspace import Reductions, Workspace
+from layerswap.io import DeltaView, ModelFolder, TensorInfo
 from layerswap.io.reader import mapped_tensor
 from layerswap.progress import bar
 
@@ -29,102 +31,6 @@ from layerswap.progress import bar
 NBINS = 1 << 16
 #: |values| below this (float32 denormals under 9.2e-41, histogram bin 0) count as unchanged.
 SMALLEST_COUNTED = float(np.array([1 << 16], dtype=np.int32).view(np.float32)[0])
-
-
-class Workspace:
-    """Flat buffers reused for every tensor of a pass (grown to the largest tensor seen, released on demand).
-
-    Fresh multi-hundred-MB tensors cost more in page faults than the arithmetic on them, so the
-    passes read and compute into these buffers instead.
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[str, torch.dtype], torch.Tensor] = {}
-
-    def buf(self, key: str, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The first ``n`` elements of buffer ``key`` (flat), grown if it is smaller."""
-        tensor = self._bufs.get((key, dtype))
-        if tensor is None or tensor.numel() < n:
-            self._bufs.pop((key, dtype), None)
-            tensor = self._bufs[(key, dtype)] = torch.empty(n, dtype=dtype)
-        return tensor[:n]
-
-    def release(self) -> None:
-        """Drop every buffer (before a phase whose tensors are much smaller)."""
-        self._bufs.clear()
-
-    def read(self, info: TensorInfo, key: str) -> torch.Tensor:
-        """Read a tensor as flat float32 into buffer ``key``."""
-        return read_tensor_into(info, self.buf(key, info.numel)).reshape(-1)
-
-    def read_minus(self, info: TensorInfo, minus: torch.Tensor, key: str) -> torch.Tensor:
-        """``tensor - minus`` as flat float32 in buffer ``key`` (read into float32, then subtracted in place)."""
-        out = self.read(info, key)
-        np.subtract(out.numpy(), minus.numpy(), out=out.numpy())  # one thread: exact, and no thread-pool stalls
-        return out
-
-    @classmethod
-    def for_tensors(cls, folders: Sequence[ModelFolder], names: Sequence[str]) -> Workspace:
-        """A workspace (buffers are sized on first use; the arguments are kept for callers)."""
-        return cls()
-
-
-class Reductions:
-    """Float32 ``dot`` and ``sum`` with the bits of torch's own (two-thread) reductions, computed on one thread.
-
-    Torch splits a reduction over its threads (a sum above 32,768 elements, MKL's dot from 8,192
-    on) and adds the halves, so the bits of a float32 sum depend on the thread count. On two
-    threads (this project's machines) the pass runs every op on one thread, where shared cores do
-    not stall a thread pool, and reproduces the two-way split exactly: each half reduced, the two
-    halves added in float32. A probe checks that on the machine at hand first; where it does not
-    hold (other thread counts, another BLAS), the pass keeps torch's threads and calls them as they are.
-    """
-
-    SUM_SPLIT, DOT_SPLIT = 32768, 8192  # above / from these sizes the two-thread reductions split
-
-    def __init__(self) -> None:
-        self.threads = torch.get_num_threads()
-        self.emulate = False
-        if self.threads == 2:
-            self.emulate = self._probe()
-
-    def _probe(self) -> bool:
-        gen = torch.Generator().manual_seed(0)
-        cases = [
-            (n, torch.randn(n, generator=gen), torch.randn(n, generator=gen))
-            for n in (5000, 8191, 8192, 32768, 32769, 100003, 1 << 20)
-        ]
-        native = [(torch.dot(x, y), x.sum()) for _, x, y in cases]
-        torch.set_num_threads(1)
-        try:
-            self.emulate = True
-            ours = [(self.dot(x, y), self.sum(x)) for _, x, y in cases]
-        finally:
-            torch.set_num_threads(self.threads)
-        return all(float(a) == b and float(c) == d for (a, c), (b, d) in zip(native, ours, strict=True))
-
-    def __enter__(self) -> Reductions:
-        if self.emulate:
-            torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.emulate:
-            torch.set_num_threads(self.threads)
-
-    def dot(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        n = x.numel()
-        if not self.emulate or n < self.DOT_SPLIT:
-            return float(torch.dot(x, y))
-        h = (n + 1) // 2
-        return float(torch.dot(x[:h], y[:h]) + torch.dot(x[h:], y[h:]))
-
-    def sum(self, x: torch.Tensor) -> float:
-        n = x.numel()
-        if not self.emulate or n <= self.SUM_SPLIT:
-            return float(x.sum())
-        h = (n + 1) // 2
-        return float(x[:h].sum() + x[h:].sum())
 
 
 class ValueSource(Protocol):
@@ -144,6 +50,10 @@ class ValueSource(Protocol):
 
     def values(self, tensor: str, base_flat: torch.Tensor | None, ws: Workspace, key: str) -> torch.Tensor | None:
         """Flat float32 values of one tensor (in ``ws`` buffer ``key`` or fresh), or None for all zero."""
+
+    def values_over(self, tensor: str, base_flat: torch.Tensor | None, ws: Workspace) -> torch.Tensor | None:
+        """The values written over ``base_flat`` (a workspace buffer the caller no longer needs), or None where
+        this source cannot (the caller then asks :meth:`values`)."""
 
     def sample(self, tensor: str, spans: Sequence[tuple[int, int]]) -> torch.Tensor | None:
         """Float32 values at the flat index ranges ``spans`` (concatenated), or None where sampling is not offered.
@@ -185,6 +95,11 @@ class DeltaSource:
             base_flat = self.view.base.get(tensor, torch.float32).reshape(-1)
         return ws.read_minus(self.view.expert.info(tensor), base_flat, key)
 
+    def values_over(self, tensor: str, base_flat: torch.Tensor | None, ws: Workspace) -> torch.Tensor | None:
+        if self.view.is_lora or base_flat is None:
+            return None
+        return ws.read_minus_over(self.view.expert.info(tensor), base_flat)
+
     def sample(self, tensor: str, spans: Sequence[tuple[int, int]]) -> torch.Tensor | None:
         if self.view.is_lora:
             return None
@@ -223,6 +138,9 @@ class FisherSource:
             f = self.fisher[tensor]
             v = ws.buf(key, f.numel()).copy_(f.reshape(-1))
         return v.clamp_min_(0).sqrt_()
+
+    def values_over(self, tensor: str, base_flat: torch.Tensor | None, ws: Workspace) -> torch.Tensor | None:
+        return None  # importance does not need the base
 
     def sample(self, tensor: str, spans: Sequence[tuple[int, int]]) -> torch.Tensor | None:
         if tensor not in self.fisher:
@@ -330,10 +248,18 @@ def run_pass1(
     clock = (time.perf_counter(), time.process_time())
     with red, bar(total=len(names), desc=desc, unit="tensor") as shown:
         ws = Workspace()
-        for name in outside:
-            _measure(base, sources, name, result, ws, red, observer)
-            shown.update(1)
-        ws.release()  # the embedding-sized buffers: the layer phase needs far smaller ones
+        with ThreadPoolExecutor(max_workers=2) as halves:
+            if red.emulate:  # one tensor at a time here: its two halves use both cores (same bits, see Reductions)
+                ws.pool = red.pool = halves
+            try:
+                for name in outside:
+                    _measure(base, sources, name, result, ws, red, observer)
+                    shown.update(1)
+            finally:
+                ws.pool = red.pool = None
+        # the embedding-sized buffers, already backed by pages, hold the layer phase's far smaller ones
+        arena, least = ws.hand_over(), max((result.numel[t] for t in layer_tensors), default=0)
+        ws = Workspace(arena, least)
         result.phases["outside_layers"], clock = _since(clock), (time.perf_counter(), time.process_time())
         if red.emulate and len(layer_tensors) > 1:
             # every op runs on one thread here, so two tensors at a time use both cores (results do not depend on it)
@@ -349,7 +275,7 @@ def run_pass1(
 
             def work(name: str) -> None:
                 if not hasattr(local, "ws"):
-                    local.ws = Workspace()
+                    local.ws = Workspace(arena, least)
                 _measure(base, sources, name, result, local.ws, red, call if observer is not None else None)
 
             with ThreadPoolExecutor(max_workers=red.threads) as pool:
@@ -378,6 +304,14 @@ def _since(clock: tuple[float, float]) -> dict[str, float]:
     return {"wall": round(time.perf_counter() - clock[0], 2), "cpu": round(time.process_time() - clock[1], 2)}
 
 
+def _abs_range(v: np.ndarray, out: np.ndarray, lo: int, hi: int) -> None:
+    np.abs(v[lo:hi], out=out[lo:hi])
+
+
+def _max_range(a: np.ndarray, lo: int, hi: int) -> np.float32:
+    return a[lo:hi].max()
+
+
 def _measure(
     base: ModelFolder,
     sources: Sequence[ValueSource],
@@ -399,18 +333,20 @@ def _measure(
         result.base_sumsq[name] = float("nan")
     values: dict[str, torch.Tensor] = {}
     slots: dict[str, int] = {}
+    # outside the layers nothing keeps the base once the values are made: the last source that needs it writes its
+    # values over it (one embedding-sized buffer fewer), and every |value| is taken in place
+    consumer = None if in_layer else next((s for s in reversed(touched) if s.needs_base(name)), None)
     for i, src in enumerate(sources):
         result.stats[(src.name, name)] = TensorStat()
-        v = (
-            src.values(name, base_flat if src.needs_base(name) else None, ws, f"value{i}")
-            if any(src is t for t in touched)
-            else None
-        )
+        v = None
+        if any(src is t for t in touched):
+            needs = base_flat if src.needs_base(name) else None
+            v = src.values_over(name, needs, ws) if src is consumer else None
+            if v is None:
+                v = src.values(name, needs, ws, f"value{i}")
         if v is not None:
             values[src.name], slots[src.name] = v, i
-    del base_flat  # its buffer holds |values| of the tensors outside the layers from here on
-    absvals: dict[str, torch.Tensor] = {}
-    first = next(iter(values), None)
+    del base_flat  # in the layers its buffer holds the first |values| from here on
     for e, v in values.items():
         stat = result.stats[(e, name)]
         stat.sumsq = red.dot(v, v)
@@ -418,21 +354,26 @@ def _measure(
             v, stat.nonfinite = clean_nonfinite(v)
             values[e] = v
             stat.sumsq = red.dot(v, v)
-        # the base buffer is free now: it takes the first |values| (all of them outside the layers, where they are not kept)
-        a = ws.buf("base" if not in_layer or e == first else f"abs{slots[e]}", numel)
-        a_np = a.numpy()
-        np.abs(v.numpy(), out=a_np)  # elementwise and exact: numpy's one thread (torch's pool stalls on shared cores)
-        stat.sum_abs = red.sum(a)  # torch's reduction bits (see Reductions)
-        stat.max_abs = float(a_np.max()) if numel else 0.0
-        if in_layer:
-            # counted non-zeros: |value| >= 9.2e-41 (float32 denormals below it count as unchanged)
-            counted = ws.buf("counted", numel, torch.bool).numpy()
-            stat.nnz = int(np.count_nonzero(np.greater_equal(a_np, np.float32(SMALLEST_COUNTED), out=counted)))
-            absvals[e] = a
     experts = result.experts
     for i, ea in enumerate(experts):
         for eb in experts[i + 1 :]:
             both = ea in values and eb in values
             result.dots[(ea, eb, name)] = red.dot(values[ea], values[eb]) if both else 0.0
+    absvals: dict[str, torch.Tensor] = {}
+    first = next(iter(values), None)
+    for e, v in values.items():
+        stat = result.stats[(e, name)]
+        # outside the layers the values are private and no longer needed: |values| replace them
+        a = v if not in_layer else ws.buf("base" if e == first else f"abs{slots[e]}", numel)
+        a_np = a.numpy()
+        # elementwise and exact: numpy's one thread per half (torch's pool stalls on shared cores)
+        ws.halves(numel, partial(_abs_range, v.numpy(), a_np))
+        stat.sum_abs = red.sum(a)  # torch's reduction bits (see Reductions)
+        stat.max_abs = float(max(ws.halves(numel, partial(_max_range, a_np)))) if numel else 0.0
+        if in_layer:
+            # counted non-zeros: |value| >= 9.2e-41 (float32 denormals below it count as unchanged)
+            counted = ws.buf("counted", numel, torch.bool).numpy()
+            stat.nnz = int(np.count_nonzero(np.greater_equal(a_np, np.float32(SMALLEST_COUNTED), out=counted)))
+            absvals[e] = a
     if in_layer and observer is not None:
         observer(name, values, absvals, ws)

@@ -96,7 +96,9 @@ def importance(
         base_names = set(base_folder.names())
         for name, task_texts in texts.items():
             t0 = time.perf_counter()
-            fisher, batches[name] = diagonal_fisher(model, tokenizer, task_texts, batch_size=batch_size, seq_len=seq_len, desc=f"fisher {name}")
+            fisher, batches[name] = diagonal_fisher(
+                model, tokenizer, task_texts, batch_size=batch_size, seq_len=seq_len, desc=f"fisher {name}"
+            )
             seconds_by_task[name] = round(time.perf_counter() - t0, 2)
             kept = {n: f.cpu() for n, f in fisher.items() if n in base_names}
             del fisher
@@ -105,7 +107,15 @@ def importance(
                     work / "fisher" / name,
                     kept,
                     donor=base_folder.path,
-                    provenance={"kind": "diagonal_fisher", "base": str(base_folder.path), "data": data[name], "examples": len(task_texts), "batches": batches[name], "batch_size": batch_size, "seq_len": seq_len},
+                    provenance={
+                        "kind": "diagonal_fisher",
+                        "base": str(base_folder.path),
+                        "data": data[name],
+                        "examples": len(task_texts),
+                        "batches": batches[name],
+                        "batch_size": batch_size,
+                        "seq_len": seq_len,
+                    },
                 )
                 del kept
                 sources.append(FisherSource(ModelFolder(folder), name))

@@ -46,7 +46,9 @@ def read_table(folder: str | Path, name: str) -> pd.DataFrame:
 def cells_from_deltas(deltas: pd.DataFrame) -> pd.DataFrame:
     """``(expert, layer, module, sumsq)`` of the transformer layers from a ``deltas.csv`` table
     (the squared L2 of each tensor, summed per layer and module kind)."""
-    layered = deltas[deltas["layer"].notna()].assign(sumsq=lambda d: d["l2"].astype(float) ** 2, layer=lambda d: d["layer"].astype(int))
+    layered = deltas[deltas["layer"].notna()].assign(
+        sumsq=lambda d: d["l2"].astype(float) ** 2, layer=lambda d: d["layer"].astype(int)
+    )
     return layered.groupby(["expert", "layer", "module"], as_index=False)["sumsq"].sum()
 
 
@@ -158,7 +160,9 @@ def share_agreement(
     pa, pb = _layer_profiles(sa), _layer_profiles(sb)
     common = pa.index.intersection(pb.index)
     if len(common) < 3:
-        raise DataError(f"the two analyses share {len(common)} (layer, module) cells of {expert}: a rank correlation needs at least 3")
+        raise DataError(
+            f"the two analyses share {len(common)} (layer, module) cells of {expert}: a rank correlation needs at least 3"
+        )
     rho, low, high = spearman_ci(pa.loc[common].to_numpy(), pb.loc[common].to_numpy(), confidence=confidence)
     la, lb = sa.groupby(level="layer").sum(), sb.groupby(level="layer").sum()
     layers = la.index.intersection(lb.index)

@@ -30,10 +30,10 @@ from layerswap.analysis.deltas import (
     SMALLEST_COUNTED,
     Pass1,
     ValueSource,
-    Workspace,
     clean_nonfinite,
     reading_order,
 )
+from layerswap.analysis.workspace import Workspace
 from layerswap.errors import ConfigError
 from layerswap.io import ModelFolder
 from layerswap.progress import progress

@@ -47,10 +47,16 @@ def magnitude_heatmap(cells: pd.DataFrame, expert: str, *, kind: str = "deltas",
         title = f"{kind} lens, {expert}: value per layer x module"
     elif kind == "grad":
         df["value"] = df["sumsq"] / df["numel"]
-        label, title = "squared mean gradient per parameter", f"Gradient of {expert} data on the base: squared mean gradient per layer x module"
+        label, title = (
+            "squared mean gradient per parameter",
+            f"Gradient of {expert} data on the base: squared mean gradient per layer x module",
+        )
     elif kind == "importance":
         df["value"] = df["sumsq"] / df["numel"]
-        label, title = "mean Fisher per parameter (mean squared gradient)", f"Importance of {expert} data: mean Fisher per layer x module"
+        label, title = (
+            "mean Fisher per parameter (mean squared gradient)",
+            f"Importance of {expert} data: mean Fisher per layer x module",
+        )
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
             df["value"] = np.sqrt(df["sumsq"]) / np.sqrt(df["base_sumsq"])
@@ -68,7 +74,11 @@ def overlap_heatmap(overlap: pd.DataFrame, expert_a: str, expert_b: str, k: floa
 
     plt = pyplot()
     df = overlap[
-        (overlap["expert_a"] == expert_a) & (overlap["expert_b"] == expert_b) & (overlap["k_percent"] == k) & (overlap["module"] != "all") & overlap["layer"].notna()
+        (overlap["expert_a"] == expert_a)
+        & (overlap["expert_b"] == expert_b)
+        & (overlap["k_percent"] == k)
+        & (overlap["module"] != "all")
+        & overlap["layer"].notna()
     ].copy()
     df["layer"] = df["layer"].astype(int)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -92,13 +102,21 @@ def overlap_heatmap(overlap: pd.DataFrame, expert_a: str, expert_b: str, k: floa
         linewidths=0.3,
         linecolor="white",
     )
-    total = overlap[(overlap["expert_a"] == expert_a) & (overlap["expert_b"] == expert_b) & (overlap["k_percent"] == k) & overlap["layer"].isna()]
+    total = overlap[
+        (overlap["expert_a"] == expert_a)
+        & (overlap["expert_b"] == expert_b)
+        & (overlap["k_percent"] == k)
+        & overlap["layer"].isna()
+    ]
     headline = ""
     if len(total):
         row = total.iloc[0]
         headline = f"\ntotal Jaccard {row['jaccard']:.4f} vs {row['expected_jaccard']:.4f} expected ({row['jaccard_ratio']:.2f}x)"
     what = "importance" if kind == "importance" else "|delta|"
-    ax.set_title(f"Top-{k:g}% {what} overlap, {expert_a} vs {expert_b}{headline}\ncell text: Jaccard / independent expectation (blank: no top-k% parameter there)", fontsize=10)
+    ax.set_title(
+        f"Top-{k:g}% {what} overlap, {expert_a} vs {expert_b}{headline}\ncell text: Jaccard / independent expectation (blank: no top-k% parameter there)",
+        fontsize=10,
+    )
     return _finish_layer_module_axes(fig, ax)
 
 
@@ -109,7 +127,9 @@ def share_plot(layers: pd.DataFrame, boundaries: dict[str, Any] | None, *, kind:
     n = int(layers["layer"].max()) + 1 if len(layers) else 0
     for expert, df in layers.groupby("expert", sort=False):
         ax.plot(df["layer"], df["share"] * 100, marker="o", markersize=3.5, label=str(expert))
-    title = {"deltas": "Share of squared update per layer", "importance": "Share of Fisher importance per layer"}.get(kind, f"Share of the {kind} lens's value per layer")
+    title = {"deltas": "Share of squared update per layer", "importance": "Share of Fisher importance per layer"}.get(
+        kind, f"Share of the {kind} lens's value per layer"
+    )
     if boundaries is not None and n:
         b, u, t = boundaries["bottom"], boundaries["top"], boundaries["transition"]
         style = "-" if boundaries.get("basis") == "measured" else ":"

@@ -86,7 +86,11 @@ class Analysis:
         """The markdown of ``summary.md``: headline numbers, the recommendation, the contrast, warnings."""
         noun = {"importance": "importance", "grad": "the base's mean gradients"}.get(self.kind, "deltas")
         lines = [f"# Analysis of {noun}: {', '.join(self.experts)}", ""]
-        lines.append(f"Base `{self.base}`, {self.num_layers} transformer layers. " + ", ".join(f"{k} = `{v}`" for k, v in self.experts.items()) + ".")
+        lines.append(
+            f"Base `{self.base}`, {self.num_layers} transformer layers. "
+            + ", ".join(f"{k} = `{v}`" for k, v in self.experts.items())
+            + "."
+        )
         lines.append("")
         lines.append("## Headline")
         from layerswap.analysis.intervals import cosine_over_cells, overlap_vs_chance
@@ -95,7 +99,11 @@ class Analysis:
         for i, row in enumerate(self.total_overlap().itertuples()):
             agree = "" if pd.isna(row.sign_agree) else f", {row.sign_agree:.0%} of the shared parameters agree in sign"
             c = chance.iloc[i] if i < len(chance) else None
-            vs = "" if c is None else f"; independent sets give {c['chance_low']:.4f}-{c['chance_high']:.4f}x (95%), hypergeometric p = {c['p_value']:.2g}"
+            vs = (
+                ""
+                if c is None
+                else f"; independent sets give {c['chance_low']:.4f}-{c['chance_high']:.4f}x (95%), hypergeometric p = {c['p_value']:.2g}"
+            )
             lines.append(
                 f"- top-{row.k_percent:g}% sets of {row.expert_a} and {row.expert_b}: Jaccard {row.jaccard:.4f} vs {row.expected_jaccard:.4f} "
                 f"for independent sets ({_x(row.jaccard_ratio)}{vs}){agree}"
@@ -121,16 +129,24 @@ class Analysis:
         if self.contrast is not None:
             lang, math_ = self.roles["lang"], self.roles["math"]
             lines += ["", f"## Contrast per layer ({lang} share minus {math_} share)", ""]
-            lines.append("Spread: standard deviation and range of the same difference computed per module kind. Where the spread is as large as the")
+            lines.append(
+                "Spread: standard deviation and range of the same difference computed per module kind. Where the spread is as large as the"
+            )
             lines.append("difference, the layer does not separate the experts.")
             lines.append("")
             lines.append(f"| layer | {lang} share | {math_} share | diff | module std | module min | module max |")
             lines.append("|---:|---:|---:|---:|---:|---:|---:|")
             cos = self.cosine[(self.cosine["module"] == "all") & self.cosine["layer"].notna()]
             for r in self.contrast.itertuples():
-                lines.append(f"| {r.layer} | {_p(r.share_lang)} | {_p(r.share_math)} | {_p(r.diff)} | {_p(r.diff_module_std)} | {_p(r.diff_module_min)} | {_p(r.diff_module_max)} |")
+                lines.append(
+                    f"| {r.layer} | {_p(r.share_lang)} | {_p(r.share_math)} | {_p(r.diff)} | {_p(r.diff_module_std)} | {_p(r.diff_module_min)} | {_p(r.diff_module_max)} |"
+                )
             if len(cos):
-                lines += ["", "Cosine between the experts per layer: " + ", ".join(f"{int(r.layer)}: {_f(r.cosine, 2)}" for r in cos.itertuples())]
+                lines += [
+                    "",
+                    "Cosine between the experts per layer: "
+                    + ", ".join(f"{int(r.layer)}: {_f(r.cosine, 2)}" for r in cos.itertuples()),
+                ]
         if figures:
             lines += ["", "## Figures", ""]
             for title, paths in figures.items():
@@ -150,16 +166,22 @@ class Analysis:
             if table is not None:
                 table.to_csv(folder / f"{name}.csv", index=False)
         if self.boundaries is not None:
-            (folder / "boundaries.yaml").write_text(yaml.safe_dump(self.boundaries, sort_keys=False, allow_unicode=True), encoding="utf-8")
+            (folder / "boundaries.yaml").write_text(
+                yaml.safe_dump(self.boundaries, sort_keys=False, allow_unicode=True), encoding="utf-8"
+            )
         figures: dict[str, list[str]] = {}
         if plots_too:
             (folder / "figures").mkdir(exist_ok=True)
             for expert in self.experts:
-                figures[f"{expert}: magnitude per layer x module"] = self._save(self.plot_heatmap(expert), folder, f"heatmap_{expert}")
+                figures[f"{expert}: magnitude per layer x module"] = self._save(
+                    self.plot_heatmap(expert), folder, f"heatmap_{expert}"
+                )
             if len(self.experts) >= 2:
                 pair = self.default_pair()
                 for k in self.top_k:
-                    figures[f"top-{k:g}% overlap, {pair[0]} vs {pair[1]}"] = self._save(self.plot_overlap(k, pair), folder, f"overlap_{pair[0]}_{pair[1]}_top{k:g}")
+                    figures[f"top-{k:g}% overlap, {pair[0]} vs {pair[1]}"] = self._save(
+                        self.plot_overlap(k, pair), folder, f"overlap_{pair[0]}_{pair[1]}_top{k:g}"
+                    )
             figures["per-layer shares and boundaries"] = self._save(self.plot_shares(), folder, "shares")
         (folder / "summary.md").write_text(self.summary(figures), encoding="utf-8")
         record = {

@@ -57,7 +57,15 @@ def _spread(count: int, k: int) -> torch.Tensor:
 
 
 def tokenize(
-    name: str, texts: Sequence[str], tokenizer: Any, *, batch_size: int, seq_len: int, sample: int, logit: int | None, decodes: int = 1
+    name: str,
+    texts: Sequence[str],
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    seq_len: int,
+    sample: int,
+    logit: int | None,
+    decodes: int = 1,
 ) -> TokenSet:
     """Cut ``texts`` into batches and choose the positions the probes read (evenly over the whole set).
 

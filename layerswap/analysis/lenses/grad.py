@@ -17,8 +17,9 @@ import time
 import torch
 
 from layerswap.analysis.core import build_analysis
-from layerswap.analysis.deltas import FisherSource, Workspace
+from layerswap.analysis.deltas import FisherSource
 from layerswap.analysis.lenses.base import Lens, LensContext, LensResult, from_analysis, register
+from layerswap.analysis.workspace import Workspace
 
 
 class GradSource(FisherSource):
