@@ -160,11 +160,13 @@ def _single_counts(
 def _classes(codes: np.ndarray, lo: int, hi: int, present: np.ndarray) -> np.ndarray:
     """0 below the band, 1 + the index in ``present`` (sorted offsets from lo) inside it, len(present) + 1 above."""
     width = hi - lo
-    if width <= DENSE_CELLS:
-        lut = np.zeros(width + 2, dtype=np.intp)
-        lut[present + 1] = np.arange(1, present.size + 1)
+    if width <= DENSE_CELLS:  # a 4-byte table and ``take``: half the time of an intp table and fancy indexing
+        lut = np.zeros(width + 2, dtype=np.int32)
+        lut[present + 1] = np.arange(1, present.size + 1, dtype=np.int32)
         lut[width + 1] = present.size + 1
-        return lut[np.clip(codes, lo - 1, hi) - (lo - 1)]
+        index = np.clip(codes, lo - 1, hi)
+        index -= lo - 1
+        return np.take(lut, index)
     off = codes.astype(np.int64) - lo
     inside = np.searchsorted(present, np.clip(off, 0, width - 1)) + 1
     return np.where(off < 0, 0, np.where(off >= width, present.size + 1, inside))
