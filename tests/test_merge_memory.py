@@ -85,3 +85,86 @@ def test_a_model_that_does_not_fit_is_refused_with_the_dtype_that_would(triple):
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="no dtype fits here"):
         cache.check_model_fits(torch.bfloat16, available=2 * params)
+
+
+@pytest.fixture(scope="module")
+def tied_triple(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
+    """Float32 weights on a 1/64 grid and experts one or two grid steps away everywhere: every |delta| ties."""
+    from layerswap.io import ModelFolder
+    from layerswap.io.writer import write_tensors
+
+    root = tmp_path_factory.mktemp("tied")
+    made = make_tiny_model(root / "made", "llama", layers=4, dtype=torch.float32, tokenizer=tiny_tokenizer)
+    src = ModelFolder(made)
+    gen = torch.Generator().manual_seed(8)
+
+    def grid(steps: dict[str, int] | None = None):
+        for name in src.names():
+            w = torch.round(src.get(name) * 64) / 64
+            if steps is not None:
+                sign = torch.where(torch.rand(w.shape, generator=gen) < 0.5, -1.0, 1.0)
+                w = w + sign * steps["size"] * (torch.rand(w.shape, generator=gen) < steps["share"]).float() / 64 + sign / 64
+            yield name, w
+
+    base = write_tensors(root / "base", grid(), donor=made)
+    math = write_tensors(root / "math", grid({"size": 0, "share": 0.0}), donor=made)
+    lang = write_tensors(root / "lang", grid({"size": 1, "share": 0.3}), donor=made)
+    return {"base": base, "math": math, "lang": lang}
+
+
+def _streaming_configs(t: dict[str, Path]) -> list[dict]:
+    experts = {"math": str(t["math"]), "lang": str(t["lang"])}
+    base = str(t["base"])
+    return [
+        {"method": "ties", "base": base, "experts": experts, "params": {"density": 0.3, "weights": {"math": 0.7, "lang": 0.4}}},
+        {"method": "ties", "base": base, "experts": experts, "params": {"density": {"math": 1.0, "lang": 0.1}, "normalize": False}},
+        {"method": "task_arithmetic", "base": base, "experts": experts, "params": {"weights": {"math": 0.5, "lang": 0.5}, "lambda": 0.8}},
+        {"method": "ties", "base": base, "experts": experts, "params": {"density": 0.5, "lines": {"alpha": 0.2, "beta": 1.0}}},
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32-cache", "model-dtype-cache"])
+def test_streamed_merge_equals_the_in_memory_one(triple, dtype, monkeypatch):
+    """Above the topk size, TIES and task arithmetic read chunks from the files (no float32 task vectors):
+    the same bits as the in-memory histogram path, into a model or to disk."""
+    _check_streamed(triple, dtype, monkeypatch)
+
+
+def test_streamed_ties_keep_the_same_tied_entries(tied_triple, monkeypatch):
+    """Every |delta| equal: which tied entries the cut keeps (the first in memory order) is the same streamed."""
+    _check_streamed(tied_triple, torch.float32, monkeypatch)
+
+
+def _check_streamed(t: dict[str, Path], dtype: torch.dtype, monkeypatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from layerswap.merge import engine
+    from layerswap.merge.engine import DiskSources, compute
+    from layerswap.merge.methods import _math
+    from layerswap.merge.streamed import combine_streamed
+
+    monkeypatch.setattr(_math, "_TOPK_MAX", 4000)  # the embedding and head (12,288 entries) take the histogram cut
+    monkeypatch.setattr(_math, "_CHUNK", 997)  # in 13 chunks, ties spread over them
+    streamed = []
+    monkeypatch.setattr(engine, "combine_streamed", lambda *a: streamed.append(1) or combine_streamed(*a))
+    for data in _streaming_configs(t):
+        cfg = merge_config(data)
+        held = merged_state_dict(TensorCache.from_config(cfg, dtype=dtype, store="memory").preload(), cfg, dtype=torch.float32)
+        mapped = TensorCache.from_config(cfg, dtype=dtype)
+        before = len(streamed)
+        ours = merged_state_dict(mapped, cfg, dtype=torch.float32)
+        assert len(streamed) > before, data  # the streamed path ran
+        for name in held:
+            assert torch.equal(held[name], ours[name]), (data, name)
+        model = AutoModelForCausalLM.from_pretrained(t["base"], dtype=dtype)
+        apply_merge(model, mapped, cfg)
+        for name, value in model.state_dict().items():
+            if name in held:
+                assert torch.equal(value, held[name].to(value.dtype)), (data, name)
+        if dtype == torch.float32:  # the on-disk merge's sources
+            from layerswap.merge.plan import build_plan
+
+            disk = DiskSources(mapped.base, mapped.experts)
+            plan = build_plan(cfg, mapped.num_layers)
+            for name in (n for n in held if held[n].numel() > 4000):
+                assert torch.equal(compute(plan.op_for(name, mapped.architecture), name, disk), held[name]), (data, name)

@@ -375,30 +375,36 @@ def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> torch.Ten
     copied, so every read of a large tensor counted twice in the peak (Gemma 3 270M's embedding:
     +640 MiB at each merge that reads it). Streaming passes use :func:`read_tensor_into`.
     """
+    return read_span(info, 0, info.numel, dtype).view(info.shape)
+
+
+def read_span(info: TensorInfo, start: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Elements ``[start, stop)`` of a tensor in flat order, as a new flat tensor converted to ``dtype``:
+    a chunk of a tensor too large to hold whole (streamed merges), read as :func:`read_tensor` reads."""
     import torch
 
     target = dtype if dtype is not None else info.torch_dtype
-    out = torch.empty(info.shape, dtype=target)
-    if not info.numel:
-        return out
-    flat = out.view(-1)
+    if not 0 <= start <= stop <= info.numel:
+        raise ValueError(f"span [{start}, {stop}) is outside tensor {info.name!r} of {info.numel} elements")
+    flat = torch.empty(stop - start, dtype=target)
+    if stop == start:
+        return flat
+    size = info.nbytes // info.numel
     fd = os.open(info.file, _READ_FLAGS)
     try:  # a truncated file ends a read early: _pread_range says so in one line
         if target == info.torch_dtype:
-            _pread_range(fd, info, memoryview(flat.view(torch.uint8).numpy()), info.offset)
-            return out
-        stored = info.torch_dtype
-        size = info.nbytes // info.numel
+            _pread_range(fd, info, memoryview(flat.view(torch.uint8).numpy()), info.offset + start * size)
+            return flat
         per = max(1, _CONVERT_CHUNK // size)
-        scratch = torch.empty(min(per, info.numel), dtype=stored)
+        scratch = torch.empty(min(per, stop - start), dtype=info.torch_dtype)
         raw = memoryview(scratch.view(torch.uint8).numpy())
-        for start in range(0, info.numel, per):
-            n = min(per, info.numel - start)
-            _pread_range(fd, info, raw[: n * size], info.offset + start * size)
-            flat[start : start + n].copy_(scratch[:n])
+        for at in range(start, stop, per):
+            n = min(per, stop - at)
+            _pread_range(fd, info, raw[: n * size], info.offset + at * size)
+            flat[at - start : at - start + n].copy_(scratch[:n])
     finally:
         os.close(fd)
-    return out
+    return flat
 
 
 def load_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:

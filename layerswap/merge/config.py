@@ -67,8 +67,7 @@ class MergeConfig(StrictModel):
             raise ValueError(str(exc)) from None
         if code not in FLOAT_CODES:
             raise ValueError(
-                f"dtype {value!r} is not a floating point type (casting weights to it would destroy them): "
-                "use bf16, fp16 or fp32"
+                f"dtype {value!r} is not a floating point type (casting weights to it would destroy them): use bf16, fp16 or fp32"
             )
         return value
 
@@ -170,4 +169,3 @@ class SwapOptions(StrictModel):
 
     def merge_config(self) -> MergeConfig:
         return swap_config(**self.model_dump())
-

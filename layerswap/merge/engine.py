@@ -8,16 +8,19 @@ method's (:meth:`~layerswap.merge.methods.MergeMethod.combine`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from layerswap.errors import ConfigError
-from layerswap.io import Checkpoint, DeltaView, LoraAdapter, ModelFolder
+from layerswap.io import Checkpoint, DeltaView, LoraAdapter, ModelFolder, TensorInfo
+from layerswap.io.reader import read_span
 from layerswap.merge.methods import get_method
 from layerswap.merge.ops import BASE, Blend, Combine, Op, Select
 
 if TYPE_CHECKING:  # torch is imported on the first computed tensor: raw copies never need it
     import torch
+
+    from layerswap.merge.streamed import SpanReader
 
 
 class Sources(Protocol):
@@ -28,6 +31,10 @@ class Sources(Protocol):
 
     def delta(self, label: str, name: str, base_weight: torch.Tensor | None = None) -> torch.Tensor | None:
         """``expert - base`` in float32 as a new tensor: the merge overwrites it in place."""
+        ...
+
+    def span_reader(self, name: str, labels: Sequence[str]) -> SpanReader | None:
+        """Chunks of tensor ``name`` of ``labels`` as ``weight`` would give them, or None where a source is no file."""
         ...
 
 
@@ -65,13 +72,68 @@ class DiskSources:
     def delta(self, label: str, name: str, base_weight: torch.Tensor | None = None) -> torch.Tensor | None:
         return self.views[label].delta(name, base_weight)
 
+    def span_reader(self, name: str, labels: Sequence[str]) -> SpanReader | None:
+        return file_spans(name, {label: self.checkpoint(label) for label in labels})
+
+
+def file_spans(
+    name: str,
+    checkpoints: Mapping[str, Checkpoint],
+    device: torch.device | str = "cpu",
+    dtypes: Callable[[TensorInfo], torch.dtype | None] = lambda info: None,
+) -> SpanReader | None:
+    """A :class:`SpanReader` over full checkpoints' files (None if one is a LoRA adapter): ``dtypes(info)``
+    is the dtype each chunk is read in (None: as stored), then moved to ``device`` and made float32."""
+    import torch
+
+    from layerswap.merge.streamed import SpanReader
+
+    if not all(isinstance(c, ModelFolder) for c in checkpoints.values()):
+        return None
+    infos = {label: c.info(name) for label, c in checkpoints.items()}
+
+    def read(label: str, start: int, stop: int) -> torch.Tensor:
+        info = infos[label]
+        return read_span(info, start, stop, dtypes(info)).to(device).to(torch.float32)
+
+    return SpanReader(torch.Size(next(iter(infos.values())).shape), torch.device(device), read)
+
+
+def _streamed(op: Op, name: str, src: Sources) -> tuple[object, SpanReader] | None:
+    """The method and chunk reader when ``op`` is computed chunk by chunk from the files (see ``merge/streamed.py``)."""
+    if not isinstance(op, Combine) or not op.from_base:
+        return None
+    from layerswap.merge.streamed import streams
+
+    method = get_method(op.method)
+    labels = [BASE, *(label for label, _ in op.weights)]
+    reader = src.span_reader(name, labels) if hasattr(src, "span_reader") else None
+    return (method, reader) if reader is not None and streams(method, op, reader.numel) else None
+
+
+def compute_into(op: Op, name: str, src: Sources, target: torch.Tensor) -> None:
+    """Write the merged tensor ``name`` into ``target`` (a model's parameter): chunk by chunk where the
+    operation streams, so no float32 copy of the tensor is made; otherwise ``compute`` and one copy."""
+    from layerswap.merge.streamed import combine_streamed
+
+    streamed = _streamed(op, name, src)
+    if streamed is not None:
+        combine_streamed(streamed[0], op, streamed[1], target)
+    else:
+        target.copy_(compute(op, name, src))
+
 
 def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
     """The merged float32 tensor ``name`` under ``op`` (a Select may return a cached tensor: do not mutate)."""
     import torch
 
     from layerswap.merge.methods._math import blend
+    from layerswap.merge.streamed import combine_streamed
 
+    streamed = _streamed(op, name, src)
+    if streamed is not None:  # one float32 tensor, the result, instead of the base and every delta
+        reader = streamed[1]
+        return combine_streamed(streamed[0], op, reader, torch.empty(reader.shape, dtype=torch.float32, device=reader.device))
     if isinstance(op, Select):
         return src.weight(op.source, name)
     if isinstance(op, Blend):

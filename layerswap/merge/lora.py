@@ -102,9 +102,7 @@ def write_adapter(
     if not chosen:
         raise ConfigError("the merge keeps no LoRA module of any expert: the output would be the base model itself")
     arch = generic_architecture(plan.num_layers)
-    donor_label = next(
-        label for label in experts if any(info.file.parent == experts[label].path for _, info in chosen)
-    )
+    donor_label = next(label for label in experts if any(info.file.parent == experts[label].path for _, info in chosen))
     layers = sorted({layer for key, _ in chosen if (layer := arch.classify(key).layer) is not None})
     updates: dict[str, Any] = {"layers_to_transform": layers}
     if base_path is not None:
@@ -112,7 +110,12 @@ def write_adapter(
     specs = [TensorSpec(key, info.dtype, info.shape) for key, info in chosen]
     provenance = dict(provenance, donor=str(experts[donor_label].path))
     with ShardedWriter(
-        out, specs, donor=experts[donor_label].path, provenance=provenance, overwrite=overwrite, adapter=True,
+        out,
+        specs,
+        donor=experts[donor_label].path,
+        provenance=provenance,
+        overwrite=overwrite,
+        adapter=True,
         config_updates=updates,
     ) as writer:
         for key, info in progress(chosen, desc="merge (adapter)", total=len(chosen), unit="tensor"):

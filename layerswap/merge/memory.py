@@ -24,13 +24,22 @@ from typing import Literal
 import torch
 
 from layerswap.errors import ConfigError, IncompatibleModelsError
-from layerswap.io import Architecture, Checkpoint, LoraAdapter, ModelFolder, check_compatible, open_checkpoint, open_model
+from layerswap.io import (
+    Architecture,
+    Checkpoint,
+    LoraAdapter,
+    ModelFolder,
+    TensorInfo,
+    check_compatible,
+    open_checkpoint,
+    open_model,
+)
 from layerswap.merge.config import MergeConfig
-from layerswap.merge.engine import DiskSources, compute
+from layerswap.merge.engine import DiskSources, compute, compute_into, file_spans
 from layerswap.merge.ops import BASE, MergePlan
 from layerswap.merge.plan import build_plan
+from layerswap.merge.streamed import SpanReader
 from layerswap.progress import progress
-
 
 Store = Literal["mapped", "memory"]
 
@@ -158,11 +167,14 @@ class TensorCache:
             f"{available / 1e9:.1f} GB is available: {hint}"
         )
 
+    def _read_dtype(self, info: TensorInfo) -> torch.dtype | None:
+        """The cache's dtype, or None (as stored) for a float32 cache where the stored dtype converts exactly."""
+        keep = self.dtype == torch.float32 and info.torch_dtype.is_floating_point and torch.finfo(info.torch_dtype).bits <= 32
+        return None if keep else self.dtype
+
     def _read(self, ckpt: ModelFolder, name: str) -> torch.Tensor:
         """One tensor from the files: in the cache's dtype, or (float32 cache) its own dtype where that converts exactly."""
-        info = ckpt.info(name)
-        keep = self.dtype == torch.float32 and info.torch_dtype.is_floating_point and torch.finfo(info.torch_dtype).bits <= 32
-        return ckpt.get(name, None if keep else self.dtype).to(self.device)
+        return ckpt.get(name, self._read_dtype(ckpt.info(name))).to(self.device)
 
     def _load(self, label: str, name: str) -> torch.Tensor | None:
         key = (label, name)
@@ -179,6 +191,16 @@ class TensorCache:
                     return self._read(ckpt, name)
                 self._tensors[key] = ckpt.get(name, self.dtype).to(self.device)
         return self._tensors[key]
+
+    def span_reader(self, name: str, labels: Iterable[str]) -> SpanReader | None:
+        """Chunks read from the files as :meth:`_read` reads whole tensors (``store="mapped"`` only: held
+        tensors are in memory already); None where a source is a LoRA adapter."""
+        if self.store != "mapped":
+            return None
+        ckpts = {label: self.base if label == BASE else self.experts[label] for label in labels}
+        if any(c is None for c in ckpts.values()):
+            return None
+        return file_spans(name, ckpts, self.device, self._read_dtype)
 
     @property
     def fresh_weights(self) -> bool:
@@ -296,8 +318,10 @@ def apply_merge(model: torch.nn.Module, cache: TensorCache, config: MergeConfig,
                 f"the model has no parameter {name!r} of the merge sources: load the model from the same base"
             )
         if tuple(target.shape) != tuple(cache.reference.info(name).shape):
-            raise IncompatibleModelsError(f"parameter {name!r} has shape {list(target.shape)} in the model, not as in the sources")
-        target.copy_(compute(op, name, cache))
+            raise IncompatibleModelsError(
+                f"parameter {name!r} has shape {list(target.shape)} in the model, not as in the sources"
+            )
+        compute_into(op, name, cache, target)
         state[name] = op
         copied += 1
     return ApplyStats(copied, skipped, time.perf_counter() - start, plan)

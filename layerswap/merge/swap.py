@@ -28,8 +28,13 @@ def swap(
 ) -> MergeResult:
     """Math expert in the middle, language expert in the bottom ``bottom`` and top ``top`` layers."""
     config = swap_config(
-        math=str(math), lang=str(lang), bottom=bottom, top=top, transition=transition,
-        base=str(base) if base is not None else None, non_layer=non_layer,
+        math=str(math),
+        lang=str(lang),
+        bottom=bottom,
+        top=top,
+        transition=transition,
+        base=str(base) if base is not None else None,
+        non_layer=non_layer,
     )
     return merge(config, out, overwrite=overwrite, emit_mergekit=emit_mergekit)
 

@@ -143,8 +143,12 @@ def merge(
     }
     if output == "adapter":
         folder, n = write_adapter(
-            Path(out), plan, opened.experts, base_path=str(opened.base.path) if opened.base else None,
-            provenance=provenance, overwrite=overwrite,
+            Path(out),
+            plan,
+            opened.experts,
+            base_path=str(opened.base.path) if opened.base else None,
+            provenance=provenance,
+            overwrite=overwrite,
         )
         result = MergeResult(folder, output, reason, plan, copied=n, provenance=provenance)
     else:
@@ -159,7 +163,9 @@ def merge(
     return result
 
 
-def _write_full(opened: OpenedMerge, out: Path, provenance: dict[str, Any], *, overwrite: bool, output_reason: str) -> MergeResult:
+def _write_full(
+    opened: OpenedMerge, out: Path, provenance: dict[str, Any], *, overwrite: bool, output_reason: str
+) -> MergeResult:
     cfg, plan, ref = opened.config, opened.plan, opened.reference
     arch = ref.architecture
     out_code = parse_dtype_code(cfg.dtype) if cfg.dtype else None
@@ -174,7 +180,12 @@ def _write_full(opened: OpenedMerge, out: Path, provenance: dict[str, Any], *, o
     provenance = dict(provenance, donor=str(donor), dtype=cfg.dtype or "same as inputs")
     copied = computed = 0
     with ShardedWriter(
-        out, specs, max_shard_size=cfg.max_shard_size, donor=donor, provenance=provenance, overwrite=overwrite,
+        out,
+        specs,
+        max_shard_size=cfg.max_shard_size,
+        donor=donor,
+        provenance=provenance,
+        overwrite=overwrite,
         config_updates=updates,
     ) as writer:
         for spec in progress(specs, desc=f"merge ({cfg.method})", total=len(specs), unit="tensor"):

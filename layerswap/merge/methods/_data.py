@@ -113,9 +113,16 @@ def stats_file(spec: StatsSpec, label: str) -> Path:
     path, data = next((p, d) for lab, p, d in spec.experts if lab == label)
     lora = is_adapter_folder(path)
     key = {
-        "kind": spec.kind, "expert": _files_key(path), "base": _files_key(spec.base) if lora else None, "data": data,
-        "data_dir": spec.data_dir, "examples": spec.examples, "batch_size": spec.batch_size, "seq_len": spec.seq_len,
-        "device": _device(spec), "version": 1,
+        "kind": spec.kind,
+        "expert": _files_key(path),
+        "base": _files_key(spec.base) if lora else None,
+        "data": data,
+        "data_dir": spec.data_dir,
+        "examples": spec.examples,
+        "batch_size": spec.batch_size,
+        "seq_len": spec.seq_len,
+        "device": _device(spec),
+        "version": 1,
     }
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=12).hexdigest()
     return cache_dir() / "merge-stats" / f"{spec.kind}-{label}-{digest}.safetensors"
@@ -191,7 +198,9 @@ def _compute(spec: StatsSpec, label: str, path: Path) -> None:
     if spec.kind == "fisher":
         stats, count = gradient_moments(model, tokenizer, texts, power=2, **common)
     else:
-        stats, count = input_grams(model, tokenizer, texts, keep=lambda n: n in names and arch.classify(n).layer is not None, **common)
+        stats, count = input_grams(
+            model, tokenizer, texts, keep=lambda n: n in names and arch.classify(n).layer is not None, **common
+        )
     del model
     tensors = {n: t.detach().to("cpu", torch.float32).contiguous() for n, t in stats.items() if n in names}
     if not tensors:  # parameter names the checkpoint does not use would silently make the merge an average
@@ -199,7 +208,11 @@ def _compute(spec: StatsSpec, label: str, path: Path) -> None:
             f"the {spec.kind} statistics of expert {label!r} name none of its checkpoint's tensors (e.g. {next(iter(stats), 'none')!r}): "
             "its architecture names parameters differently from its safetensors; use linear or task_arithmetic"
         )
-    meta = {k: str(v) for k, v in asdict(spec).items() if k != "experts"} | {"expert": expert_path, "data": data, "count": str(count)}
+    meta = {k: str(v) for k, v in asdict(spec).items() if k != "experts"} | {
+        "expert": expert_path,
+        "data": data,
+        "count": str(count),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -235,5 +248,10 @@ class DataMethod(WeightedMethod):
     def layout(self, config: MergeSpec, params: DataParams, num_layers: int) -> Layout:
         stats = StatsSpec.of(self.name, config, params)
         forget(stats)  # a plan is built once per merge: its first tensor finds the statistics' files again
-        op = Combine(self.name, tuple(self.weights(config, params).items()), from_base=False, options=(("stats", stats), *self.options(params)))
+        op = Combine(
+            self.name,
+            tuple(self.weights(config, params).items()),
+            from_base=False,
+            options=(("stats", stats), *self.options(params)),
+        )
         return Layout((op,) * num_layers, op, tuple(config.experts))

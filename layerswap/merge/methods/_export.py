@@ -30,7 +30,9 @@ def model_path(config: MergeSpec, label: str) -> str:
     return path
 
 
-def method_doc(config: MergeSpec, method: str, labels: list[str], parameters: dict[str, Any], *, base: bool = True) -> dict[str, Any]:
+def method_doc(
+    config: MergeSpec, method: str, labels: list[str], parameters: dict[str, Any], *, base: bool = True
+) -> dict[str, Any]:
     """A named mergekit method over ``labels`` (no per-model parameters), with the base if ``base``."""
     doc: dict[str, Any] = {"merge_method": method}
     if base:

@@ -44,6 +44,42 @@ def _magnitude_bits(chunk: torch.Tensor) -> torch.Tensor:
     return chunk.abs().view(torch.int32)
 
 
+class MagnitudeCut:
+    """The k-th largest ``|value|`` of a tensor fed in chunks, twice (see :func:`magnitude_cut`): the
+    chunks may come from memory or, for a tensor too large to hold, from its files (streamed merges)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.high = torch.zeros(_CELLS, dtype=torch.int64)
+        self.low = torch.zeros(_CELLS, dtype=torch.int64)
+        self.bucket = -1
+        self.above = 0
+
+    def add_high(self, chunk: torch.Tensor) -> None:
+        """Pass 1: count the chunk's magnitudes by their top 16 bits."""
+        self.high += torch.bincount(_magnitude_bits(chunk) >> 16, minlength=_CELLS).cpu()
+
+    def settle_high(self) -> None:
+        """After pass 1: the bucket that holds the k-th value, and how many entries lie above it."""
+        from_top = self.high.flip(0).cumsum(0)  # entries in this bucket or above, buckets descending
+        j = int(torch.searchsorted(from_top, self.k))
+        self.bucket = _CELLS - 1 - j
+        self.above = int(from_top[j]) - int(self.high[self.bucket])
+
+    def add_low(self, chunk: torch.Tensor) -> None:
+        """Pass 2: count the low 16 bits of the chunk's magnitudes inside that bucket."""
+        bits = _magnitude_bits(chunk)
+        self.low += torch.bincount(bits[(bits >> 16) == self.bucket] & 0xFFFF, minlength=_CELLS).cpu()
+
+    def result(self) -> tuple[int, int]:
+        """(bit pattern of the k-th largest magnitude, how many entries equal to it are among the k largest)."""
+        from_top = self.low.flip(0).cumsum(0)
+        j = int(torch.searchsorted(from_top, self.k - self.above))
+        cut = (self.bucket << 16) | (_CELLS - 1 - j)
+        greater = self.above + int(from_top[j]) - int(self.low[_CELLS - 1 - j])
+        return cut, self.k - greater
+
+
 def magnitude_cut(flat: torch.Tensor, k: int) -> tuple[int, int]:
     """The bit pattern of the k-th largest ``|value|`` of a flat float32 tensor, and how many entries
     equal to it are among the k largest.
@@ -53,22 +89,26 @@ def magnitude_cut(flat: torch.Tensor, k: int) -> tuple[int, int]:
     where ``torch.topk`` builds a (value, index) pair per entry: 2.7 GB for Gemma 3 270M's embedding,
     8.4 GB for Llama-3.1-8B's.
     """
-    high = torch.zeros(_CELLS, dtype=torch.int64)
+    cut = MagnitudeCut(k)
     for chunk in flat.split(_CHUNK):
-        high += torch.bincount(_magnitude_bits(chunk) >> 16, minlength=_CELLS)
-    from_top = high.flip(0).cumsum(0)  # entries in this bucket or above, buckets descending
-    j = int(torch.searchsorted(from_top, k))
-    bucket = _CELLS - 1 - j
-    above = int(from_top[j]) - int(high[bucket])
-    low = torch.zeros(_CELLS, dtype=torch.int64)
+        cut.add_high(chunk)
+    cut.settle_high()
     for chunk in flat.split(_CHUNK):
-        bits = _magnitude_bits(chunk)
-        low += torch.bincount(bits[(bits >> 16) == bucket] & 0xFFFF, minlength=_CELLS)
-    from_top = low.flip(0).cumsum(0)
-    j = int(torch.searchsorted(from_top, k - above))
-    cut = (bucket << 16) | (_CELLS - 1 - j)
-    greater = above + int(from_top[j]) - int(low[_CELLS - 1 - j])
-    return cut, k - greater
+        cut.add_low(chunk)
+    return cut.result()
+
+
+def trim_chunk(chunk: torch.Tensor, cut: int, ties_left: int) -> int:
+    """Zero a chunk's entries below the cut in place, keeping the first ``ties_left`` entries equal to it
+    (chunks taken in memory order); returns how many tied entries the next chunks may still keep."""
+    bits = _magnitude_bits(chunk)
+    keep = bits > cut
+    if ties_left > 0:
+        at_cut = (bits == cut).nonzero().view(-1)[:ties_left]
+        keep[at_cut] = True
+        ties_left -= at_cut.numel()
+    chunk.masked_fill_(~keep, 0.0)
+    return ties_left
 
 
 #: Up to this many entries ``torch.topk`` picks the k largest (its (value, index) pairs cost at most
@@ -100,15 +140,9 @@ def trim_magnitude(delta: torch.Tensor, density: float, *, inplace: bool = False
         mask = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
         mask[torch.topk(flat.abs(), k, sorted=False).indices] = True
         return out.mul_(mask.view(out.shape))
-    cut, ties_kept = magnitude_cut(flat, k)
+    cut, ties_left = magnitude_cut(flat, k)
     for chunk in flat.split(_CHUNK):
-        bits = _magnitude_bits(chunk)
-        keep = bits > cut
-        if ties_kept > 0:
-            at_cut = (bits == cut).nonzero().view(-1)[:ties_kept]
-            keep[at_cut] = True
-            ties_kept -= at_cut.numel()
-        chunk.masked_fill_(~keep, 0.0)
+        ties_left = trim_chunk(chunk, cut, ties_left)
     return out
 
 
@@ -118,9 +152,7 @@ def dare_mask(delta: torch.Tensor, density: float, generator: torch.Generator | 
     return torch.rand(delta.shape, generator=generator, device=delta.device) < density
 
 
-def dare_drop(
-    delta: torch.Tensor, density: float, generator: torch.Generator | None, rescale: str = "density"
-) -> torch.Tensor:
+def dare_drop(delta: torch.Tensor, density: float, generator: torch.Generator | None, rescale: str = "density") -> torch.Tensor:
     """Keep each entry with probability ``density``; rescale by ``1/density``, to the L1 norm, or not."""
     if density >= 1.0:
         return delta.clone()
@@ -220,6 +252,15 @@ def combine_deltas(
         del given, d  # a generator's delta is freed before the next one is read
     if len(taus) != len(weights):
         raise ValueError(f"{len(taus)} deltas for {len(weights)} weights")
+    return mix_task_vectors(taus, weights, consensus=consensus, normalize=normalize, lam=lam)
+
+
+def mix_task_vectors(
+    taus: list[torch.Tensor], weights: Sequence[float], *, consensus: bool, normalize: bool, lam: float
+) -> torch.Tensor:
+    """The weighted (and trimmed) task vectors mixed into ``taus[0]``'s storage: TIES's sign election and
+    disjoint mean, or their sum (divided by the summed weights with ``normalize``); times ``lam``.
+    Elementwise, so whole tensors or matching chunks of them give the same bits. Empties ``taus``."""
     if consensus:
         mixed = _consensus_mean(taus, weights, normalize)  # into taus[0]'s storage
     else:

@@ -214,5 +214,10 @@ class TaskVectorMethod(WeightedMethod):
             models.append({"model": model_path(config, label), "parameters": params})
         shared: dict[str, Any] = {"normalize": op.normalize, "lambda": layer_lambdas(plan)}
         notes = self.mergekit_parameters(op, shared)
-        doc = {"merge_method": self.mergekit_method or op.method, "base_model": model_path(config, BASE), "models": models, "parameters": shared}
+        doc = {
+            "merge_method": self.mergekit_method or op.method,
+            "base_model": model_path(config, BASE),
+            "models": models,
+            "parameters": shared,
+        }
         return doc, notes + non_layer_note(plan)

@@ -29,7 +29,9 @@ class FisherParams(DataParams):
     floor: float = 1e-6
 
 
-def fisher_merge(tensors: Sequence[torch.Tensor], fishers: Sequence[torch.Tensor], weights: Sequence[float], floor: float) -> torch.Tensor:
+def fisher_merge(
+    tensors: Sequence[torch.Tensor], fishers: Sequence[torch.Tensor], weights: Sequence[float], floor: float
+) -> torch.Tensor:
     """``sum_i w_i F_i theta_i / sum_i w_i F_i`` with ``F_i`` floored (``tensors`` and ``fishers`` are overwritten)."""
     num, den = None, None
     for theta, fisher, w in zip(tensors, fishers, weights, strict=True):
@@ -53,7 +55,9 @@ class Fisher(DataMethod):
     def check(self, config: MergeSpec, params: FisherParams) -> None:
         super().check(config, params)
         if not (math.isfinite(params.floor) and params.floor > 0):
-            raise ConfigError(f"params.floor {params.floor:g} must be a positive number (it keeps the Fisher sum above 0), e.g. 1e-6")
+            raise ConfigError(
+                f"params.floor {params.floor:g} must be a positive number (it keeps the Fisher sum above 0), e.g. 1e-6"
+            )
 
     def options(self, params: FisherParams) -> tuple[tuple[str, Any], ...]:
         return (("floor", params.floor),)
@@ -67,7 +71,9 @@ class Fisher(DataMethod):
         weights = normalised(op.weights)
         if any(f is None for f in fishers):
             return blend(tensors, weights)
-        return fisher_merge(tensors, [f.reshape(t.shape) for f, t in zip(fishers, tensors, strict=True)], weights, op.option("floor"))
+        return fisher_merge(
+            tensors, [f.reshape(t.shape) for f, t in zip(fishers, tensors, strict=True)], weights, op.option("floor")
+        )
 
 
 @baseline("fisher", rank=95)

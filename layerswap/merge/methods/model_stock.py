@@ -88,7 +88,9 @@ class ModelStock(MergeMethod):
     def to_mergekit(self, config: MergeSpec, plan: MergePlan, num_layers: int) -> tuple[dict[str, Any], list[str]]:
         op = plan.layer_ops[0]
         assert isinstance(op, Combine)
-        doc = method_doc(config, "model_stock", [label for label, _ in op.weights], {"filter_wise": bool(op.option("filter_wise"))})
+        doc = method_doc(
+            config, "model_stock", [label for label, _ in op.weights], {"filter_wise": bool(op.option("filter_wise"))}
+        )
         return doc, non_layer_note(plan)
 
 

@@ -32,7 +32,9 @@ class RegMeanParams(DataParams):
     alpha: float = 0.9
 
 
-def regmean_merge(tensors: Sequence[torch.Tensor], grams: Sequence[torch.Tensor], weights: Sequence[float], alpha: float) -> torch.Tensor:
+def regmean_merge(
+    tensors: Sequence[torch.Tensor], grams: Sequence[torch.Tensor], weights: Sequence[float], alpha: float
+) -> torch.Tensor:
     """The RegMean weight (``out x in``) of a linear layer from its experts' weights and input Grams.
 
     Solved in float64 with a ridge of ``1e-6`` of the mean diagonal toward the weighted average: a
@@ -69,7 +71,9 @@ class RegMean(DataMethod):
     def check(self, config: MergeSpec, params: RegMeanParams) -> None:
         super().check(config, params)
         if not (math.isfinite(params.alpha) and 0.0 <= params.alpha <= 1.0):
-            raise ConfigError(f"params.alpha {params.alpha:g} is outside [0, 1]: it scales the Gram matrices' off-diagonal (0.9 in the paper)")
+            raise ConfigError(
+                f"params.alpha {params.alpha:g} is outside [0, 1]: it scales the Gram matrices' off-diagonal (0.9 in the paper)"
+            )
 
     def options(self, params: RegMeanParams) -> tuple[tuple[str, Any], ...]:
         return (("alpha", params.alpha),)

@@ -50,7 +50,9 @@ class Revert(MergeMethod):
     def check(self, config: MergeSpec, params: RevertParams) -> None:
         unknown = [k for k in params.keep if k not in config.experts]
         if unknown:
-            raise ConfigError(f"revert keeps layers of {unknown[0]!r}, which is not an expert; experts: {', '.join(config.experts)}")
+            raise ConfigError(
+                f"revert keeps layers of {unknown[0]!r}, which is not an expert; experts: {', '.join(config.experts)}"
+            )
         if not params.keep:
             raise ConfigError("revert needs params.keep: {EXPERT: LAYERS}, e.g. keep: {lang: '0-4,16-17'}")
 
