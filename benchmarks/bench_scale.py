@@ -199,7 +199,7 @@ def render(records: list[dict]) -> str:
                 + f"; {rec['params'] / 1e9:.2f}e9 parameters per model, largest tensor {rec['largest'] / 1e6:.0f}M; command: `{rec['command']}`."
             )
         elif rec.get("command"):
-            notes.append(f"- {rec['shape']}, {rec['profile']}: command: `{rec['command']}`.")
+            notes.append(f"- {rec['shape']}, {rec['profile']}: command: `{rec['command']}`{rec.get('note', '')}.")
     return "\n".join(lines + [""] + notes) + "\n"
 
 
@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         rec.update(shape=label, profile=profile, command=command, made_s=round(made, 1), params=shape_bytes(cfg) // 2,
                    largest=max(math.prod(s.shape) for s in tensor_specs(cfg)), baseline=str(args.baseline_src) if args.baseline_src else None,
                    machine=f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / GIB:.0f} GiB, load {os.getloadavg()[0]:.1f}")  # fmt: skip
-        records = [r for r in records if (r["shape"], r["profile"]) != (label, profile)] + [rec]
+        rec["contenders"] = sorted(args.contenders)
+        # a later run replaces the record of the same triple and contenders only (an analyze rerun keeps the sweep's)
+        records = [r for r in records if (r["shape"], r["profile"], r.get("contenders")) != (label, profile, rec["contenders"])] + [rec]
         JSON.parent.mkdir(parents=True, exist_ok=True)
         JSON.write_text(json.dumps(records, indent=1))
         MD.write_text(render(records), encoding="utf-8")

@@ -109,9 +109,9 @@ class SweepConfig(StrictModel):
     non_layer: str | None = changes(True, None)
     dtype: str | None = changes(True, None)
     device: str | None = changes(False, None)
-    #: The expert tensors held for the whole sweep (in CPU memory): float32 keeps blends exact;
-    #: ``model`` holds them in the model's dtype (bf16 halves the memory for 7-8B experts), which
-    #: changes blended weights, so stored results made with the other setting are not reused.
+    #: The precision merges read the sources in (they stay in their files; nothing is held): float32 keeps
+    #: blends exact; ``model`` rounds float32 checkpoints to the model's dtype first, which changes
+    #: blended weights, so stored results made with the other setting are not reused.
     cache_dtype: Literal["float32", "model"] = changes(True, "float32")
     save_best: bool = changes(False, False)
     #: The cheap task halving runs on (default: ``select``, else the first task).
