@@ -58,6 +58,29 @@ def test_get_matches_safetensors(tiny_llama):
     assert folder.get(folder.names()[0], torch.float64).dtype == torch.float64
 
 
+def test_read_span_is_a_slice_of_the_tensor(tmp_path, tiny_tokenizer):
+    """Chunks read from the file (streamed merges) equal the whole read's slices, converted or not; a span
+    outside the tensor is refused and a file truncated under it says so in one line."""
+    from layerswap.io.reader import read_span
+
+    folder = ModelFolder(make_tiny_model(tmp_path / "m", "llama", dtype=torch.bfloat16, tokenizer=tiny_tokenizer))
+    name = max(folder.names(), key=lambda n: folder.info(n).numel)
+    info = folder.info(name)
+    whole = folder.get(name).reshape(-1)
+    for a, b in [(0, info.numel), (7, 4099), (info.numel - 3, info.numel), (5, 5)]:
+        assert torch.equal(read_span(info, a, b), whole[a:b])
+        assert torch.equal(read_span(info, a, b, torch.float32), whole[a:b].float())
+    with pytest.raises(ValueError, match="outside tensor"):
+        read_span(info, 0, info.numel + 1)
+    shard = shutil.copytree(folder.path, tmp_path / "cut")
+    target = next(shard.glob("*.safetensors"))
+    cut_info = ModelFolder(shard).info(name)
+    with open(target, "r+b") as fh:
+        fh.truncate(cut_info.offset + 10)
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_span(cut_info, 0, cut_info.numel, torch.float32)
+
+
 def test_dtype_codes_without_torch():
     assert parse_dtype_code("bf16") == "BF16" and parse_dtype_code("F32") == "F32"
     assert parse_dtype_code(torch.float16) == "F16" and dtype_code(torch.bfloat16) == "BF16"
