@@ -138,7 +138,7 @@ def test_streamed_ties_keep_the_same_tied_entries(tied_triple, monkeypatch):
 def _check_streamed(t: dict[str, Path], dtype: torch.dtype, monkeypatch) -> None:
     from transformers import AutoModelForCausalLM
 
-    from layerswap.merge import engine
+    from layerswap.merge import streamed as streamed_module
     from layerswap.merge.engine import DiskSources, compute
     from layerswap.merge.methods import _math
     from layerswap.merge.streamed import combine_streamed
@@ -146,7 +146,7 @@ def _check_streamed(t: dict[str, Path], dtype: torch.dtype, monkeypatch) -> None
     monkeypatch.setattr(_math, "_TOPK_MAX", 4000)  # the embedding and head (12,288 entries) take the histogram cut
     monkeypatch.setattr(_math, "_CHUNK", 997)  # in 13 chunks, ties spread over them
     streamed = []
-    monkeypatch.setattr(engine, "combine_streamed", lambda *a: streamed.append(1) or combine_streamed(*a))
+    monkeypatch.setattr(streamed_module, "combine_streamed", lambda *a: streamed.append(1) or combine_streamed(*a))
     for data in _streaming_configs(t):
         cfg = merge_config(data)
         held = merged_state_dict(TensorCache.from_config(cfg, dtype=dtype, store="memory").preload(), cfg, dtype=torch.float32)
