@@ -683,20 +683,24 @@ def test_band_stream_sorting_path_equals_sorting(case, monkeypatch):
 
 def test_halves_on_two_workers_give_the_same_bits():
     """Outside the layers each large tensor's halves go to two workers: reductions, reads and elementwise ops equal one worker's."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from layerswap.analysis import workspace
 
     gen = torch.Generator().manual_seed(11)
     red = workspace.Reductions()
-    red.emulate = True  # the two-way split, whatever this machine's thread count
-    with ThreadPoolExecutor(2) as pool:
-        for n in (workspace.HALVES_FROM - 1, workspace.HALVES_FROM, workspace.HALVES_FROM + 12345):
-            x, y = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
-            alone = (red.dot(x, y), red.sum(x))
-            red.pool = pool
-            assert (red.dot(x, y), red.sum(x)) == alone
-            red.pool = None
+    threads = red.threads
+    red.emulate, red.threads = True, 2  # the two-way split, whatever this machine's thread count
+    try:
+        with red:  # one thread, as in the pass; fresh workers (MKL keeps its thread count per thread)
+            for n in (workspace.HALVES_FROM - 1, workspace.HALVES_FROM, 3 * workspace.HALVES_FROM + 12345):
+                x, y = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+                alone = (red.dot(x, y), red.sum(x))
+                for _ in range(3):
+                    with workspace.worker_pool(2, red) as pool:
+                        red.pool = pool
+                        assert (red.dot(x, y), red.sum(x)) == alone
+                        red.pool = None
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_pass1_with_halves_and_arena_equals_plain(tiny_experts, tiny_lora, monkeypatch):
@@ -736,3 +740,14 @@ def test_arena_hands_out_disjoint_aligned_slices():
     assert arena.take(10_000, torch.float32) is None
     fresh = Workspace(arena, least=50)
     assert fresh.buf("c", 10).numel() == 10 and Arena([]).take(1, torch.float32) is None
+
+
+def test_read_minus_over_an_empty_tensor(tiny_llama):
+    from layerswap.analysis.workspace import Workspace
+    from layerswap.io import ModelFolder
+
+    from dataclasses import replace
+
+    folder = ModelFolder(tiny_llama)
+    empty = replace(folder.info(folder.names()[0]), shape=(0, 32), nbytes=0)
+    assert Workspace().read_minus_over(empty, torch.empty(0)).numel() == 0

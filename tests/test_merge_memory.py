@@ -168,3 +168,33 @@ def _check_streamed(t: dict[str, Path], dtype: torch.dtype, monkeypatch) -> None
             plan = build_plan(cfg, mapped.num_layers)
             for name in (n for n in held if held[n].numel() > 4000):
                 assert torch.equal(compute(plan.op_for(name, mapped.architecture), name, disk), held[name]), (data, name)
+
+
+def test_an_interrupted_write_is_redone(triple, monkeypatch):
+    """A parameter whose streamed write of one candidate stopped half-way is not taken for the previous
+    candidate's: going back to that candidate writes it again."""
+    from transformers import AutoModelForCausalLM
+
+    from layerswap.merge import memory
+
+    first, second = merge_config(_streaming_configs(triple)[0]), merge_config(_streaming_configs(triple)[2])
+    cache = TensorCache.from_config(first)
+    model = AutoModelForCausalLM.from_pretrained(triple["base"])
+    want = merged_state_dict(cache, first, dtype=torch.float32)
+    name = max(want, key=lambda n: want[n].numel())
+    apply_merge(model, cache, first)
+    real = memory.compute_into
+
+    def stops(op, tensor, src, target):
+        if tensor == name:
+            target.view(-1)[:3].fill_(7.0)  # half-written
+            raise KeyboardInterrupt
+        real(op, tensor, src, target)
+
+    monkeypatch.setattr(memory, "compute_into", stops)
+    with pytest.raises(KeyboardInterrupt):
+        apply_merge(model, cache, second)
+    monkeypatch.setattr(memory, "compute_into", real)
+    apply_merge(model, cache, first)
+    params = dict(model.named_parameters())
+    assert torch.equal(params[name].detach().float(), want[name].to(params[name].dtype).float())

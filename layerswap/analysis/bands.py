@@ -99,15 +99,17 @@ def guess_bands(
             cluster = np.repeat(np.arange(lengths.size), lengths)  # each sample's span
             owner = np.repeat(np.arange(len(spans_of[e])), [x.size for x in spans_of[e]])  # each span's tensor
             # the weighted count of each distinct code: one sort of (code, tensor) keys (a tensor's samples share
-            # a weight), five times faster than np.unique's argsort with its inverse
+            # a weight), five times faster than np.unique's argsort with its inverse; bincount then adds each
+            # code's weights in the input's order (tensor by tensor), so the sums keep their bits
             which = np.repeat(np.arange(len(codes[e])), [x.size for x in codes[e]])
             shift = max(1, len(codes[e]).bit_length())
             keys = np.sort((c.astype(np.int64) << shift) | which)
             sorted_codes = keys >> shift
-            starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-            u = sorted_codes[starts]
+            first = np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]
+            u = sorted_codes[first]
             per_tensor = np.array([x[0] if x.size else 0.0 for x in weights[e]])
-            from_top = np.cumsum(np.add.reduceat(per_tensor[keys & ((1 << shift) - 1)], starts)[::-1])  # codes descending
+            counts = np.bincount(np.cumsum(first) - 1, weights=per_tensor[keys & ((1 << shift) - 1)])
+            from_top = np.cumsum(counts[::-1])  # codes descending
         else:
             u = from_top = np.empty(0)
 

@@ -14,7 +14,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -22,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from layerswap.analysis.workspace import Reductions, Workspace
+from layerswap.analysis.workspace import Reductions, Workspace, worker_pool
 from layerswap.io import DeltaView, ModelFolder, TensorInfo
 from layerswap.io.reader import mapped_tensor
 from layerswap.progress import bar
@@ -248,7 +247,7 @@ def run_pass1(
     clock = (time.perf_counter(), time.process_time())
     with red, bar(total=len(names), desc=desc, unit="tensor") as shown:
         ws = Workspace()
-        with ThreadPoolExecutor(max_workers=2) as halves:
+        with worker_pool(2, red) as halves:
             if red.emulate:  # one tensor at a time here: its two halves use both cores (same bits, see Reductions)
                 ws.pool = red.pool = halves
             try:
@@ -278,7 +277,7 @@ def run_pass1(
                     local.ws = Workspace(arena, least)
                 _measure(base, sources, name, result, local.ws, red, call if observer is not None else None)
 
-            with ThreadPoolExecutor(max_workers=red.threads) as pool:
+            with worker_pool(red.threads, red) as pool:
                 for _ in pool.map(work, layer_tensors):
                     shown.update(1)
         else:

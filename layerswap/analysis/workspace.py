@@ -28,6 +28,17 @@ _OVER_CHUNK = 4 << 20
 _ALIGN = 64
 
 
+def worker_pool(workers: int, reductions: Reductions) -> ThreadPoolExecutor:
+    """A pool whose workers run their ops on one thread when ``reductions`` emulates torch's split.
+
+    MKL keeps its thread count per thread: a new thread that has not yet run an op through torch's own
+    pool would split a ``dot`` over two MKL threads, and the two-way emulation would lose its bits.
+    """
+    if reductions.emulate:
+        return ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads, initargs=(1,))
+    return ThreadPoolExecutor(max_workers=workers)
+
+
 class Arena:
     """Memory already written once (the phase outside the layers' buffers), handed out in slices.
 
@@ -84,10 +95,6 @@ class Workspace:
             tensor = self._bufs[(key, dtype)] = taken if taken is not None else torch.empty(n, dtype=dtype)
         return tensor[:n]
 
-    def release(self) -> None:
-        """Drop every buffer (before a phase whose tensors are much smaller)."""
-        self._bufs.clear()
-
     def hand_over(self) -> Arena:
         """Give up every buffer as an :class:`Arena` for the next phase's workspaces (largest first)."""
         arena = Arena(sorted(self._bufs.values(), key=lambda t: -t.numel() * t.element_size()))
@@ -115,6 +122,8 @@ class Workspace:
         """``tensor - minus`` written over ``minus`` (flat float32), converted chunk by chunk through a small scratch:
         the same bits as :meth:`read_minus` without a buffer of the tensor's size."""
         n = info.numel
+        if n == 0:
+            return minus
         chunk = min(n, _OVER_CHUNK)
         scratch = [self.buf(f"over{j}", chunk) for j in range(2)]  # made here: workers must not grow the dict
         m = minus.numpy()
@@ -137,13 +146,14 @@ class Workspace:
 
 
 class Reductions:
-    """Float32 ``dot`` and ``sum`` with the bits of torch's own (two-thread) reductions, computed on one thread.
+    """Float32 ``dot`` and ``sum`` with the bits of torch's own (two-thread) reductions, each op on one thread.
 
     Torch splits a reduction over its threads (a sum above 32,768 elements, MKL's dot from 8,192
     on) and adds the halves, so the bits of a float32 sum depend on the thread count. On two
     threads (this project's machines) the pass runs every op on one thread, where shared cores do
     not stall a thread pool, and reproduces the two-way split exactly: each half reduced, the two
-    halves added in float32. A probe checks that on the machine at hand first; where it does not
+    halves added in float32 (with :attr:`pool` set, the two halves on two one-thread workers:
+    :func:`worker_pool`). A probe checks that on the machine at hand first; where it does not
     hold (other thread counts, another BLAS), the pass keeps torch's threads and calls them as they are.
     """
 

@@ -321,6 +321,7 @@ def apply_merge(model: torch.nn.Module, cache: TensorCache, config: MergeConfig,
             raise IncompatibleModelsError(
                 f"parameter {name!r} has shape {list(target.shape)} in the model, not as in the sources"
             )
+        state.pop(name, None)  # written chunk by chunk: an interrupted write must not count as this op's
         compute_into(op, name, cache, target)
         state[name] = op
         copied += 1
