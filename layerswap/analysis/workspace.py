@@ -39,6 +39,12 @@ def worker_pool(workers: int, reductions: Reductions) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers)
 
 
+def _pooled_halves(pool: ThreadPoolExecutor, n: int, op: Callable[[int, int], object]) -> list[object]:
+    """``[op(0, h), op(h, n)]`` at ``h = (n + 1) // 2`` (the split of torch's two-thread reductions), on two workers."""
+    h = (n + 1) // 2
+    return list(pool.map(lambda r: op(*r), ((0, h), (h, n))))
+
+
 class Arena:
     """Memory already written once (the phase outside the layers' buffers), handed out in slices.
 
@@ -83,8 +89,7 @@ class Workspace:
         :class:`Reductions`), at once on :attr:`pool`'s two workers; on the whole range where there is no pool."""
         if self.pool is None or n < HALVES_FROM:
             return [op(0, n)]
-        h = (n + 1) // 2
-        return list(self.pool.map(lambda r: op(*r), ((0, h), (h, n))))
+        return _pooled_halves(self.pool, n, op)
 
     def buf(self, key: str, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The first ``n`` elements of buffer ``key`` (flat), grown if it is smaller."""
@@ -205,8 +210,8 @@ class Reductions:
 
     def _halves(self, n: int, op: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
         """The two halves' float32 results added in float32, as torch's two threads do (on :attr:`pool` when set)."""
-        h = (n + 1) // 2
         if self.pool is None or n < HALVES_FROM:
+            h = (n + 1) // 2
             return op(0, h) + op(h, n)
-        first, second = self.pool.map(lambda r: op(*r), ((0, h), (h, n)))
+        first, second = _pooled_halves(self.pool, n, op)
         return first + second

@@ -78,11 +78,11 @@ class DiskSources:
 
 def file_spans(
     name: str,
-    checkpoints: Mapping[str, Checkpoint],
+    checkpoints: Mapping[str, Checkpoint | None],
     device: torch.device | str = "cpu",
     dtypes: Callable[[TensorInfo], torch.dtype | None] = lambda info: None,
 ) -> SpanReader | None:
-    """A :class:`SpanReader` over full checkpoints' files (None if one is a LoRA adapter): ``dtypes(info)``
+    """A :class:`SpanReader` over full checkpoints' files (None if one is a LoRA adapter or None): ``dtypes(info)``
     is the dtype each chunk is read in (None: as stored), then moved to ``device`` and made float32."""
     import torch
 
@@ -106,34 +106,41 @@ def _streamed(op: Op, name: str, src: Sources) -> tuple[object, SpanReader] | No
     from layerswap.merge.streamed import streams
 
     method = get_method(op.method)
-    labels = [BASE, *(label for label, _ in op.weights)]
-    reader = src.span_reader(name, labels) if hasattr(src, "span_reader") else None
+    reader = src.span_reader(name, [BASE, *(label for label, _ in op.weights)])
     return (method, reader) if reader is not None and streams(method, op, reader.numel) else None
 
 
 def compute_into(op: Op, name: str, src: Sources, target: torch.Tensor) -> None:
     """Write the merged tensor ``name`` into ``target`` (a model's parameter): chunk by chunk where the
-    operation streams, so no float32 copy of the tensor is made; otherwise ``compute`` and one copy."""
+    operation streams, so no float32 copy of the tensor is made; otherwise computed whole and copied once."""
     from layerswap.merge.streamed import combine_streamed
 
     streamed = _streamed(op, name, src)
     if streamed is not None:
         combine_streamed(streamed[0], op, streamed[1], target)
     else:
-        target.copy_(compute(op, name, src))
+        target.copy_(_compute_whole(op, name, src))
 
 
 def compute(op: Op, name: str, src: Sources) -> torch.Tensor:
     """The merged float32 tensor ``name`` under ``op`` (a Select may return a cached tensor: do not mutate)."""
     import torch
 
-    from layerswap.merge.methods._math import blend
     from layerswap.merge.streamed import combine_streamed
 
     streamed = _streamed(op, name, src)
-    if streamed is not None:  # one float32 tensor, the result, instead of the base and every delta
-        reader = streamed[1]
-        return combine_streamed(streamed[0], op, reader, torch.empty(reader.shape, dtype=torch.float32, device=reader.device))
+    if streamed is None:
+        return _compute_whole(op, name, src)
+    reader = streamed[1]  # one float32 tensor, the result, instead of the base and every delta
+    return combine_streamed(streamed[0], op, reader, torch.empty(reader.shape, dtype=torch.float32, device=reader.device))
+
+
+def _compute_whole(op: Op, name: str, src: Sources) -> torch.Tensor:
+    """``compute`` with every input tensor read whole."""
+    import torch
+
+    from layerswap.merge.methods._math import blend
+
     if isinstance(op, Select):
         return src.weight(op.source, name)
     if isinstance(op, Blend):

@@ -194,12 +194,10 @@ class TensorCache:
 
     def span_reader(self, name: str, labels: Iterable[str]) -> SpanReader | None:
         """Chunks read from the files as :meth:`_read` reads whole tensors (``store="mapped"`` only: held
-        tensors are in memory already); None where a source is a LoRA adapter."""
+        tensors are in memory already); None where a source is a LoRA adapter or missing."""
         if self.store != "mapped":
             return None
         ckpts = {label: self.base if label == BASE else self.experts[label] for label in labels}
-        if any(c is None for c in ckpts.values()):
-            return None
         return file_spans(name, ckpts, self.device, self._read_dtype)
 
     @property

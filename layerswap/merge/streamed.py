@@ -18,7 +18,7 @@ LiNeS), and to full checkpoints read from files (a LoRA expert's delta is a prod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,16 +57,12 @@ def combine_streamed(method: TaskVectorMethod, op: Combine, reader: SpanReader, 
     any float dtype: each chunk is rounded to it as a whole tensor's copy would be)."""
     labels = [label for label, _ in op.weights]
     weights = [float(w) for _, w in op.weights]
-    n, step = reader.numel, _math._CHUNK
     target = out.view(-1)
-    cuts = _cuts(method, op, reader, labels) if method.sparsify == "magnitude" else [None] * len(labels)
+    cuts = _cuts(op, reader, labels) if method.sparsify == "magnitude" else [None] * len(labels)
     ties_left = [c[1] if c is not None else 0 for c in cuts]
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        base = reader.read(BASE, start, stop)
+    for start, stop, base, deltas in _delta_chunks(reader, labels):
         taus = []
-        for i, label in enumerate(labels):
-            tau = reader.read(label, start, stop).sub_(base)
+        for i, tau in enumerate(deltas):
             if cuts[i] is not None:
                 ties_left[i] = _math.trim_chunk(tau, cuts[i][0], ties_left[i])
             taus.append(tau.mul_(weights[i]))
@@ -75,21 +71,28 @@ def combine_streamed(method: TaskVectorMethod, op: Combine, reader: SpanReader, 
     return out
 
 
-def _cuts(method: TaskVectorMethod, op: Combine, reader: SpanReader, labels: Sequence[str]) -> list[tuple[int, int] | None]:
+def _delta_chunks(reader: SpanReader, labels: Sequence[str]) -> Iterator[tuple[int, int, torch.Tensor, list[torch.Tensor]]]:
+    """(start, stop, the base's chunk, each label's ``expert - base`` chunk), ``_math._CHUNK`` entries at a time."""
+    for start in range(0, reader.numel, _math._CHUNK):
+        stop = min(start + _math._CHUNK, reader.numel)
+        base = reader.read(BASE, start, stop)
+        yield start, stop, base, [reader.read(label, start, stop).sub_(base) for label in labels]
+
+
+def _cuts(op: Combine, reader: SpanReader, labels: Sequence[str]) -> list[tuple[int, int] | None]:
     """Each expert's trim cut (None where its density keeps everything), from two passes over the files."""
-    n = reader.numel
     densities = op.densities or (1.0,) * len(labels)
-    counters = [_math.MagnitudeCut(max(1, int(d * n))) if d < 1.0 else None for d in densities]
-    for settle in (True, False):
-        for start in range(0, n, _math._CHUNK):
-            stop = min(start + _math._CHUNK, n)
-            base = reader.read(BASE, start, stop)
-            for label, counter in zip(labels, counters, strict=True):
-                if counter is not None:
-                    delta = reader.read(label, start, stop).sub_(base)
-                    (counter.add_high if settle else counter.add_low)(delta)
-        if settle:
-            for counter in counters:
-                if counter is not None:
-                    counter.settle_high()
-    return [c.result() if c is not None else None for c in counters]
+    counters = {
+        label: _math.MagnitudeCut(max(1, int(d * reader.numel))) for label, d in zip(labels, densities, strict=True) if d < 1.0
+    }
+    if not counters:  # every density keeps everything: nothing to read
+        return [None] * len(labels)
+    for _, _, _, deltas in _delta_chunks(reader, list(counters)):
+        for counter, delta in zip(counters.values(), deltas, strict=True):
+            counter.add_high(delta)
+    for counter in counters.values():
+        counter.settle_high()
+    for _, _, _, deltas in _delta_chunks(reader, list(counters)):
+        for counter, delta in zip(counters.values(), deltas, strict=True):
+            counter.add_low(delta)
+    return [counters[label].result() if label in counters else None for label in labels]
