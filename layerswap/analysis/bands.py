@@ -234,22 +234,18 @@ class BandStream:
         # the shared tables meanwhile, so nothing here is read back from them.
         single: dict[tuple[str, float, str], tuple[int, np.ndarray, np.ndarray]] = {}
         pair: dict[tuple[str, str, float, str], tuple[int, int, np.ndarray, np.ndarray]] = {}
-        # expert -> (positions reaching its lowest band, or None for all of them; their codes)
-        where: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
-        masks: dict[str, np.ndarray] = {}  # expert -> where it reaches its lowest band (tensors counted in place)
+        # expert -> the codes it is counted on: where it reaches its lowest band, or all of them where most do
+        where: dict[str, np.ndarray] = {}
+        masks: dict[str, np.ndarray] = {}  # expert -> where it reaches its lowest band
         for i, e in enumerate(self.experts):
             if e not in absvals:  # unchanged here: every count is 0
                 continue
             a = absvals[e].numpy().view(np.int32)  # non-negative floats order like their bit patterns
             mask = np.greater_equal(a, self.low[e], out=ws.buf(f"band{i}", a.size, torch.bool).numpy())
             reach = int(np.count_nonzero(mask))
-            if reach > a.size // DENSE_SHARE:  # most values reach the band (dense ±lr deltas): no gathers
-                idx, codes = None, a
-                masks[e] = mask
-            else:
-                idx = np.flatnonzero(mask)
-                codes = a[idx]
-            where[e] = (idx, codes)
+            masks[e] = mask
+            # most values reach the band (dense ±lr deltas): no gathers
+            codes = where[e] = a if reach > a.size // DENSE_SHARE else a[np.flatnonzero(mask)]
             done: dict[Band, tuple[int, np.ndarray, np.ndarray]] = {}
             for k in self.top_k:
                 band = self.code[(e, k)]
@@ -264,35 +260,22 @@ class BandStream:
         for a, b in self.pairs:
             if a not in where or b not in where:
                 continue
-            idx, ca = where[a]
-            va, vb = values[a].numpy(), values[b].numpy()
-            if idx is None:
-                cb = absvals[b].numpy().view(np.int32)
-                same = np.signbit(va, out=ws.buf("sign_a", va.size, torch.bool).numpy())
-                same = np.equal(same, np.signbit(vb, out=ws.buf("sign_b", vb.size, torch.bool).numpy()), out=same)
+            # only positions where both reach their lowest bands can hold shared members: the pair is counted on
+            # those alone (where one expert's values are large and the other's small, that is few positions)
+            both = np.logical_and(masks[a], masks[b], out=ws.buf("both", masks[a].size, torch.bool).numpy())
+            idx = np.flatnonzero(both)
+            ca, cb = (absvals[x].numpy().view(np.int32)[idx] for x in (a, b))
+            if self.signed:
+                same = np.signbit(values[a].numpy()[idx]) == np.signbit(values[b].numpy()[idx])
             else:
-                vb = vb[idx]
-                cb = np.abs(vb).view(np.int32)
-                same = np.signbit(va[idx]) == np.signbit(vb)
-            if not self.signed:
-                same = np.zeros(ca.size, bool)
+                same = np.zeros(idx.size, bool)
             done_pair: dict[tuple[Band, Band], tuple[int, int, np.ndarray, np.ndarray]] = {}
             for k in self.top_k:
                 bands = (self.code[(a, k)], self.code[(b, k)])
                 if bands not in done_pair:
-                    lowest = (
-                        a in masks
-                        and b in masks
-                        and all(hi - lo == 1 and lo == self.low[x] for (lo, hi), x in zip(bands, (a, b)))
+                    done_pair[bands] = self._pair_counts(
+                        ca, cb, same, *bands, single[(a, k, name)][1], single[(b, k, name)][1]
                     )
-                    if lowest:  # one value each, at both lowest edges: the masks are the memberships
-                        both = np.logical_and(masks[a], masks[b], out=ws.buf("both", ca.size, torch.bool).numpy())
-                        n_both = int(np.count_nonzero(both))
-                        done_pair[bands] = (n_both, int(np.count_nonzero(np.logical_and(both, same, out=both))), _EMPTY, _EMPTY)
-                    else:
-                        done_pair[bands] = self._pair_counts(
-                            ca, cb, same, *bands, single[(a, k, name)][1], single[(b, k, name)][1]
-                        )
                     stored += done_pair[bands][2].size
                 pair[(a, b, k, name)] = done_pair[bands]
         with self._lock:
@@ -311,24 +294,26 @@ class BandStream:
     def _pair_counts(
         ca: np.ndarray, cb: np.ndarray, same: np.ndarray, band_a: Band, band_b: Band, ua: np.ndarray, ub: np.ndarray
     ) -> tuple[int, int, np.ndarray, np.ndarray]:
-        """(sure shared members, of them same sign, open keys, their counts) at the positions where a reaches its band.
+        """(sure shared members, of them same sign, open keys, their counts) at positions where both reach their lowest bands.
 
         Each position's class per expert is: below the band, one of the band's values present in this
         tensor, or above; one ``bincount`` over (class a, class b, same sign) gives everything.
         """
         (lo_a, hi_a), (lo_b, hi_b) = band_a, band_b
+        reach = (ca >= lo_a) & (cb >= lo_b)
         if hi_a - lo_a == 1 and hi_b - lo_b == 1:  # one value each: reaching both bands is membership (finish checks t)
-            both = (ca >= lo_a) & (cb >= lo_b)
-            return int(np.count_nonzero(both)), int(np.count_nonzero(both & same)), _EMPTY, _EMPTY
+            return int(np.count_nonzero(reach)), int(np.count_nonzero(reach & same)), _EMPTY, _EMPTY
+        sure = reach & (ca >= hi_a) & (cb >= hi_b)
+        n_sure, n_agree = int(np.count_nonzero(sure)), int(np.count_nonzero(sure & same))
+        open_ = np.flatnonzero(reach & ~sure)  # in both bands, or in one and above the other: histogrammed
+        ca, cb, same = ca[open_], cb[open_], same[open_]
         na, nb = ua.size + 2, ub.size + 2
         cells = na * nb * 2
         if cells > DENSE_CELLS:  # many distinct values in both bands: sort the open positions' keys instead
-            sure = (ca >= hi_a) & (cb >= hi_b)
-            open_ = (ca >= lo_a) & (cb >= lo_b) & ~sure
-            ka = np.minimum(ca[open_], hi_a).astype(np.int64) - lo_a
-            kb = np.minimum(cb[open_], hi_b).astype(np.int64) - lo_b
-            u, c = np.unique((ka << 32) | (kb << 1) | same[open_], return_counts=True)
-            return int(np.count_nonzero(sure)), int(np.count_nonzero(sure & same)), u, c
+            ka = np.minimum(ca, hi_a).astype(np.int64) - lo_a
+            kb = np.minimum(cb, hi_b).astype(np.int64) - lo_b
+            u, c = np.unique((ka << 32) | (kb << 1) | same, return_counts=True)
+            return n_sure, n_agree, u, c
         h = np.zeros(cells, dtype=np.int64)
         for start in range(0, ca.size, CHUNK):  # chunks: the class arrays stay small however large the tensor
             part = slice(start, start + CHUNK)
@@ -336,10 +321,7 @@ class BandStream:
             key += _classes(cb[part], lo_b, hi_b, ub) * 2
             key += same[part]
             h += np.bincount(key, minlength=cells)
-        h = h.reshape(na, nb, 2)
-        n_sure, n_agree = int(h[-1, -1].sum()), int(h[-1, -1, 1])
-        h[-1, -1] = 0
-        h[0], h[:, 0] = 0, 0  # below a band: never a member
+        h = h.reshape(na, nb, 2)  # open positions only: none below a band, none above both
         nz = np.flatnonzero(h)
         ia, ib, sign = np.unravel_index(nz, h.shape)
         ka = np.append(ua, hi_a - lo_a)[ia - 1]  # a band value's offset, or the band's width for "above"
