@@ -23,7 +23,7 @@ import torch
 
 from layerswap.analysis.workspace import Reductions, Workspace, worker_pool
 from layerswap.io import DeltaView, ModelFolder, TensorInfo
-from layerswap.io.reader import mapped_tensor
+from layerswap.io.reader import read_spans
 from layerswap.progress import bar
 
 #: Number of histogram bins: every value of the top 16 bits of a non-negative float32.
@@ -153,9 +153,8 @@ class FisherSource:
 
 
 def _sampled(info: TensorInfo, spans: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Float32 values of a stored tensor at flat index ranges (only their pages are read)."""
-    with mapped_tensor(info, populate=False) as src:
-        return torch.cat([src[a:b] for a, b in spans]).float()
+    """Float32 values of a stored tensor at flat index ranges (only those bytes are read)."""
+    return read_spans(info, spans)
 
 
 @dataclass
