@@ -163,7 +163,7 @@ def _single_counts(
     if hi - lo == 1:  # one value: a count
         n_in = (reach if reach is not None else int(np.count_nonzero(np.greater_equal(codes, lo, out=scratch)))) - above
         return (above, np.zeros(1, np.int64), np.array([n_in], np.int64)) if n_in else (above, _EMPTY, _EMPTY)
-    inside = codes[(codes >= lo) & (codes < hi)]
+    inside = codes[np.flatnonzero((codes >= lo) & (codes < hi))]  # an index gather: 3x a boolean mask's
     return (above, *_histogram(inside, lo, hi)) if inside.size else (above, _EMPTY, _EMPTY)
 
 
@@ -260,21 +260,31 @@ class BandStream:
         for a, b in self.pairs:
             if a not in where or b not in where:
                 continue
-            # only positions where both reach their lowest bands can hold shared members: the pair is counted on
-            # those alone (where one expert's values are large and the other's small, that is few positions)
+            # only positions where both reach their lowest bands can hold shared members: where those are few (one
+            # expert's values large, the other's small) the pair is counted on them alone, gathered
             both = np.logical_and(masks[a], masks[b], out=ws.buf("both", masks[a].size, torch.bool).numpy())
-            idx = np.flatnonzero(both)
-            ca, cb = (absvals[x].numpy().view(np.int32)[idx] for x in (a, b))
-            if self.signed:
-                same = np.signbit(values[a].numpy()[idx]) == np.signbit(values[b].numpy()[idx])
+            va, vb = values[a].numpy(), values[b].numpy()
+            if int(np.count_nonzero(both)) > both.size // DENSE_SHARE:  # most do: in place
+                idx, known = None, both
+                ca, cb = (absvals[x].numpy().view(np.int32) for x in (a, b))
+                # same sign <=> the sign bit of the two values' bits xor-ed is clear
+                signs = np.bitwise_xor(va.view(np.int32), vb.view(np.int32), out=ws.buf("xor", va.size, torch.int32).numpy())
+                same = np.greater_equal(signs, 0, out=ws.buf("same", va.size, torch.bool).numpy())
             else:
-                same = np.zeros(idx.size, bool)
+                idx, known = np.flatnonzero(both), None
+                ca, cb = (absvals[x].numpy().view(np.int32)[idx] for x in (a, b))
+                same = np.signbit(va[idx]) == np.signbit(vb[idx])
+            if not self.signed:
+                same = np.zeros(ca.size, bool)
             done_pair: dict[tuple[Band, Band], tuple[int, int, np.ndarray, np.ndarray]] = {}
             for k in self.top_k:
                 bands = (self.code[(a, k)], self.code[(b, k)])
                 if bands not in done_pair:
+                    # at both lowest edges, reaching both bands is where both masks hold
+                    lowest = bands[0][0] == self.low[a] and bands[1][0] == self.low[b]
                     done_pair[bands] = self._pair_counts(
-                        ca, cb, same, *bands, single[(a, k, name)][1], single[(b, k, name)][1]
+                        ca, cb, same, *bands, single[(a, k, name)][1], single[(b, k, name)][1],
+                        reach=known if lowest else None,
                     )
                     stored += done_pair[bands][2].size
                 pair[(a, b, k, name)] = done_pair[bands]
@@ -292,15 +302,25 @@ class BandStream:
 
     @staticmethod
     def _pair_counts(
-        ca: np.ndarray, cb: np.ndarray, same: np.ndarray, band_a: Band, band_b: Band, ua: np.ndarray, ub: np.ndarray
+        ca: np.ndarray,
+        cb: np.ndarray,
+        same: np.ndarray,
+        band_a: Band,
+        band_b: Band,
+        ua: np.ndarray,
+        ub: np.ndarray,
+        *,
+        reach: np.ndarray | None = None,
     ) -> tuple[int, int, np.ndarray, np.ndarray]:
-        """(sure shared members, of them same sign, open keys, their counts) at positions where both reach their lowest bands.
+        """(sure shared members, of them same sign, open keys, their counts) over the positions given.
 
-        Each position's class per expert is: below the band, one of the band's values present in this
-        tensor, or above; one ``bincount`` over (class a, class b, same sign) gives everything.
+        Positions above both bands are counted; those in both bands, or in one and above the other, are
+        classed per expert (one of the band's values present in this tensor, or above) and one ``bincount``
+        over (class a, class b, same sign) gives the rest. ``reach``: where both reach their bands, if known.
         """
         (lo_a, hi_a), (lo_b, hi_b) = band_a, band_b
-        reach = (ca >= lo_a) & (cb >= lo_b)
+        if reach is None:
+            reach = (ca >= lo_a) & (cb >= lo_b)
         if hi_a - lo_a == 1 and hi_b - lo_b == 1:  # one value each: reaching both bands is membership (finish checks t)
             return int(np.count_nonzero(reach)), int(np.count_nonzero(reach & same)), _EMPTY, _EMPTY
         sure = reach & (ca >= hi_a) & (cb >= hi_b)
