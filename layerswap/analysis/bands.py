@@ -267,9 +267,8 @@ class BandStream:
             if int(np.count_nonzero(both)) > both.size // DENSE_SHARE:  # most do: in place
                 idx, known = None, both
                 ca, cb = (absvals[x].numpy().view(np.int32) for x in (a, b))
-                # same sign <=> the sign bit of the two values' bits xor-ed is clear
-                signs = np.bitwise_xor(va.view(np.int32), vb.view(np.int32), out=ws.buf("xor", va.size, torch.int32).numpy())
-                same = np.greater_equal(signs, 0, out=ws.buf("same", va.size, torch.bool).numpy())
+                same = np.signbit(va, out=ws.buf("sign_a", va.size, torch.bool).numpy())
+                same = np.equal(same, np.signbit(vb, out=ws.buf("sign_b", vb.size, torch.bool).numpy()), out=same)
             else:
                 idx, known = np.flatnonzero(both), None
                 ca, cb = (absvals[x].numpy().view(np.int32)[idx] for x in (a, b))
@@ -285,6 +284,7 @@ class BandStream:
                     done_pair[bands] = self._pair_counts(
                         ca, cb, same, *bands, single[(a, k, name)][1], single[(b, k, name)][1],
                         reach=known if lowest else None,
+                        scratch=ws.buf("scratch", ca.size, torch.bool).numpy(),
                     )
                     stored += done_pair[bands][2].size
                 pair[(a, b, k, name)] = done_pair[bands]
@@ -311,18 +311,21 @@ class BandStream:
         ub: np.ndarray,
         *,
         reach: np.ndarray | None = None,
+        scratch: np.ndarray | None = None,
     ) -> tuple[int, int, np.ndarray, np.ndarray]:
         """(sure shared members, of them same sign, open keys, their counts) over the positions given.
 
         Positions above both bands are counted; those in both bands, or in one and above the other, are
         classed per expert (one of the band's values present in this tensor, or above) and one ``bincount``
-        over (class a, class b, same sign) gives the rest. ``reach``: where both reach their bands, if known.
+        over (class a, class b, same sign) gives the rest. ``reach``: where both reach their bands, if known;
+        ``scratch``: a bool buffer of the positions' size.
         """
         (lo_a, hi_a), (lo_b, hi_b) = band_a, band_b
         if reach is None:
             reach = (ca >= lo_a) & (cb >= lo_b)
         if hi_a - lo_a == 1 and hi_b - lo_b == 1:  # one value each: reaching both bands is membership (finish checks t)
-            return int(np.count_nonzero(reach)), int(np.count_nonzero(reach & same)), _EMPTY, _EMPTY
+            agree = np.logical_and(reach, same, out=scratch)
+            return int(np.count_nonzero(reach)), int(np.count_nonzero(agree)), _EMPTY, _EMPTY
         sure = reach & (ca >= hi_a) & (cb >= hi_b)
         n_sure, n_agree = int(np.count_nonzero(sure)), int(np.count_nonzero(sure & same))
         open_ = np.flatnonzero(reach & ~sure)  # in both bands, or in one and above the other: histogrammed
