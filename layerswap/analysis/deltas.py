@@ -51,8 +51,8 @@ class ValueSource(Protocol):
         """Flat float32 values of one tensor (in ``ws`` buffer ``key`` or fresh), or None for all zero."""
 
     def values_over(self, tensor: str, base_flat: torch.Tensor | None, ws: Workspace) -> torch.Tensor | None:
-        """The values written over ``base_flat`` (a workspace buffer the caller no longer needs), or None where
-        this source cannot (the caller then asks :meth:`values`)."""
+        """The values written over ``base_flat`` (the base's workspace buffer, which the caller no longer needs once
+        this returns), or None where this source cannot (the caller then asks :meth:`values`)."""
 
     def sample(self, tensor: str, spans: Sequence[tuple[int, int]]) -> torch.Tensor | None:
         """Float32 values at the flat index ranges ``spans`` (concatenated), or None where sampling is not offered.
@@ -139,7 +139,13 @@ class FisherSource:
         return v.clamp_min_(0).sqrt_()
 
     def values_over(self, tensor: str, base_flat: torch.Tensor | None, ws: Workspace) -> torch.Tensor | None:
-        return None  # importance does not need the base
+        if base_flat is None or tensor not in self.fisher:
+            return None
+        if isinstance(self.fisher, ModelFolder):
+            v = ws.read_into(self.fisher.info(tensor), base_flat)
+        else:
+            v = base_flat.copy_(self.fisher[tensor].reshape(-1))
+        return v.clamp_min_(0).sqrt_()
 
     def sample(self, tensor: str, spans: Sequence[tuple[int, int]]) -> torch.Tensor | None:
         if tensor not in self.fisher:
@@ -331,15 +337,15 @@ def _measure(
         result.base_sumsq[name] = float("nan")
     values: dict[str, torch.Tensor] = {}
     slots: dict[str, int] = {}
-    # outside the layers nothing keeps the base once the values are made: the last source that needs it writes its
-    # values over it (one embedding-sized buffer fewer), and every |value| is taken in place
-    consumer = None if in_layer else next((s for s in reversed(touched) if s.needs_base(name)), None)
+    # outside the layers nothing keeps the base once the values are made: the last source writes its values over it
+    # where it can (one embedding-sized buffer fewer), and every |value| is taken in place
+    consumer = None if in_layer or not touched else touched[-1]
     for i, src in enumerate(sources):
         result.stats[(src.name, name)] = TensorStat()
         v = None
         if any(src is t for t in touched):
             needs = base_flat if src.needs_base(name) else None
-            v = src.values_over(name, needs, ws) if src is consumer else None
+            v = src.values_over(name, base_flat, ws) if src is consumer else None
             if v is None:
                 v = src.values(name, needs, ws, f"value{i}")
         if v is not None:

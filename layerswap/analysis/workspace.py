@@ -108,7 +108,10 @@ class Workspace:
 
     def read(self, info: TensorInfo, key: str) -> torch.Tensor:
         """Read a tensor as flat float32 into buffer ``key`` (each half by its worker where there is a pool)."""
-        out = self.buf(key, info.numel)
+        return self.read_into(info, self.buf(key, info.numel))
+
+    def read_into(self, info: TensorInfo, out: torch.Tensor) -> torch.Tensor:
+        """Read a tensor as flat float32 into ``out`` (flat, ``info.numel`` long; halves on the pool as :meth:`read`)."""
         if self.pool is None or info.numel < HALVES_FROM:
             return read_tensor_into(info, out).reshape(-1)
         with mapped_tensor(info) as src:
