@@ -59,7 +59,12 @@ class FinetuneConfig(StrictModel):
         "linear", description="linear, cosine, constant or constant_with_warmup (default linear)."
     )
     warmup_steps: int = Field(0, description="Warm-up steps (default 0).")
-    weight_decay: float = Field(0.0, description="AdamW weight decay (default 0).")
+    weight_decay: float = Field(0.0, description="Weight decay (default 0).")
+    optim: Literal["adamw", "adafactor"] = Field(
+        "adamw",
+        description="adamw (two float32 moments per trained weight: with its gradient, 3x the weights) or adafactor "
+        "(factored second moments, no first moment: the gradient and under 1% more; docs/finetune.md).",
+    )
     max_grad_norm: float = Field(1.0, description="Gradient clipping norm (default 1.0).")
     batch_size: int = Field(4, description="Examples per device per micro-batch (default 4).")
     grad_accum: int = Field(1, description="Micro-batches per optimizer step (default 1).")

@@ -34,6 +34,7 @@ import torch
 from layerswap.finetune.config import FinetuneConfig
 from layerswap.finetune.data import GroupedDataset, TokenizedData, load_dataset
 from layerswap.finetune.freezing import apply_partition
+from layerswap.finetune.memory import check_fits
 from layerswap.finetune.model import check_seq_len, load_tokenizer, resolve_partitions, setup_model
 from layerswap.finetune.save import save_output
 from layerswap.finetune.trainer import build_trainer, plan_steps, precision_flags, training_arguments
@@ -110,6 +111,7 @@ def _run(cfg: FinetuneConfig, extra_callbacks: list[Any]) -> Path:
         arch = base.architecture
         present = {r.module for r in map(arch.classify, base.names()) if r.layer is not None}
         partitions = resolve_partitions(cfg, arch, present, mode)
+        check_fits(base, partitions.union, cfg)  # its state in memory, before anything is loaded
 
         import transformers
         from transformers import AutoConfig

@@ -145,6 +145,7 @@ def training_arguments(cfg: FinetuneConfig, work: Path, plan: StepPlan, precisio
         lr_scheduler_type=cfg.schedule,
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
+        **({"optim": "adafactor"} if cfg.optim == "adafactor" else {}),  # else the Trainer's (fused) AdamW
         max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.log_steps,
         save_strategy="steps",
