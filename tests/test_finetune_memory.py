@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from layerswap.errors import ConfigError
-from layerswap.finetune import FinetuneConfig, finetune
-from layerswap.finetune import memory
+from layerswap.finetune import FinetuneConfig, finetune, memory
 from layerswap.finetune.model import resolve_partitions
 from layerswap.io import ModelFolder, open_model
 

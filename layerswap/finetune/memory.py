@@ -19,7 +19,6 @@ from layerswap.finetune.freezing import Partition
 from layerswap.io import ModelFolder
 
 
-
 @dataclass(frozen=True)
 class TrainingState:
     """Bytes of a fine-tune's state: weights (float32), gradients and optimizer moments of what trains."""
@@ -40,7 +39,11 @@ def training_state(base: ModelFolder, partition: Partition, cfg: FinetuneConfig,
     shapes = {name: base.info(name).shape for name in base.names()}
     weights = 4 * sum(base.info(name).numel for name in shapes)
     if cfg.method == "lora":  # r x (in + out) per wrapped matrix: an upper bound that wraps every trained matrix
-        mats = [s for n, s in shapes.items() if len(s) == 2 and partition.trains(*_role(arch, n)) and arch.classify(n).layer is not None]
+        mats = [
+            s
+            for n, s in shapes.items()
+            if len(s) == 2 and partition.trains(*_role(arch, n)) and arch.classify(n).layer is not None
+        ]
         trained = sum(cfg.lora_r * (s[0] + s[1]) for s in mats)
         return TrainingState(weights, trained, 8 * trained)
     trained_shapes = [s for n, s in shapes.items() if partition.trains(*_role(arch, n))]
@@ -69,7 +72,11 @@ def check_fits(base: ModelFolder, partition: Partition, cfg: FinetuneConfig, *, 
     if cfg.method == "full":
         options.append(("--method lora", training_state(base, partition, cfg.model_copy(update={"method": "lora"})).total))
     fitting = [f"{flag} ({need / 1e9:.1f} GB)" for flag, need in options if need <= available]
-    hint = f"use {' or '.join(fitting)}, or train fewer layers (--train-layers)" if fitting else "use a machine or GPU with more memory"
+    hint = (
+        f"use {' or '.join(fitting)}, or train fewer layers (--train-layers)"
+        if fitting
+        else "use a machine or GPU with more memory"
+    )
     what = f"{cfg.method} fine-tuning" + (f" with {cfg.optim}" if cfg.method == "full" else "")
     raise ConfigError(
         f"{what} of {base.path.name} needs at least {state.total / 1e9:.1f} GB for its weights, gradients and optimizer state "
