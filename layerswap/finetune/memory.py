@@ -36,20 +36,17 @@ def training_state(base: ModelFolder, partition: Partition, cfg: FinetuneConfig,
     """The state a full fine-tune of ``partition`` (or a LoRA one) holds, from the base's tensor shapes."""
     arch = base.architecture
     optim = optim or cfg.optim
-    shapes = {name: base.info(name).shape for name in base.names()}
-    weights = 4 * sum(base.info(name).numel for name in shapes)
+    infos = [base.info(name) for name in base.names()]
+    weights = 4 * sum(info.numel for info in infos)
+    roles = [arch.classify(info.name) for info in infos]
+    trains = [info for info, role in zip(infos, roles, strict=True) if partition.trains(role.layer, role.module)]
     if cfg.method == "lora":  # r x (in + out) per wrapped matrix: an upper bound that wraps every trained matrix
-        mats = [
-            s
-            for n, s in shapes.items()
-            if len(s) == 2 and partition.trains(*_role(arch, n)) and arch.classify(n).layer is not None
-        ]
-        trained = sum(cfg.lora_r * (s[0] + s[1]) for s in mats)
+        in_layers = {info.name for info, role in zip(infos, roles, strict=True) if role.layer is not None}
+        trained = sum(cfg.lora_r * sum(info.shape) for info in trains if len(info.shape) == 2 and info.name in in_layers)
         return TrainingState(weights, trained, 8 * trained)
-    trained_shapes = [s for n, s in shapes.items() if partition.trains(*_role(arch, n))]
-    trained = sum(_numel(s) for s in trained_shapes)
+    trained = sum(info.numel for info in trains)
     if optim == "adafactor":  # a row and a column of second moments per matrix, the whole vector otherwise
-        moments = 4 * sum((s[0] + s[1]) if len(s) == 2 else _numel(s) for s in trained_shapes)
+        moments = 4 * sum(sum(info.shape) if len(info.shape) == 2 else info.numel for info in trains)
     else:
         moments = 8 * trained
     return TrainingState(weights, trained, moments)
@@ -102,15 +99,3 @@ def _available() -> int | None:
     import psutil
 
     return psutil.virtual_memory().available
-
-
-def _role(arch, name: str) -> tuple[int | None, str]:  # noqa: ANN001 - an Architecture
-    role = arch.classify(name)
-    return role.layer, role.module
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
