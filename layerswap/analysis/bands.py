@@ -234,8 +234,6 @@ class BandStream:
         # the shared tables meanwhile, so nothing here is read back from them.
         single: dict[tuple[str, float, str], tuple[int, np.ndarray, np.ndarray]] = {}
         pair: dict[tuple[str, str, float, str], tuple[int, int, np.ndarray, np.ndarray]] = {}
-        # expert -> the codes it is counted on: where it reaches its lowest band, or all of them where most do
-        where: dict[str, np.ndarray] = {}
         masks: dict[str, np.ndarray] = {}  # expert -> where it reaches its lowest band
         for i, e in enumerate(self.experts):
             if e not in absvals:  # unchanged here: every count is 0
@@ -244,8 +242,8 @@ class BandStream:
             mask = np.greater_equal(a, self.low[e], out=ws.buf(f"band{i}", a.size, torch.bool).numpy())
             reach = int(np.count_nonzero(mask))
             masks[e] = mask
-            # most values reach the band (dense ±lr deltas): no gathers
-            codes = where[e] = a if reach > a.size // DENSE_SHARE else a[np.flatnonzero(mask)]
+            # counted on the values reaching the band, or on all of them where most do (dense ±lr deltas): no gathers
+            codes = a if reach > a.size // DENSE_SHARE else a[np.flatnonzero(mask)]
             done: dict[Band, tuple[int, np.ndarray, np.ndarray]] = {}
             for k in self.top_k:
                 band = self.code[(e, k)]
@@ -258,7 +256,7 @@ class BandStream:
                     stored += done[band][1].size
                 single[(e, k, name)] = done[band]
         for a, b in self.pairs:
-            if a not in where or b not in where:
+            if a not in masks or b not in masks:
                 continue
             # only positions where both reach their lowest bands can hold shared members: where those are few (one
             # expert's values large, the other's small) the pair is counted on them alone, gathered
